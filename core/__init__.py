@@ -1,0 +1,1 @@
+"""mgm.core: the MGM state machine (sans-I/O) and the manager process, mgmd."""

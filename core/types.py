@@ -1,0 +1,50 @@
+"""Value types shared by the core, the manager process and the plugins.
+
+Addresses travel as dotted-quad strings on the wire and in these types; the
+core may keep integers internally where that is cheaper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+IGMP_PROTOCOL_ID = 10
+"""RRAS PROTO_IP_IGMP: the one client that may share an interface."""
+
+ANY = "0.0.0.0"
+"""Wildcard source or group (with mask 0.0.0.0), and next_hop of broadcast links."""
+
+HOST_MASK = "255.255.255.255"
+
+MGM_JOIN_STATE_FLAG = 1
+MGM_FORWARD_STATE_FLAG = 2
+
+
+class Interface(NamedTuple):
+    """(if_index, next_hop): next_hop tells apart the neighbours of a point-to-multipoint link."""
+
+    if_index: int
+    next_hop: str = ANY
+
+
+class ClientId(NamedTuple):
+    """A registered protocol: (protocol_id, component_id)."""
+
+    protocol_id: int
+    component_id: int
+
+
+@dataclass(slots=True)
+class Event:
+    """Something the core wants published.
+
+    `to` is the client whose `proto/PID/CID` stream carries it (an MGM
+    callback), or None for the `state` stream (a change of state, for
+    observers).  `fields` are the wire fields of PROTOCOL version 1 besides
+    the envelope keys (v, stream, seq, epoch, type), which the manager adds.
+    """
+
+    to: ClientId | None
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
