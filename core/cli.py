@@ -1,1 +1,52 @@
-def main() -> None: print("cli ok")
+"""The `mgm` command: one parser, one subcommand per process or tool.
+
+Each subcommand's module is imported only when it runs, so `mgm manager`
+never loads the plugin machinery and `mgm show` never loads the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from mgm.bus.endpoints import default_api, default_events
+
+# subcommand -> (module with `run(args) -> int`, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "manager": ("mgm.core.mgmd", "run the manager (mgmd) in the foreground"),
+    "plugin": ("mgm.plugins.host", "run one plugin in the foreground"),
+    "up": ("mgm.plugins.supervisor", "run the manager and the configured plugins"),
+}
+
+
+def _endpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--api", default=None, help=f"request endpoint (default {default_api()})")
+    parser.add_argument("--events", default=None, help=f"event endpoint (default {default_events()})")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mgm", description="mgmbus: a multicast group manager on a ZeroMQ bus")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _endpoint_options(p)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.api = args.api or default_api()
+    args.events = args.events or default_events()
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    result: int = module.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
