@@ -1,0 +1,268 @@
+"""The one configuration loader: one TOML file for the manager and every plugin.
+
+Format::
+
+    [manager]                  # optional; every key optional
+    api = "ipc:///run/mgm/api"
+    events = "ipc:///run/mgm/events"
+    log_level = "info"         # debug, info, warning, error
+
+    [plugins.igmp]             # NAME = the plugin's entry point name (group mgm.plugins)
+    interfaces = ["eth1", 3]   # names or if_index ints, or {interface = "eth2", next_hop = "10.0.0.2"}
+    protocol_id = 10           # optional where the plugin's mgm_protocol hook says it
+    component_id = 1
+    robustness = 2             # any other key belongs to the plugin
+
+The file is read once, validated here, and every mistake raises `ConfigError`
+naming the file, the key path and the line, so nobody downstream checks a
+type again.  `mgm up` without ``--config`` uses `DEFAULT_CONFIG`, which lives
+in this module so that the installed package needs no file of its own.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from mgm.bus.endpoints import check_ipc_endpoint
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MANAGER_KEYS = frozenset({"api", "events", "log_level"})
+PLUGIN_COMMON_KEYS = frozenset({"interfaces", "protocol_id", "component_id"})
+"""Keys of a [plugins.NAME] table that the host reads; every other key is the plugin's own."""
+ID_MAX = 2**32 - 1
+DEFAULT_SOURCE = "<embedded default config>"
+
+DEFAULT_CONFIG = """\
+# The configuration `mgm up` runs without --config: the manager on the default
+# endpoints.  Plugins are added here as they become part of the package.
+[manager]
+log_level = "info"
+"""
+
+_IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake: where (file, key path, line) and what."""
+
+    def __init__(self, source: str, key_path: str | None, line: int | None, message: str) -> None:
+        self.source = source
+        self.key_path = key_path
+        self.line = line
+        self.message = message
+        where = source if line is None else f"{source}:{line}"
+        what = f" {key_path}:" if key_path else ""
+        super().__init__(f"{where}:{what} {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceRef:
+    """An interface as the configuration names it; the host resolves `name_or_index`."""
+
+    name_or_index: str | int
+    next_hop: str = "0.0.0.0"
+    key_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    api: str | None = None
+    events: str | None = None
+    log_level: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginConfig:
+    """One [plugins.NAME] table.  `table` is the whole table, read-only, as hooks receive it."""
+
+    name: str
+    interfaces: tuple[InterfaceRef, ...] = ()
+    protocol_id: int | None = None
+    component_id: int | None = None
+    table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    text: str
+    manager: ManagerConfig
+    plugins: Mapping[str, PluginConfig]
+
+    def error(self, key_path: str, message: str) -> ConfigError:
+        """A ConfigError for a key of this file, with its line (for checks made later, e.g. by the host)."""
+        return ConfigError(self.source, key_path, find_line(self.text, key_path), message)
+
+    def plugin(self, name: str) -> PluginConfig:
+        """The table of plugin `name`; an empty one where the file has none."""
+        return self.plugins.get(name) or PluginConfig(name=name)
+
+
+def load(path: str | Path | None) -> Config:
+    """Read and validate a configuration file; None -> the embedded default."""
+    if path is None:
+        return loads(DEFAULT_CONFIG, DEFAULT_SOURCE)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), None, None, f"cannot read the configuration: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), None, None, f"not UTF-8 text: {exc}") from exc
+    return loads(text, str(path))
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Parse and validate configuration text; `source` names it in errors."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise ConfigError(source, None, line, f"not valid TOML: {exc}") from exc
+    checker = _Checker(source, text)
+    for key in data:
+        if key not in ("manager", "plugins"):
+            raise checker.error(key, "unknown section (expected [manager] or [plugins.NAME])")
+    manager = checker.manager(data.get("manager", {}))
+    plugins_raw = data.get("plugins", {})
+    if not isinstance(plugins_raw, dict):
+        raise checker.error("plugins", "must be a table of [plugins.NAME] tables")
+    plugins = {name: checker.plugin(name, table) for name, table in plugins_raw.items()}
+    return Config(source=source, text=text, manager=manager, plugins=MappingProxyType(plugins))
+
+
+class _Checker:
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.text = text
+
+    def error(self, key_path: str, message: str) -> ConfigError:
+        return ConfigError(self.source, key_path, find_line(self.text, key_path), message)
+
+    def manager(self, raw: Any) -> ManagerConfig:
+        if not isinstance(raw, dict):
+            raise self.error("manager", "must be a table")
+        for key in raw:
+            if key not in MANAGER_KEYS:
+                raise self.error(f"manager.{key}", f"unknown key (known: {', '.join(sorted(MANAGER_KEYS))})")
+        endpoints: dict[str, str | None] = {}
+        for key in ("api", "events"):
+            value = raw.get(key)
+            if value is not None:
+                endpoints[key] = self.endpoint(f"manager.{key}", value)
+        level = raw.get("log_level")
+        if level is not None and level not in LOG_LEVELS:
+            raise self.error("manager.log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        return ManagerConfig(api=endpoints.get("api"), events=endpoints.get("events"), log_level=level)
+
+    def endpoint(self, key_path: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
+            raise self.error(key_path, f"must be an endpoint string ipc://PATH or tcp://HOST:PORT, not {value!r}")
+        try:
+            check_ipc_endpoint(value)
+        except ValueError as exc:
+            raise self.error(key_path, str(exc)) from exc
+        return value
+
+    def plugin(self, name: str, raw: Any) -> PluginConfig:
+        path = f"plugins.{name}"
+        if not _NAME.match(name):
+            raise self.error(path, "a plugin name is letters, digits, '_' and '-' (its entry point name)")
+        if not isinstance(raw, dict):
+            raise self.error(path, "must be a table ([plugins.NAME])")
+        ids = {key: self.ident(f"{path}.{key}", raw[key]) for key in ("protocol_id", "component_id") if key in raw}
+        interfaces = raw.get("interfaces", [])
+        if not isinstance(interfaces, list):
+            raise self.error(f"{path}.interfaces", "must be a list of interface names or indexes")
+        refs = tuple(self.interface(f"{path}.interfaces[{i}]", item) for i, item in enumerate(interfaces))
+        seen: set[tuple[str | int, str]] = set()
+        for ref in refs:
+            if (ref.name_or_index, ref.next_hop) in seen:
+                raise self.error(ref.key_path, f"interface {ref.name_or_index!r} is listed twice")
+            seen.add((ref.name_or_index, ref.next_hop))
+        return PluginConfig(
+            name=name,
+            interfaces=refs,
+            protocol_id=ids.get("protocol_id"),
+            component_id=ids.get("component_id"),
+            table=MappingProxyType(raw),
+        )
+
+    def ident(self, key_path: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= ID_MAX:
+            raise self.error(key_path, f"must be an integer from 0 to {ID_MAX}, not {value!r}")
+        return value
+
+    def interface(self, key_path: str, item: Any) -> InterfaceRef:
+        next_hop = "0.0.0.0"
+        if isinstance(item, dict):
+            unknown = set(item) - {"interface", "next_hop"}
+            if unknown or "interface" not in item:
+                raise self.error(key_path, 'an interface table is {interface = NAME_OR_INDEX, next_hop = "A.B.C.D"}')
+            next_hop = item.get("next_hop", next_hop)
+            if not isinstance(next_hop, str) or not _IPV4.match(next_hop):
+                raise self.error(key_path, f"next_hop must be a dotted-quad IPv4 address, not {next_hop!r}")
+            item = item["interface"]
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise self.error(key_path, f"must be an interface name or index, not {item!r}")
+        if isinstance(item, int) and not 0 <= item <= ID_MAX:
+            raise self.error(key_path, f"an interface index is from 0 to {ID_MAX}, not {item}")
+        if isinstance(item, str) and not 0 < len(item.encode()) < 16:
+            raise self.error(key_path, f"{item!r} cannot be an interface name (1 to 15 bytes)")
+        return InterfaceRef(item, next_hop, key_path)
+
+
+# --- where a key is written -----------------------------------------------------------------
+# tomllib reports lines only for syntax errors, so the line of a key is found by reading the
+# text: table headers set the current path, `key = ...` lines add to it.
+
+_HEADER = re.compile(r"^\s*\[\[?\s*(?P<path>[^\]]+?)\s*\]\]?\s*(#.*)?$")
+_BARE_OR_QUOTED = r"""(?:[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')"""
+_KEYLINE = re.compile(rf"^\s*(?P<key>{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*)\s*=")
+_PART = re.compile(r"""\s*(?:"([^"]*)"|'([^']*)'|([^"'.]+?))\s*""")
+
+
+def _split_key(dotted: str) -> list[str]:
+    parts = []
+    for chunk in re.finditer(r"""(?:"[^"]*"|'[^']*'|[^.])+""", dotted):
+        m = _PART.fullmatch(chunk.group(0))
+        if m is None:
+            return []
+        parts.append(next(g for g in m.groups() if g is not None))
+    return parts
+
+
+def find_line(text: str, key_path: str) -> int | None:
+    """The 1-based line where `key_path` (e.g. ``plugins.igmp.interfaces[1]``) is set, or None.
+
+    A list index points at the line of the list's key; a table's path points at its header.
+    """
+    wanted = _split_key(re.sub(r"\[\d+\]", "", key_path))
+    if not wanted:
+        return None
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if m := _HEADER.match(line):
+            table = _split_key(m.group("path"))
+            if table == wanted:
+                return number
+            continue
+        if m := _KEYLINE.match(line):
+            full = table + _split_key(m.group("key"))
+            if full == wanted or (len(full) > len(wanted) and full[: len(wanted)] == wanted):
+                return number
+            if len(full) < len(wanted) and wanted[: len(full)] == full:
+                # an inline table: `igmp = {interfaces = [...]}` holds the key on this line
+                return number
+    return None
+
+
+def _line_from_message(message: str) -> int | None:
+    m = re.search(r"line (\d+)", message)
+    return int(m.group(1)) if m else None
