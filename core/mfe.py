@@ -1,0 +1,111 @@
+"""The multicast forwarding entry (MFE) as the core keeps it, and its wire form.
+
+An MFE is keyed by one int, ``group << 32 | source``: ordering those ints is
+ordering by group, then source, which is the order every listing uses.
+Which interfaces sit in the OIL is decided by ``mgm.core.state`` (from
+memberships, forward-only adds and creation-alert vetoes); this module only
+holds the entry and renders it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mgm.core.args import format_addr, parse_addr
+from mgm.core.types import Interface
+
+
+def sg_key(source: int, group: int) -> int:
+    """The one int that orders (S,G) by group, then source."""
+    return (group << 32) | source
+
+
+def key_source(key: int) -> int:
+    return key & 0xFFFFFFFF
+
+
+def key_group(key: int) -> int:
+    return key >> 32
+
+
+def interface_order(iface: Interface) -> tuple[int, int]:
+    """OILs and listings order interfaces by if_index, then next hop as a number."""
+    return iface.if_index, parse_addr(iface.next_hop, "next_hop")
+
+
+class Mfe:
+    """One forwarding entry; times are monotonic seconds (rendered as wall clock)."""
+
+    __slots__ = (
+        "created",
+        "disabled",
+        "forced",
+        "in_bytes",
+        "in_iface",
+        "in_packets",
+        "in_protocol_id",
+        "key",
+        "last_activity",
+        "oil",
+        "out",
+        "scheduled",
+        "timeout",
+        "upstream",
+        "wrong_if_packets",
+    )
+
+    def __init__(
+        self, key: int, in_iface: Interface, upstream: int, in_protocol_id: int, now: float, timeout: float
+    ) -> None:
+        self.key = key
+        self.in_iface = in_iface
+        self.upstream = upstream
+        self.in_protocol_id = in_protocol_id
+        self.oil: dict[Interface, None] = {}
+        # Interfaces an owner vetoed in its creation_alert answer; None while there are none.
+        self.disabled: set[Interface] | None = None
+        # Interfaces added with MGM_FORWARD_STATE_FLAG only (no membership behind them).
+        self.forced: set[Interface] | None = None
+        self.created = now
+        self.last_activity = now
+        self.timeout = timeout
+        self.scheduled = 0.0  # the expiry time of this entry's one live slot in the expiry heap
+        self.in_packets = 0
+        self.in_bytes = 0
+        self.wrong_if_packets = 0
+        # Per outgoing interface (out_packets, discards), once the forwarder reported them.
+        self.out: dict[Interface, tuple[int, int]] | None = None
+
+    @property
+    def expires(self) -> float:
+        return self.last_activity + self.timeout
+
+    def render(self, wall_offset: float, stats: int | None = None) -> dict[str, Any]:
+        """The PROTOCOL.md mfe map; stats None (none), 0 (packets) or 1 (plus discards)."""
+        oil: list[dict[str, Any]] = []
+        out = self.out or {}
+        for iface in sorted(self.oil, key=interface_order):
+            entry: dict[str, Any] = {"if_index": iface.if_index, "next_hop": iface.next_hop}
+            if stats is not None:
+                packets, discards = out.get(iface, (0, 0))
+                entry["out_packets"] = packets
+                if stats >= 1:
+                    entry["discards"] = discards
+            oil.append(entry)
+        mfe: dict[str, Any] = {
+            "source": format_addr(self.key & 0xFFFFFFFF),
+            "group": format_addr(self.key >> 32),
+            "in_if_index": self.in_iface.if_index,
+            "in_next_hop": self.in_iface.next_hop,
+            "upstream_neighbor": format_addr(self.upstream),
+            "in_protocol_id": self.in_protocol_id,
+            "oil": oil,
+            "created": self.created + wall_offset,
+            "expires": self.expires + wall_offset,
+            "timeout": self.timeout,
+        }
+        if stats is not None:
+            mfe["in_packets"] = self.in_packets
+            mfe["in_bytes"] = self.in_bytes
+            mfe["wrong_if_packets"] = self.wrong_if_packets
+        return mfe

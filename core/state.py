@@ -1,0 +1,1277 @@
+"""The MGM state machine, sans I/O: requests in, replies and events out."""
+
+# Rules of this file
+# ------------------
+# Rule 1: every rule of the Multicast Group Manager lives here (or in the two
+#   helpers it imports: core/args.py checks wire arguments, core/mfe.py holds a
+#   forwarding entry).  The manager process only moves bytes and calls Mgm.
+# Rule 2: no I/O and no clock.  Time comes in as `now` (monotonic seconds);
+#   events go out through take_events(), deferred replies through
+#   take_completions().  Tests drive Mgm directly, thousands of times a second.
+# Rule 3: check everything, then change.  Each operation reads and checks all
+#   of its arguments before it touches state, so a refused request (MgmError)
+#   changes nothing and emits nothing.
+# Rule 4: deterministic order.  Events come out in the order the changes are
+#   made; where one change fans out (cleanup, a (*,G) change over many MFEs),
+#   the order is registration order, take order, or (group, source) order.
+# Rule 5: one operation costs the same at 1k or 1M memberships: every lookup
+#   goes through an index, and the sorted views used for paging are rebuilt
+#   lazily, only when a listing needs them after a change.
+#
+# Theory of operation
+# -------------------
+# Clients.  A client is a registered protocol, ClientId(protocol_id,
+#   component_id), known by an opaque handle bound to the connection that
+#   registered it.  A connection that sends nothing for `liveness` seconds, or
+#   that the manager reports lost, is cleaned up as a well-behaved client would
+#   leave: its memberships are deleted one by one, its interfaces released,
+#   then it is deregistered -- each step with all of its usual events.
+#
+# Owners.  An interface (if_index, next_hop) has at most one routing protocol
+#   (`owner`) and at most one IGMP (`igmp`, protocol 10) beside it.  "The
+#   owner" whom questions and alerts reach is the routing protocol, or IGMP
+#   where IGMP is alone.  A routing protocol taking or releasing an interface
+#   IGMP also owns brackets the change with disable_igmp ... enable_igmp to
+#   IGMP, all in the same transition.
+#
+# Memberships.  (client, source, group, interface), recorded with
+#   MGM_JOIN_STATE_FLAG on interfaces the client owns.  Source 0 is (*,G),
+#   group 0 is (*,*).  IGMP's memberships are mirrored to the routing owner of
+#   the interface as local_join / local_leave.  Who gets join_alert and
+#   prune_alert when the set of clients with receivers for a (source, group)
+#   changes is the ALERTS table below.  MGM_FORWARD_STATE_FLAG adds or removes
+#   an interface in the OIL of existing matching MFEs without recording a
+#   membership.
+#
+# MFEs.  A forwarder reports a packet of a new (S,G) (new_packet).  The core
+#   opens a *pending* entry and asks questions with deadlines: rpf to the
+#   owner of the interface towards S, then creation_alert to the owner of
+#   each interface of the OIL.  Unanswered questions take their default at
+#   the deadline (tick); late answers are applied to the stored MFE as an
+#   update.  Once stored, an MFE follows the memberships: its OIL gains and
+#   loses interfaces at once (mfe_updated), and the owner of its incoming
+#   interface hears join_alert / prune_alert (member_update / member_delete
+#   false) when the OIL turns non-empty / empty.  The forwarder's counters
+#   (mfe_counters) feed statistics and expiry: an MFE whose in_packets did not
+#   grow for `timeout` seconds is deleted.
+#
+# Who is told what
+#   state stream (to=None): every change of state, for observers.
+#   proto stream of a client: its callbacks (local_join/leave, alerts,
+#   enable/disable_igmp, wrong_if) and the questions addressed to it.
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from mgm.bus.status import MgmError, Status, invalid
+from mgm.bus.topics import PROTO_PREFIX, STATE, proto
+from mgm.core.args import (
+    format_addr,
+    opt_int,
+    parse_addr,
+    req_addr,
+    req_bool,
+    req_int,
+    req_interface,
+    req_list,
+    req_map,
+    req_membership_key,
+    req_number,
+    req_source_group,
+    req_str,
+)
+from mgm.core.mfe import Mfe, interface_order, sg_key
+from mgm.core.types import (
+    ANY,
+    HOST_MASK,
+    IGMP_PROTOCOL_ID,
+    MGM_FORWARD_STATE_FLAG,
+    ClientId,
+    Event,
+    Interface,
+)
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str], Interface | None]
+
+
+class _Deferred:
+    """The reply to this new_packet comes later, from take_completions()."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+DEFERRED: Final = _Deferred()
+
+CORE_OPS: Final = frozenset(
+    {
+        "register_protocol",
+        "deregister_protocol",
+        "take_interface_ownership",
+        "release_interface_ownership",
+        "get_protocol_on_interface",
+        "add_group_membership",
+        "delete_group_membership",
+        "group_enumeration_start",
+        "group_enumeration_next",
+        "group_enumeration_end",
+        "get_mfe",
+        "list_mfes",
+        "set_mfe",
+        "new_packet",
+        "wrong_interface",
+        "mfe_counters",
+        "answer",
+        "heartbeat",
+    }
+)
+
+MAX_COUNTER = (1 << 64) - 1
+MAX_TIMEOUT = 10.0**9  # seconds; anything larger is a client bug, not a wish
+MAX_OPEN_ENUMERATIONS = 1024  # per client: a forgetful client cannot grow the core without end
+CLOSED_QUESTIONS_KEPT = 4096  # answered or expired questions remembered for late answers
+ENUMERATION_TYPES = ("all_sources", "any_source")
+
+_WILDCARD_MASK = ANY
+
+
+# --- the alert table -----------------------------------------------------------
+#
+# When the number of clients with receivers for a (source, group) changes
+# (a client's first interface joins, or its last interface leaves), the
+# recipients are looked up by (shape, change, clients with receivers after the
+# change).  IGMP counts as a client like any other.  (*,*) is (*,G) with "all
+# groups" as the one group.
+#
+#   shape   change  after  who hears it                              event
+#   -----   ------  -----  ----------------------------------------  -----------
+#   (*,G)   join    1      every other registered client              join_alert
+#   (*,G)   join    2      the first client                           join_alert
+#   (*,G)   join    3+     nobody
+#   (*,G)   leave   1      the one remaining client                   prune_alert
+#   (*,G)   leave   0      every other registered client              prune_alert
+#   (*,G)   leave   2+     nobody
+#   (S,G)   join    1      the owner of the interface towards S       join_alert
+#   (S,G)   leave   0      the owner of the interface towards S       prune_alert
+#
+# Independently of clients, an MFE's OIL turning non-empty sends join_alert
+# (member_update=false) and turning empty sends prune_alert (member_delete=
+# false, a question whose answer may set the timeout) to the owner of the
+# MFE's incoming interface.
+
+EVERY_OTHER = "every other registered client"
+THE_OTHER = "the other client with receivers"
+TOWARDS_SOURCE = "the owner of the interface towards S"
+
+ALERTS: Final[dict[tuple[str, str, int], str]] = {
+    ("(*,G)", "join", 1): EVERY_OTHER,
+    ("(*,G)", "join", 2): THE_OTHER,
+    ("(*,G)", "leave", 1): THE_OTHER,
+    ("(*,G)", "leave", 0): EVERY_OTHER,
+    ("(S,G)", "join", 1): TOWARDS_SOURCE,
+    ("(S,G)", "leave", 0): TOWARDS_SOURCE,
+}
+
+
+# --- records -------------------------------------------------------------------
+
+
+class _Client:
+    __slots__ = ("conn", "enums", "handle", "id", "interfaces", "members", "name", "next_enum")
+
+    def __init__(self, cid: ClientId, handle: int, conn: bytes, name: str) -> None:
+        self.id = cid
+        self.handle = handle
+        self.conn = conn
+        self.name = name
+        self.interfaces: dict[Interface, None] = {}  # owned, in take order
+        self.members: dict[Interface, set[int]] = {}  # recorded memberships: interface -> sg keys
+        self.enums: dict[int, _Enumeration] = {}
+        self.next_enum = 1
+
+    @property
+    def is_igmp(self) -> bool:
+        return self.id.protocol_id == IGMP_PROTOCOL_ID
+
+
+class _Conn:
+    __slots__ = ("clients", "last_seen")
+
+    def __init__(self, now: float) -> None:
+        self.last_seen = now
+        self.clients: dict[ClientId, _Client] = {}
+
+
+class _Owners:
+    """Who owns one interface: one routing protocol and/or IGMP."""
+
+    __slots__ = ("iface", "igmp", "owner")
+
+    def __init__(self, iface: Interface) -> None:
+        self.iface = iface
+        self.owner: _Client | None = None
+        self.igmp: _Client | None = None
+
+    @property
+    def told(self) -> _Client | None:
+        """The client questions and alerts about this interface go to."""
+        return self.owner if self.owner is not None else self.igmp
+
+
+class _Joined:
+    """The memberships of one (source, group): per interface and per client."""
+
+    __slots__ = ("clients", "ifaces")
+
+    def __init__(self) -> None:
+        self.ifaces: dict[Interface, int] = {}  # interface -> clients with a membership there
+        self.clients: dict[_Client, int] = {}  # client -> its interfaces; insertion order = who came first
+
+
+class _Enumeration:
+    __slots__ = ("cursor", "kind")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.cursor = -1  # last key (or group) returned
+
+
+class _Pending:
+    """An MFE being created: waiting for rpf, then for creation_alert answers."""
+
+    __slots__ = ("disabled", "in_iface", "key", "open", "tokens", "upstream")
+
+    def __init__(self, key: int, in_iface: Interface) -> None:
+        self.key = key
+        self.in_iface = in_iface
+        self.upstream = 0
+        self.tokens: list[Any] = []
+        self.open: set[int] = set()  # question ids still unanswered
+        self.disabled: set[Interface] = set()
+
+
+class _Question:
+    __slots__ = ("deadline", "fields", "key", "kind", "pending", "qid", "to")
+
+    def __init__(self, qid: int, kind: str, to: ClientId, deadline: float, key: int, fields: dict[str, Any]) -> None:
+        self.qid = qid
+        self.kind = kind  # "rpf", "creation_alert" or "prune_alert"
+        self.to = to
+        self.deadline = deadline
+        self.key = key
+        self.fields = fields
+        self.pending: _Pending | None = None
+
+
+def _sg_fields(key: int) -> dict[str, Any]:
+    source = key & 0xFFFFFFFF
+    group = key >> 32
+    return {
+        "source": format_addr(source),
+        "source_mask": HOST_MASK if source else _WILDCARD_MASK,
+        "group": format_addr(group),
+        "group_mask": HOST_MASK if group else _WILDCARD_MASK,
+    }
+
+
+def _client_fields(client: _Client) -> dict[str, Any]:
+    return {"protocol_id": client.id.protocol_id, "component_id": client.id.component_id}
+
+
+def _iface_fields(iface: Interface) -> dict[str, Any]:
+    return {"if_index": iface.if_index, "next_hop": iface.next_hop}
+
+
+class Mgm:
+    """The whole MGM state; see the rules and the theory of operation above."""
+
+    def __init__(
+        self,
+        resolver: Resolver | None = None,
+        question_deadline: float = 0.1,
+        mfe_timeout: float = 900.0,
+        liveness: float = 3.0,
+    ) -> None:
+        self.resolver = resolver
+        self.question_deadline = question_deadline
+        self.mfe_timeout = mfe_timeout
+        self.liveness = liveness
+        self.wall_offset = 0.0
+        self._now = 0.0  # the time of the transition being applied (set by every entry point)
+
+        self._events: list[Event] = []
+        self._completions: list[tuple[Any, dict[str, Any] | MgmError]] = []
+
+        # clients
+        self._clients: dict[ClientId, _Client] = {}  # registration order
+        self._by_handle: dict[int, _Client] = {}
+        self._conns: dict[bytes, _Conn] = {}
+        self._handle_salt = random.getrandbits(32)
+        self._handle_count = 0
+
+        # interfaces (the Interface objects here are the interned ones every other index shares)
+        self._owners: dict[tuple[int, str], _Owners] = {}
+
+        # memberships
+        self._joined: dict[int, _Joined] = {}  # sg key -> who joined where
+        self._group_keys: dict[int, int] = {}  # group -> number of sg keys with that group
+        self._sorted_keys: list[int] | None = None  # lazily rebuilt views for enumeration
+        self._sorted_groups: list[int] | None = None
+
+        # MFEs
+        self._mfes: dict[int, Mfe] = {}
+        self._mfes_by_group: dict[int, dict[int, Mfe]] = {}
+        self._mfes_by_in_iface: dict[Interface, dict[int, Mfe]] = {}
+        self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
+        self._sorted_mfes: list[int] | None = None
+        self._expiry: list[tuple[float, int]] = []  # heap of (expires, key), one live slot per MFE
+        self._pending: dict[int, _Pending] = {}
+
+        # questions
+        self._questions: dict[int, _Question] = {}
+        self._closed: dict[int, _Question] = {}  # recent answered/expired ones, oldest first
+        self._deadlines: list[tuple[float, int]] = []
+        self._next_question = 1
+
+        self._ops: dict[str, Callable[[bytes, Mapping[str, Any], float, Any], Any]] = {
+            op: getattr(self, "_op_" + op) for op in CORE_OPS
+        }
+
+    # --- the contract --------------------------------------------------------
+
+    def handle(self, conn: bytes, op: str, args: Mapping[str, Any], now: float, token: Any = None) -> Any:
+        """Apply one request: its result dict, DEFERRED, or MgmError (nothing changed)."""
+        method = self._ops.get(op) if type(op) is str else None
+        if method is None:
+            raise MgmError(Status.ERROR_NOT_SUPPORTED, f"the core has no operation {str(op)[:40]!r}")
+        if not isinstance(args, Mapping):
+            raise invalid(f"args must be a map, not {type(args).__name__}")
+        self._now = now
+        seen = self._conns.get(conn)
+        if seen is not None and now > seen.last_seen:
+            seen.last_seen = now
+        return method(conn, args, now, token)
+
+    def take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def take_completions(self) -> list[tuple[Any, dict[str, Any] | MgmError]]:
+        done, self._completions = self._completions, []
+        return done
+
+    def tick(self, now: float) -> None:
+        """Question deadlines (defaults), then MFE expiry, then client liveness."""
+        self._now = now
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, qid = heapq.heappop(self._deadlines)
+            question = self._questions.get(qid)
+            if question is not None:
+                self._close(question)
+                self._apply_default(question, now)
+        while self._expiry and self._expiry[0][0] <= now:
+            at, key = heapq.heappop(self._expiry)
+            mfe = self._mfes.get(key)
+            if mfe is None or at != mfe.scheduled:
+                continue  # deleted, or a stale slot superseded by a shorter timeout
+            if mfe.expires <= now:
+                self._delete_mfe(mfe)
+            else:
+                self._schedule_expiry(mfe)
+        for conn in [c for c, s in self._conns.items() if s.last_seen + self.liveness <= now]:
+            log.info("connection %r silent for %.1f s: cleaning up its clients", conn, self.liveness)
+            self.connection_lost(conn, now)
+
+    def next_deadline(self) -> float | None:
+        while self._deadlines and self._deadlines[0][1] not in self._questions:
+            heapq.heappop(self._deadlines)
+        times = [s.last_seen + self.liveness for s in self._conns.values()]
+        if self._deadlines:
+            times.append(self._deadlines[0][0])
+        if self._expiry:
+            times.append(self._expiry[0][0])
+        return min(times) if times else None
+
+    def connection_lost(self, conn: bytes, now: float) -> None:
+        """Leave on the clients' behalf: memberships, then interfaces, then registration."""
+        self._now = now
+        seen = self._conns.get(conn)
+        if seen is None:
+            return
+        for client in list(seen.clients.values()):
+            for iface in list(client.members):
+                for key in sorted(client.members.get(iface, ())):
+                    self._delete_membership(client, key, iface)
+            for iface in list(client.interfaces):
+                self._release(client, self._owners[iface])
+            self._deregister(client)
+
+    def snapshot(self, stream: str) -> dict[str, Any]:
+        if stream == STATE:
+            return self._state_snapshot()
+        client_id = self._parse_stream(stream)
+        client = self._clients.get(client_id)
+        if client is None:
+            return {"registered": False, "interfaces": [], "local_members": [], "questions": []}
+        return self._proto_snapshot(client)
+
+    def streams(self) -> list[str]:
+        return [STATE] + [proto(*cid) for cid in self._clients]
+
+    # --- helpers every operation uses ------------------------------------------
+
+    def _emit(self, to: _Client | None, type_: str, fields: dict[str, Any]) -> None:
+        self._events.append(Event(None if to is None else to.id, type_, fields))
+
+    def _client(self, conn: bytes, args: Mapping[str, Any]) -> _Client:
+        handle = req_int(args, "handle")
+        client = self._by_handle.get(handle)
+        if client is None or client.conn != conn:
+            raise invalid(f"handle {handle} is not registered on this connection")
+        return client
+
+    def _owned(self, client: _Client, args: Mapping[str, Any]) -> _Owners:
+        """The interface of the request, which the client must own."""
+        key = req_interface(args)
+        owners = self._owners.get(key)
+        if owners is None or (owners.owner is not client and owners.igmp is not client):
+            raise invalid(f"interface {key[0]}/{key[1]} is not owned by {client.id}")
+        return owners
+
+    def _interface(self, key: tuple[int, str]) -> Interface:
+        """The interned Interface for a key (the owned one if the interface is known)."""
+        owners = self._owners.get(key)
+        return owners.iface if owners is not None else Interface(*key)
+
+    def _told(self, iface: Interface) -> _Client | None:
+        owners = self._owners.get(iface)
+        return None if owners is None else owners.told
+
+    def _towards(self, source: int) -> Interface | None:
+        """The interface of the unicast route to the source, per the resolver."""
+        if self.resolver is None:
+            return None
+        try:
+            found = self.resolver(format_addr(source))
+        except Exception:
+            log.exception("route resolver failed for %s", format_addr(source))
+            return None
+        if found is None:
+            return None
+        return self._interface((found[0], found[1]))
+
+    # --- registration ------------------------------------------------------------
+
+    def _op_register_protocol(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        cid = ClientId(req_int(args, "protocol_id"), req_int(args, "component_id"))
+        name = req_str(args, "name") if args.get("name") is not None else ""
+        if cid in self._clients:
+            raise MgmError(Status.ERROR_ALREADY_EXISTS, f"protocol {cid.protocol_id}/{cid.component_id} is registered")
+        handle = self._new_handle()
+        client = _Client(cid, handle, conn, name)
+        self._clients[cid] = client
+        self._by_handle[handle] = client
+        seen = self._conns.get(conn)
+        if seen is None:
+            seen = self._conns[conn] = _Conn(now)
+        seen.clients[cid] = client
+        self._emit(None, "protocol_registered", {**_client_fields(client), "name": name})
+        return {"handle": handle}
+
+    def _new_handle(self) -> int:
+        """Opaque: a bijective scramble of a counter, salted per Mgm, never 0."""
+        while True:
+            self._handle_count += 1
+            handle = ((self._handle_count * 0x9E3779B1) & 0xFFFFFFFF) ^ self._handle_salt
+            if handle and handle not in self._by_handle:
+                return handle
+
+    def _op_deregister_protocol(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        if client.interfaces:
+            raise MgmError(
+                Status.ERROR_CAN_NOT_COMPLETE,
+                f"{client.id} still owns {len(client.interfaces)} interface(s); release them first",
+            )
+        self._deregister(client)
+        return {}
+
+    def _deregister(self, client: _Client) -> None:
+        del self._clients[client.id]
+        del self._by_handle[client.handle]
+        seen = self._conns[client.conn]
+        del seen.clients[client.id]
+        if not seen.clients:
+            del self._conns[client.conn]
+        self._emit(None, "protocol_deregistered", _client_fields(client))
+
+    def _op_heartbeat(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        self._client(conn, args)  # the connection's liveness was refreshed by handle()
+        return {}
+
+    # --- interface ownership ---------------------------------------------------
+
+    def _op_take_interface_ownership(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        client = self._client(conn, args)
+        key = req_interface(args)
+        owners = self._owners.get(key)
+        if owners is not None:
+            if owners.owner is client or owners.igmp is client:
+                raise MgmError(Status.ERROR_ALREADY_EXISTS, f"{client.id} already owns {key[0]}/{key[1]}")
+            taken = owners.igmp if client.is_igmp else owners.owner
+            if taken is not None:
+                raise MgmError(Status.ERROR_ALREADY_EXISTS, f"{key[0]}/{key[1]} is owned by {taken.id}")
+        else:
+            owners = self._owners[key] = _Owners(Interface(*key))
+        iface = owners.iface
+        told_before = owners.told
+        igmp_beside = owners.igmp if not client.is_igmp else None
+        if igmp_beside is not None:
+            self._emit(igmp_beside, "disable_igmp", _iface_fields(iface))
+        if client.is_igmp:
+            owners.igmp = client
+        else:
+            owners.owner = client
+        client.interfaces[iface] = None
+        self._emit(None, "interface_owned", {**_client_fields(client), **_iface_fields(iface)})
+        if owners.told is not told_before:
+            # MFEs coming in here now belong to the new owner (in_protocol_id)
+            for mfe in sorted(self._mfes_by_in_iface.get(iface, {}).values(), key=lambda m: m.key):
+                mfe.in_protocol_id = client.id.protocol_id
+                self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        if igmp_beside is not None:
+            self._emit(igmp_beside, "enable_igmp", _iface_fields(iface))
+        return {}
+
+    def _op_release_interface_ownership(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        client = self._client(conn, args)
+        owners = self._owned(client, args)
+        self._release(client, owners)
+        return {}
+
+    def _release(self, client: _Client, owners: _Owners) -> None:
+        """Delete the client's memberships here and, if it was the owner, the MFEs coming in here."""
+        iface = owners.iface
+        was_told = owners.told is client
+        igmp_beside = owners.igmp if owners.owner is client else None
+        if igmp_beside is not None:
+            self._emit(igmp_beside, "disable_igmp", _iface_fields(iface))
+        for key in sorted(client.members.get(iface, ())):
+            self._delete_membership(client, key, iface)
+        if was_told:
+            for mfe in sorted(self._forced_by_iface.get(iface, {}).values(), key=lambda m: m.key):
+                self._unforce(mfe, iface)
+            for mfe in sorted(self._mfes_by_in_iface.get(iface, {}).values(), key=lambda m: m.key):
+                self._delete_mfe(mfe)
+        if owners.owner is client:
+            owners.owner = None
+        else:
+            owners.igmp = None
+        del client.interfaces[iface]
+        if owners.owner is None and owners.igmp is None:
+            del self._owners[(iface.if_index, iface.next_hop)]
+        self._emit(None, "interface_released", {**_client_fields(client), **_iface_fields(iface)})
+        if igmp_beside is not None:
+            self._emit(igmp_beside, "enable_igmp", _iface_fields(iface))
+
+    def _op_get_protocol_on_interface(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        key = req_interface(args)
+        owners = self._owners.get(key)
+        told = None if owners is None else owners.told
+        if told is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"nobody owns interface {key[0]}/{key[1]}")
+        return _client_fields(told)
+
+    # --- memberships -------------------------------------------------------------
+
+    def _op_add_group_membership(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        source, group = req_membership_key(args)
+        owners = self._owned(client, args)
+        flags = self._flags(args)
+        key = (group << 32) | source
+        iface = owners.iface
+        if flags == MGM_FORWARD_STATE_FLAG:
+            self._forward(key, iface, add=True)
+            return {}
+        keys = client.members.get(iface)
+        if keys is not None and key in keys:
+            # A re-add changes nothing, but tells the current owner (how a new owner learns receivers).
+            self._local(client, owners, key, "local_join")
+            return {}
+        self._add_membership(client, key, owners)
+        return {}
+
+    def _op_delete_group_membership(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        client = self._client(conn, args)
+        source, group = req_membership_key(args)
+        owners = self._owned(client, args)
+        flags = self._flags(args)
+        key = (group << 32) | source
+        iface = owners.iface
+        if flags == MGM_FORWARD_STATE_FLAG:
+            self._forward(key, iface, add=False)
+            return {}
+        keys = client.members.get(iface)
+        if keys is None or key not in keys:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"{client.id} has no such membership on {iface}")
+        self._delete_membership(client, key, iface)
+        return {}
+
+    @staticmethod
+    def _flags(args: Mapping[str, Any]) -> int:
+        flags = req_int(args, "flags")
+        if flags not in (1, 2):
+            raise invalid(f"flags must be 1 (MGM_JOIN_STATE_FLAG) or 2 (MGM_FORWARD_STATE_FLAG), not {flags}")
+        return flags
+
+    def _add_membership(self, client: _Client, key: int, owners: _Owners) -> None:
+        iface = owners.iface
+        keys = client.members.get(iface)
+        if keys is None:
+            client.members[iface] = {key}
+        else:
+            keys.add(key)
+        joined = self._joined.get(key)
+        if joined is None:
+            joined = self._joined[key] = _Joined()
+            self._new_key(key)
+        on_iface = joined.ifaces.get(iface, 0)
+        joined.ifaces[iface] = on_iface + 1
+        had = joined.clients.get(client, 0)
+        joined.clients[client] = had + 1
+
+        sg = _sg_fields(key)
+        self._emit(None, "membership_added", {**_client_fields(client), **sg, **_iface_fields(iface), "flags": 1})
+        self._local(client, owners, key, "local_join")
+        if had == 0:
+            self._alert(key, "join", joined, client, iface)
+        if on_iface == 0:
+            for mfe in self._matching_mfes(key):
+                self._oil_add(mfe, iface)
+
+    def _delete_membership(self, client: _Client, key: int, iface: Interface) -> None:
+        keys = client.members[iface]
+        keys.discard(key)
+        if not keys:
+            del client.members[iface]
+        joined = self._joined[key]
+        on_iface = joined.ifaces[iface] - 1
+        if on_iface:
+            joined.ifaces[iface] = on_iface
+        else:
+            del joined.ifaces[iface]
+        left = joined.clients[client] - 1
+        if left:
+            joined.clients[client] = left
+        else:
+            del joined.clients[client]
+        if not joined.ifaces:
+            del self._joined[key]
+            self._gone_key(key)
+
+        self._emit(
+            None,
+            "membership_deleted",
+            {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1},
+        )
+        owners = self._owners[(iface.if_index, iface.next_hop)]
+        self._local(client, owners, key, "local_leave")
+        if left == 0:
+            self._alert(key, "leave", joined, client, iface)
+        if on_iface == 0:
+            for mfe in self._matching_mfes(key):
+                if iface in mfe.oil and not self._wanted(mfe, iface):
+                    self._oil_remove(mfe, iface)
+
+    def _local(self, client: _Client, owners: _Owners, key: int, type_: str) -> None:
+        """IGMP's membership is the routing owner's local receiver (never IGMP's own news)."""
+        if client.is_igmp and owners.owner is not None:
+            self._emit(owners.owner, type_, {**_sg_fields(key), **_iface_fields(owners.iface)})
+
+    def _alert(self, key: int, change: str, joined: _Joined, client: _Client, iface: Interface) -> None:
+        """join_alert / prune_alert by the ALERTS table."""
+        shape = "(*,G)" if key & 0xFFFFFFFF == 0 else "(S,G)"
+        rule = ALERTS.get((shape, change, len(joined.clients)))
+        if rule is None:
+            return
+        if rule == EVERY_OTHER:
+            recipients: Iterable[_Client] = [c for c in self._clients.values() if c is not client]
+        elif rule == THE_OTHER:
+            recipients = [c for c in joined.clients if c is not client]
+        else:
+            towards = self._towards(key & 0xFFFFFFFF)
+            told = None if towards is None else self._told(towards)
+            if towards is None:
+                log.info("no route towards %s: %s not sent", format_addr(key & 0xFFFFFFFF), change)
+            recipients = [] if told is None or told is client else [told]
+        if change == "join":
+            fields = {**_sg_fields(key), "member_update": True}
+            for to in recipients:
+                self._emit(to, "join_alert", fields)
+        else:
+            fields = {**_sg_fields(key), **_iface_fields(iface), "member_delete": True}
+            for to in recipients:
+                self._emit(to, "prune_alert", fields)
+
+    def _new_key(self, key: int) -> None:
+        group = key >> 32
+        count = self._group_keys.get(group, 0)
+        self._group_keys[group] = count + 1
+        self._sorted_keys = None
+        if count == 0:
+            self._sorted_groups = None
+
+    def _gone_key(self, key: int) -> None:
+        group = key >> 32
+        count = self._group_keys[group] - 1
+        self._sorted_keys = None
+        if count:
+            self._group_keys[group] = count
+        else:
+            del self._group_keys[group]
+            self._sorted_groups = None
+
+    # --- group enumeration -------------------------------------------------------
+
+    def _op_group_enumeration_start(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        client = self._client(conn, args)
+        kind = req_str(args, "type")
+        if kind not in ENUMERATION_TYPES:
+            raise invalid(f"type must be one of {', '.join(ENUMERATION_TYPES)}, not {kind[:40]!r}")
+        if len(client.enums) >= MAX_OPEN_ENUMERATIONS:
+            raise MgmError(Status.ERROR_NOT_ENOUGH_MEMORY, f"{client.id} has {MAX_OPEN_ENUMERATIONS} open enumerations")
+        enum = client.next_enum
+        client.next_enum += 1
+        client.enums[enum] = _Enumeration(kind)
+        return {"enum": enum}
+
+    def _op_group_enumeration_next(
+        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
+    ) -> dict[str, Any]:
+        client = self._client(conn, args)
+        enum = client.enums.get(req_int(args, "enum"))
+        max_entries = req_int(args, "max_entries", 1)
+        if enum is None:
+            raise invalid(f"enumeration {args['enum']} is not open for {client.id}")
+        if enum.kind == "all_sources":
+            if self._sorted_keys is None:
+                self._sorted_keys = sorted(self._joined)
+            ordered = self._sorted_keys
+        else:
+            if self._sorted_groups is None:
+                self._sorted_groups = sorted(self._group_keys)
+            ordered = self._sorted_groups
+        start = bisect_right(ordered, enum.cursor)
+        page = ordered[start : start + max_entries]
+        if not page:
+            raise MgmError(Status.ERROR_NO_MORE_ITEMS, "the enumeration has no more entries")
+        enum.cursor = page[-1]
+        if enum.kind == "all_sources":
+            entries = [_sg_fields(key) for key in page]
+        else:
+            entries = [_sg_fields(group << 32) for group in page]
+        return {"entries": entries, "more": start + len(page) < len(ordered)}
+
+    def _op_group_enumeration_end(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        enum = req_int(args, "enum")
+        if enum not in client.enums:
+            raise invalid(f"enumeration {enum} is not open for {client.id}")
+        del client.enums[enum]
+        return {}
+
+    # --- MFEs: matching, OIL changes ---------------------------------------------
+
+    def _matching_mfes(self, key: int) -> list[Mfe]:
+        """The MFEs a membership of this (source, group) applies to."""
+        if key & 0xFFFFFFFF:
+            mfe = self._mfes.get(key)
+            return [] if mfe is None else [mfe]
+        if key:
+            return list(self._mfes_by_group.get(key >> 32, {}).values())
+        return list(self._mfes.values())
+
+    def _wanted(self, mfe: Mfe, iface: Interface) -> bool:
+        """Does a membership (or a forward-only add) put this interface in the MFE's OIL?"""
+        if iface == mfe.in_iface:
+            return False
+        for key in (mfe.key, mfe.key & ~0xFFFFFFFF, 0):
+            joined = self._joined.get(key)
+            if joined is not None and iface in joined.ifaces:
+                return True
+        return mfe.forced is not None and iface in mfe.forced
+
+    def _wanted_interfaces(self, key: int, in_iface: Interface) -> list[Interface]:
+        """The OIL a new MFE would get from the memberships, in interface order."""
+        found: set[Interface] = set()
+        for k in (key, key & ~0xFFFFFFFF, 0):
+            joined = self._joined.get(k)
+            if joined is not None:
+                found.update(joined.ifaces)
+        found.discard(in_iface)
+        return sorted(found, key=interface_order)
+
+    def _oil_add(self, mfe: Mfe, iface: Interface) -> None:
+        if iface in mfe.oil or iface == mfe.in_iface:
+            return
+        was_empty = not mfe.oil
+        mfe.oil[iface] = None
+        if mfe.disabled is not None:
+            mfe.disabled.discard(iface)
+        self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        if was_empty:
+            told = self._told(mfe.in_iface)
+            if told is not None:
+                self._emit(told, "join_alert", {**_sg_fields(mfe.key), "member_update": False})
+
+    def _oil_remove(self, mfe: Mfe, iface: Interface) -> None:
+        del mfe.oil[iface]
+        self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        if not mfe.oil:
+            self._ask_prune(mfe)
+
+    def _ask_prune(self, mfe: Mfe) -> None:
+        """The OIL is empty: ask the incoming owner (its answer may set the timeout)."""
+        told = self._told(mfe.in_iface)
+        if told is not None:
+            fields = {**_sg_fields(mfe.key), **_iface_fields(mfe.in_iface), "member_delete": False}
+            self._ask(told, "prune_alert", mfe.key, fields)
+
+    def _forward(self, key: int, iface: Interface, add: bool) -> None:
+        """MGM_FORWARD_STATE_FLAG: change the OIL of existing matching MFEs, record no membership."""
+        for mfe in self._matching_mfes(key):
+            if iface == mfe.in_iface:
+                continue
+            if add:
+                if mfe.forced is None:
+                    mfe.forced = set()
+                mfe.forced.add(iface)
+                self._forced_by_iface.setdefault(iface, {})[mfe.key] = mfe
+                self._oil_add(mfe, iface)
+            elif mfe.forced is not None and iface in mfe.forced:
+                self._unforce(mfe, iface)
+
+    def _unforce(self, mfe: Mfe, iface: Interface) -> None:
+        assert mfe.forced is not None
+        mfe.forced.discard(iface)
+        if not mfe.forced:
+            mfe.forced = None
+        by_iface = self._forced_by_iface[iface]
+        del by_iface[mfe.key]
+        if not by_iface:
+            del self._forced_by_iface[iface]
+        if iface in mfe.oil and not self._wanted(mfe, iface):
+            self._oil_remove(mfe, iface)
+
+    # --- MFEs: storing and deleting -----------------------------------------------
+
+    def _store_mfe(self, mfe: Mfe) -> None:
+        self._mfes[mfe.key] = mfe
+        self._mfes_by_group.setdefault(mfe.key >> 32, {})[mfe.key] = mfe
+        self._mfes_by_in_iface.setdefault(mfe.in_iface, {})[mfe.key] = mfe
+        self._sorted_mfes = None
+        self._schedule_expiry(mfe)
+
+    def _schedule_expiry(self, mfe: Mfe) -> None:
+        mfe.scheduled = mfe.expires
+        heapq.heappush(self._expiry, (mfe.scheduled, mfe.key))
+
+    def _delete_mfe(self, mfe: Mfe) -> None:
+        key = mfe.key
+        del self._mfes[key]
+        by_group = self._mfes_by_group[key >> 32]
+        del by_group[key]
+        if not by_group:
+            del self._mfes_by_group[key >> 32]
+        self._unindex_in_iface(mfe)
+        for iface in mfe.forced or ():
+            by_iface = self._forced_by_iface[iface]
+            del by_iface[key]
+            if not by_iface:
+                del self._forced_by_iface[iface]
+        self._sorted_mfes = None
+        self._emit(None, "mfe_deleted", {"mfe": mfe.render(self.wall_offset)})
+
+    def _unindex_in_iface(self, mfe: Mfe) -> None:
+        by_in = self._mfes_by_in_iface[mfe.in_iface]
+        del by_in[mfe.key]
+        if not by_in:
+            del self._mfes_by_in_iface[mfe.in_iface]
+
+    def _set_incoming(self, mfe: Mfe, iface: Interface, upstream: int) -> None:
+        """Move the MFE's incoming interface and upstream neighbour, publishing the change.
+
+        The OIL loses the new incoming interface and regains the old one where
+        memberships want it; the incoming owner hears of an OIL turning
+        non-empty or empty as after any other OIL change.
+        """
+        if iface == mfe.in_iface and upstream == mfe.upstream:
+            return
+        was_empty = not mfe.oil
+        mfe.upstream = upstream
+        if iface != mfe.in_iface:
+            old = mfe.in_iface
+            self._unindex_in_iface(mfe)
+            mfe.in_iface = iface
+            self._mfes_by_in_iface.setdefault(iface, {})[mfe.key] = mfe
+            told = self._told(iface)
+            mfe.in_protocol_id = 0 if told is None else told.id.protocol_id
+            mfe.oil.pop(iface, None)
+            if self._wanted(mfe, old) and not (mfe.disabled and old in mfe.disabled):
+                mfe.oil[old] = None
+        self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        if was_empty and mfe.oil:
+            told = self._told(mfe.in_iface)
+            if told is not None:
+                self._emit(told, "join_alert", {**_sg_fields(mfe.key), "member_update": False})
+        elif mfe.oil == {} and not was_empty:
+            self._ask_prune(mfe)
+
+    # --- MFE operations -------------------------------------------------------------
+
+    def _op_new_packet(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> Any:
+        self._client(conn, args)
+        source, group = req_source_group(args)
+        arrival = self._interface(req_interface(args))
+        key = (group << 32) | source
+        mfe = self._mfes.get(key)
+        if mfe is not None:
+            return {"mfe": mfe.render(self.wall_offset)}
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.tokens.append(token)
+            return DEFERRED
+        towards = self._towards(source)
+        pending = self._pending[key] = _Pending(key, towards if towards is not None else arrival)
+        told = self._told(pending.in_iface)
+        if told is not None:
+            fields = {
+                "source": format_addr(source),
+                "group": format_addr(group),
+                **_iface_fields(pending.in_iface),
+                "upstream_neighbor": ANY,
+            }
+            pending.open.add(self._ask(told, "rpf", key, fields, pending))
+        else:
+            self._ask_creation(pending, now)
+        stored = self._mfes.get(key)
+        if stored is not None and key not in self._pending:
+            return {"mfe": stored.render(self.wall_offset)}
+        pending.tokens.append(token)
+        return DEFERRED
+
+    def _ask_creation(self, pending: _Pending, now: float) -> None:
+        """Step 3: each owner of OIL interfaces may veto its own (creation_alert)."""
+        by_owner: dict[_Client, list[Interface]] = {}
+        for iface in self._wanted_interfaces(pending.key, pending.in_iface):
+            told = self._told(iface)
+            if told is not None:
+                by_owner.setdefault(told, []).append(iface)
+        for told, ifaces in by_owner.items():
+            fields = {
+                "source": format_addr(pending.key & 0xFFFFFFFF),
+                "group": format_addr(pending.key >> 32),
+                "in_if_index": pending.in_iface.if_index,
+                "in_next_hop": pending.in_iface.next_hop,
+                "oil": [_iface_fields(i) for i in ifaces],
+            }
+            pending.open.add(self._ask(told, "creation_alert", pending.key, fields, pending))
+        if not pending.open:
+            self._create(pending, now)
+
+    def _create(self, pending: _Pending, now: float) -> None:
+        """Step 4: store and publish the MFE, answer the waiting new_packet requests."""
+        del self._pending[pending.key]
+        told = self._told(pending.in_iface)
+        mfe = Mfe(
+            pending.key,
+            pending.in_iface,
+            pending.upstream,
+            0 if told is None else told.id.protocol_id,
+            now,
+            self.mfe_timeout,
+        )
+        for iface in self._wanted_interfaces(pending.key, pending.in_iface):
+            if iface in pending.disabled:
+                if mfe.disabled is None:
+                    mfe.disabled = set()
+                mfe.disabled.add(iface)
+            else:
+                mfe.oil[iface] = None
+        self._store_mfe(mfe)
+        rendered = mfe.render(self.wall_offset)
+        self._emit(None, "mfe_created", {"mfe": rendered})
+        for waiting in pending.tokens:
+            self._completions.append((waiting, {"mfe": rendered}))
+        if not mfe.oil:
+            self._ask_prune(mfe)
+
+    def _op_get_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        source, group = req_source_group(args)
+        stats = opt_int(args, "stats", 0, 1)
+        mfe = self._mfes.get((group << 32) | source)
+        if mfe is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
+        return {"mfe": mfe.render(self.wall_offset, stats)}
+
+    def _op_list_mfes(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        after_key = -1
+        if args.get("after") is not None:
+            after = req_map(args["after"], "after")
+            after_key = sg_key(req_addr(after, "source"), req_addr(after, "group"))
+        max_entries = req_int(args, "max_entries", 1)
+        stats = opt_int(args, "stats", 0, 1)
+        if self._sorted_mfes is None:
+            self._sorted_mfes = sorted(self._mfes)
+        ordered = self._sorted_mfes
+        start = bisect_right(ordered, after_key)
+        page = ordered[start : start + max_entries]
+        return {
+            "entries": [self._mfes[key].render(self.wall_offset, stats) for key in page],
+            "more": start + len(page) < len(ordered),
+        }
+
+    def _op_set_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        source, group = req_source_group(args)
+        upstream = req_addr(args, "upstream_neighbor")
+        new_in: Interface | None = None
+        if args.get("if_index") is not None:
+            if_index = req_int(args, "if_index")
+            next_hop = args.get("next_hop")
+            if next_hop is None:
+                next_hop = ANY
+            parse_addr(next_hop, "next_hop")
+            new_in = self._interface((if_index, next_hop))
+        elif args.get("next_hop") is not None:
+            raise invalid("next_hop without if_index")
+        mfe = self._mfes.get((group << 32) | source)
+        if mfe is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
+        told = self._told(mfe.in_iface)
+        if told is not None and told is not client:
+            raise invalid(f"{client.id} does not own the incoming interface of this MFE")
+        if new_in is not None and new_in != mfe.in_iface and self._told(new_in) is not client:
+            raise invalid(f"{client.id} does not own interface {new_in.if_index}/{new_in.next_hop}")
+        self._set_incoming(mfe, mfe.in_iface if new_in is None else new_in, upstream)
+        return {}
+
+    def _op_wrong_interface(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        self._client(conn, args)
+        source, group = req_source_group(args)
+        arrival = self._interface(req_interface(args))
+        mfe = self._mfes.get((group << 32) | source)
+        if mfe is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
+        if arrival == mfe.in_iface:
+            raise invalid("that is the MFE's incoming interface, not a wrong one")
+        told = self._told(arrival)
+        if told is not None:
+            fields = {"source": format_addr(source), "group": format_addr(group), **_iface_fields(arrival)}
+            self._emit(told, "wrong_if", fields)
+        return {}
+
+    def _op_mfe_counters(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        self._client(conn, args)
+        reports = []
+        for i, raw in enumerate(req_list(args, "entries")):
+            entry = req_map(raw, f"entries[{i}]")
+            source, group = req_source_group(entry)
+            counters = (
+                req_int(entry, "in_packets", 0, MAX_COUNTER),
+                req_int(entry, "in_bytes", 0, MAX_COUNTER),
+                req_int(entry, "wrong_if_packets", 0, MAX_COUNTER),
+            )
+            out = {}
+            for j, raw_oil in enumerate(req_list(entry, "oil", 4096) if entry.get("oil") is not None else []):
+                oil_entry = req_map(raw_oil, f"entries[{i}].oil[{j}]")
+                iface = req_interface(oil_entry)
+                out[iface] = (
+                    req_int(oil_entry, "out_packets", 0, MAX_COUNTER),
+                    opt_int(oil_entry, "discards", 0, MAX_COUNTER) or 0,
+                )
+            reports.append(((group << 32) | source, counters, out))
+        for key, (in_packets, in_bytes, wrong_if), out in reports:
+            mfe = self._mfes.get(key)
+            if mfe is None:
+                continue  # deleted while the report was on its way
+            if in_packets > mfe.in_packets:
+                mfe.last_activity = now
+            mfe.in_packets, mfe.in_bytes, mfe.wrong_if_packets = in_packets, in_bytes, wrong_if
+            if out:
+                mfe.out = {self._interface(k): v for k, v in out.items()}
+        return {}
+
+    # --- questions --------------------------------------------------------------------
+
+    def _ask(self, to: _Client, kind: str, key: int, fields: dict[str, Any], pending: _Pending | None = None) -> int:
+        qid = self._next_question
+        self._next_question += 1
+        fields = {"question": qid, "deadline": self.question_deadline, **fields}
+        question = _Question(qid, kind, to.id, self._now + self.question_deadline, key, fields)
+        question.pending = pending
+        self._questions[qid] = question
+        heapq.heappush(self._deadlines, (question.deadline, qid))
+        self._emit(to, kind, fields)
+        return qid
+
+    def _close(self, question: _Question) -> None:
+        del self._questions[question.qid]
+        self._closed[question.qid] = question
+        if len(self._closed) > CLOSED_QUESTIONS_KEPT:
+            del self._closed[next(iter(self._closed))]
+
+    def _apply_default(self, question: _Question, now: float) -> None:
+        """The deadline passed: rpf keeps the proposed interface, creation_alert enables all."""
+        pending = question.pending
+        if pending is None or self._pending.get(pending.key) is not pending:
+            return
+        pending.open.discard(question.qid)
+        if question.kind == "rpf":
+            self._ask_creation(pending, now)
+        elif not pending.open:
+            self._create(pending, now)
+
+    def _op_answer(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        qid = req_int(args, "question", 0, 1 << 63)
+        question = self._questions.get(qid)
+        late = question is None
+        if question is None:
+            question = self._closed.get(qid)
+            if question is None:
+                raise MgmError(Status.ERROR_NOT_FOUND, f"no question {qid}")
+        if question.to != client.id:
+            raise invalid(f"question {qid} was not asked to {client.id}")
+        if question.kind == "rpf":
+            in_iface = self._interface(req_interface(args))
+            upstream = req_addr(args, "upstream_neighbor")
+            if late:
+                mfe = self._mfes.get(question.key)
+                if mfe is not None:
+                    self._set_incoming(mfe, in_iface, upstream)
+                return {}
+            pending = question.pending
+            assert pending is not None
+            self._close(question)
+            pending.in_iface = in_iface
+            pending.upstream = upstream
+            pending.open.discard(qid)
+            self._ask_creation(pending, now)
+            return {}
+        if question.kind == "creation_alert":
+            asked = {(o["if_index"], o["next_hop"]) for o in question.fields["oil"]}
+            verdicts: dict[tuple[int, str], bool] = {}
+            for i, raw in enumerate(req_list(args, "oil", 4096)):
+                entry = req_map(raw, f"oil[{i}]")
+                iface_key = req_interface(entry)
+                if iface_key not in asked:
+                    raise invalid(f"oil[{i}] names an interface question {qid} did not ask about")
+                verdicts[iface_key] = req_bool(entry, "enabled")
+            if late:
+                mfe = self._mfes.get(question.key)
+                if mfe is not None:
+                    self._apply_verdicts(mfe, verdicts)
+                return {}
+            pending = question.pending
+            assert pending is not None
+            self._close(question)
+            for iface_key, enabled in verdicts.items():
+                if not enabled:
+                    pending.disabled.add(self._interface(iface_key))
+            pending.open.discard(qid)
+            if not pending.open:
+                self._create(pending, now)
+            return {}
+        # prune_alert (member_delete=false): the answer may set the MFE's timeout
+        timeout = req_number(args, "timeout", 0.0, MAX_TIMEOUT) if args.get("timeout") is not None else None
+        if not late:
+            self._close(question)
+        mfe = self._mfes.get(question.key)
+        if timeout is not None and mfe is not None and timeout != mfe.timeout:
+            mfe.timeout = timeout
+            if mfe.expires < mfe.scheduled:
+                self._schedule_expiry(mfe)
+            self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        return {}
+
+    def _apply_verdicts(self, mfe: Mfe, verdicts: dict[tuple[int, str], bool]) -> None:
+        """A late creation_alert answer: disable and re-enable interfaces of a stored MFE."""
+        for iface_key, enabled in sorted(verdicts.items()):
+            iface = self._interface(iface_key)
+            if enabled:
+                if mfe.disabled is not None and iface in mfe.disabled:
+                    mfe.disabled.discard(iface)
+                    if self._wanted(mfe, iface):
+                        self._oil_add(mfe, iface)
+            else:
+                if mfe.disabled is None:
+                    mfe.disabled = set()
+                mfe.disabled.add(iface)
+                if iface in mfe.oil:
+                    self._oil_remove(mfe, iface)
+
+    # --- snapshots -------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_stream(stream: object) -> ClientId:
+        if type(stream) is str and stream.startswith(PROTO_PREFIX):
+            parts = stream[len(PROTO_PREFIX) :].split("/")
+            if len(parts) == 2 and all(p.isascii() and p.isdigit() and len(p) <= 10 for p in parts):
+                return ClientId(int(parts[0]), int(parts[1]))
+        raise invalid(f"no stream {str(stream)[:60]!r}")
+
+    def _state_snapshot(self) -> dict[str, Any]:
+        protocols = [{**_client_fields(c), "name": c.name} for c in self._clients.values()]
+        interfaces = []
+        for owners in sorted(self._owners.values(), key=lambda o: interface_order(o.iface)):
+            told = owners.told
+            interfaces.append(
+                {
+                    **_iface_fields(owners.iface),
+                    "owner": None if told is None else _client_fields(told),
+                    "igmp": owners.igmp is not None,
+                }
+            )
+        memberships = []
+        for client in self._clients.values():
+            for iface in client.interfaces:
+                for key in sorted(client.members.get(iface, ())):
+                    memberships.append(
+                        {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1}
+                    )
+        mfes = [self._mfes[key].render(self.wall_offset) for key in sorted(self._mfes)]
+        return {"protocols": protocols, "interfaces": interfaces, "memberships": memberships, "mfes": mfes}
+
+    def _proto_snapshot(self, client: _Client) -> dict[str, Any]:
+        interfaces = []
+        local_members = []
+        for iface in client.interfaces:
+            owners = self._owners[(iface.if_index, iface.next_hop)]
+            interfaces.append({**_iface_fields(iface), "igmp_enabled": owners.igmp is not None})
+            if owners.owner is client and owners.igmp is not None:
+                for key in sorted(owners.igmp.members.get(iface, ())):
+                    local_members.append({**_sg_fields(key), **_iface_fields(iface)})
+        questions = [{"type": q.kind, **q.fields} for q in self._questions.values() if q.to == client.id]
+        return {"registered": True, "interfaces": interfaces, "local_members": local_members, "questions": questions}
