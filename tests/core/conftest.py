@@ -1,0 +1,12 @@
+"""Fixtures of the core's rule tests; the harness itself is in rules_harness.py."""
+
+from __future__ import annotations
+
+import pytest
+from rules_harness import Core
+
+
+@pytest.fixture
+def core() -> Core:
+    """A fresh Mgm at t=100 s whose resolver reads `core.routes`."""
+    return Core()

@@ -1,0 +1,240 @@
+"""Interface ownership, the IGMP exception, and disable/enable_igmp (MGM-SPEC: Interface ownership)."""
+
+from __future__ import annotations
+
+from mgm.bus.status import Status
+from mgm.core.types import Interface
+from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
+
+
+def owned(p_id: int, **fields: object) -> dict[str, object]:
+    return {"protocol_id": p_id, "component_id": 1, **fields}
+
+
+def test_take_publishes_interface_owned(core: Core) -> None:
+    """take(handle, interface) makes the client the owner; observers see interface_owned."""
+    pim = core.register(PIM)
+    core.drop()
+    assert pim.take(3, "10.1.1.2") == {}
+    assert core.events() == [ev(None, "interface_owned", **owned(PIM, **iff(3, "10.1.1.2")))]
+
+
+def test_second_routing_protocol_is_already_exists(core: Core) -> None:
+    """At most one routing protocol owns an interface: a second gets ERROR_ALREADY_EXISTS."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    pim.take(1)
+    core.refused(Status.ERROR_ALREADY_EXISTS, dvmrp.take, 1)
+
+
+def test_same_client_taking_twice_is_already_exists(core: Core) -> None:
+    """[ours] The owner taking its interface again gets ERROR_ALREADY_EXISTS too."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.refused(Status.ERROR_ALREADY_EXISTS, pim.take, 1)
+
+
+def test_next_hops_tell_interfaces_apart(core: Core) -> None:
+    """An interface is (if_index, next_hop): two next hops of one link are two interfaces."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    pim.take(1, "10.0.0.2")
+    dvmrp.take(1, "10.0.0.3")
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1, "10.0.0.3")) == owned(DVMRP)
+
+
+def test_igmp_may_co_own_with_one_routing_protocol(core: Core) -> None:
+    """IGMP (protocol 10) may own an interface together with one routing protocol, in either order."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(1)
+    pim.take(1)
+    pim.take(2)
+    igmp.take(2)
+
+
+def test_second_igmp_component_is_already_exists(core: Core) -> None:
+    """[ours] The IGMP exception admits one IGMP beside the routing protocol, not two."""
+    core.register(IGMP, 1).take(1)
+    core.refused(Status.ERROR_ALREADY_EXISTS, core.register(IGMP, 2).take, 1)
+
+
+def test_routing_protocol_taking_from_igmp_brackets_with_disable_enable(core: Core) -> None:
+    """A routing protocol taking an interface IGMP owns: disable_igmp, the change, enable_igmp, in that order."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(1)
+    core.drop()
+    pim.take(1)
+    assert core.events() == [
+        ev(igmp, "disable_igmp", **iff(1)),
+        ev(None, "interface_owned", **owned(PIM, **iff(1))),
+        ev(igmp, "enable_igmp", **iff(1)),
+    ]
+
+
+def test_igmp_taking_beside_a_routing_protocol_has_no_bracket(core: Core) -> None:
+    """IGMP joining an interface a routing protocol owns is just interface_owned."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    core.drop()
+    igmp.take(1)
+    assert core.events() == [ev(None, "interface_owned", **owned(IGMP, **iff(1)))]
+
+
+def test_routing_protocol_releasing_beside_igmp_brackets_with_disable_enable(core: Core) -> None:
+    """A routing protocol releasing an interface IGMP also owns: disable_igmp, release, enable_igmp."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(1)
+    pim.take(1)
+    core.drop()
+    pim.release(1)
+    assert core.events() == [
+        ev(igmp, "disable_igmp", **iff(1)),
+        ev(None, "interface_released", **owned(PIM, **iff(1))),
+        ev(igmp, "enable_igmp", **iff(1)),
+    ]
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == owned(IGMP)
+
+
+def test_igmp_memberships_survive_the_ownership_change(core: Core) -> None:
+    """[ours] IGMP's memberships stay across disable/enable; the MFE keeps forwarding."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(1)
+    igmp.join(ANY, "239.1.1.1", 1)
+    pim.take(1)
+    pim.release(1)
+    state = core.mgm.snapshot("state")
+    assert [(m["protocol_id"], m["group"]) for m in state["memberships"]] == [(IGMP, "239.1.1.1")]
+
+
+def test_igmp_re_add_after_enable_tells_the_new_owner(core: Core) -> None:
+    """[ours] A re-add is NO_ERROR and changes nothing, but the new owner gets the local_join."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(1)
+    igmp.join(ANY, "239.1.1.1", 1)
+    pim.take(1)
+    before = core.mgm.snapshot("state")
+    core.drop()
+    assert igmp.join(ANY, "239.1.1.1", 1) == {}
+    assert core.events() == [ev(pim, "local_join", **sgf(ANY, "239.1.1.1"), **iff(1))]
+    assert core.mgm.snapshot("state") == before
+
+
+def test_release_not_owned_is_invalid_parameter(core: Core) -> None:
+    """release of an interface the client does not own is ERROR_INVALID_PARAMETER."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    dvmrp.take(1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.release, 1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.release, 7)
+
+
+def test_release_deletes_the_clients_memberships_there_with_their_effects(core: Core) -> None:
+    """Releasing deletes the client's memberships on the interface, each with its events, then releases."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    pim.take(1)
+    pim.take(2)
+    pim.join(ANY, "239.1.1.1", 1)
+    pim.join(ANY, "239.1.1.2", 1)
+    pim.join(ANY, "239.1.1.2", 2)
+    core.drop()
+    pim.release(1)
+    member = {"protocol_id": PIM, "component_id": 1, **iff(1), "flags": 1}
+    assert core.events() == [
+        ev(None, "membership_deleted", **sgf(ANY, "239.1.1.1"), **member),
+        ev(dvmrp, "prune_alert", **sgf(ANY, "239.1.1.1"), **iff(1), member_delete=True),
+        ev(None, "membership_deleted", **sgf(ANY, "239.1.1.2"), **member),
+        ev(None, "interface_released", **owned(PIM, **iff(1))),
+    ]
+
+
+def test_release_deletes_mfes_whose_incoming_interface_it_was(core: Core) -> None:
+    """Releasing deletes the MFEs coming in on the interface (the owner kept them)."""
+    pim = core.register(PIM)
+    fwd = core.register(FWD)
+    pim.take(1)
+    core.routes["10.0.0.1"] = Interface(1)
+    core.routes["10.0.0.2"] = Interface(2)
+    fwd.packet("10.0.0.1", "239.1.1.1", 1)
+    fwd.packet("10.0.0.2", "239.1.1.1", 2)
+    core.tick(1.0)
+    core.drop()
+    pim.release(1)
+    events = core.events()
+    assert [(e.type, e.fields.get("mfe", {}).get("source")) for e in events] == [
+        ("mfe_deleted", "10.0.0.1"),
+        ("interface_released", None),
+    ]
+    listed = core.req(b"x", "list_mfes", max_entries=10)["entries"]
+    assert [m["source"] for m in listed] == ["10.0.0.2"]
+
+
+def test_igmp_releasing_beside_owner_keeps_the_owners_mfes(core: Core) -> None:
+    """[ours] IGMP releasing an interface a routing protocol owns leaves that protocol's MFEs alone."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    fwd = core.register(FWD)
+    pim.take(1)
+    igmp.take(1)
+    core.routes["10.0.0.1"] = Interface(1)
+    fwd.packet("10.0.0.1", "239.1.1.1", 1)
+    core.tick(1.0)
+    core.drop()
+    igmp.release(1)
+    assert core.types() == [(None, "interface_released")]
+
+
+def test_get_protocol_on_interface_names_the_routing_owner(core: Core) -> None:
+    """get_protocol_on_interface gives the routing protocol, even when IGMP co-owns."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM, 4)
+    igmp.take(1)
+    pim.take(1)
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == {"protocol_id": PIM, "component_id": 4}
+
+
+def test_get_protocol_on_interface_names_igmp_when_alone(core: Core) -> None:
+    """[ours] IGMP is named only where it owns the interface alone."""
+    core.register(IGMP).take(1)
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == owned(IGMP)
+
+
+def test_get_protocol_on_unowned_interface_is_not_found(core: Core) -> None:
+    """get_protocol_on_interface of an interface nobody owns is ERROR_NOT_FOUND."""
+    core.refused(Status.ERROR_NOT_FOUND, core.req, b"x", "get_protocol_on_interface", **iff(9))
+
+
+def test_take_after_release_is_allowed(core: Core) -> None:
+    """A released interface can be taken by another routing protocol."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    pim.take(1)
+    pim.release(1)
+    assert dvmrp.take(1) == {}
+
+
+def test_taking_an_incoming_interface_reassigns_its_mfes(core: Core) -> None:
+    """[ours] An MFE's in_protocol_id follows the owner of its incoming interface (mfe_updated)."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    fwd = core.register(FWD)
+    igmp.take(1)
+    core.routes["10.0.0.1"] = Interface(1)
+    fwd.packet("10.0.0.1", "239.1.1.1", 1)
+    core.tick(1.0)
+    assert core.req(b"x", "get_mfe", source="10.0.0.1", group="239.1.1.1")["mfe"]["in_protocol_id"] == IGMP
+    core.drop()
+    pim.take(1)
+    assert core.types() == [
+        (igmp.id, "disable_igmp"),
+        (None, "interface_owned"),
+        (None, "mfe_updated"),
+        (igmp.id, "enable_igmp"),
+    ]
+    assert core.req(b"x", "get_mfe", source="10.0.0.1", group="239.1.1.1")["mfe"]["in_protocol_id"] == PIM

@@ -1,0 +1,179 @@
+"""Registration, handles, deregistration, liveness and lost connections (MGM-SPEC: Registration)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from mgm.bus.status import MgmError, Status
+from mgm.core.state import CORE_OPS, DEFERRED
+from mgm.core.types import ClientId, Interface
+from rules_harness import ANY, IGMP, PIM, Core, Proto, ev, iff, sgf
+
+
+def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:
+    """register(protocol_id, component_id) gives a handle; observers see protocol_registered."""
+    p = core.register(PIM, 2, name="pim")
+    assert isinstance(p.handle, int)
+    assert core.events() == [ev(None, "protocol_registered", protocol_id=PIM, component_id=2, name="pim")]
+    assert core.mgm.streams() == ["state", "proto/20/2"]
+
+
+def test_register_twice_is_already_exists(core: Core) -> None:
+    """A (protocol_id, component_id) pair registers once: the second gets ERROR_ALREADY_EXISTS."""
+    core.register(PIM, 1)
+    core.refused(Status.ERROR_ALREADY_EXISTS, core.req, b"other", "register_protocol", protocol_id=PIM, component_id=1)
+
+
+def test_same_protocol_other_component_may_register(core: Core) -> None:
+    """Clients are told apart by the pair, so another component of the same protocol is a new client."""
+    core.register(PIM, 1)
+    core.register(PIM, 2)
+    assert core.mgm.streams() == ["state", "proto/20/1", "proto/20/2"]
+
+
+def test_handles_are_opaque_not_sequential(core: Core) -> None:
+    """Handles are opaque: consecutive registrations do not get consecutive numbers."""
+    handles = [core.register(PIM, c).handle for c in range(20)]
+    assert len(set(handles)) == 20
+    diffs = {b - a for a, b in itertools.pairwise(handles)}
+    assert diffs != {1}
+    assert 0 not in handles
+
+
+def test_unknown_handle_is_invalid_parameter(core: Core) -> None:
+    """Every call with a handle nobody registered fails with ERROR_INVALID_PARAMETER."""
+    p = core.register(PIM)
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.req, p.conn, "heartbeat", handle=p.handle ^ 1)
+
+
+def test_handle_from_another_connection_is_invalid_parameter(core: Core) -> None:
+    """[ours] A handle is bound to the connection that registered it; elsewhere it is foreign (87)."""
+    p = core.register(PIM)
+    core.refused(
+        Status.ERROR_INVALID_PARAMETER, core.req, b"intruder", "take_interface_ownership", handle=p.handle, **iff(1)
+    )
+
+
+def test_deregister_removes_the_client(core: Core) -> None:
+    """deregister(handle) forgets the client and its handle; observers see protocol_deregistered."""
+    p = core.register(PIM)
+    core.drop()
+    assert p("deregister_protocol") == {}
+    assert core.events() == [ev(None, "protocol_deregistered", protocol_id=PIM, component_id=1)]
+    core.refused(Status.ERROR_INVALID_PARAMETER, p, "heartbeat")
+    core.register(PIM)  # the pair is free again
+
+
+def test_deregister_while_owning_an_interface_cannot_complete(core: Core) -> None:
+    """deregister is ERROR_CAN_NOT_COMPLETE while the client still owns an interface."""
+    p = core.register(PIM)
+    p.take(1)
+    core.refused(Status.ERROR_CAN_NOT_COMPLETE, p, "deregister_protocol")
+
+
+def test_heartbeat_is_empty_success(core: Core) -> None:
+    """heartbeat(handle) answers {} and keeps the client alive."""
+    p = core.register(PIM)
+    assert p("heartbeat") == {}
+
+
+def test_unknown_op_is_not_supported(core: Core) -> None:
+    """An operation the core does not know is ERROR_NOT_SUPPORTED (ping and sync are the manager's)."""
+    core.refused(Status.ERROR_NOT_SUPPORTED, core.req, b"c", "ping")
+    assert "ping" not in CORE_OPS and "sync" not in CORE_OPS
+    assert "register_protocol" in CORE_OPS and len(CORE_OPS) == 18
+
+
+def test_args_must_be_a_map(core: Core) -> None:
+    """args that are not a map are ERROR_INVALID_PARAMETER."""
+    with pytest.raises(MgmError) as info:
+        core.mgm.handle(b"c", "register_protocol", [1, 2], core.now)  # type: ignore[arg-type]
+    assert info.value.status == Status.ERROR_INVALID_PARAMETER
+
+
+# --- liveness -----------------------------------------------------------------------
+
+
+def _member_on(core: Core) -> tuple[Proto, Proto]:
+    igmp = core.register(IGMP, conn=b"igmp")
+    pim = core.register(PIM, conn=b"pim")
+    pim.take(1)
+    igmp.take(1)
+    igmp.join(ANY, "239.1.1.1", 1)
+    core.drop()
+    return igmp, pim
+
+
+def test_silent_connection_is_cleaned_up_like_a_polite_client(core: Core) -> None:
+    """[ours] After `liveness` s of silence: delete memberships, release interfaces, deregister, with all events."""
+    _igmp, pim = _member_on(core)
+    core.now += 2.0
+    pim("heartbeat")
+    core.tick(1.0)  # igmp silent 3 s: gone; pim spoke 1 s ago
+    assert core.events() == [
+        ev(None, "membership_deleted", protocol_id=IGMP, component_id=1, **sgf(ANY, "239.1.1.1"), **iff(1), flags=1),
+        ev(pim, "local_leave", **sgf(ANY, "239.1.1.1"), **iff(1)),
+        ev(pim, "prune_alert", **sgf(ANY, "239.1.1.1"), **iff(1), member_delete=True),
+        ev(None, "interface_released", protocol_id=IGMP, component_id=1, **iff(1)),
+        ev(None, "protocol_deregistered", protocol_id=IGMP, component_id=1),
+    ]
+    assert core.mgm.streams() == ["state", "proto/20/1"]
+
+
+def test_any_request_counts_as_sign_of_life(core: Core) -> None:
+    """A client that sends anything (even a refused request) within `liveness` s stays."""
+    p = core.register(PIM)
+    core.now += 2.5
+    with pytest.raises(MgmError):
+        p("take_interface_ownership", if_index=-1, next_hop=ANY)
+    core.tick(2.5)
+    assert ClientId(PIM, 1) in [ClientId(*map(int, s.split("/")[1:])) for s in core.mgm.streams()[1:]]
+
+
+def test_next_deadline_includes_liveness(core: Core) -> None:
+    """next_deadline() tells the manager when the silent client must be checked."""
+    assert core.mgm.next_deadline() is None
+    core.register(PIM)
+    assert core.mgm.next_deadline() == pytest.approx(core.now + 3.0)
+
+
+def test_connection_lost_cleans_up_at_once(core: Core) -> None:
+    """[ours] A lost connection is cleaned up at once, every client on it, in registration order."""
+    a = core.register(PIM, 1, conn=b"shared")
+    b = core.register(PIM, 2, conn=b"shared")
+    a.take(1)
+    b.take(2)
+    core.drop()
+    core.mgm.connection_lost(b"shared", core.now)
+    assert core.types() == [
+        (None, "interface_released"),
+        (None, "protocol_deregistered"),
+        (None, "interface_released"),
+        (None, "protocol_deregistered"),
+    ]
+    assert core.mgm.streams() == ["state"]
+    assert core.mgm.next_deadline() is None
+
+
+def test_connection_lost_of_unknown_connection_is_harmless(core: Core) -> None:
+    """Losing a connection that registered nothing changes nothing."""
+    core.register(PIM)
+    core.drop()
+    core.mgm.connection_lost(b"nobody", core.now)
+    assert core.events() == []
+
+
+def test_cleanup_deletes_mfes_of_released_incoming_interfaces(core: Core) -> None:
+    """Cleanup releases interfaces, which deletes the MFEs coming in on them."""
+    pim = core.register(PIM)
+    fwd = core.register(99)
+    pim.take(1)
+    core.routes["10.0.0.1"] = Interface(1)
+    res = fwd.packet("10.0.0.1", "239.1.1.1", 1)
+    assert res is DEFERRED  # rpf to pim
+    core.tick(0.2)
+    assert core.mgm.handle(fwd.conn, "get_mfe", {"source": "10.0.0.1", "group": "239.1.1.1"}, core.now)
+    core.drop()
+    core.mgm.connection_lost(pim.conn, core.now)
+    assert [t for _, t in core.types()] == ["mfe_deleted", "interface_released", "protocol_deregistered"]
