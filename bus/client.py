@@ -1,0 +1,454 @@
+"""The asyncio client of the manager: one DEALER for requests, one SUB for events.
+
+Requests are pipelined: each gets an id, replies are matched by it, many may
+be in flight.  Events are followed per stream with the snapshot-and-sequence
+pattern (the ZeroMQ guide's Clone): for every stream under a followed prefix
+the client keeps (epoch, seq); on first contact, on a gap, or on a new epoch
+it fetches the stream's snapshot with `sync` (paged), drops the buffered
+events the snapshot already covers, and delivers the rest in order.  If the
+first event after a snapshot at seq S is later than S+1, the subscription was
+not live when the snapshot was taken, and it syncs again.  The manager's `hb`
+(every second, and at once for a new subscriber) names the last seq of every
+stream, which reveals streams we have not met yet and losses at the tail.
+
+Receiving awaits readiness once and then drains both sockets without
+blocking, so a burst of thousands of messages costs one wakeup, not one
+await each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from mgm.bus.codec import encode_request, unpack
+from mgm.bus.endpoints import default_api, default_events
+from mgm.bus.sockets import Curve, secure
+from mgm.bus.status import MgmError, Status
+from mgm.bus.topics import HB
+
+log = logging.getLogger(__name__)
+
+MIN_TIMEOUT = 0.02
+"""Message tails reach 10 ms: a shorter timeout would report healthy managers as gone."""
+
+HEARTBEAT_AFTER = 0.75
+"""Send `heartbeat` when no other request went out for this long (the manager allows 3 s)."""
+
+MANAGER_LOST_AFTER = 3.0
+TIMER_PERIOD = 0.25
+HWM = 100_000
+OWN_OPS = frozenset({"ping", "sync"})
+"""Ops the manager answers itself; they do not count as a sign of life for a registered client."""
+
+EventCallback = Callable[[dict[str, Any]], None]
+SnapshotCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(slots=True)
+class _Stream:
+    name: str
+    epoch: int | None = None
+    seq: int = 0
+    synced: bool = False
+    syncing: bool = False
+    again: bool = False
+    buffer: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Follow:
+    prefix: str
+    on_event: EventCallback
+    on_snapshot: SnapshotCallback
+    streams: dict[str, _Stream] = field(default_factory=dict)
+
+
+class Client:
+    """A connection to the manager (see the module docstring and docs/protocol.md)."""
+
+    def __init__(
+        self,
+        api: str | None = None,
+        events: str | None = None,
+        identity: bytes | None = None,
+        *,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 5.0,
+        events_hwm: int = HWM,
+        context: zmq.asyncio.Context | None = None,
+        curve: Curve | None = None,
+    ) -> None:
+        if request_timeout < MIN_TIMEOUT:
+            raise ValueError(f"request_timeout must be at least {MIN_TIMEOUT} s")
+        self.api = api or default_api()
+        self.events = events or default_events()
+        self.identity = identity or f"{os.getpid()}-{secrets.token_hex(6)}".encode()
+        if not self.identity or self.identity[0] == 0:
+            raise ValueError("identity must be non-empty and must not start with a zero byte")
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.events_hwm = events_hwm
+        self.curve = curve
+        self.heartbeat_handle: Any = None
+        self.on_new_epoch: Callable[[int | None, int], None] | None = None
+        self.on_manager_lost: Callable[[], None] | None = None
+        self.epoch: int | None = None
+        self.manager_lost = False
+        self._own_context = context is None
+        self._ctx: zmq.asyncio.Context = context or zmq.asyncio.Context()
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._d: zmq.Socket[bytes] | None = None
+        self._s: zmq.Socket[bytes] | None = None
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], asyncio.TimerHandle]] = {}
+        self._next_id = 1
+        self._follows: list[_Follow] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[Any]] = set()
+        self._last_sent = 0.0
+        self._last_hb = 0.0
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect both sockets and return once the manager answers `ping`."""
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.ROUTING_ID, self.identity)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.SNDHWM, HWM)
+        dealer.setsockopt(zmq.RCVHWM, HWM)
+        secure(dealer, self.api, self.curve, server=False)
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, self.events_hwm)
+        secure(sub, self.events, self.curve, server=False)
+        sub.setsockopt(zmq.SUBSCRIBE, HB.encode())  # subscribe before connecting: no early message is missed
+        for f in self._follows:
+            sub.setsockopt(zmq.SUBSCRIBE, f.prefix.encode())
+        self._dealer, self._sub = dealer, sub
+        self._d = zmq.Socket.shadow(dealer.underlying)
+        self._s = zmq.Socket.shadow(sub.underlying)
+        dealer.connect(self.api)
+        sub.connect(self.events)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._receive()), loop.create_task(self._timers())]
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left < MIN_TIMEOUT:
+                await self.close()
+                raise TimeoutError(f"no manager answered ping on {self.api} within {self.connect_timeout} s")
+            try:
+                result = await self.request("ping", timeout=min(1.0, left))
+                break
+            except TimeoutError:
+                continue
+        self._last_hb = time.monotonic()
+        self._note_epoch(result.get("epoch"))
+        log.debug("connected to %s (epoch %s) as %r", self.api, self.epoch, self.identity)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for bg in list(self._background):
+            bg.cancel()
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
+        for fut, timer in self._pending.values():
+            timer.cancel()
+            if not fut.done():
+                fut.set_exception(ConnectionError("client closed"))
+                fut.exception()  # retrieved: nobody may be waiting for it any more
+        self._pending.clear()
+        for sock in (self._dealer, self._sub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._own_context:
+            self._ctx.term()
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- requests -------------------------------------------------------------
+
+    def request_nowait(
+        self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send a request now; the future gets the result, MgmError, or TimeoutError."""
+        if self._d is None or self._closed:
+            raise RuntimeError("client is not started (await client.start()) or already closed")
+        timeout = self.request_timeout if timeout is None else timeout
+        if timeout < MIN_TIMEOUT:
+            raise ValueError(f"timeout must be at least {MIN_TIMEOUT} s")
+        loop = asyncio.get_running_loop()
+        req_id = self._next_id
+        self._next_id = req_id + 1
+        payload = encode_request(req_id, op, args if args is not None else {})
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[req_id] = (fut, loop.call_later(timeout, self._expire, req_id, op, timeout))
+        try:
+            self._d.send_multipart((b"", payload), zmq.NOBLOCK)
+        except zmq.Again:  # our queue towards the manager is full: wait for room in the background
+            assert self._dealer is not None
+            self._spawn(self._dealer.send_multipart([b"", payload]))
+        if op not in OWN_OPS:
+            self._last_sent = time.monotonic()
+        return fut
+
+    async def request(
+        self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send a request and wait for its result; raises MgmError on a non-zero status."""
+        return await self.request_nowait(op, args, timeout=timeout)
+
+    def _expire(self, req_id: int, op: str, timeout: float) -> None:
+        entry = self._pending.pop(req_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(TimeoutError(f"no reply to {op} (id {req_id}) from {self.api} within {timeout} s"))
+
+    def _spawn(self, aw: Any) -> None:
+        fut = asyncio.ensure_future(aw)
+        self._background.add(fut)
+        fut.add_done_callback(self._background.discard)
+
+    # --- events ---------------------------------------------------------------
+
+    def follow(self, prefix: str, on_event: EventCallback, on_snapshot: SnapshotCallback) -> None:
+        """Follow every stream whose name starts with `prefix` (see the module docstring)."""
+        f = _Follow(prefix, on_event, on_snapshot)
+        self._follows.append(f)
+        if self._sub is not None:
+            self._sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())  # the manager answers with an hb
+
+    def _note_epoch(self, epoch: Any) -> None:
+        if type(epoch) is not int or epoch == self.epoch:
+            return
+        old, self.epoch = self.epoch, epoch
+        if old is None:
+            return
+        log.info("manager restarted (epoch %d -> %d): resyncing every stream", old, epoch)
+        for f in self._follows:
+            for st in f.streams.values():
+                st.synced = False
+                st.buffer = [m for m in st.buffer if m.get("epoch") == epoch]
+                self._start_sync(f, st)
+        if self.on_new_epoch is not None:
+            try:
+                self.on_new_epoch(old, epoch)
+            except Exception:
+                log.exception("on_new_epoch callback failed")
+
+    def _on_heartbeat(self, payload: bytes) -> None:
+        self._last_hb = time.monotonic()
+        if self.manager_lost:
+            self.manager_lost = False
+            log.info("manager heartbeat is back on %s", self.events)
+        try:
+            msg = unpack(payload)
+            epoch, streams = msg["epoch"], msg["streams"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed heartbeat ignored")
+            return
+        self._note_epoch(epoch)
+        if type(streams) is not dict:
+            return
+        for f in self._follows:
+            prefix = f.prefix
+            for name, last in streams.items():
+                if type(name) is not str or not name.startswith(prefix):
+                    continue
+                st = f.streams.get(name)
+                if st is None:
+                    st = f.streams[name] = _Stream(name)
+                    self._start_sync(f, st)  # first contact
+                elif st.syncing:
+                    continue
+                elif not st.synced or (type(last) is int and last > st.seq):
+                    log.debug("%s: heartbeat says seq %s, we have %d: resync", name, last, st.seq)
+                    self._start_sync(f, st)
+
+    def _on_event(self, payload: bytes) -> None:
+        try:
+            msg = unpack(payload)
+            stream = msg["stream"]
+            seq = msg["seq"]
+            epoch = msg["epoch"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed event ignored")
+            return
+        if type(stream) is not str or type(seq) is not int:
+            log.warning("event without a proper stream and seq ignored")
+            return
+        if epoch != self.epoch:
+            self._note_epoch(epoch)
+        for f in self._follows:
+            if not stream.startswith(f.prefix):
+                continue
+            st = f.streams.get(stream)
+            if st is None:
+                st = f.streams[stream] = _Stream(stream)
+            if st.syncing:
+                st.buffer.append(msg)
+            elif st.synced and epoch == st.epoch and seq == st.seq + 1:
+                st.seq = seq
+                try:
+                    f.on_event(msg)
+                except Exception:
+                    log.exception("on_event callback for %s failed", stream)
+            elif st.synced and epoch == st.epoch and seq <= st.seq:
+                continue  # the snapshot covered it
+            else:
+                if st.synced:
+                    log.debug("%s: got seq %d after %d: resync", stream, seq, st.seq)
+                st.buffer.append(msg)
+                self._start_sync(f, st)
+
+    def _start_sync(self, f: _Follow, st: _Stream) -> None:
+        if st.syncing:
+            st.again = True
+            return
+        st.syncing = True
+        st.again = False
+        self._spawn(self._sync(f, st))
+
+    async def _sync(self, f: _Follow, st: _Stream) -> None:
+        try:
+            while True:
+                st.again = False
+                try:
+                    seq, epoch, state = await self.fetch_snapshot(st.name)
+                except (MgmError, TimeoutError, ConnectionError) as exc:
+                    log.warning("sync of %s failed (%s); the next heartbeat retries", st.name, exc)
+                    st.synced = False
+                    return
+                if epoch != self.epoch:
+                    self._note_epoch(epoch)
+                later = sorted((m for m in st.buffer if m["epoch"] == epoch and m["seq"] > seq),
+                               key=lambda m: int(m["seq"]))
+                expect = seq + 1
+                contiguous = True
+                for m in later:
+                    if m["seq"] != expect:
+                        contiguous = False
+                        break
+                    expect += 1
+                if not contiguous or st.again:
+                    st.buffer = later  # the subscription was not live yet, or events were lost meanwhile
+                    continue
+                st.epoch, st.seq, st.synced, st.buffer = epoch, seq, True, []
+                try:
+                    f.on_snapshot(st.name, state)
+                except Exception:
+                    log.exception("on_snapshot callback for %s failed", st.name)
+                for m in later:
+                    st.seq = m["seq"]
+                    try:
+                        f.on_event(m)
+                    except Exception:
+                        log.exception("on_event callback for %s failed", st.name)
+                return
+        finally:
+            st.syncing = False
+
+    async def fetch_snapshot(self, stream: str) -> tuple[int, int, dict[str, Any]]:
+        """(seq, epoch, state) of one stream, all pages joined (lists concatenated in order)."""
+        for _attempt in range(3):
+            res = await self.request("sync", {"stream": stream})
+            state: dict[str, Any] = res["state"]
+            try:
+                while res.get("more"):
+                    res = await self.request("sync", {"stream": stream, "cursor": res["cursor"]})
+                    for k, v in res["state"].items():
+                        if isinstance(v, list):
+                            state[k].extend(v)
+            except MgmError as exc:
+                if exc.status == Status.ERROR_NOT_FOUND:  # the cursor expired: start over
+                    continue
+                raise
+            return int(res["seq"]), int(res["epoch"]), state
+        raise MgmError(Status.ERROR_CAN_NOT_COMPLETE, f"sync of {stream} kept losing its cursor")
+
+    # --- I/O ------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        assert self._dealer is not None and self._sub is not None and self._d is not None and self._s is not None
+        poller = zmq.asyncio.Poller()
+        poller.register(self._dealer, zmq.POLLIN)
+        poller.register(self._sub, zmq.POLLIN)
+        d_recv, s_recv = self._d.recv_multipart, self._s.recv_multipart
+        pending = self._pending
+        hb_topic = HB.encode()
+        while True:
+            await poller.poll()
+            for _ in range(10_000):
+                try:
+                    frames = d_recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    msg = unpack(frames[-1])
+                    entry = pending.pop(msg["id"], None)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("malformed reply ignored")
+                    continue
+                if entry is None:
+                    continue  # its request timed out already
+                fut, timer = entry
+                timer.cancel()
+                if fut.done():
+                    continue
+                status = msg.get("status")
+                if status == 0:
+                    fut.set_result(msg.get("result") or {})
+                else:
+                    fut.set_exception(MgmError(status if type(status) is int else Status.ERROR_CAN_NOT_COMPLETE,
+                                               str(msg.get("message", ""))))
+            for _ in range(10_000):
+                try:
+                    topic, payload = s_recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except ValueError:  # not two frames
+                    continue
+                if topic == hb_topic:
+                    self._on_heartbeat(payload)
+                else:
+                    self._on_event(payload)
+
+    async def _timers(self) -> None:
+        while True:
+            await asyncio.sleep(TIMER_PERIOD)
+            now = time.monotonic()
+            handle = self.heartbeat_handle
+            if handle is not None and now - self._last_sent >= HEARTBEAT_AFTER:
+                fut = self.request_nowait("heartbeat", {"handle": handle})
+                fut.add_done_callback(_log_heartbeat_failure)
+            if not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
+                self.manager_lost = True
+                log.warning("no heartbeat from the manager on %s for %.0f s", self.events, MANAGER_LOST_AFTER)
+                if self.on_manager_lost is not None:
+                    try:
+                        self.on_manager_lost()
+                    except Exception:
+                        log.exception("on_manager_lost callback failed")
+
+
+def _log_heartbeat_failure(fut: asyncio.Future[dict[str, Any]]) -> None:
+    if not fut.cancelled() and (exc := fut.exception()) is not None:
+        log.warning("heartbeat failed: %s", exc)

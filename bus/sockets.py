@@ -1,0 +1,56 @@
+"""Socket options both ends share, and the one place transport security will plug in.
+
+Over tcp both sides set ZMTP heartbeats so a dead peer is torn down in seconds.
+CURVE arrives in a later issue: `Curve` is where its keys will travel and
+`secure()` is where they will be applied; today asking for it is refused
+loudly rather than ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+from mgm.bus.endpoints import check_ipc_endpoint
+
+HEARTBEAT_IVL_MS = 2000
+HEARTBEAT_TIMEOUT_MS = 6000
+HEARTBEAT_TTL_MS = 6000
+
+
+@dataclass(frozen=True, slots=True)
+class Curve:
+    """CURVE keys for tcp endpoints (not implemented yet: a later issue)."""
+
+    public_key: bytes
+    secret_key: bytes
+    server_key: bytes | None = None
+
+
+def secure(sock: zmq.Socket[Any], endpoint: str, curve: Curve | None, *, server: bool) -> None:
+    """Apply transport options for `endpoint` to `sock` before it binds or connects."""
+    if curve is not None:
+        raise NotImplementedError("CURVE is not implemented yet; use ipc:// endpoints or plain tcp:// on loopback")
+    if endpoint.startswith("tcp://"):
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+
+
+def ipc_path(endpoint: str) -> Path | None:
+    """The filesystem path of an ipc:// endpoint (checked for length), None for other transports."""
+    if not endpoint.startswith("ipc://"):
+        return None
+    check_ipc_endpoint(endpoint)
+    return Path(endpoint[len("ipc://"):])
+
+
+def is_socket_file(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,314 @@
+"""mgmd, the manager process: the sans-I/O core (mgm.core.state.Mgm) on the bus.
+
+One asyncio loop, one thread.  Each turn: wait until the ROUTER or the XPUB
+is readable or the next deadline comes (at most one second away), then
+- drain a batch of requests without awaiting per message; each goes to the
+  core (`ping` and `sync` are answered here), and every request gets its one
+  reply, also when the core raises something it should not have (1003);
+- publish the events the batch caused (state -> `state`, a client's callbacks
+  -> `proto/P/C`) and send the replies of deferred requests that completed;
+- send `hb` to a new subscriber at once and to everyone every second;
+- run the core's timers (`tick`) when `next_deadline()` says so.
+
+The core never sees a clock: mgmd passes `time.monotonic()` as `now` and
+sets `core.wall_offset` so the core can render wall-clock times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+import zmq.asyncio
+from mgm.bus import topics
+from mgm.bus.server import BusServer, ManagerRunning
+from mgm.bus.sockets import Curve
+from mgm.bus.status import MgmError, Status
+from mgm.core.types import ClientId, Event
+
+log = logging.getLogger(__name__)
+
+OWN_OPS = frozenset({"ping", "sync"})
+"""Ops mgmd answers itself; everything else goes to the core or is refused with 50."""
+
+HB_INTERVAL = 1.0
+MAX_SLEEP = 1.0
+
+
+class Core(Protocol):
+    """What mgmd needs of the core (mgm.core.state.Mgm; tests may pass a stand-in)."""
+
+    wall_offset: float
+
+    def handle(self, conn: bytes, op: str, args: dict[str, Any], now: float, token: Any = None) -> Any: ...
+    def take_events(self) -> list[Event]: ...
+    def take_completions(self) -> list[tuple[Any, Any]]: ...
+    def tick(self, now: float) -> None: ...
+    def next_deadline(self) -> float | None: ...
+    def connection_lost(self, conn: bytes, now: float) -> None: ...
+    def snapshot(self, stream: str) -> dict[str, Any]: ...
+    def streams(self) -> list[str]: ...
+
+
+def _real_core(question_deadline: float, mfe_timeout: float, liveness: float) -> tuple[Core, frozenset[str], object]:
+    from mgm.core.state import CORE_OPS, DEFERRED, Mgm
+
+    core = Mgm(resolver=None, question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
+    return core, frozenset(CORE_OPS), DEFERRED
+
+
+class Manager:
+    """The manager on two endpoints; `await start()`, then `await run()` until cancelled or `stop()`."""
+
+    def __init__(
+        self,
+        api: str,
+        events: str,
+        *,
+        core: Core | None = None,
+        core_ops: frozenset[str] | None = None,
+        deferred: object = None,
+        question_deadline: float = 0.1,
+        mfe_timeout: float = 900.0,
+        liveness: float = 3.0,
+        context: zmq.asyncio.Context | None = None,
+        curve: Curve | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if core is None:
+            core, core_ops, deferred = _real_core(question_deadline, mfe_timeout, liveness)
+        if core_ops is None:
+            raise TypeError("a core given to Manager needs core_ops (the ops it handles)")
+        self.core = core
+        self.core_ops = core_ops
+        self.deferred = deferred
+        self.clock = clock
+        core.wall_offset = time.time() - clock()
+        self.server = BusServer(api, events, context=context, curve=curve)
+        self._topics: dict[ClientId, str] = {}
+        self._stopping = asyncio.Event()
+
+    @property
+    def epoch(self) -> int:
+        return self.server.epoch
+
+    async def start(self) -> None:
+        await self.server.open()
+        log.info("manager started (pid %d): api %s, events %s, epoch %d",
+                 os.getpid(), self.server.api, self.server.events, self.server.epoch)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def close(self) -> None:
+        self.server.close()
+        log.info("manager stopped: sockets closed")
+
+    async def run(self) -> None:
+        """Serve until stop(); closes the sockets on the way out (also when cancelled)."""
+        loop_task = asyncio.ensure_future(self._loop())
+        stop_task = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if loop_task in done:
+                loop_task.result()  # a bug in the loop itself: surface it
+        finally:
+            for t in (loop_task, stop_task):
+                t.cancel()
+            await asyncio.gather(loop_task, stop_task, return_exceptions=True)
+            self.close()
+
+    # --- the loop -------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        server, core, clock = self.server, self.core, self.clock
+        assert server.router is not None and server.xpub is not None
+        poller = zmq.asyncio.Poller()
+        poller.register(server.router, zmq.POLLIN)
+        poller.register(server.xpub, zmq.POLLIN)
+        now = clock()
+        next_hb = now
+        while True:
+            now = clock()
+            core_due = core.next_deadline()
+            wake = min(next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
+            if wake > now:
+                await poller.poll(max(1, math.ceil((wake - now) * 1000)))
+                now = clock()
+            else:
+                await asyncio.sleep(0)  # let signal handlers and other tasks run under load
+            self._serve_batch(now)
+            if server.drain_subscriptions():
+                server.heartbeat(core.streams())
+            if core_due is not None and now >= core_due:
+                self._tick(now)
+            if now >= next_hb:
+                next_hb = now + HB_INTERVAL
+                server.heartbeat(core.streams())
+                server.replay.prune(now)
+
+    def _serve_batch(self, now: float) -> None:
+        server = self.server
+        requests = server.drain(now)
+        if not requests:
+            return
+        handle = self.core.handle
+        core_ops, deferred = self.core_ops, self.deferred
+        reply, reply_error = server.reply, server.reply_error
+        for conn, req_id, op, args in requests:
+            try:
+                if op in core_ops:
+                    result = handle(conn, op, args, now, (conn, req_id))
+                    if result is not deferred:
+                        reply(conn, req_id, result)
+                elif op == "ping":
+                    reply(conn, req_id, server.ping())
+                elif op == "sync":
+                    self._flush()  # the snapshot's seq must count every event that precedes it
+                    reply(conn, req_id, server.sync(conn, args, self.core.snapshot))
+                else:
+                    reply_error(conn, req_id, Status.ERROR_NOT_SUPPORTED, f"unknown op {op!r}")
+            except MgmError as exc:
+                reply_error(conn, req_id, exc.status, exc.message)
+            except Exception as exc:
+                log.exception("request %r (op %r) from %r failed inside the manager", req_id, op, conn)
+                reply_error(conn, req_id, Status.ERROR_CAN_NOT_COMPLETE,
+                            f"internal error while handling {op}: {type(exc).__name__}: {exc}")
+        self._flush()
+        if server.lost:
+            lost, server.lost = server.lost, set()
+            for conn in lost:
+                log.info("connection %r lost: releasing what its clients held", conn)
+                try:
+                    self.core.connection_lost(conn, now)
+                except Exception:
+                    log.exception("connection_lost(%r) failed", conn)
+                self._flush(reason="connection lost")
+
+    def _tick(self, now: float) -> None:
+        try:
+            self.core.tick(now)
+        except Exception:
+            log.exception("core.tick failed")
+        self._flush(reason="timeout")
+
+    def _flush(self, reason: str = "") -> None:
+        """Publish the events the core produced, then send the replies of completed deferred requests."""
+        core, server = self.core, self.server
+        events = core.take_events()
+        if events:
+            publish, topic_of = server.publish, self._topics
+            for ev in events:
+                to = ev.to
+                stream: str | None
+                if to is None:
+                    stream = topics.STATE
+                    if ev.type in _LOGGED:
+                        _log_state_event(ev, reason)
+                else:
+                    stream = topic_of.get(to)
+                    if stream is None:
+                        stream = topic_of[to] = topics.proto(to.protocol_id, to.component_id)
+                try:
+                    publish(stream, ev.type, ev.fields)
+                except Exception:
+                    log.exception("event %s on %s could not be published", ev.type, stream)
+        completions = core.take_completions()
+        for token, outcome in completions:
+            conn, req_id = token
+            try:
+                if isinstance(outcome, MgmError):
+                    server.reply_error(conn, req_id, outcome.status, outcome.message)
+                else:
+                    server.reply(conn, req_id, outcome)
+            except Exception as exc:
+                log.exception("deferred reply to %r failed", req_id)
+                server.reply_error(conn, req_id, Status.ERROR_CAN_NOT_COMPLETE, f"internal error: {exc}")
+
+
+_LOGGED = frozenset({"protocol_registered", "protocol_deregistered", "interface_owned", "interface_released"})
+
+
+def _log_state_event(ev: Event, reason: str) -> None:
+    f = ev.fields
+    who = f"{f.get('protocol_id')}/{f.get('component_id')}"
+    why = f" ({reason})" if reason else ""
+    if ev.type == "protocol_registered":
+        log.info("client %s registered%s", who, f" as {f['name']!r}" if f.get("name") else "")
+    elif ev.type == "protocol_deregistered":
+        log.info("client %s gone%s", who, why)
+    elif ev.type == "interface_owned":
+        log.info("client %s owns interface %s/%s", who, f.get("if_index"), f.get("next_hop"))
+    else:
+        log.info("client %s released interface %s/%s%s", who, f.get("if_index"), f.get("next_hop"), why)
+
+
+async def serve(
+    api: str,
+    events: str,
+    *,
+    question_deadline: float = 0.1,
+    mfe_timeout: float = 900.0,
+    liveness: float = 3.0,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = False,
+    core: Core | None = None,
+    core_ops: frozenset[str] | None = None,
+    deferred: object = None,
+) -> None:
+    """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
+    manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred,
+                      question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
+    await manager.start()
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, manager, sig)
+    if stop is not None:
+        stop_watch = asyncio.ensure_future(stop.wait())
+        stop_watch.add_done_callback(lambda _: manager.stop())
+    if ready is not None:
+        ready.set()
+    try:
+        await manager.run()
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+
+def _on_signal(manager: Manager, sig: signal.Signals) -> None:
+    log.info("%s received: stopping", sig.name)
+    manager.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--question-deadline", type=float, default=0.1, metavar="SECONDS",
+                        help="how long rpf and creation_alert questions wait for an answer (default 0.1)")
+    parser.add_argument("--mfe-timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="default MFE timeout without traffic (default 900)")
+    parser.add_argument("--liveness", type=float, default=3.0, metavar="SECONDS",
+                        help="a registered client silent this long is treated as gone (default 3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
+                          mfe_timeout=args.mfe_timeout, liveness=args.liveness, handle_signals=True))
+    except ManagerRunning as exc:
+        log.error("%s", exc)
+        return 1
+    except (ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
