@@ -1,0 +1,397 @@
+"""Memberships, local join/leave, and the join_alert / prune_alert table (MGM-SPEC: Membership)."""
+
+from __future__ import annotations
+
+import pytest
+from mgm.bus.status import Status
+from mgm.core.state import ALERTS
+from mgm.core.types import Interface
+from rules_harness import ANY, DVMRP, IGMP, PIM, Core, Proto, ev, iff, sgf
+
+G = "239.1.1.1"
+S = "10.0.0.1"
+
+
+def added(p: Proto, source: str, group: str, if_index: int) -> object:
+    return ev(
+        None, "membership_added", protocol_id=p.pid, component_id=p.cid, **sgf(source, group), **iff(if_index), flags=1
+    )
+
+
+def deleted(p: Proto, source: str, group: str, if_index: int) -> object:
+    return ev(
+        None,
+        "membership_deleted",
+        protocol_id=p.pid,
+        component_id=p.cid,
+        **sgf(source, group),
+        **iff(if_index),
+        flags=1,
+    )
+
+
+def join_alert(to: Proto, source: str = ANY, group: str = G, update: bool = True) -> object:
+    return ev(to, "join_alert", **sgf(source, group), member_update=update)
+
+
+def prune_alert(to: Proto, if_index: int, source: str = ANY, group: str = G) -> object:
+    return ev(to, "prune_alert", **sgf(source, group), **iff(if_index), member_delete=True)
+
+
+@pytest.fixture
+def three(core: Core) -> tuple[Proto, Proto, Proto]:
+    """Three routing protocols, each owning two interfaces (1,2), (3,4), (5,6)."""
+    a, b, c = core.register(PIM), core.register(DVMRP), core.register(40)
+    for p, ifs in ((a, (1, 2)), (b, (3, 4)), (c, (5, 6))):
+        for i in ifs:
+            p.take(i)
+    core.drop()
+    return a, b, c
+
+
+# --- recording ------------------------------------------------------------------
+
+
+def test_add_records_the_membership(core: Core) -> None:
+    """add with MGM_JOIN_STATE_FLAG records the membership (membership_added, in the state snapshot)."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.drop()
+    assert pim.join(ANY, G, 1) == {}
+    assert core.events() == [added(pim, ANY, G, 1)]  # nobody else is registered to alert
+    state = core.mgm.snapshot("state")
+    assert state["memberships"] == [{"protocol_id": PIM, "component_id": 1, **sgf(ANY, G), **iff(1), "flags": 1}]
+
+
+def test_add_on_an_interface_not_owned_is_invalid_parameter(core: Core) -> None:
+    """[ours] A client must own the interface before adding a membership on it (87)."""
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    dvmrp.take(1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 2)
+
+
+def test_delete_on_an_interface_not_owned_is_invalid_parameter(core: Core) -> None:
+    """[ours] Deleting on an interface the client does not own is 87, even if the membership is elsewhere."""
+    pim = core.register(PIM)
+    pim.take(1)
+    pim.join(ANY, G, 1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.leave, ANY, G, 2)
+
+
+@pytest.mark.parametrize("flags", [0, 3, 4, 8, -1, 1 << 40])
+def test_flags_other_than_join_or_forward_are_invalid(core: Core, flags: int) -> None:
+    """flags must be MGM_JOIN_STATE_FLAG (1) or MGM_FORWARD_STATE_FLAG (2); anything else is 87."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1, flags=flags)
+
+
+def test_flags_true_is_not_one(core: Core) -> None:
+    """A bool is not an int: flags=True is 87."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1, flags=True)
+
+
+def test_delete_of_a_missing_membership_is_not_found(core: Core) -> None:
+    """[ours] Deleting a membership that does not exist is ERROR_NOT_FOUND."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.refused(Status.ERROR_NOT_FOUND, pim.leave, ANY, G, 1)
+    pim.join(ANY, G, 1)
+    core.refused(Status.ERROR_NOT_FOUND, pim.leave, S, G, 1)
+
+
+def test_delete_publishes_membership_deleted(core: Core) -> None:
+    """delete removes the membership; observers see membership_deleted."""
+    pim = core.register(PIM)
+    pim.take(1)
+    pim.join(ANY, G, 1)
+    core.drop()
+    assert pim.leave(ANY, G, 1) == {}
+    assert core.events() == [deleted(pim, ANY, G, 1)]
+    assert core.mgm.snapshot("state")["memberships"] == []
+
+
+def test_re_add_is_no_error_and_changes_nothing(core: Core) -> None:
+    """[ours] Adding an existing membership again is NO_ERROR with no event and no state change."""
+    pim = core.register(PIM)
+    pim.take(1)
+    pim.join(ANY, G, 1)
+    before = core.mgm.snapshot("state")
+    core.drop()
+    assert pim.join(ANY, G, 1) == {}
+    assert core.events() == []
+    assert core.mgm.snapshot("state") == before
+
+
+# --- local join / leave ---------------------------------------------------------------
+
+
+def test_igmp_add_tells_the_routing_owner_local_join(core: Core) -> None:
+    """IGMP adding on an interface a routing protocol owns: that owner gets local_join."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    igmp.take(1)
+    core.drop()
+    igmp.join(S, G, 1)
+    events = core.events()
+    assert events[:2] == [added(igmp, S, G, 1), ev(pim, "local_join", **sgf(S, G), **iff(1))]
+
+
+def test_igmp_delete_tells_the_routing_owner_local_leave(core: Core) -> None:
+    """local_leave mirrors local_join when IGMP deletes."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    igmp.take(1)
+    igmp.join(ANY, G, 1)
+    core.drop()
+    igmp.leave(ANY, G, 1)
+    assert core.events()[:2] == [deleted(igmp, ANY, G, 1), ev(pim, "local_leave", **sgf(ANY, G), **iff(1))]
+
+
+def test_no_local_join_where_igmp_owns_alone(core: Core) -> None:
+    """Nobody gets a local join for an interface IGMP owns alone."""
+    igmp = core.register(IGMP)
+    igmp.take(1)
+    core.drop()
+    igmp.join(ANY, G, 1)
+    assert core.events() == [added(igmp, ANY, G, 1)]
+
+
+def test_routing_protocol_membership_is_no_local_join_to_igmp(core: Core) -> None:
+    """A routing protocol's own membership is never reported to IGMP beside it."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    igmp.take(1)
+    core.drop()
+    pim.join(ANY, G, 1)
+    assert [e.type for e in core.events() if e.to is not None] == ["join_alert"]
+
+
+def test_local_members_are_in_the_owners_snapshot(core: Core) -> None:
+    """The proto snapshot lists the local joins in effect for the routing owner."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    igmp.take(1)
+    igmp.join(ANY, G, 1)
+    snap = core.mgm.snapshot("proto/20/1")
+    assert snap["local_members"] == [{**sgf(ANY, G), **iff(1)}]
+    assert snap["interfaces"] == [{**iff(1), "igmp_enabled": True}]
+
+
+# --- the (*,G) alert table ---------------------------------------------------------------
+
+
+def test_alert_table_reads_as_documented() -> None:
+    """The ALERTS table has exactly the six rows of the spec."""
+    assert len(ALERTS) == 6
+    assert ALERTS[("(*,G)", "join", 1)] != ALERTS[("(*,G)", "join", 2)]
+
+
+def test_first_client_for_g_alerts_every_other_registered_client(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): the first client with receivers for G -> join_alert to every other registered client."""
+    a, b, c = three
+    b.join(ANY, G, 3)
+    assert core.events() == [added(b, ANY, G, 3), join_alert(a), join_alert(c)]
+
+
+def test_second_client_for_g_alerts_the_first(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): the second client with receivers -> join_alert to the first only."""
+    _a, b, c = three
+    b.join(ANY, G, 3)
+    core.drop()
+    c.join(ANY, G, 5)
+    assert core.events() == [added(c, ANY, G, 5), join_alert(b)]
+
+
+def test_third_client_for_g_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): later clients -> no join_alert."""
+    a, b, c = three
+    b.join(ANY, G, 3)
+    c.join(ANY, G, 5)
+    core.drop()
+    a.join(ANY, G, 1)
+    assert core.events() == [added(a, ANY, G, 1)]
+
+
+def test_same_client_second_interface_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): a client already with receivers adding an interface is not a new client."""
+    a, _b, _c = three
+    a.join(ANY, G, 1)
+    core.drop()
+    a.join(ANY, G, 2)
+    assert core.events() == [added(a, ANY, G, 2)]
+
+
+def test_leave_of_one_of_three_clients_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): a client leaving while two others remain -> no prune_alert."""
+    a, b, c = three
+    a.join(ANY, G, 1)
+    b.join(ANY, G, 3)
+    c.join(ANY, G, 5)
+    core.drop()
+    a.leave(ANY, G, 1)
+    assert core.events() == [deleted(a, ANY, G, 1)]
+
+
+def test_second_to_last_leaving_alerts_the_remaining_one(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): the last interface of the second-to-last client goes -> prune_alert to the one remaining."""
+    a, b, _c = three
+    a.join(ANY, G, 1)
+    b.join(ANY, G, 3)
+    core.drop()
+    b.leave(ANY, G, 3)
+    assert core.events() == [deleted(b, ANY, G, 3), prune_alert(a, 3)]
+
+
+def test_last_leaving_alerts_every_other_registered_client(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): the last interface of the last client goes -> prune_alert to every other registered client."""
+    a, b, c = three
+    b.join(ANY, G, 3)
+    core.drop()
+    b.leave(ANY, G, 3)
+    assert core.events() == [deleted(b, ANY, G, 3), prune_alert(a, 3), prune_alert(c, 3)]
+
+
+def test_leaving_one_of_two_interfaces_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,G): only a client's *last* interface going counts."""
+    a, _b, _c = three
+    a.join(ANY, G, 1)
+    a.join(ANY, G, 2)
+    core.drop()
+    a.leave(ANY, G, 1)
+    assert core.events() == [deleted(a, ANY, G, 1)]
+
+
+def test_igmp_counts_as_a_client_in_the_alert_rules(core: Core) -> None:
+    """[ours] IGMP is a client like any other for join_alert/prune_alert."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    pim.take(1)
+    igmp.take(2)
+    igmp.join(ANY, G, 2)
+    core.drop()
+    pim.join(ANY, G, 1)
+    assert core.events() == [added(pim, ANY, G, 1), join_alert(igmp)]
+
+
+def test_star_star_follows_the_star_g_rules(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(*,*) is (*,G) with all groups as the one group."""
+    a, b, c = three
+    a.join(ANY, ANY, 1)
+    assert core.events() == [added(a, ANY, ANY, 1), join_alert(b, ANY, ANY), join_alert(c, ANY, ANY)]
+    b.join(ANY, ANY, 3)
+    assert core.events() == [added(b, ANY, ANY, 3), join_alert(a, ANY, ANY)]
+    b.leave(ANY, ANY, 3)
+    assert core.events() == [deleted(b, ANY, ANY, 3), prune_alert(a, 3, ANY, ANY)]
+
+
+def test_groups_are_counted_separately(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """Clients with receivers are counted per group: a join to another group is another first join."""
+    a, b, c = three
+    a.join(ANY, G, 1)
+    core.drop()
+    b.join(ANY, "239.1.1.2", 3)
+    assert core.events() == [
+        added(b, ANY, "239.1.1.2", 3),
+        join_alert(a, ANY, "239.1.1.2"),
+        join_alert(c, ANY, "239.1.1.2"),
+    ]
+
+
+# --- the (S,G) alert rules ---------------------------------------------------------------
+
+
+def test_first_sg_client_alerts_only_the_owner_towards_s(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(S,G): the first client with receivers -> join_alert only to the owner of the interface towards S."""
+    a, b, c = three
+    core.routes[S] = Interface(5)
+    a.join(S, G, 1)
+    assert core.events() == [added(a, S, G, 1), join_alert(c, S)]
+    b.join(S, G, 3)
+    assert core.events() == [added(b, S, G, 3)]
+
+
+def test_last_sg_client_leaving_alerts_the_owner_towards_s(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(S,G): prune_alert only to the owner of the interface towards S, when the last client goes."""
+    a, b, c = three
+    core.routes[S] = Interface(5)
+    a.join(S, G, 1)
+    b.join(S, G, 3)
+    core.drop()
+    a.leave(S, G, 1)
+    assert core.events() == [deleted(a, S, G, 1)]
+    b.leave(S, G, 3)
+    assert core.events() == [deleted(b, S, G, 3), prune_alert(c, 3, S)]
+
+
+def test_sg_without_a_route_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """Where S cannot be resolved, the (S,G) alerts are not sent."""
+    a, _b, _c = three
+    a.join(S, G, 1)
+    assert core.events() == [added(a, S, G, 1)]
+
+
+def test_sg_owner_towards_s_is_not_alerted_about_itself(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """[ours] The owner towards S joining (S,G) itself gets no alert about its own receivers."""
+    a, _b, _c = three
+    core.routes[S] = Interface(2)
+    a.join(S, G, 1)
+    assert core.events() == [added(a, S, G, 1)]
+
+
+def test_sg_alert_goes_to_igmp_where_it_owns_alone(core: Core) -> None:
+    """The owner towards S is IGMP where IGMP owns that interface alone."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    igmp.take(7)
+    pim.take(1)
+    core.routes[S] = Interface(7)
+    core.drop()
+    pim.join(S, G, 1)
+    assert core.events() == [added(pim, S, G, 1), join_alert(igmp, S)]
+
+
+def test_sg_alert_goes_to_the_routing_owner_not_igmp_beside_it(core: Core) -> None:
+    """Alerts for an interface go to its routing protocol, never to IGMP beside it."""
+    igmp = core.register(IGMP)
+    pim = core.register(PIM)
+    dvmrp = core.register(DVMRP)
+    igmp.take(7)
+    dvmrp.take(7)
+    pim.take(1)
+    core.routes[S] = Interface(7)
+    core.drop()
+    pim.join(S, G, 1)
+    assert core.events() == [added(pim, S, G, 1), join_alert(dvmrp, S)]
+
+
+def test_sg_join_does_not_count_for_star_g(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+    """(S,G) and (*,G) receivers are counted apart: an (S,G) join is no (*,G) client."""
+    a, b, c = three
+    a.join(S, G, 1)
+    core.drop()
+    b.join(ANY, G, 3)
+    assert core.events() == [added(b, ANY, G, 3), join_alert(a), join_alert(c)]
+
+
+# --- forward-only state -------------------------------------------------------------------
+
+
+def test_forward_flag_records_no_membership(core: Core) -> None:
+    """MGM_FORWARD_STATE_FLAG adds to matching MFEs' OILs only: no membership, no alert, no event without MFE."""
+    pim = core.register(PIM)
+    pim.take(1)
+    core.drop()
+    assert pim.join(S, G, 1, flags=2) == {}
+    assert core.events() == []
+    assert core.mgm.snapshot("state")["memberships"] == []
+    assert pim.leave(S, G, 1, flags=2) == {}
+    assert core.events() == []
