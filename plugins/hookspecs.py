@@ -22,7 +22,13 @@ Rules every hook follows
   ``member_delete=False``) are ``firstresult`` hooks: the first non-None value
   is the answer, which the host sends back before the question's deadline.
   None from every implementation means "the default", and the host answers
-  with the default at once rather than letting the manager wait.
+  with the default at once rather than letting the manager wait.  A plugin
+  that needs I/O to decide returns ``ANSWER_LATER`` and answers itself with
+  ``mgm.answer(question, ...)`` from a coroutine (``mgm.spawn``); past the
+  deadline the manager has taken the default and applies the answer as an
+  update.
+* A hook that raises is logged with the plugin's name and the event; the host
+  keeps running (and answers a question with the default).
 * Addresses are dotted-quad strings; an interface is ``Interface(if_index,
   next_hop)``.
 
@@ -36,7 +42,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
-
 from mgm.core.types import Interface
 
 if TYPE_CHECKING:
@@ -47,16 +52,36 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
+class _AnswerLater:
+    """The type of `ANSWER_LATER`."""
+
+    _instance: _AnswerLater | None = None
+
+    def __new__(cls) -> _AnswerLater:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ANSWER_LATER"
+
+
+ANSWER_LATER = _AnswerLater()
+"""Returned by a question hook: "I will answer myself with ``mgm.answer``"; the host sends nothing."""
+
+
 # --- lifecycle ---------------------------------------------------------------
 
 
 @hookspec(firstresult=True)
-def mgm_protocol(config: Mapping[str, Any]) -> tuple[int, int] | None:  # type: ignore[empty-body]
+def mgm_protocol(config: Mapping[str, Any]) -> tuple[int, int] | None:
     """Return ``(protocol_id, component_id)`` to register with.
 
     Called once, before anything else, with the plugin's configuration table.
-    A plugin that does not implement it registers with the ``protocol_id``
-    and ``component_id`` keys of its configuration.
+    The ``protocol_id`` and ``component_id`` keys of the configuration, where
+    present, win over this hook (so an operator can run a second instance
+    under another component id); a plugin that does not implement it must be
+    given both keys.
     """
 
 
@@ -152,7 +177,7 @@ def mgm_prune_alert(
     group_mask: str,
     interface: Interface,
     member_delete: bool,
-) -> float | None:
+) -> float | _AnswerLater | None:
     """[PMGM_PRUNE_ALERT_CALLBACK] Receivers went away for (source, group).
 
     With ``member_delete=False`` an MFE whose incoming interface you own has
@@ -173,7 +198,7 @@ def mgm_wrong_if(mgm: PluginContext, source: str, group: str, interface: Interfa
 @hookspec(firstresult=True)
 def mgm_rpf(
     mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str
-) -> tuple[Interface, str] | None:
+) -> tuple[Interface, str] | _AnswerLater | None:
     """[PMGM_RPF_CALLBACK] The RPF check for a new (source, group).
 
     `interface` is the manager's choice of incoming interface (the route
@@ -185,7 +210,7 @@ def mgm_rpf(
 @hookspec(firstresult=True)
 def mgm_creation_alert(
     mgm: PluginContext, source: str, group: str, in_interface: Interface, oil: Sequence[Interface]
-) -> Mapping[Interface, bool] | None:
+) -> Mapping[Interface, bool] | _AnswerLater | None:
     """[PMGM_CREATION_ALERT_CALLBACK] A new MFE will forward out of `oil`, your interfaces.
 
     Return ``{interface: enabled}`` to disable some of them (interfaces you

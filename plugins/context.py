@@ -1,0 +1,282 @@
+"""What every hook receives as ``mgm``: the plugin's handle on the manager.
+
+Every method that changes the manager's state sends its request at once and
+returns an ``asyncio.Future`` of the reply's result.  A hook may ignore the
+future (a refusal is then logged with the plugin's name) or hand it to a
+coroutine started with `spawn` that awaits it; a hook never awaits it
+itself, because hooks are plain functions that must return quickly.
+
+The context keeps a ledger of the interfaces the plugin took and the
+memberships it added through it.  When the manager restarts, the host
+registers again and replays that ledger, so a plugin that only uses these
+methods needs no restart logic of its own (``mgm_replay`` is for the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mgm.bus.status import MgmError
+from mgm.core.types import ANY, HOST_MASK, MGM_JOIN_STATE_FLAG, ClientId, Interface
+
+if TYPE_CHECKING:
+    from mgm.bus.client import Client
+
+T = TypeVar("T")
+
+HANDLE_OPS = frozenset(
+    {
+        "deregister_protocol",
+        "take_interface_ownership",
+        "release_interface_ownership",
+        "add_group_membership",
+        "delete_group_membership",
+        "group_enumeration_start",
+        "group_enumeration_next",
+        "group_enumeration_end",
+        "set_mfe",
+        "new_packet",
+        "wrong_interface",
+        "mfe_counters",
+        "answer",
+        "heartbeat",
+    }
+)
+"""Operations whose args carry the client's handle; `PluginContext.request` fills it in."""
+
+MembershipKey = tuple[str, str, str, str, Interface, int]
+"""(source, source_mask, group, group_mask, interface, flags): one ledger entry."""
+
+
+def default_mask(address: str) -> str:
+    """The mask that goes with an address in the MGM: 0.0.0.0 for the wildcard, all-ones otherwise."""
+    return ANY if address == ANY else HOST_MASK
+
+
+class PluginContext:
+    """The plugin's view of the manager, passed to every hook as ``mgm``.
+
+    Attributes:
+        name: the plugin's entry point name.
+        protocol: the ``ClientId(protocol_id, component_id)`` it registered as.
+        handle: the handle the manager gave it (changes when the manager restarts).
+        config: its ``[plugins.NAME]`` table, read-only.
+        log: a logger named ``mgm.plugin.NAME``.
+        client: the bus `Client`, for ``await mgm.client.request(op, args)``
+            inside coroutines started with `spawn` (never inside a hook).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        client: Client,
+        protocol: ClientId,
+        config: Mapping[str, Any],
+        handle: int | None = None,
+    ) -> None:
+        self.name = name
+        self.client = client
+        self.protocol = protocol
+        self.config = config
+        self.handle = handle
+        self.log = logging.getLogger(f"mgm.plugin.{name}")
+        self._interfaces: dict[Interface, None] = {}  # insertion-ordered set
+        self._memberships: dict[MembershipKey, None] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- requests ---------------------------------------------------------------------
+
+    def request(self, op: str, args: Mapping[str, Any] | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Send any operation now; the handle is filled in for the operations that take one.
+
+        Returns the future of the reply's result.  If nobody retrieves its
+        outcome, a refusal (`MgmError`) or a timeout is logged.
+        """
+        full = dict(args or {})
+        if op in HANDLE_OPS:
+            full.setdefault("handle", self.handle)
+        fut = self.client.request_nowait(op, full)
+        fut.add_done_callback(lambda f: self._log_failure(f, op, full))
+        return fut
+
+    def add_membership(
+        self,
+        source: str,
+        group: str,
+        interface: Interface,
+        *,
+        source_mask: str | None = None,
+        group_mask: str | None = None,
+        flags: int = MGM_JOIN_STATE_FLAG,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """[MgmAddGroupMembershipEntry] Receivers for (source, group) on `interface`, which you own.
+
+        Masks default from the addresses (0.0.0.0 -> 0.0.0.0, else
+        255.255.255.255), so ``add_membership("0.0.0.0", "239.1.1.1", iface)``
+        is a (*,G) join.  The membership is replayed after a manager restart
+        until you delete it or release the interface.
+        """
+        key = self._membership_key(source, group, interface, source_mask, group_mask, flags)
+        self._memberships[key] = None
+        fut = self.request("add_group_membership", _membership_args(key))
+
+        def forget_refused(f: asyncio.Future[dict[str, Any]]) -> None:
+            if not f.cancelled() and isinstance(f.exception(), MgmError):
+                self._memberships.pop(key, None)  # the manager said no: nothing to replay
+
+        fut.add_done_callback(forget_refused)
+        return fut
+
+    def delete_membership(
+        self,
+        source: str,
+        group: str,
+        interface: Interface,
+        *,
+        source_mask: str | None = None,
+        group_mask: str | None = None,
+        flags: int = MGM_JOIN_STATE_FLAG,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """[MgmDeleteGroupMembershipEntry] The mirror of `add_membership` (same defaults)."""
+        key = self._membership_key(source, group, interface, source_mask, group_mask, flags)
+        self._memberships.pop(key, None)
+        return self.request("delete_group_membership", _membership_args(key))
+
+    def take_interface(self, interface: Interface) -> asyncio.Future[dict[str, Any]]:
+        """[MgmTakeInterfaceOwnership] Own `interface`; re-taken after a manager restart."""
+        self._interfaces[interface] = None
+        fut = self.request("take_interface_ownership", _interface_args(interface))
+
+        def forget_refused(f: asyncio.Future[dict[str, Any]]) -> None:
+            if not f.cancelled() and isinstance(f.exception(), MgmError):
+                self._interfaces.pop(interface, None)
+
+        fut.add_done_callback(forget_refused)
+        return fut
+
+    def release_interface(self, interface: Interface) -> asyncio.Future[dict[str, Any]]:
+        """[MgmReleaseInterfaceOwnership] Give `interface` up; the manager deletes your memberships on it."""
+        self._interfaces.pop(interface, None)
+        for key in [k for k in self._memberships if k[4] == interface]:
+            del self._memberships[key]
+        return self.request("release_interface_ownership", _interface_args(interface))
+
+    def answer(self, question: int, **fields: Any) -> asyncio.Future[dict[str, Any]]:
+        """Answer a question yourself, for a hook that returned ``ANSWER_LATER``.
+
+        `fields` are those of the question's answer on the wire: for ``rpf``
+        ``if_index``, ``next_hop``, ``upstream_neighbor``; for
+        ``creation_alert`` ``oil=[{"if_index", "next_hop", "enabled"}]``; for
+        ``prune_alert`` ``timeout``.  An answer after the deadline is applied
+        as an update.
+        """
+        return self.request("answer", {"question": question, **fields})
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` on the host's loop; its exception, if any, is logged with the plugin's name.
+
+        The context keeps a reference until it ends; the host cancels what
+        is still running when it stops (after ``mgm_stop``).
+        """
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    # --- what the host uses -------------------------------------------------------------------
+
+    @property
+    def interfaces(self) -> tuple[Interface, ...]:
+        """The interfaces taken through this context (the ledger), in the order taken."""
+        return tuple(self._interfaces)
+
+    @property
+    def memberships(self) -> tuple[MembershipKey, ...]:
+        """The memberships added through this context and not deleted (the ledger)."""
+        return tuple(self._memberships)
+
+    async def replay(self) -> None:
+        """After a manager restart: take every ledger interface, then add every ledger membership.
+
+        Refusals are logged, not raised: one refused entry must not stop the others.
+        """
+        for interface in self.interfaces:
+            await _logged(self.request("take_interface_ownership", _interface_args(interface)))
+        replies = [self.request("add_group_membership", _membership_args(key)) for key in self.memberships]
+        for reply in replies:
+            await _logged(reply)
+
+    async def cancel_tasks(self) -> None:
+        """Cancel what `spawn` started and wait until it has ended."""
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _membership_key(
+        self,
+        source: str,
+        group: str,
+        interface: Interface,
+        source_mask: str | None,
+        group_mask: str | None,
+        flags: int,
+    ) -> MembershipKey:
+        iface = Interface(*interface)
+        return (
+            source,
+            default_mask(source) if source_mask is None else source_mask,
+            group,
+            default_mask(group) if group_mask is None else group_mask,
+            iface,
+            flags,
+        )
+
+    def _log_failure(self, fut: asyncio.Future[dict[str, Any]], op: str, args: Mapping[str, Any]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()  # also marks it retrieved, so asyncio does not warn a second time
+        if exc is not None:
+            self.log.warning("plugin %s: %s %s failed: %s", self.name, op, _brief(args), exc)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.log.error("plugin %s: task %s failed", self.name, task.get_name(), exc_info=exc)
+
+
+def _interface_args(interface: Interface) -> dict[str, Any]:
+    return {"if_index": interface[0], "next_hop": interface[1]}
+
+
+def _membership_args(key: MembershipKey) -> dict[str, Any]:
+    source, source_mask, group, group_mask, interface, flags = key
+    return {
+        "source": source,
+        "source_mask": source_mask,
+        "group": group,
+        "group_mask": group_mask,
+        **_interface_args(interface),
+        "flags": flags,
+    }
+
+
+def _brief(args: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in args.items() if k != "handle")
+
+
+async def _logged(fut: asyncio.Future[dict[str, Any]]) -> None:
+    with contextlib.suppress(MgmError, TimeoutError):  # already logged by PluginContext.request
+        await fut

@@ -1,0 +1,529 @@
+"""`mgm plugin NAME`: one plugin in one process, its hooks driven by the bus.
+
+Theory of operation
+-------------------
+1. Load: the entry point NAME of group ``mgm.plugins`` (a module, or a class
+   instantiated without arguments) is registered in a ``pluggy.PluginManager``
+   over `mgm.plugins.hookspecs`; ``check_pending`` makes a misspelled hook
+   fail here, before anything is connected.
+2. Connect and register: the protocol comes from the config keys
+   ``protocol_id``/``component_id`` or the ``mgm_protocol`` hook.  The host
+   follows its own ``proto/P/C`` stream before registering, so no callback
+   is missed, takes the configured interfaces, calls ``mgm_start`` and then
+   keeps the registration alive with heartbeats.
+3. Events: each event of the proto stream becomes one hook call.  Questions
+   are answered at once with the hook's answer or the default.  After a gap
+   the client resyncs; the host compares the snapshot with what it has
+   delivered and delivers the difference (local joins and leaves, IGMP
+   enable/disable, questions still open).
+4. A new manager epoch: register again, replay the context's ledger, call
+   ``mgm_replay``.
+5. SIGTERM/SIGINT: ``mgm_stop``, release the interfaces (which deletes the
+   plugin's memberships), deregister, exit 0.
+
+A hook that raises is logged with the plugin and the event; the host goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import pluggy
+from mgm.bus import topics
+from mgm.bus.status import MgmError, Status
+from mgm.core.config import Config, ConfigError, PluginConfig, load
+from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
+from mgm.plugins import hookspecs
+from mgm.plugins.context import PluginContext
+from mgm.plugins.hookspecs import ANSWER_LATER
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "mgm.plugins"
+EXIT_CONFIG = 2
+"""Exit status for a mistake the operator must fix (config, plugin, entry point): restarting will not help."""
+EXIT_FAILURE = 1
+REGISTER_PATIENCE = 5.0
+"""Seconds to keep trying to register while a crashed predecessor's registration lingers (liveness is 3 s)."""
+REGISTER_RETRY = 0.25
+ANSWERED_KEPT = 4096
+"""Question ids remembered so a resync does not answer twice; questions live a deadline (0.1 s), so a few suffice."""
+
+
+class PluginLoadError(Exception):
+    """The plugin cannot be loaded or does not fit the hook specs."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the plugin's entry point name (group mgm.plugins)")
+    parser.add_argument("--config", default=None, help="configuration file (default: the embedded default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"mgm plugin: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    level = args.log_level if args.config is None or config.manager.log_level is None else config.manager.log_level
+    logging.basicConfig(
+        level=level.upper(), format=f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s", stream=sys.stderr
+    )
+    api, events = endpoints(args, config)
+    try:
+        return asyncio.run(Host(args.name, config, api, events).run())
+    except PluginLoadError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+
+
+def endpoints(args: argparse.Namespace, config: Config) -> tuple[str, str]:
+    """The config's [manager] endpoints, unless the command line named others (it wins)."""
+    from mgm.bus.endpoints import default_api, default_events
+
+    api = args.api if args.api != default_api() or config.manager.api is None else config.manager.api
+    events = args.events if args.events != default_events() or config.manager.events is None else config.manager.events
+    return api, events
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def load_plugin(name: str) -> pluggy.PluginManager:
+    """A PluginManager holding entry point `name`, validated against the hook specs."""
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        raise PluginLoadError(
+            f"no plugin named {name!r} in entry point group {ENTRY_POINT_GROUP} "
+            f"(installed: {', '.join(known) or 'none'})"
+        )
+    ep = next(iter(found))
+    try:
+        obj = ep.load()
+        if inspect.isclass(obj):
+            obj = obj()
+    except Exception as exc:
+        raise PluginLoadError(f"plugin {name!r} ({ep.value}) failed to load: {exc!r}") from exc
+    return plugin_manager(name, obj)
+
+
+def plugin_manager(name: str, obj: object) -> pluggy.PluginManager:
+    """Register `obj` as plugin `name`; a hook or argument the specs do not know fails here."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    try:
+        pm.register(obj, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        known = sorted(n for n in dir(hookspecs) if n.startswith("mgm_"))
+        raise PluginLoadError(
+            f"plugin {name!r} does not fit the hook specs: {exc} (the hooks are: {', '.join(known)})"
+        ) from exc
+    if not pm.get_hookcallers(obj):
+        log.warning("plugin %s implements no hook at all", name)
+    return pm
+
+
+def implements(pm: pluggy.PluginManager, hook: str) -> bool:
+    return bool(getattr(pm.hook, hook).get_hookimpls())
+
+
+def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) -> ClientId:
+    """Config keys win over the mgm_protocol hook; one of them must say both ids."""
+    from_hook: tuple[int, int] | None = pm.hook.mgm_protocol(config=plugin.table)
+    pid = plugin.protocol_id if plugin.protocol_id is not None else (from_hook[0] if from_hook else None)
+    cid = plugin.component_id if plugin.component_id is not None else (from_hook[1] if from_hook else None)
+    if pid is None or cid is None:
+        missing = "protocol_id" if pid is None else "component_id"
+        raise config.error(
+            f"plugins.{plugin.name}.{missing}",
+            f"plugin {plugin.name!r} has no mgm_protocol hook, so its table must set protocol_id and component_id",
+        )
+    return ClientId(int(pid), int(cid))
+
+
+def resolve_interfaces(plugin: PluginConfig, config: Config) -> list[Interface]:
+    """Config interface names to if_index (this machine's), ints as they are."""
+    result = []
+    for ref in plugin.interfaces:
+        if isinstance(ref.name_or_index, int):
+            result.append(Interface(ref.name_or_index, ref.next_hop))
+            continue
+        try:
+            result.append(Interface(socket.if_nametoindex(ref.name_or_index), ref.next_hop))
+        except OSError as exc:
+            raise config.error(ref.key_path, f"no interface named {ref.name_or_index!r} here") from exc
+    return result
+
+
+# --- the host ------------------------------------------------------------------------------
+
+
+def _iface(fields: Mapping[str, Any], prefix: str = "") -> Interface:
+    return Interface(int(fields[f"{prefix}if_index"]), str(fields.get(f"{prefix}next_hop", ANY)))
+
+
+def _member(fields: Mapping[str, Any]) -> tuple[str, str, str, str, Interface]:
+    return (fields["source"], fields["source_mask"], fields["group"], fields["group_mask"], _iface(fields))
+
+
+class Host:
+    """One plugin on the bus: see the module's theory of operation."""
+
+    def __init__(self, name: str, config: Config, api: str, events: str) -> None:
+        self.name = name
+        self.config = config
+        self.plugin = config.plugin(name)
+        self.api = api
+        self.events = events
+        self.pm = load_plugin(name)
+        self.protocol = protocol_of(self.pm, self.plugin, config)
+        self.interfaces = resolve_interfaces(self.plugin, config)
+        self.ctx: PluginContext | None = None
+        self.stopping = asyncio.Event()
+        # what the hooks were told, to diff a resync snapshot against
+        self.local_members: set[tuple[str, str, str, str, Interface]] = set()
+        self.igmp_disabled: set[Interface] = set()
+        self.answered: dict[int, None] = {}  # question ids handled, oldest first, bounded
+        self.registered = False
+        self.started = False
+        self.early: list[Callable[[], None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from mgm.bus.client import Client
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        client = Client(api=self.api, events=self.events)
+        try:
+            await client.start()
+        except (TimeoutError, OSError) as exc:
+            log.error("plugin %s: cannot reach the manager at %s: %s", self.name, self.api, exc)
+            await client.close()
+            return EXIT_FAILURE
+        ctx = self.ctx = PluginContext(name=self.name, client=client, protocol=self.protocol, config=self.plugin.table)
+        client.on_new_epoch = self._on_new_epoch
+        client.on_manager_lost = lambda: log.warning("plugin %s: no heartbeat from the manager", self.name)
+        try:
+            await self.register(wait_for_predecessor=REGISTER_PATIENCE)
+            # Follow once registered: the new subscription makes the manager send a heartbeat at once,
+            # which names our stream, so the client syncs it within a round trip.
+            client.follow(topics.proto(*self.protocol), self.on_event, self.on_snapshot)
+            if implements(self.pm, "mgm_state_event") or implements(self.pm, "mgm_state_resync"):
+                client.follow(topics.STATE, self.on_state_event, self.on_state_snapshot)
+            for interface in self.interfaces:
+                await ctx.take_interface(interface)
+        except (MgmError, TimeoutError) as exc:
+            log.error("plugin %s (%s/%s): %s", self.name, *self.protocol, exc)
+            await self.shutdown(call_stop=False)
+            return EXIT_FAILURE
+        log.info(
+            "plugin %s registered as protocol %d component %d, owns %s",
+            self.name,
+            *self.protocol,
+            ", ".join(f"{i.if_index}/{i.next_hop}" for i in ctx.interfaces) or "no interface",
+        )
+        self.call("mgm_start", "start", mgm=ctx, config=self.plugin.table)
+        self.started = True
+        early, self.early = self.early, []
+        for deliver in early:  # what arrived before mgm_start, in order
+            deliver()
+        await self.stopping.wait()
+        log.info("plugin %s stopping", self.name)
+        await self.shutdown(call_stop=True)
+        return 0
+
+    def _on_new_epoch(self, old: int | None, new: int) -> None:
+        assert self.ctx is not None
+        self.ctx.spawn(self.new_epoch(old, new))
+
+    async def register(self, wait_for_predecessor: float = 0.0) -> None:
+        """Register; while the pair is taken, retry for `wait_for_predecessor` seconds.
+
+        A previous instance that crashed still holds the registration until
+        the manager notices it is gone (3 s without a heartbeat); waiting
+        that long beats failing and being restarted by the supervisor.
+        """
+        assert self.ctx is not None
+        args = {"protocol_id": self.protocol.protocol_id, "component_id": self.protocol.component_id,
+                "name": self.name}  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + wait_for_predecessor
+        while True:
+            try:
+                result = await self.ctx.client.request("register_protocol", args)
+                break
+            except MgmError as exc:
+                if exc.status != Status.ERROR_ALREADY_EXISTS or asyncio.get_running_loop().time() >= deadline:
+                    raise
+                log.info("plugin %s: protocol %d/%d is still registered (a previous instance?); retrying",
+                         self.name, *self.protocol)  # fmt: skip
+                await asyncio.sleep(REGISTER_RETRY)
+        self.ctx.handle = result["handle"]
+        self.ctx.client.heartbeat_handle = result["handle"]
+        self.registered = True
+
+    async def shutdown(self, *, call_stop: bool) -> None:
+        ctx = self.ctx
+        assert ctx is not None
+        if call_stop:
+            self.call("mgm_stop", "stop", mgm=ctx)
+        await ctx.cancel_tasks()
+        if self.registered:
+            for interface in ctx.interfaces:
+                with contextlib.suppress(MgmError, TimeoutError):
+                    await ctx.release_interface(interface)
+            ctx.client.heartbeat_handle = None
+            with contextlib.suppress(MgmError, TimeoutError):
+                await ctx.request("deregister_protocol")
+            self.registered = False
+        await ctx.client.close()
+
+    async def new_epoch(self, old: int | None, new: int) -> None:
+        """The manager restarted: it knows nothing of us.  Register, replay the ledger, tell the plugin."""
+        assert self.ctx is not None
+        log.warning("plugin %s: the manager restarted (epoch %s -> %s); registering again", self.name, old, new)
+        self.registered = False
+        self.answered.clear()
+        try:
+            await self.register()
+        except MgmError as exc:
+            log.error("plugin %s: cannot register again after the manager restarted: %s", self.name, exc)
+            self.stopping.set()
+            return
+        await self.ctx.replay()
+        self.call("mgm_replay", "replay", mgm=self.ctx)
+
+    # --- calling hooks -----------------------------------------------------------------------
+
+    def call(self, hook: str, what: str, **kwargs: Any) -> Any:
+        """Call a hook; an exception is logged with the plugin and the event, and gives None."""
+        try:
+            return getattr(self.pm.hook, hook)(**kwargs)
+        except Exception:
+            log.exception("plugin %s: hook %s raised on %s", self.name, hook, what)
+            return None
+
+    # --- the proto stream ----------------------------------------------------------------------
+
+    def on_event(self, event: Mapping[str, Any]) -> None:
+        if not self.started:
+            self.early.append(lambda: self.on_event(event))
+            return
+        etype = event.get("type")
+        handler = self.HANDLERS.get(str(etype))
+        if handler is None:
+            log.warning("plugin %s: event of unknown type %r ignored: %s", self.name, etype, dict(event))
+            return
+        try:
+            handler(self, event)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("plugin %s: malformed %s event %s: %r", self.name, etype, dict(event), exc)
+
+    def on_snapshot(self, stream: str, state: Mapping[str, Any]) -> None:
+        """Deliver what changed while we were not listening, as the hooks would have seen it."""
+        if not self.started:
+            self.early.append(lambda: self.on_snapshot(stream, state))
+            return
+        if not state.get("registered", False):
+            return  # between registrations (start, manager restart): nothing of ours to compare
+        ctx = self.ctx
+        assert ctx is not None
+        members = {_member(m) for m in state.get("local_members", [])}
+        for gone in sorted(self.local_members - members, key=repr):
+            self.local_members.discard(gone)
+            self._local("mgm_local_leave", gone, "local_leave (resync)")
+        for new in sorted(members - self.local_members, key=repr):
+            self.local_members.add(new)
+            self._local("mgm_local_join", new, "local_join (resync)")
+        if self.protocol.protocol_id == IGMP_PROTOCOL_ID:
+            for entry in state.get("interfaces", []):
+                iface = _iface(entry)
+                enabled = bool(entry.get("igmp_enabled", True))
+                if enabled and iface in self.igmp_disabled:
+                    self.igmp_disabled.discard(iface)
+                    self.call("mgm_enable_igmp", "enable_igmp (resync)", mgm=ctx, interface=iface)
+                elif not enabled and iface not in self.igmp_disabled:
+                    self.igmp_disabled.add(iface)
+                    self.call("mgm_disable_igmp", "disable_igmp (resync)", mgm=ctx, interface=iface)
+        for question in state.get("questions", []):
+            if question.get("question") not in self.answered:
+                self.on_event(question)
+
+    def _local(self, hook: str, member: tuple[str, str, str, str, Interface], what: str) -> None:
+        source, source_mask, group, group_mask, interface = member
+        self.call(
+            hook,
+            f"{what} {source}/{group} on {interface.if_index}",
+            mgm=self.ctx,
+            source=source,
+            source_mask=source_mask,
+            group=group,
+            group_mask=group_mask,
+            interface=interface,
+        )
+
+    def _enable_igmp(self, event: Mapping[str, Any]) -> None:
+        iface = _iface(event)
+        self.igmp_disabled.discard(iface)
+        self.call("mgm_enable_igmp", f"enable_igmp on {iface.if_index}", mgm=self.ctx, interface=iface)
+
+    def _disable_igmp(self, event: Mapping[str, Any]) -> None:
+        iface = _iface(event)
+        self.igmp_disabled.add(iface)
+        self.call("mgm_disable_igmp", f"disable_igmp on {iface.if_index}", mgm=self.ctx, interface=iface)
+
+    def _local_join(self, event: Mapping[str, Any]) -> None:
+        member = _member(event)
+        self.local_members.add(member)
+        self._local("mgm_local_join", member, "local_join")
+
+    def _local_leave(self, event: Mapping[str, Any]) -> None:
+        member = _member(event)
+        self.local_members.discard(member)
+        self._local("mgm_local_leave", member, "local_leave")
+
+    def _join_alert(self, event: Mapping[str, Any]) -> None:
+        self.call(
+            "mgm_join_alert",
+            f"join_alert {event['source']}/{event['group']}",
+            mgm=self.ctx,
+            source=event["source"],
+            source_mask=event["source_mask"],
+            group=event["group"],
+            group_mask=event["group_mask"],
+            member_update=bool(event["member_update"]),
+        )
+
+    def _prune_alert(self, event: Mapping[str, Any]) -> None:
+        member_delete = bool(event["member_delete"])
+        question = event.get("question")
+        what = f"prune_alert {event['source']}/{event['group']}"
+        timeout = self.call(
+            "mgm_prune_alert",
+            what,
+            mgm=self.ctx,
+            source=event["source"],
+            source_mask=event["source_mask"],
+            group=event["group"],
+            group_mask=event["group_mask"],
+            interface=_iface(event),
+            member_delete=member_delete,
+        )
+        if question is None:
+            return
+        if timeout is ANSWER_LATER:
+            self._mark_answered(question)
+            return
+        fields: dict[str, Any] = {}
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+            fields["timeout"] = float(timeout)
+        elif timeout is not None:
+            log.error("plugin %s: mgm_prune_alert returned %r, not a timeout > 0; answering the default",
+                      self.name, timeout)  # fmt: skip
+        self._answer(question, what, fields)
+
+    def _wrong_if(self, event: Mapping[str, Any]) -> None:
+        self.call(
+            "mgm_wrong_if",
+            f"wrong_if {event['source']}/{event['group']}",
+            mgm=self.ctx,
+            source=event["source"],
+            group=event["group"],
+            interface=_iface(event),
+        )
+
+    def _rpf(self, event: Mapping[str, Any]) -> None:
+        question = event["question"]
+        interface = _iface(event)
+        upstream = str(event.get("upstream_neighbor", ANY))
+        what = f"rpf {event['source']}/{event['group']}"
+        result = self.call(
+            "mgm_rpf", what, mgm=self.ctx, source=event["source"], group=event["group"],
+            interface=interface, upstream_neighbor=upstream,
+        )  # fmt: skip
+        if result is ANSWER_LATER:
+            self._mark_answered(question)
+            return
+        if result is not None:
+            try:
+                new_iface, new_upstream = result
+                interface = Interface(*new_iface)
+                upstream = str(new_upstream)
+            except (TypeError, ValueError):
+                log.error("plugin %s: mgm_rpf returned %r, not (Interface, upstream); answering the default",
+                          self.name, result)  # fmt: skip
+        self._answer(question, what, {"if_index": interface.if_index, "next_hop": interface.next_hop,
+                                      "upstream_neighbor": upstream})  # fmt: skip
+
+    def _creation_alert(self, event: Mapping[str, Any]) -> None:
+        question = event["question"]
+        oil = [_iface(entry) for entry in event["oil"]]
+        what = f"creation_alert {event['source']}/{event['group']}"
+        result = self.call(
+            "mgm_creation_alert", what, mgm=self.ctx, source=event["source"], group=event["group"],
+            in_interface=_iface(event, "in_"), oil=oil,
+        )  # fmt: skip
+        if result is ANSWER_LATER:
+            self._mark_answered(question)
+            return
+        enabled: Mapping[Any, Any] = {}
+        if result is not None:
+            if isinstance(result, Mapping):
+                enabled = {Interface(*k): v for k, v in result.items()}
+            else:
+                log.error("plugin %s: mgm_creation_alert returned %r, not a mapping; enabling all", self.name, result)
+        answer = [{"if_index": i.if_index, "next_hop": i.next_hop, "enabled": bool(enabled.get(i, True))} for i in oil]
+        self._answer(question, what, {"oil": answer})
+
+    def _mark_answered(self, question: int) -> None:
+        self.answered[question] = None
+        if len(self.answered) > ANSWERED_KEPT:
+            del self.answered[next(iter(self.answered))]
+
+    def _answer(self, question: int, what: str, fields: dict[str, Any]) -> None:
+        assert self.ctx is not None
+        self._mark_answered(question)
+        self.ctx.answer(question, **fields)
+
+    HANDLERS: ClassVar[dict[str, Callable[[Host, Mapping[str, Any]], None]]] = {
+        "enable_igmp": _enable_igmp,
+        "disable_igmp": _disable_igmp,
+        "local_join": _local_join,
+        "local_leave": _local_leave,
+        "join_alert": _join_alert,
+        "prune_alert": _prune_alert,
+        "wrong_if": _wrong_if,
+        "rpf": _rpf,
+        "creation_alert": _creation_alert,
+    }
+
+    # --- the state stream ------------------------------------------------------------------------
+
+    def on_state_event(self, event: Mapping[str, Any]) -> None:
+        if not self.started:
+            self.early.append(lambda: self.on_state_event(event))
+            return
+        self.call("mgm_state_event", f"state {event.get('type')}", mgm=self.ctx, event=event)
+
+    def on_state_snapshot(self, stream: str, state: Mapping[str, Any]) -> None:
+        if not self.started:
+            self.early.append(lambda: self.on_state_snapshot(stream, state))
+            return
+        self.call("mgm_state_resync", "state resync", mgm=self.ctx, state=state)

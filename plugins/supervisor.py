@@ -1,0 +1,234 @@
+"""`mgm up`: the manager and every configured plugin, each its own process, kept running.
+
+Order: start ``mgm manager``, wait until it answers ``ping``, then start one
+``mgm plugin NAME`` per ``[plugins.NAME]`` table.  A child that exits is
+started again after a backoff (0.5 s doubling to 30 s, back to 0.5 s once it
+has run a minute); one that exits with status 2 (a configuration or plugin
+mistake, which a restart cannot fix) is left stopped and reported.  SIGTERM
+or Ctrl-C stops the plugins first, then the manager, each with SIGTERM and,
+after a grace period, SIGKILL.
+
+Children run in their own process groups, so the terminal's Ctrl-C reaches
+only the supervisor, which then stops them in order; each child also gets
+SIGTERM from the kernel if the supervisor dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mgm.core.config import Config, ConfigError, load
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0
+"""A child that ran this long before exiting starts again after BACKOFF_FIRST."""
+GRACE = 5.0
+"""Seconds between SIGTERM and SIGKILL when stopping a child."""
+MANAGER_READY_TIMEOUT = 10.0
+EXIT_NO_RESTART = 2
+"""A child exiting with this status made a mistake a restart cannot fix (config, plugin code)."""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="configuration file (default: the embedded default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"mgm up: {exc}", file=sys.stderr)
+        return 2
+    from mgm.plugins.host import endpoints
+
+    level = args.log_level if args.config is None or config.manager.log_level is None else config.manager.log_level
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [up] %(name)s: %(message)s")
+    api, events = endpoints(args, config)
+    return asyncio.run(Supervisor(config, args.config, api, events, level).run())
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor goes away, whatever the reason."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    state: str = "waiting"  # waiting, running, backoff, failed, stopped
+    restarts: int = 0
+    backoff: float = BACKOFF_FIRST
+    started: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+
+
+class Supervisor:
+    def __init__(self, config: Config, config_path: str | None, api: str, events: str, log_level: str) -> None:
+        self.config = config
+        self.api = api
+        self.events = events
+        self.stopping = asyncio.Event()
+        base = [sys.executable, "-m", "mgm.core.cli"]
+        common = ["--api", api, "--events", events, "--log-level", log_level]
+        with_config = ["--config", config_path] if config_path else []
+        self.manager = Child("manager", [*base, "manager", *common])
+        self.plugins = [Child(name, [*base, "plugin", name, *common, *with_config]) for name in config.plugins]
+        self.watchers: list[asyncio.Task[None]] = []
+
+    # --- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        if not self.plugins:
+            log.info("no [plugins.NAME] table in %s: running the manager alone", self.config.source)
+        await self.start(self.manager)
+        if not await self.manager_ready():
+            await self.stop(self.manager)
+            self.show()
+            return 1
+        for child in self.plugins:
+            await self.start(child)
+        self.watchers = [loop.create_task(self.watch(c)) for c in [self.manager, *self.plugins]]
+        self.show()
+        await self.stopping.wait()
+        log.info("stopping: plugins first, then the manager")
+        for task in self.watchers:
+            task.cancel()
+        await asyncio.gather(*self.watchers, return_exceptions=True)
+        await asyncio.gather(*(self.stop(c) for c in self.plugins))
+        await self.stop(self.manager)
+        self.show()
+        return 0
+
+    async def start(self, child: Child) -> None:
+        child.proc = await asyncio.create_subprocess_exec(
+            *child.argv, process_group=0, preexec_fn=_die_with_parent, stdin=asyncio.subprocess.DEVNULL
+        )
+        child.state = "running"
+        child.started = time.monotonic()
+        log.info("%s started (pid %d)", child.name, child.proc.pid)
+
+    async def manager_ready(self) -> bool:
+        """Ping until the manager answers; False (said why) if it exits or stays silent."""
+        assert self.manager.proc is not None
+        deadline = time.monotonic() + MANAGER_READY_TIMEOUT
+        wait_exit = asyncio.ensure_future(self.manager.proc.wait())
+        try:
+            while time.monotonic() < deadline:
+                if await ping(self.api, 0.25):
+                    log.info("manager answers on %s", self.api)
+                    return True
+                if wait_exit.done():
+                    log.error(
+                        "the manager exited with status %s before answering on %s (its messages are above); "
+                        "nothing started",
+                        wait_exit.result(),
+                        self.api,
+                    )
+                    self.manager.state = "failed"
+                    return False
+            log.error("the manager did not answer ping on %s within %.0f s; nothing started", self.api,
+                      MANAGER_READY_TIMEOUT)  # fmt: skip
+            return False
+        finally:
+            wait_exit.cancel()
+
+    async def watch(self, child: Child) -> None:
+        """Start `child` again whenever it exits, with backoff, until the supervisor stops."""
+        while True:
+            assert child.proc is not None
+            code = await child.proc.wait()
+            child.exits.append(code)
+            ran = time.monotonic() - child.started
+            if code == EXIT_NO_RESTART:
+                child.state = "failed"
+                log.error("%s exited with status %d (a mistake a restart cannot fix, see its log); not restarting",
+                          child.name, code)  # fmt: skip
+                self.show()
+                return
+            if ran >= STABLE_AFTER:
+                child.backoff = BACKOFF_FIRST
+            child.state = "backoff"
+            log.warning("%s (pid %d) exited with status %d after %.1f s; starting it again in %.1f s",
+                        child.name, child.proc.pid, code, ran, child.backoff)  # fmt: skip
+            self.show()
+            await asyncio.sleep(child.backoff)
+            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            child.restarts += 1
+            await self.start(child)
+            self.show()
+
+    async def stop(self, child: Child) -> None:
+        proc = child.proc
+        if proc is None or proc.returncode is not None:
+            if child.state != "failed":
+                child.state = "stopped"
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), GRACE)
+        except TimeoutError:
+            log.warning("%s (pid %d) still running %.0f s after SIGTERM: SIGKILL", child.name, proc.pid, GRACE)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        child.state = "stopped"
+        log.info("%s (pid %d) stopped with status %s", child.name, proc.pid, proc.returncode)
+
+    def show(self) -> None:
+        """The status table, on stderr: one line per process."""
+        lines = [f"{'NAME':<20} {'PID':>7}  {'STATE':<8} RESTARTS"]
+        for child in [self.manager, *self.plugins]:
+            pid = str(child.pid) if child.pid is not None else "-"
+            lines.append(f"{child.name:<20} {pid:>7}  {child.state:<8} {child.restarts}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def ping(api: str, timeout: float) -> bool:
+    """One ``ping`` on a fresh DEALER: True when the manager answers within `timeout`."""
+    import zmq
+    import zmq.asyncio
+    from mgm.bus.codec import decode_reply, encode_request
+
+    ctx = zmq.asyncio.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(api)
+        await sock.send_multipart([b"", encode_request("up-ping", "ping", {})])
+        if not await sock.poll(int(timeout * 1000)):
+            return False
+        frames = await sock.recv_multipart()
+        reply: dict[str, Any] = decode_reply(frames[-1])
+        return reply.get("status") == 0
+    except zmq.ZMQError as exc:
+        log.debug("ping %s: %s", api, exc)
+        await asyncio.sleep(timeout)
+        return False
+    finally:
+        sock.close(0)

@@ -1,0 +1,1 @@
+"""Test plugins for mgmbus: they record every hook call and obey a control socket (see recorder.py)."""

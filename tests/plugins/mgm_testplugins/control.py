@@ -1,0 +1,91 @@
+"""The test's side of a recorder plugin's control socket (blocking; for pytest)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import zmq
+from mgm.bus.codec import pack, unpack
+
+T = TypeVar("T")
+
+POLL = 0.02
+"""Seconds between two looks in `wait_for`; never below 20 ms (ipc tails)."""
+
+
+class ControlError(Exception):
+    """A command the plugin could not carry out (e.g. the manager refused it)."""
+
+    def __init__(self, reply: dict[str, Any]) -> None:
+        self.status = reply.get("status")
+        self.message = reply.get("message")
+        super().__init__(f"status {self.status}: {self.message}")
+
+
+class Control:
+    """Commands to one recorder plugin, and `wait_for` on what it recorded."""
+
+    def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._ctx = zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        if self._sock is None:
+            sock = self._ctx.socket(zmq.REQ)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, int(self.timeout * 1000))
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """Send one command; raise ControlError when it was refused, TimeoutError when nobody answers."""
+        sock = self._socket()
+        sock.send(pack({"cmd": cmd, **args}))
+        try:
+            reply: dict[str, Any] = unpack(sock.recv())
+        except zmq.Again:
+            self.close()  # a REQ socket that missed its reply cannot send again
+            raise TimeoutError(f"no reply to {cmd!r} from {self.endpoint} within {self.timeout} s") from None
+        if not reply.get("ok"):
+            raise ControlError(reply)
+        return reply
+
+    def calls(self, hook: str | None = None) -> list[dict[str, Any]]:
+        """What the plugin recorded, optionally only calls of one hook."""
+        recorded: list[dict[str, Any]] = self.call("calls")["calls"]
+        return [c for c in recorded if hook is None or c["hook"] == hook]
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
+        """Poll `predicate` until it returns something true; return it, or fail with what was last seen."""
+        return wait_for(predicate, timeout, what or f"a condition on {self.endpoint}")
+
+    def wait_for_call(self, hook: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        """The first recorded call of `hook` whose arguments include `match`."""
+
+        def found() -> dict[str, Any] | None:
+            return next((c for c in self.calls(hook) if all(c.get(k) == v for k, v in match.items())), None)
+
+        result = wait_for(found, timeout, f"{hook} with {match} on {self.endpoint}")
+        return result
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
+    """Poll `predicate` every 20 ms until it returns something true, else raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}; last value {value!r}")
+        time.sleep(POLL)

@@ -1,0 +1,260 @@
+"""Plugins that record every hook call and obey commands from a control socket.
+
+Each binds a ZeroMQ REP socket on the ipc path of its config key ``control``
+(msgpack maps both ways, with mgmbus's codec).  A request is
+``{"cmd": NAME, ...}``; every reply has ``ok`` (and ``status``/``message``
+when the manager refused what the command asked).  Commands:
+
+* ``ping`` -> handle, protocol
+* ``calls`` -> ``calls``: every hook call so far, ``{"hook": NAME, ...arguments}``
+  (interfaces as ``[if_index, next_hop]``)
+* ``add_membership`` / ``delete_membership`` (source, group, if_index,
+  next_hop?, source_mask?, group_mask?, flags?), ``take`` / ``release``
+  (if_index, next_hop?), ``request`` (op, args): through the context, and the
+  reply waits for the manager's
+* ``answers`` (rpf?, creation?, prune?): how to answer questions from now on:
+  absent/None = the default, ``"never"`` = do not answer at all,
+  rpf ``{"if_index", "next_hop", "upstream_neighbor"}``,
+  creation ``{"disable": [[if_index, next_hop], ...]}``, prune a timeout
+* ``raise_in`` (hook): that hook raises from now on (the host must survive)
+
+The IGMP-like plugin (protocol 10) keeps the memberships added through
+``add_membership`` as its own table and re-adds the ones on an interface
+from its ``mgm_enable_igmp`` hook, through the context, the way a real IGMP
+must; the outcome of each re-add is recorded as a ``readd_result`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from mgm.bus.codec import pack, unpack
+from mgm.bus.status import MgmError
+from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
+from mgm.plugins.context import PluginContext
+from mgm.plugins.hookspecs import ANSWER_LATER, hookimpl
+
+
+def plain(value: Any) -> Any:
+    """Hook arguments as msgpack can carry them: interfaces as [if_index, next_hop]."""
+    if isinstance(value, Interface):
+        return [value.if_index, value.next_hop]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+class Recorder:
+    """Every hook recorded; questions answered as the control socket says."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.ctx: PluginContext | None = None
+        self.answers: dict[str, Any] = {}
+        self.raise_in: set[str] = set()
+        self.server: asyncio.Task[None] | None = None
+
+    def record(self, hook: str, **kwargs: Any) -> None:
+        self.calls.append({"hook": hook, **{k: plain(v) for k, v in kwargs.items()}})
+        if hook in self.raise_in:
+            raise RuntimeError(f"{hook} raises because the test said so")
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    @hookimpl
+    def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
+        self.ctx = mgm
+        self.record("mgm_start", protocol=list(mgm.protocol), interfaces=list(mgm.interfaces))
+        self.server = mgm.spawn(self.serve(str(config["control"])))
+
+    @hookimpl
+    def mgm_replay(self, mgm: PluginContext) -> None:
+        self.record("mgm_replay", handle=mgm.handle)
+
+    @hookimpl
+    def mgm_stop(self, mgm: PluginContext) -> None:
+        self.record("mgm_stop")
+
+    # --- callbacks ----------------------------------------------------------------------------
+
+    @hookimpl
+    def mgm_local_join(
+        self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, interface: Interface
+    ) -> None:
+        self.record("mgm_local_join", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
+                    interface=interface)  # fmt: skip
+
+    @hookimpl
+    def mgm_local_leave(
+        self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, interface: Interface
+    ) -> None:
+        self.record("mgm_local_leave", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
+                    interface=interface)  # fmt: skip
+
+    @hookimpl
+    def mgm_join_alert(
+        self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, member_update: bool
+    ) -> None:
+        self.record("mgm_join_alert", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
+                    member_update=member_update)  # fmt: skip
+
+    @hookimpl
+    def mgm_prune_alert(
+        self,
+        mgm: PluginContext,
+        source: str,
+        source_mask: str,
+        group: str,
+        group_mask: str,
+        interface: Interface,
+        member_delete: bool,
+    ) -> Any:
+        self.record("mgm_prune_alert", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
+                    interface=interface, member_delete=member_delete)  # fmt: skip
+        mode = self.answers.get("prune")
+        if member_delete or mode is None:
+            return None
+        return ANSWER_LATER if mode == "never" else float(mode)
+
+    @hookimpl
+    def mgm_wrong_if(self, mgm: PluginContext, source: str, group: str, interface: Interface) -> None:
+        self.record("mgm_wrong_if", source=source, group=group, interface=interface)
+
+    @hookimpl
+    def mgm_rpf(
+        self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str
+    ) -> Any:
+        self.record("mgm_rpf", source=source, group=group, interface=interface, upstream_neighbor=upstream_neighbor)
+        mode = self.answers.get("rpf")
+        if mode is None:
+            return None
+        if mode == "never":
+            return ANSWER_LATER
+        return Interface(mode["if_index"], mode.get("next_hop", ANY)), mode.get("upstream_neighbor", ANY)
+
+    @hookimpl
+    def mgm_creation_alert(
+        self, mgm: PluginContext, source: str, group: str, in_interface: Interface, oil: Sequence[Interface]
+    ) -> Any:
+        self.record("mgm_creation_alert", source=source, group=group, in_interface=in_interface, oil=list(oil))
+        mode = self.answers.get("creation")
+        if mode is None:
+            return None
+        if mode == "never":
+            return ANSWER_LATER
+        return {Interface(i, nh): False for i, nh in mode.get("disable", [])}
+
+    # --- the control socket ------------------------------------------------------------------
+
+    async def serve(self, endpoint: str) -> None:
+        ctx = zmq.asyncio.Context.instance()
+        sock = ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        try:
+            while True:
+                request = unpack(await sock.recv())
+                try:
+                    reply = await self.command(request)
+                except MgmError as exc:
+                    reply = {"ok": False, "status": int(exc.status), "message": exc.message}
+                except Exception as exc:
+                    reply = {"ok": False, "status": None, "message": repr(exc)}
+                await sock.send(pack(reply))
+        finally:
+            sock.close(0)
+
+    async def command(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        ctx = self.ctx
+        assert ctx is not None
+        cmd = req["cmd"]
+        if cmd == "ping":
+            return {"ok": True, "handle": ctx.handle, "protocol": list(ctx.protocol)}
+        if cmd == "calls":
+            return {"ok": True, "calls": self.calls}
+        if cmd in ("add_membership", "delete_membership"):
+            iface = Interface(req["if_index"], req.get("next_hop", ANY))
+            method = ctx.add_membership if cmd == "add_membership" else ctx.delete_membership
+            self.membership_changed(cmd, req, iface)
+            await method(req["source"], req["group"], iface, source_mask=req.get("source_mask"),
+                         group_mask=req.get("group_mask"), flags=req.get("flags", 1))  # fmt: skip
+            return {"ok": True}
+        if cmd in ("take", "release"):
+            iface = Interface(req["if_index"], req.get("next_hop", ANY))
+            await (ctx.take_interface(iface) if cmd == "take" else ctx.release_interface(iface))
+            return {"ok": True}
+        if cmd == "request":
+            return {"ok": True, "result": await ctx.request(req["op"], req.get("args", {}))}
+        if cmd == "answers":
+            self.answers = {k: req.get(k) for k in ("rpf", "creation", "prune")}
+            return {"ok": True}
+        if cmd == "raise_in":
+            self.raise_in.add(req["hook"])
+            return {"ok": True}
+        return {"ok": False, "status": None, "message": f"unknown command {cmd!r}"}
+
+    def membership_changed(self, cmd: str, req: Mapping[str, Any], iface: Interface) -> None:
+        """A subclass keeping its own membership table updates it here."""
+
+
+class RoutingPlugin(Recorder):
+    """A routing protocol: ids from its config (protocol_id, component_id)."""
+
+
+class ObserverPlugin(Recorder):
+    """Follows the state stream as well (the host subscribes only because these hooks exist)."""
+
+    @hookimpl
+    def mgm_state_event(self, mgm: PluginContext, event: Mapping[str, Any]) -> None:
+        self.record("mgm_state_event", event=event)
+
+    @hookimpl
+    def mgm_state_resync(self, mgm: PluginContext, state: Mapping[str, Any]) -> None:
+        self.record("mgm_state_resync", state=state)
+
+
+class IgmpPlugin(Recorder):
+    """IGMP's side of the MGM contract: protocol 10, its own membership table, re-adds on enable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.members: dict[tuple[str, str, Interface], None] = {}
+
+    @hookimpl
+    def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
+        return IGMP_PROTOCOL_ID, 1
+
+    def membership_changed(self, cmd: str, req: Mapping[str, Any], iface: Interface) -> None:
+        key = (req["source"], req["group"], iface)
+        if cmd == "add_membership":
+            self.members[key] = None
+        else:
+            self.members.pop(key, None)
+
+    @hookimpl
+    def mgm_disable_igmp(self, mgm: PluginContext, interface: Interface) -> None:
+        self.record("mgm_disable_igmp", interface=interface)
+
+    @hookimpl
+    def mgm_enable_igmp(self, mgm: PluginContext, interface: Interface) -> None:
+        """Re-add every membership on `interface` now, inside the hook: the requests leave after it returns."""
+        self.record("mgm_enable_igmp", interface=interface)
+        for source, group, iface in list(self.members):
+            if iface == interface:
+                fut = mgm.add_membership(source, group, iface)
+                fut.add_done_callback(lambda f, s=source, g=group: self.readd_done(f, s, g, interface))
+
+    def readd_done(self, fut: asyncio.Future[dict[str, Any]], source: str, group: str, iface: Interface) -> None:
+        error = None
+        with contextlib.suppress(asyncio.CancelledError):
+            exc = fut.exception()
+            error = None if exc is None else repr(exc)
+        self.calls.append({"hook": "readd_result", "source": source, "group": group, "interface": plain(iface),
+                           "error": error})  # fmt: skip
