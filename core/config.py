@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -78,6 +78,46 @@ class ManagerConfig:
     log_level: str | None = None
 
 
+class PluginTable(Mapping[str, Any]):
+    """A [plugins.NAME] table as hooks receive it: read-only, and knowing where it was written.
+
+    A plugin checks its own keys with `error` (file, key path and line, like
+    every other config error), and re-reads the file it came from
+    (`source`, e.g. on SIGHUP) with `load`.
+    """
+
+    __slots__ = ("_data", "name", "source", "text")
+
+    def __init__(self, data: Mapping[str, Any], name: str = "", source: str = "<string>", text: str = "") -> None:
+        self._data = MappingProxyType(dict(data))
+        self.name = name
+        self.source = source
+        self.text = text
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"PluginTable({dict(self._data)!r}, name={self.name!r}, source={self.source!r})"
+
+    def key_path(self, key: str) -> str:
+        """The full key path of `key` (e.g. ``routes[2].group``) of this table."""
+        return f"plugins.{self.name}.{key}"
+
+    def line(self, key: str) -> int | None:
+        return find_line(self.text, self.key_path(key))
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError for `key` of this table, with its line."""
+        return ConfigError(self.source, self.key_path(key), self.line(key), message)
+
+
 @dataclass(frozen=True, slots=True)
 class PluginConfig:
     """One [plugins.NAME] table.  `table` is the whole table, read-only, as hooks receive it."""
@@ -86,7 +126,7 @@ class PluginConfig:
     interfaces: tuple[InterfaceRef, ...] = ()
     protocol_id: int | None = None
     component_id: int | None = None
-    table: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    table: Mapping[str, Any] = field(default_factory=lambda: PluginTable({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +142,7 @@ class Config:
 
     def plugin(self, name: str) -> PluginConfig:
         """The table of plugin `name`; an empty one where the file has none."""
-        return self.plugins.get(name) or PluginConfig(name=name)
+        return self.plugins.get(name) or PluginConfig(name=name, table=PluginTable({}, name, self.source, self.text))
 
 
 def load(path: str | Path | None) -> Config:
@@ -191,7 +231,7 @@ class _Checker:
             interfaces=refs,
             protocol_id=ids.get("protocol_id"),
             component_id=ids.get("component_id"),
-            table=MappingProxyType(raw),
+            table=PluginTable(raw, name, self.source, self.text),
         )
 
     def ident(self, key_path: str, value: Any) -> int:
@@ -241,8 +281,18 @@ def _split_key(dotted: str) -> list[str]:
 def find_line(text: str, key_path: str) -> int | None:
     """The 1-based line where `key_path` (e.g. ``plugins.igmp.interfaces[1]``) is set, or None.
 
-    A list index points at the line of the list's key; a table's path points at its header.
+    A list index points at the line where that element starts (a list written
+    over several lines, or the n-th ``[[table]]`` of an array of tables), else
+    at the line of the list's key; a table's path points at its header.
     """
+    if m := _INDEXED.match(key_path):
+        found = _element_line(text, m.group("head"), int(m.group("index")), m.group("rest"))
+        if found is not None:
+            return found
+    return _key_line(text, key_path)
+
+
+def _key_line(text: str, key_path: str) -> int | None:
     wanted = _split_key(re.sub(r"\[\d+\]", "", key_path))
     if not wanted:
         return None
@@ -261,6 +311,102 @@ def find_line(text: str, key_path: str) -> int | None:
                 # an inline table: `igmp = {interfaces = [...]}` holds the key on this line
                 return number
     return None
+
+
+_INDEXED = re.compile(r"^(?P<head>[^\[\]]+)\[(?P<index>\d+)\](?P<rest>.*)$")
+
+
+def _element_line(text: str, head: str, index: int, rest: str) -> int | None:
+    """The line where element `index` of the list at `head` starts, or None where that cannot be told."""
+    wanted = _split_key(head)
+    lines = text.split("\n")  # not splitlines(): the offsets below count every character
+    headers = [n for n, line in enumerate(lines, start=1) if _array_header(line) == wanted]
+    if headers:  # an array of tables: the n-th header, or the key `rest` names inside it
+        if index >= len(headers):
+            return None
+        start = headers[index]
+        inner = _split_key(re.sub(r"\[\d+\]", "", rest.lstrip(".")))
+        for number in range(start + 1, len(lines) + 1):
+            line = lines[number - 1]
+            if _HEADER.match(line):
+                break
+            if inner and (m := _KEYLINE.match(line)) and _split_key(m.group("key"))[:1] == inner[:1]:
+                return number
+        return start
+    key_line = _key_line(text, head)
+    if key_line is None:
+        return None
+    m = _KEYLINE.match(lines[key_line - 1])
+    if m is None or _split_key(m.group("key"))[-1:] != wanted[-1:]:
+        return None  # the list is inside an inline table: its key's line is the best answer
+    offset = sum(len(line) + 1 for line in lines[: key_line - 1]) + m.end()
+    return _scan_array(text, offset, key_line, index)
+
+
+def _array_header(line: str) -> list[str] | None:
+    """The path of a ``[[path]]`` line, else None."""
+    m = _HEADER.match(line)
+    if m is None or not line.lstrip().startswith("[["):
+        return None
+    return _split_key(m.group("path"))
+
+
+def _scan_array(text: str, pos: int, line: int, index: int) -> int | None:
+    """From just after `key =`, walk a TOML array to the line of its element `index`."""
+    depth = 0
+    expecting = False
+    count = -1
+    n = len(text)
+    while pos < n:
+        c = text[pos]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            while pos < n and text[pos] != "\n":
+                pos += 1
+            continue
+        elif c in " \t\r":
+            pass
+        elif depth == 0 and c != "[":
+            return None  # not an array
+        else:
+            if depth == 1 and expecting and c not in ",]":
+                count += 1
+                if count == index:
+                    return line
+                expecting = False
+            if c in "[{":
+                depth += 1
+                expecting = expecting or depth == 1
+            elif c in "]}":
+                depth -= 1
+                if depth == 0:
+                    return None
+            elif c == "," and depth == 1:
+                expecting = True
+            elif c in "\"'":
+                pos, line = _skip_string(text, pos, line)
+                continue
+        pos += 1
+    return None
+
+
+def _skip_string(text: str, pos: int, line: int) -> tuple[int, int]:
+    """Past the string starting at `pos` (basic, literal, multi-line); returns (position after, line)."""
+    quote = text[pos]
+    delim = quote * 3 if text.startswith(quote * 3, pos) else quote
+    pos += len(delim)
+    while pos < len(text):
+        if quote == '"' and text[pos] == "\\":
+            line += text[pos + 1 : pos + 2] == "\n"
+            pos += 2
+            continue
+        if text.startswith(delim, pos):
+            return pos + len(delim), line
+        if text[pos] == "\n":
+            line += 1
+        pos += 1
+    return pos, line
 
 
 def _line_from_message(message: str) -> int | None:
