@@ -177,12 +177,14 @@ def mgm_prune_alert(
     group_mask: str,
     interface: Interface,
     member_delete: bool,
+    question: int | None,
 ) -> float | _AnswerLater | None:
     """[PMGM_PRUNE_ALERT_CALLBACK] Receivers went away for (source, group).
 
     With ``member_delete=False`` an MFE whose incoming interface you own has
-    an empty outgoing list; return a timeout in seconds to keep the negative
-    MFE that long (None keeps the manager's default).
+    an empty outgoing list; it is a question (`question` is its id, None
+    otherwise): return a timeout in seconds to keep the negative MFE that
+    long (None keeps the manager's default).
     """
 
 
@@ -197,19 +199,25 @@ def mgm_wrong_if(mgm: PluginContext, source: str, group: str, interface: Interfa
 
 @hookspec(firstresult=True)
 def mgm_rpf(
-    mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str
+    mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str, question: int
 ) -> tuple[Interface, str] | _AnswerLater | None:
     """[PMGM_RPF_CALLBACK] The RPF check for a new (source, group).
 
     `interface` is the manager's choice of incoming interface (the route
     towards the source, else the arrival interface), which you own.  Return
     ``(incoming_interface, upstream_neighbor)`` to change it, or None to agree.
+    `question` is the id ``mgm.answer`` needs after ``ANSWER_LATER``.
     """
 
 
 @hookspec(firstresult=True)
 def mgm_creation_alert(
-    mgm: PluginContext, source: str, group: str, in_interface: Interface, oil: Sequence[Interface]
+    mgm: PluginContext,
+    source: str,
+    group: str,
+    in_interface: Interface,
+    oil: Sequence[Interface],
+    question: int,
 ) -> Mapping[Interface, bool] | _AnswerLater | None:
     """[PMGM_CREATION_ALERT_CALLBACK] A new MFE will forward out of `oil`, your interfaces.
 

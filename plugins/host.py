@@ -425,6 +425,7 @@ class Host:
             group_mask=event["group_mask"],
             interface=_iface(event),
             member_delete=member_delete,
+            question=question,
         )
         if question is None:
             return
@@ -456,7 +457,7 @@ class Host:
         what = f"rpf {event['source']}/{event['group']}"
         result = self.call(
             "mgm_rpf", what, mgm=self.ctx, source=event["source"], group=event["group"],
-            interface=interface, upstream_neighbor=upstream,
+            interface=interface, upstream_neighbor=upstream, question=question,
         )  # fmt: skip
         if result is ANSWER_LATER:
             self._mark_answered(question)
@@ -478,7 +479,7 @@ class Host:
         what = f"creation_alert {event['source']}/{event['group']}"
         result = self.call(
             "mgm_creation_alert", what, mgm=self.ctx, source=event["source"], group=event["group"],
-            in_interface=_iface(event, "in_"), oil=oil,
+            in_interface=_iface(event, "in_"), oil=oil, question=question,
         )  # fmt: skip
         if result is ANSWER_LATER:
             self._mark_answered(question)

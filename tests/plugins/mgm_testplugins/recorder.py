@@ -115,9 +115,10 @@ class Recorder:
         group_mask: str,
         interface: Interface,
         member_delete: bool,
+        question: int | None,
     ) -> Any:
         self.record("mgm_prune_alert", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
-                    interface=interface, member_delete=member_delete)  # fmt: skip
+                    interface=interface, member_delete=member_delete, question=question)  # fmt: skip
         mode = self.answers.get("prune")
         if member_delete or mode is None:
             return None
@@ -129,9 +130,10 @@ class Recorder:
 
     @hookimpl
     def mgm_rpf(
-        self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str
+        self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str, question: int
     ) -> Any:
-        self.record("mgm_rpf", source=source, group=group, interface=interface, upstream_neighbor=upstream_neighbor)
+        self.record("mgm_rpf", source=source, group=group, interface=interface, upstream_neighbor=upstream_neighbor,
+                    question=question)  # fmt: skip
         mode = self.answers.get("rpf")
         if mode is None:
             return None
@@ -141,9 +143,16 @@ class Recorder:
 
     @hookimpl
     def mgm_creation_alert(
-        self, mgm: PluginContext, source: str, group: str, in_interface: Interface, oil: Sequence[Interface]
+        self,
+        mgm: PluginContext,
+        source: str,
+        group: str,
+        in_interface: Interface,
+        oil: Sequence[Interface],
+        question: int,
     ) -> Any:
-        self.record("mgm_creation_alert", source=source, group=group, in_interface=in_interface, oil=list(oil))
+        self.record("mgm_creation_alert", source=source, group=group, in_interface=in_interface, oil=list(oil),
+                    question=question)  # fmt: skip
         mode = self.answers.get("creation")
         if mode is None:
             return None
