@@ -23,15 +23,15 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from mgm.bus.codec import encode_request, unpack
 from mgm.bus.endpoints import default_api, default_events
-from mgm.bus.sockets import Curve, secure
+from mgm.bus.sockets import Curve, readable, secure
 from mgm.bus.status import MgmError, Status
 from mgm.bus.topics import HB
 
@@ -46,6 +46,8 @@ HEARTBEAT_AFTER = 0.75
 MANAGER_LOST_AFTER = 3.0
 TIMER_PERIOD = 0.25
 HWM = 100_000
+BURST = 5000
+"""Messages read per socket before other tasks get a turn."""
 OWN_OPS = frozenset({"ping", "sync"})
 """Ops the manager answers itself; they do not count as a sign of life for a registered client."""
 
@@ -84,7 +86,7 @@ class Client:
         connect_timeout: float = 10.0,
         request_timeout: float = 5.0,
         events_hwm: int = HWM,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
     ) -> None:
         if request_timeout < MIN_TIMEOUT:
@@ -104,11 +106,12 @@ class Client:
         self.epoch: int | None = None
         self.manager_lost = False
         self._own_context = context is None
-        self._ctx: zmq.asyncio.Context = context or zmq.asyncio.Context()
-        self._dealer: zmq.asyncio.Socket | None = None
-        self._sub: zmq.asyncio.Socket | None = None
+        self._ctx: zmq.Context[Any] = context or zmq.Context()
+        # Plain sockets read from add_reader callbacks: a burst costs one wakeup, not a future per message.
         self._d: zmq.Socket[bytes] | None = None
         self._s: zmq.Socket[bytes] | None = None
+        self._outbox: deque[bytes] = deque()
+        self._drain_scheduled = False
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], asyncio.TimerHandle]] = {}
         self._next_id = 1
         self._follows: list[_Follow] = []
@@ -122,26 +125,26 @@ class Client:
 
     async def start(self) -> None:
         """Connect both sockets and return once the manager answers `ping`."""
-        dealer = self._ctx.socket(zmq.DEALER)
+        dealer: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
         dealer.setsockopt(zmq.ROUTING_ID, self.identity)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, HWM)
         dealer.setsockopt(zmq.RCVHWM, HWM)
         secure(dealer, self.api, self.curve, server=False)
-        sub = self._ctx.socket(zmq.SUB)
+        sub: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.events_hwm)
         secure(sub, self.events, self.curve, server=False)
         sub.setsockopt(zmq.SUBSCRIBE, HB.encode())  # subscribe before connecting: no early message is missed
         for f in self._follows:
             sub.setsockopt(zmq.SUBSCRIBE, f.prefix.encode())
-        self._dealer, self._sub = dealer, sub
-        self._d = zmq.Socket.shadow(dealer.underlying)
-        self._s = zmq.Socket.shadow(sub.underlying)
+        self._d, self._s = dealer, sub
         dealer.connect(self.api)
         sub.connect(self.events)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._receive()), loop.create_task(self._timers())]
+        loop.add_reader(dealer.FD, self._drain)
+        loop.add_reader(sub.FD, self._drain)
+        self._tasks = [loop.create_task(self._timers())]
         deadline = time.monotonic() + self.connect_timeout
         while True:
             left = deadline - time.monotonic()
@@ -172,8 +175,10 @@ class Client:
                 fut.set_exception(ConnectionError("client closed"))
                 fut.exception()  # retrieved: nobody may be waiting for it any more
         self._pending.clear()
-        for sock in (self._dealer, self._sub):
+        loop = asyncio.get_running_loop()
+        for sock in (self._d, self._s):
             if sock is not None:
+                loop.remove_reader(sock.FD)
                 sock.close(linger=0)
         if self._own_context:
             self._ctx.term()
@@ -202,11 +207,18 @@ class Client:
         payload = encode_request(req_id, op, args if args is not None else {})
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[req_id] = (fut, loop.call_later(timeout, self._expire, req_id, op, timeout))
-        try:
-            self._d.send_multipart((b"", payload), zmq.NOBLOCK)
-        except zmq.Again:  # our queue towards the manager is full: wait for room in the background
-            assert self._dealer is not None
-            self._spawn(self._dealer.send_multipart([b"", payload]))
+        if self._outbox:
+            self._outbox.append(payload)
+        else:
+            try:
+                self._d.send_multipart((b"", payload), zmq.NOBLOCK)
+            except zmq.Again:  # our queue towards the manager is full: keep order, send when there is room
+                self._outbox.append(payload)
+                self._spawn(self._flush_outbox())
+        if not self._drain_scheduled:
+            # A send may consume the FD's edge of a reply that arrived meanwhile: look once this turn.
+            self._drain_scheduled = True
+            loop.call_soon(self._drain)
         if op not in OWN_OPS:
             self._last_sent = time.monotonic()
         return fut
@@ -233,8 +245,8 @@ class Client:
         """Follow every stream whose name starts with `prefix` (see the module docstring)."""
         f = _Follow(prefix, on_event, on_snapshot)
         self._follows.append(f)
-        if self._sub is not None:
-            self._sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())  # the manager answers with an hb
+        if self._s is not None:
+            self._s.setsockopt(zmq.SUBSCRIBE, prefix.encode())  # the manager answers with an hb
 
     def _note_epoch(self, epoch: Any) -> None:
         if type(epoch) is not int or epoch == self.epoch:
@@ -386,50 +398,74 @@ class Client:
 
     # --- I/O ------------------------------------------------------------------
 
-    async def _receive(self) -> None:
-        assert self._dealer is not None and self._sub is not None and self._d is not None and self._s is not None
-        poller = zmq.asyncio.Poller()
-        poller.register(self._dealer, zmq.POLLIN)
-        poller.register(self._sub, zmq.POLLIN)
-        d_recv, s_recv = self._d.recv_multipart, self._s.recv_multipart
-        pending = self._pending
-        hb_topic = HB.encode()
+    async def _flush_outbox(self) -> None:
+        while self._outbox and self._d is not None:
+            try:
+                self._d.send_multipart((b"", self._outbox[0]), zmq.NOBLOCK)
+            except zmq.Again:
+                await asyncio.sleep(0.005)
+                continue
+            self._outbox.popleft()
+
+    def _drain(self) -> None:
+        """Read everything queued on both sockets (an add_reader callback, also scheduled after sends)."""
+        self._drain_scheduled = False
+        d, s = self._d, self._s
+        if d is None or s is None or self._closed:
+            return
         while True:
-            await poller.poll()
-            for _ in range(10_000):
-                try:
-                    frames = d_recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    msg = unpack(frames[-1])
-                    entry = pending.pop(msg["id"], None)
-                except (ValueError, KeyError, TypeError):
-                    log.warning("malformed reply ignored")
-                    continue
-                if entry is None:
-                    continue  # its request timed out already
-                fut, timer = entry
-                timer.cancel()
-                if fut.done():
-                    continue
-                status = msg.get("status")
-                if status == 0:
-                    fut.set_result(msg.get("result") or {})
-                else:
-                    fut.set_exception(MgmError(status if type(status) is int else Status.ERROR_CAN_NOT_COMPLETE,
-                                               str(msg.get("message", ""))))
-            for _ in range(10_000):
-                try:
-                    topic, payload = s_recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                except ValueError:  # not two frames
-                    continue
-                if topic == hb_topic:
-                    self._on_heartbeat(payload)
-                else:
-                    self._on_event(payload)
+            more = self._drain_replies(d) | self._drain_events(s)
+            if more:  # a long burst: let other tasks run, then continue
+                self._drain_scheduled = True
+                asyncio.get_running_loop().call_soon(self._drain)
+                return
+            # Reading EVENTS re-arms the FD; callbacks above may have sent and consumed its edge.
+            if not (readable(d) or readable(s)):
+                return
+
+    def _drain_replies(self, d: zmq.Socket[bytes]) -> bool:
+        recv = d.recv_multipart
+        pending = self._pending
+        for _ in range(BURST):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            try:
+                msg = unpack(frames[-1])
+                entry = pending.pop(msg["id"], None)
+            except (ValueError, KeyError, TypeError):
+                log.warning("malformed reply ignored")
+                continue
+            if entry is None:
+                continue  # its request timed out already
+            fut, timer = entry
+            timer.cancel()
+            if fut.done():
+                continue
+            status = msg.get("status")
+            if status == 0:
+                fut.set_result(msg.get("result") or {})
+            else:
+                fut.set_exception(MgmError(status if type(status) is int else Status.ERROR_CAN_NOT_COMPLETE,
+                                           str(msg.get("message", ""))))
+        return True
+
+    def _drain_events(self, s: zmq.Socket[bytes]) -> bool:
+        recv = s.recv_multipart
+        hb_topic = HB.encode()
+        for _ in range(BURST):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            if len(frames) != 2:
+                continue
+            if frames[0] == hb_topic:
+                self._on_heartbeat(frames[1])
+            else:
+                self._on_event(frames[1])
+        return True
 
     async def _timers(self) -> None:
         while True:

@@ -192,7 +192,7 @@ class BusServer:
 
     api: str
     events: str
-    context: zmq.asyncio.Context | None = None
+    context: zmq.Context[Any] | None = None
     epoch: int = field(default_factory=lambda: secrets.randbits(63) or 1)
     curve: Curve | None = None
     replay: ReplayCache = field(default_factory=ReplayCache)
@@ -201,11 +201,11 @@ class BusServer:
 
     def __post_init__(self) -> None:
         self._own_context = self.context is None
-        self.ctx: zmq.asyncio.Context = self.context or zmq.asyncio.Context()
-        self.router: zmq.asyncio.Socket | None = None
-        self.xpub: zmq.asyncio.Socket | None = None
-        self._r: zmq.Socket[bytes] | None = None
-        self._x: zmq.Socket[bytes] | None = None
+        self.ctx: zmq.Context[Any] = self.context or zmq.Context()
+        # Plain sockets: the owner waits for readability on their FDs (add_reader) and drains them
+        # without blocking; zmq.asyncio futures per message would cap the rate.
+        self.router: zmq.Socket[bytes] | None = None
+        self.xpub: zmq.Socket[bytes] | None = None
         self.seqs: dict[str, int] = {}
         self._topics: dict[str, bytes] = {}
         self._enc = EventEncoder(self.epoch)
@@ -227,7 +227,7 @@ class BusServer:
         await self._refuse_live(self.api, probe_api)
         await self._refuse_live(self.events, probe_events)
 
-        router = self.ctx.socket(zmq.ROUTER)
+        router: zmq.Socket[bytes] = zmq.Socket(self.ctx, zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -235,14 +235,12 @@ class BusServer:
         router.setsockopt(zmq.SNDHWM, ROUTER_HWM)
         router.setsockopt(zmq.RCVHWM, ROUTER_HWM)
         secure(router, self.api, self.curve, server=True)
-        xpub = self.ctx.socket(zmq.XPUB)
+        xpub: zmq.Socket[bytes] = zmq.Socket(self.ctx, zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.SNDHWM, XPUB_HWM)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe reaches us, so every newcomer gets an hb at once
         secure(xpub, self.events, self.curve, server=True)
         self.router, self.xpub = router, xpub
-        self._r = zmq.Socket.shadow(router.underlying)
-        self._x = zmq.Socket.shadow(xpub.underlying)
         try:
             router.bind(self.api)
             self._remember(self.api)
@@ -253,7 +251,7 @@ class BusServer:
             raise OSError(exc.errno, f"cannot bind: {exc.strerror}") from exc
         log.info("bound api %s and events %s, epoch %d", self.api, self.events, self.epoch)
 
-    async def _refuse_live(self, endpoint: str, probe: Callable[[zmq.asyncio.Context, str], Any]) -> None:
+    async def _refuse_live(self, endpoint: str, probe: Callable[[zmq.Context[Any], str], Any]) -> None:
         path = ipc_path(endpoint)
         if path is None or not os.path.lexists(path):
             return
@@ -293,9 +291,9 @@ class BusServer:
         Malformed requests are answered here (87); duplicates of a request seen
         within the replay window get its reply (or wait for it) and are not returned.
         """
-        assert self._r is not None
+        assert self.router is not None
         self.now = now
-        recv = self._r.recv_multipart
+        recv = self.router.recv_multipart
         entries = self.replay.entries
         accept = self.replay.accept
         out: list[Request] = []
@@ -354,9 +352,9 @@ class BusServer:
             self._send(conn, payload)
 
     def _send(self, conn: bytes, payload: bytes) -> None:
-        assert self._r is not None
+        assert self.router is not None
         try:
-            self._r.send_multipart((conn, b"", payload), zmq.NOBLOCK)
+            self.router.send_multipart((conn, b"", payload), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("reply to %r dropped: its queue is full (%d replies)", conn, ROUTER_HWM)
         except zmq.ZMQError as exc:
@@ -370,7 +368,7 @@ class BusServer:
 
     def publish(self, stream: str, type_: str, fields: dict[str, Any]) -> int:
         """Publish one event on `stream` (its topic); returns its seq. `fields` is packed, not copied."""
-        assert self._x is not None
+        assert self.xpub is not None
         seq = self.seqs.get(stream, 0) + 1
         payload = self._enc.encode(stream, seq, type_, fields)  # may raise: then the seq is not spent
         self.seqs[stream] = seq
@@ -378,16 +376,16 @@ class BusServer:
         if topic is None:
             topic = self._topics[stream] = stream.encode()
         with contextlib.suppress(zmq.Again):  # XPUB drops at its HWM anyway; subscribers resync from seq gaps
-            self._x.send_multipart((topic, payload), zmq.NOBLOCK)
+            self.xpub.send_multipart((topic, payload), zmq.NOBLOCK)
         return seq
 
     def drain_subscriptions(self) -> bool:
         """Read subscription messages from the XPUB; True when someone (re)subscribed."""
-        assert self._x is not None
+        assert self.xpub is not None
         fresh = False
         while True:
             try:
-                msg = self._x.recv(zmq.NOBLOCK)
+                msg = self.xpub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return fresh
             if msg[:1] == b"\x01":
@@ -396,12 +394,12 @@ class BusServer:
 
     def heartbeat(self, streams: Iterable[str] = ()) -> None:
         """Publish {type: heartbeat, epoch, streams: {stream: last seq}} on `hb`."""
-        assert self._x is not None
+        assert self.xpub is not None
         last = dict(self.seqs)
         for s in streams:
             last.setdefault(s, 0)
         with contextlib.suppress(zmq.Again):
-            self._x.send_multipart((b"hb", encode_heartbeat(self.epoch, last)), zmq.NOBLOCK)
+            self.xpub.send_multipart((b"hb", encode_heartbeat(self.epoch, last)), zmq.NOBLOCK)
 
     # --- the server's own ops -----------------------------------------------
 
@@ -473,9 +471,9 @@ def _prepare_ipc_dir(directory: Path) -> None:
         raise FileNotFoundError(f"directory {directory} of the ipc endpoint does not exist")
 
 
-async def probe_api(ctx: zmq.asyncio.Context, endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:
+async def probe_api(ctx: zmq.Context[Any], endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """True when something answers a ping on `endpoint` within `timeout` seconds."""
-    sock = ctx.socket(zmq.DEALER)
+    sock = zmq.asyncio.Socket(ctx, zmq.DEALER)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
@@ -485,9 +483,9 @@ async def probe_api(ctx: zmq.asyncio.Context, endpoint: str, timeout: float = PR
         sock.close(linger=0)
 
 
-async def probe_events(ctx: zmq.asyncio.Context, endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:
+async def probe_events(ctx: zmq.Context[Any], endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:
     """True when a publisher on `endpoint` sends a heartbeat within `timeout` (ours do on subscribe)."""
-    sock = ctx.socket(zmq.SUB)
+    sock = zmq.asyncio.Socket(ctx, zmq.SUB)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"hb")

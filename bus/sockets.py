@@ -54,3 +54,9 @@ def is_socket_file(path: Path) -> bool:
         return stat.S_ISSOCK(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting; reading EVENTS also re-arms the socket's edge-like FD."""
+    events: int = sock.getsockopt(zmq.EVENTS)  # type: ignore[assignment]
+    return bool(events & zmq.POLLIN)

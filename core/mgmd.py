@@ -27,10 +27,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
-import zmq.asyncio
 from mgm.bus import topics
 from mgm.bus.server import BusServer, ManagerRunning
-from mgm.bus.sockets import Curve
+from mgm.bus.sockets import Curve, readable
 from mgm.bus.status import MgmError, Status
 from mgm.core.types import ClientId, Event
 
@@ -79,7 +78,7 @@ class Manager:
         question_deadline: float = 0.1,
         mfe_timeout: float = 900.0,
         liveness: float = 3.0,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -95,6 +94,8 @@ class Manager:
         self.server = BusServer(api, events, context=context, curve=curve)
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
+        self._kicked = False
+        self._wakeup: asyncio.Future[None] | None = None
 
     @property
     def epoch(self) -> int:
@@ -130,30 +131,53 @@ class Manager:
 
     async def _loop(self) -> None:
         server, core, clock = self.server, self.core, self.clock
-        assert server.router is not None and server.xpub is not None
-        poller = zmq.asyncio.Poller()
-        poller.register(server.router, zmq.POLLIN)
-        poller.register(server.xpub, zmq.POLLIN)
-        now = clock()
-        next_hb = now
-        while True:
-            now = clock()
-            core_due = core.next_deadline()
-            wake = min(next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
-            if wake > now:
-                await poller.poll(max(1, math.ceil((wake - now) * 1000)))
+        router, xpub = server.router, server.xpub
+        assert router is not None and xpub is not None
+        loop = asyncio.get_running_loop()
+        # ZeroMQ's FD only says "look at EVENTS"; it is edge-like, so after each turn we ask EVENTS
+        # ourselves (which also re-arms the FD) instead of trusting the FD alone.
+        self._kicked = True
+        loop.add_reader(router.FD, self._kick)
+        loop.add_reader(xpub.FD, self._kick)
+        try:
+            next_hb = clock()
+            turns = 0
+            while True:
                 now = clock()
-            else:
-                await asyncio.sleep(0)  # let signal handlers and other tasks run under load
-            self._serve_batch(now)
-            if server.drain_subscriptions():
-                server.heartbeat(core.streams())
-            if core_due is not None and now >= core_due:
-                self._tick(now)
-            if now >= next_hb:
-                next_hb = now + HB_INTERVAL
-                server.heartbeat(core.streams())
-                server.replay.prune(now)
+                core_due = core.next_deadline()
+                wake = min(next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
+                if not self._kicked and wake > now:
+                    self._wakeup = wakeup = loop.create_future()
+                    timer = loop.call_later(wake - now, self._kick)
+                    await wakeup
+                    timer.cancel()
+                    now = clock()
+                    turns = 0
+                else:
+                    turns += 1
+                    if turns >= 16:  # under sustained load, let signal handlers and other tasks in now and then
+                        turns = 0
+                        await asyncio.sleep(0)
+                self._kicked = False
+                self._serve_batch(now)
+                if server.drain_subscriptions():
+                    server.heartbeat(core.streams())
+                if core_due is not None and now >= core_due:
+                    self._tick(now)
+                if now >= next_hb:
+                    next_hb = now + HB_INTERVAL
+                    server.heartbeat(core.streams())
+                    server.replay.prune(now)
+                if readable(router) or readable(xpub):
+                    self._kicked = True
+        finally:
+            loop.remove_reader(router.FD)
+            loop.remove_reader(xpub.FD)
+
+    def _kick(self) -> None:
+        self._kicked = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _serve_batch(self, now: float) -> None:
         server = self.server
