@@ -1,0 +1,234 @@
+"""Every argument is checked; a refused request changes nothing; no input crashes the core.
+
+(MGM-SPEC: Terms, masks and groups; PROTOCOL.md: args of the wrong type or range are 87.)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from mgm.bus.status import MgmError, Status
+from mgm.core.args import format_addr, parse_addr
+from mgm.core.state import CORE_OPS
+from mgm.core.types import Interface
+from rules_harness import ANY, IGMP, ONES, PIM, Core, Proto, iff
+
+G = "239.1.1.1"
+
+
+@pytest.fixture
+def pim(core: Core) -> Proto:
+    p = core.register(PIM)
+    p.take(1)
+    return p
+
+
+def membership(**override: Any) -> dict[str, Any]:
+    args = {"source": ANY, "source_mask": ANY, "group": G, "group_mask": ONES, **iff(1), "flags": 1}
+    args.update(override)
+    return args
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1.2.3", "1.2.3.4.5", "256.0.0.1", "01.2.3.4", " 1.2.3.4", "1.2.3.4 ", "a.b.c.d", "", "1..2.3", "1.2.3.-4",
+     "\u0661.2.3.4", "+1.2.3.4", "0x1.2.3.4"],
+)  # fmt: skip
+def test_only_strict_dotted_quads_are_addresses(text: str) -> None:
+    """Addresses are four decimal numbers 0-255 without leading zeros; anything else is 87."""
+    with pytest.raises(MgmError) as info:
+        parse_addr(text, "source")
+    assert info.value.status == Status.ERROR_INVALID_PARAMETER
+
+
+@pytest.mark.parametrize("value", [None, 1234, b"1.2.3.4", ["1.2.3.4"], True, 1.5])
+def test_addresses_must_be_strings(value: Any) -> None:
+    """An address that is not a string is 87."""
+    with pytest.raises(MgmError):
+        parse_addr(value, "group")
+
+
+def test_addresses_round_trip() -> None:
+    """Each address has one spelling: parse and format are inverse."""
+    for text in ("0.0.0.0", "255.255.255.255", "10.0.0.1", "239.1.2.3", "1.20.100.0"):
+        assert format_addr(parse_addr(text, "a")) == text
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"source_mask": "255.255.255.0"},  # only 0.0.0.0 or all-ones
+        {"group_mask": "255.0.0.0"},
+        {"source": "10.0.0.1"},  # exact source with wildcard mask
+        {"source_mask": ONES},  # wildcard source with exact mask
+        {"group": ANY},  # wildcard group with exact mask
+        {"group": "10.1.1.1"},  # not multicast
+        {"group": "240.0.0.1"},  # just above 224.0.0.0/4
+        {"group": "223.255.255.255"},  # just below
+        {"source": "10.0.0.1", "source_mask": ONES, "group": ANY, "group_mask": ANY},  # (S,*)
+        {"source": "239.9.9.9", "source_mask": ONES},  # multicast source
+        {"if_index": -1},
+        {"if_index": 1 << 32},
+        {"if_index": True},
+        {"if_index": "1"},
+        {"next_hop": "1.2.3"},
+        {"next_hop": None},
+        {"flags": "1"},
+        {"flags": 1.0},
+    ],
+)
+def test_bad_membership_arguments_are_invalid(core: Core, pim: Proto, override: dict[str, Any]) -> None:
+    """Masks are 0.0.0.0 or 255.255.255.255 matching their address; groups in 224.0.0.0/4 unless wildcard; etc."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim, "add_group_membership", **membership(**override))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"source": ANY, "source_mask": ANY, "group": ANY, "group_mask": ANY},
+        {"source": ANY, "source_mask": ANY, "group": "224.0.0.0", "group_mask": ONES},
+        {"source": "10.0.0.1", "source_mask": ONES, "group": "239.255.255.255", "group_mask": ONES},
+    ],
+)
+def test_good_membership_shapes_are_accepted(core: Core, pim: Proto, shape: dict[str, Any]) -> None:
+    """(*,*), (*,G) and (S,G), with groups at the edges of 224.0.0.0/4, are accepted."""
+    assert pim("add_group_membership", **membership(**shape)) == {}
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("register_protocol", {"protocol_id": True, "component_id": 1}),
+        ("register_protocol", {"protocol_id": -1, "component_id": 1}),
+        ("register_protocol", {"protocol_id": 1 << 32, "component_id": 1}),
+        ("register_protocol", {"protocol_id": 1}),
+        ("register_protocol", {"protocol_id": 1, "component_id": 1, "name": 5}),
+        ("register_protocol", {"protocol_id": 1, "component_id": 1, "name": "x" * 1000}),
+        ("get_protocol_on_interface", {"if_index": 1}),
+        ("get_protocol_on_interface", {"if_index": 1, "next_hop": "0.0.0.256"}),
+        ("get_mfe", {"source": ANY, "group": G}),  # an MFE has an exact source
+        ("get_mfe", {"source": "10.0.0.1", "group": "10.0.0.2"}),
+        ("get_mfe", {"source": "10.0.0.1", "group": G, "stats": 2}),
+        ("get_mfe", {"source": "10.0.0.1", "group": G, "stats": False}),
+        ("list_mfes", {"max_entries": 1, "after": "10.0.0.1"}),
+        ("list_mfes", {"max_entries": 1, "after": {"source": "10.0.0.1"}}),
+    ],
+)
+def test_bad_arguments_without_handle_are_invalid(core: Core, op: str, args: dict[str, Any]) -> None:
+    """Every argument is checked for presence, type (bool is not int), range and syntax."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.req, b"x", op, **args)
+
+
+@pytest.mark.parametrize(
+    "op", sorted(CORE_OPS - {"register_protocol", "get_protocol_on_interface", "get_mfe", "list_mfes"})
+)
+def test_every_op_with_a_handle_refuses_a_missing_handle(core: Core, pim: Proto, op: str) -> None:
+    """Operations on behalf of a client refuse a request without a (valid) handle: 87."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.req, pim.conn, op)
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.req, pim.conn, op, handle=str(pim.handle))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"source": ANY, "group": G, **iff(1)},  # wildcard source
+        {"source": "10.0.0.1", "group": "10.0.0.2", **iff(1)},  # unicast group
+        {"source": "10.0.0.1", "group": G, "if_index": 1},  # no next_hop
+        {"source": "10.0.0.1", "group": G, "if_index": -1, "next_hop": ANY},
+    ],
+)
+def test_new_packet_arguments(core: Core, pim: Proto, args: dict[str, Any]) -> None:
+    """new_packet needs an exact source, a multicast group and a full interface."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim, "new_packet", **args)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "not a map",
+        {"source": "10.0.0.1", "group": G, "in_packets": 1, "in_bytes": 1},
+        {"source": "10.0.0.1", "group": G, "in_packets": 1, "in_bytes": 1, "wrong_if_packets": True},
+        {"source": "10.0.0.1", "group": G, "in_packets": 1 << 64, "in_bytes": 1, "wrong_if_packets": 0},
+        {"source": "10.0.0.1", "group": G, "in_packets": 1, "in_bytes": 1, "wrong_if_packets": 0, "oil": [{}]},
+        {"source": "10.0.0.1", "group": G, "in_packets": 1, "in_bytes": 1, "wrong_if_packets": 0, "oil": "x"},
+    ],
+)
+def test_mfe_counters_entries_are_checked(core: Core, pim: Proto, entry: Any) -> None:
+    """Each counter report entry is a map of an exact (S,G), non-negative 64-bit counters and an OIL list."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim, "mfe_counters", entries=[entry])
+
+
+def test_answer_arguments_are_checked(core: Core) -> None:
+    """An answer's fields are checked like any request (rpf: interface and neighbour; creation: oil verdicts)."""
+    core.routes["10.0.0.1"] = Interface(1)
+    pim = core.register(PIM)
+    igmp = core.register(IGMP)
+    fwd = core.register(99)
+    pim.take(1)
+    pim.take(2)
+    igmp.take(2)
+    igmp.join(ANY, G, 2)
+    fwd.packet("10.0.0.1", G, 1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 1, **iff(1))  # no upstream_neighbor
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 1, **iff(1), upstream_neighbor="x")
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, True, **iff(1), upstream_neighbor=ANY)
+    pim.answer(1, **iff(1), upstream_neighbor=ANY)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 2, oil=[{**iff(2), "enabled": 0}])
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 2, oil={"if_index": 2})
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 2)
+
+
+# --- fuzz: random requests only ever produce results or MgmError ----------------------------------------
+
+_VALUES: list[Any] = [
+    None, True, False, 0, 1, 2, 3, -1, 7, 10, 20, 1 << 31, 1 << 32, 1 << 70, 0.0, 0.1, 1.5, -2.5,
+    float("nan"), float("inf"), "", "x", "0.0.0.0", "255.255.255.255", "239.1.1.1", "224.0.0.1", "10.0.0.1",
+    "10.0.0.2", "1.2.3", "300.1.1.1", "all_sources", "any_source", b"bytes", [], [1], {}, {"a": 1},
+    [{"if_index": 1, "next_hop": "0.0.0.0", "enabled": False}],
+]  # fmt: skip
+_KEYS = [
+    "handle", "protocol_id", "component_id", "name", "if_index", "next_hop", "source", "source_mask", "group",
+    "group_mask", "flags", "type", "enum", "max_entries", "stats", "after", "upstream_neighbor", "entries",
+    "question", "oil", "timeout", "in_if_index",
+]  # fmt: skip
+
+
+def test_random_requests_never_crash_the_core(core: Core) -> None:
+    """Nothing a client sends stops the core: random args give a result or MgmError, and state stays coherent."""
+    rng = random.Random(20261123)
+    clients = [core.register(IGMP), core.register(PIM), core.register(30)]
+    for p, ifs in zip(clients, ((1, 2), (1, 2), (3, 4)), strict=True):
+        for i in ifs:
+            p.take(i)
+    handles = [p.handle for p in clients]
+    ops = sorted(CORE_OPS)
+    outcomes = {"ok": 0, "refused": 0}
+    for _ in range(6000):
+        p = rng.choice(clients)
+        args: dict[str, Any] = {}
+        for key in rng.sample(_KEYS, rng.randint(0, 10)):
+            args[key] = rng.choice(_VALUES)
+        if rng.random() < 0.8:
+            args["handle"] = rng.choice(handles)
+        if rng.random() < 0.5:  # often well-formed addresses, so deeper paths run too
+            args.update(source=rng.choice([ANY, "10.0.0.1"]), group=rng.choice([ANY, G]))
+            args.update(source_mask=ANY if args["source"] == ANY else ONES)
+            args.update(group_mask=ANY if args["group"] == ANY else ONES)
+        op = rng.choice(ops)
+        try:
+            core.mgm.handle(p.conn, op, args, core.now, token=object())
+            outcomes["ok"] += 1
+        except MgmError:
+            outcomes["refused"] += 1
+        if rng.random() < 0.05:
+            core.tick(0.05)
+        core.mgm.take_events()
+    assert outcomes["ok"] > 50 and outcomes["refused"] > 1000
+    for stream in core.mgm.streams():
+        core.mgm.snapshot(stream)
+    for p in clients:
+        core.mgm.connection_lost(p.conn, core.now)
+    assert core.mgm.snapshot("state")["memberships"] == []
+    assert core.mgm.streams() == ["state"]
