@@ -1,0 +1,209 @@
+"""The `static` plugin: configured (S,G) and (*,G) routes applied through the MGM.
+
+How a route becomes forwarding:
+
+* At start (and after each SIGHUP) every route adds a membership for its
+  (source, group) on each of its `to` interfaces (``MGM_JOIN_STATE_FLAG``,
+  through the context, which replays them after a manager restart).  The
+  manager puts those interfaces in the OIL of every matching MFE.
+* When the forwarder reports the first packet of a flow, the manager asks
+  the owner of the interface towards the source for the RPF check; where
+  that is us, `mgm_rpf` answers with the route's `from` interface, so the
+  MFE's incoming interface is the configured one even where the unicast
+  route disagrees.  The (S,G) route wins over the (*,G) route of the group.
+* Creation alerts and negative MFEs keep the manager's defaults (every OIL
+  interface enabled; the default timeout), so this plugin does not
+  implement those hooks.
+
+The routes are checked when the host loads the plugin (`mgm_protocol`): a
+bad table stops the host with the file and line before it registers.  On
+SIGHUP the file is read again; a bad new file is logged with its file and
+line and the routes in force stay.  Otherwise the difference is applied:
+new interfaces taken, removed memberships deleted, interfaces no longer
+listed released, new memberships added, and existing MFEs whose route now
+names another incoming interface moved to it (``set_mfe``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mgm.bus.status import MgmError
+from mgm.core.config import ConfigError, InterfaceRef, PluginTable, load, loads
+from mgm.core.types import Interface
+from mgm.plugins.hookspecs import hookimpl
+from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
+
+if TYPE_CHECKING:
+    from mgm.core.config import Config
+    from mgm.plugins.context import PluginContext
+
+log = logging.getLogger(__name__)
+
+STATIC_PROTOCOL_ID = 10006
+"""RRAS PROTO_IP_NT_STATIC."""
+STATIC_COMPONENT_ID = 1
+MFE_PAGE = 256
+
+
+class Applied:
+    """A checked route table with its interfaces resolved on this machine: what is in force."""
+
+    def __init__(self, table: RouteTable, interfaces: list[Interface]) -> None:
+        self.table = table
+        self.interfaces = interfaces
+        self.by_ref: dict[InterfaceRef, Interface] = dict(zip(table.interfaces, interfaces, strict=True))
+        self.memberships: list[Membership] = memberships(table, self.by_ref.__getitem__)
+
+    def rpf(self, source: str, group: str, interface: Interface) -> tuple[Interface, str] | None:
+        return rpf(self.table, self.by_ref.__getitem__, source, group, interface)
+
+
+def read(config: Config, name: str) -> Applied:
+    """Check the routes of ``[plugins.NAME]`` and resolve its interfaces; `ConfigError` on any mistake."""
+    from mgm.plugins.host import resolve_interfaces
+
+    table = parse(config, name)
+    return Applied(table, resolve_interfaces(config.plugin(name), config))
+
+
+class StaticPlugin:
+    """Entry point ``static`` (the host instantiates it without arguments)."""
+
+    def __init__(self) -> None:
+        self.applied: Applied | None = None
+        self.name = "static"
+        self.source: str | None = None
+        self._reload_lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @hookimpl
+    def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
+        """Check the routes now: a mistake stops the host at load, with the file and line."""
+        self._check(config)
+        return STATIC_PROTOCOL_ID, STATIC_COMPONENT_ID
+
+    @hookimpl
+    def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
+        if self.applied is None:
+            self._check(config)
+        applied = self.applied
+        assert applied is not None
+        for source, group, interface in applied.memberships:
+            mgm.add_membership(source, group, interface)
+        log.info(
+            "static: %d route(s) from %s, %d membership(s) added",
+            len(applied.table.routes),
+            self.source,
+            len(applied.memberships),
+        )
+        for route in applied.table.routes:
+            log.debug("static: route %s", route.describe())
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
+
+    @hookimpl
+    def mgm_stop(self, mgm: PluginContext) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    @hookimpl
+    def mgm_rpf(
+        self, mgm: PluginContext, source: str, group: str, interface: Interface
+    ) -> tuple[Interface, str] | None:
+        if self.applied is None:
+            return None
+        answer = self.applied.rpf(source, group, interface)
+        if answer is not None:
+            log.info(
+                "static: rpf (%s, %s): incoming interface %d/%s by route, not %d/%s",
+                source, group, answer[0].if_index, answer[0].next_hop, interface.if_index, interface.next_hop,
+            )  # fmt: skip
+        return answer
+
+    # --- reload ---------------------------------------------------------------------------------
+
+    def on_sighup(self, mgm: PluginContext) -> None:
+        log.info("static: SIGHUP: reading %s again", self.source)
+        mgm.spawn(self.reload(mgm))
+
+    async def reload(self, mgm: PluginContext) -> bool:
+        """Read the file again and apply the difference; False (old routes kept) where it is refused."""
+        async with self._reload_lock:  # two quick SIGHUPs apply one after the other
+            old = self.applied
+            assert old is not None and self.source is not None
+            try:
+                new = read(load(self.source), self.name)
+            except ConfigError as exc:
+                log.error("static: reload refused, the %d route(s) in force stay: %s", len(old.table.routes), exc)
+                return False
+            plan = plan_reload(old.interfaces, old.memberships, new.interfaces, new.memberships)
+            taken: list[Interface] = []
+            for interface in plan.take:
+                try:
+                    await mgm.take_interface(interface)
+                except (MgmError, TimeoutError) as exc:
+                    log.error(
+                        "static: reload refused, the %d route(s) in force stay: cannot take interface %d/%s: %s",
+                        len(old.table.routes), interface.if_index, interface.next_hop, exc,
+                    )  # fmt: skip
+                    for back in taken:
+                        await _quiet(mgm.release_interface(back))
+                    return False
+                taken.append(interface)
+            replies = [mgm.delete_membership(s, g, i) for s, g, i in plan.delete]
+            replies += [mgm.release_interface(i) for i in plan.release]
+            replies += [mgm.add_membership(s, g, i) for s, g, i in plan.add]
+            self.applied = new
+            for reply in replies:
+                await _quiet(reply)  # a refusal is logged by the context
+            log.info("static: reloaded %s: %d route(s); %s", self.source, len(new.table.routes), plan.summary())
+            await self.realign_mfes(mgm)
+            return True
+
+    async def realign_mfes(self, mgm: PluginContext) -> int:
+        """Move MFEs whose incoming interface (ours) the routes now name differently; the number moved."""
+        applied = self.applied
+        assert applied is not None
+        owned = set(applied.interfaces)
+        moved = 0
+        after: dict[str, str] | None = None
+        while True:
+            page = await mgm.client.request("list_mfes", {"after": after, "max_entries": MFE_PAGE})
+            for mfe in page["entries"]:
+                current = Interface(int(mfe["in_if_index"]), str(mfe["in_next_hop"]))
+                if current not in owned:
+                    continue  # the RPF question for it went to another protocol
+                answer = applied.rpf(mfe["source"], mfe["group"], current)
+                if answer is None:
+                    continue
+                incoming, upstream = answer
+                args = {"source": mfe["source"], "group": mfe["group"], "upstream_neighbor": upstream,
+                        "if_index": incoming.if_index, "next_hop": incoming.next_hop}  # fmt: skip
+                try:
+                    await mgm.request("set_mfe", args)
+                    moved += 1
+                except (MgmError, TimeoutError):
+                    pass  # logged by the context
+            if not page.get("more") or not page["entries"]:
+                return moved
+            last = page["entries"][-1]
+            after = {"source": last["source"], "group": last["group"]}
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _check(self, config: Mapping[str, Any]) -> None:
+        if not isinstance(config, PluginTable):
+            raise TypeError(f"the static plugin needs the PluginTable the host passes, not {type(config).__name__}")
+        self.name = config.name
+        self.source = config.source
+        self.applied = read(loads(config.text, config.source), config.name)
+
+
+async def _quiet(fut: asyncio.Future[dict[str, Any]]) -> None:
+    with contextlib.suppress(MgmError, TimeoutError):  # the context logs every refusal
+        await fut

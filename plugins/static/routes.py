@@ -1,0 +1,279 @@
+"""Static multicast routes: parsing, checking, lookup and the SIGHUP diff, without any I/O.
+
+A route says: traffic for (source, group) comes in on `from` and goes out of
+every interface in `to`; without `source` the route is (*,G), for every
+source of the group.  What smcroute writes as ``mroute from eth0 source S
+group G to eth1 eth2`` is here::
+
+    [plugins.static]
+    interfaces = ["eth0", "eth1", "eth2"]
+    routes = [
+      { source = "10.0.0.1", group = "239.1.1.1", from = "eth0", to = ["eth1", "eth2"] },
+      { group = "239.2.2.2", from = "eth0", to = ["eth1"] },
+    ]
+
+(``[[plugins.static.routes]]`` tables say the same.)  Every mistake is a
+`ConfigError` naming the file, the key path and the line.  The kernel keys
+its forwarding cache by (S,G), so one (S,G) has one incoming interface: two
+routes for the same (S,G) are refused with the lines of both, rather than
+one of them losing silently as in smcroute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mgm.bus.status import MgmError
+from mgm.core.args import is_multicast, parse_addr
+from mgm.core.config import Config, ConfigError, InterfaceRef, PluginTable, find_line, loads
+from mgm.core.types import ANY, Interface
+
+ROUTE_KEYS = ("source", "group", "from", "to")
+LINK_LOCAL_NET = 0xE0000000  # 224.0.0.0/24: never routed (RFC 5771)
+LINK_LOCAL_MASK = 0xFFFFFF00
+LOOPBACK_NET, LOOPBACK_MASK = 0x7F000000, 0xFF000000
+CLASS_D_E_NET, CLASS_D_E_MASK = 0xE0000000, 0xE0000000  # 224.0.0.0/3: multicast, reserved and broadcast
+
+Membership = tuple[str, str, Interface]
+"""(source, group, interface) of a membership a route adds; source 0.0.0.0 for (*,G)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One checked route; `incoming` and `outgoing` are the owned interfaces of the config."""
+
+    index: int
+    line: int | None
+    source: str  # ANY for (*,G)
+    group: str
+    incoming: InterfaceRef
+    outgoing: tuple[InterfaceRef, ...]
+
+    @property
+    def sg(self) -> tuple[str, str]:
+        return self.source, self.group
+
+    def describe(self) -> str:
+        source = "*" if self.source == ANY else self.source
+        to = ", ".join(_ref_name(r) for r in self.outgoing)
+        return f"({source}, {self.group}) from {_ref_name(self.incoming)} to {to}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """The checked routes of one plugin table, and the interfaces it owns (config order)."""
+
+    source: str
+    interfaces: tuple[InterfaceRef, ...]
+    routes: tuple[Route, ...]
+    _by_sg: Mapping[tuple[str, str], Route] = field(default_factory=dict, repr=False)
+
+    def lookup(self, source: str, group: str) -> Route | None:
+        """The route for a packet of (source, group): the (S,G) route, else the (*,G) route, else None."""
+        return self._by_sg.get((source, group)) or self._by_sg.get((ANY, group))
+
+
+def _ref_name(ref: InterfaceRef) -> str:
+    name = str(ref.name_or_index)
+    return name if ref.next_hop == ANY else f"{name} (next hop {ref.next_hop})"
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def parse_table(table: Mapping[str, Any]) -> RouteTable:
+    """The routes of the table a hook receives (a `PluginTable`: it knows its file and text)."""
+    if not isinstance(table, PluginTable):
+        raise TypeError(f"expected the PluginTable the host passes, not {type(table).__name__}")
+    return parse(loads(table.text, table.source), table.name)
+
+
+def parse(config: Config, name: str) -> RouteTable:
+    """Check the ``routes`` of ``[plugins.NAME]``; raises `ConfigError` at the first mistake."""
+    plugin = config.plugin(name)
+    table = plugin.table
+    prefix = f"plugins.{name}"
+    known = {"routes", "interfaces", "protocol_id", "component_id"}
+    for key in table:
+        if key not in known:
+            known_list = ", ".join(sorted(known))
+            raise config.error(f"{prefix}.{key}", f"unknown key for the static plugin (known: {known_list})")
+    raw = table.get("routes", [])
+    if not isinstance(raw, list):
+        raise config.error(f"{prefix}.routes", "must be a list of route tables {group, from, to[, source]}")
+    routes: list[Route] = []
+    seen: dict[tuple[str, str], Route] = {}
+    for index, item in enumerate(raw):
+        route = _route(config, f"{prefix}.routes[{index}]", index, item, plugin.interfaces)
+        earlier = seen.get(route.sg)
+        if earlier is not None:
+            raise _conflict(config, f"{prefix}.routes", earlier, route)
+        seen[route.sg] = route
+        routes.append(route)
+    return RouteTable(config.source, plugin.interfaces, tuple(routes), dict(seen))
+
+
+def _conflict(config: Config, key: str, earlier: Route, route: Route) -> ConfigError:
+    source = "*" if route.source == ANY else route.source
+    where = f"line {earlier.line}" if earlier.line is not None else "an earlier line"
+    if earlier.incoming == route.incoming:
+        message = (
+            f"a second route for ({source}, {route.group}) (the first is {key}[{earlier.index}] at {where}): "
+            f"list all its outgoing interfaces in one route"
+        )
+    else:
+        message = (
+            f"route for ({source}, {route.group}) from {_ref_name(route.incoming)} conflicts with "
+            f"{key}[{earlier.index}] at {where}, from {_ref_name(earlier.incoming)}: the kernel keeps one "
+            f"incoming interface per (source, group), so only one of them can be configured"
+        )
+    return ConfigError(config.source, f"{key}[{route.index}]", route.line, message)
+
+
+def _route(config: Config, key: str, index: int, item: Any, owned: tuple[InterfaceRef, ...]) -> Route:
+    line = find_line(config.text, key)
+
+    def error(sub: str, message: str) -> ConfigError:
+        path = f"{key}.{sub}" if sub else key
+        return ConfigError(config.source, path, find_line(config.text, path), message)
+
+    if not isinstance(item, dict):
+        raise error("", 'a route is a table {group = "G", from = IF, to = [IF, ...]} with an optional source = "S"')
+    unknown = sorted(set(item) - set(ROUTE_KEYS))
+    if unknown:
+        raise error(unknown[0], f"unknown key in a route (known: {', '.join(ROUTE_KEYS)})")
+    for required in ("group", "from", "to"):
+        if required not in item:
+            raise error("", f"a route needs {required!r}")
+    group = _address(error, "group", item["group"])
+    g = parse_addr(group, "group")
+    if not is_multicast(g):
+        raise error("group", f"{group} is not a multicast group (224.0.0.0/4)")
+    if g & LINK_LOCAL_MASK == LINK_LOCAL_NET:
+        raise error("group", f"{group} is link-local (224.0.0.0/24), which is never forwarded")
+    source = ANY
+    if "source" in item:
+        source = _address(error, "source", item["source"])
+        s = parse_addr(source, "source")
+        if s == 0:
+            raise error("source", "leave out `source` for a (*,G) route rather than writing 0.0.0.0")
+        if s & CLASS_D_E_MASK == CLASS_D_E_NET or s & LOOPBACK_MASK == LOOPBACK_NET:
+            raise error("source", f"{source} cannot be the source of multicast traffic (a unicast address is)")
+    incoming = _owned(error, "from", item["from"], owned)
+    to = item["to"]
+    if not isinstance(to, list) or not to:
+        raise error("to", "must be a non-empty list of the interfaces to forward out of")
+    outgoing: list[InterfaceRef] = []
+    for i, entry in enumerate(to):
+        ref = _owned(error, f"to[{i}]", entry, owned)
+        if ref == incoming:
+            raise error(f"to[{i}]", f"{_ref_name(ref)} is the incoming interface (from) of this route")
+        if ref in outgoing:
+            raise error(f"to[{i}]", f"{_ref_name(ref)} is listed twice")
+        outgoing.append(ref)
+    return Route(index, line, source, group, incoming, tuple(outgoing))
+
+
+def _address(error: Callable[[str, str], ConfigError], key: str, value: Any) -> str:
+    try:
+        parse_addr(value, key)
+    except MgmError:
+        raise error(key, f"must be a dotted-quad IPv4 address, not {value!r}") from None
+    return str(value)
+
+
+def _owned(
+    error: Callable[[str, str], ConfigError], key: str, value: Any, owned: tuple[InterfaceRef, ...]
+) -> InterfaceRef:
+    """The owned interface `value` names: a name or index as in `interfaces`, or {interface, next_hop}."""
+    next_hop: str | None = None
+    name = value
+    if isinstance(value, dict):
+        if set(value) - {"interface", "next_hop"} or "interface" not in value:
+            raise error(key, 'an interface table is {interface = NAME_OR_INDEX, next_hop = "A.B.C.D"}')
+        name = value["interface"]
+        next_hop = _address(error, key, value.get("next_hop", ANY))
+    if isinstance(name, bool) or not isinstance(name, str | int):
+        raise error(key, f"must name an interface (a name or an index as in `interfaces`), not {name!r}")
+    matches = [r for r in owned if r.name_or_index == name and (next_hop is None or r.next_hop == next_hop)]
+    listed = ", ".join(_ref_name(r) for r in owned) or "none"
+    if not matches:
+        shown = name if next_hop is None else f"{name} (next hop {next_hop})"
+        raise error(key, f"{shown!r} is not among this plugin's interfaces ({listed}); add it to `interfaces`")
+    if len(matches) > 1:
+        raise error(key, f"{name!r} has several next hops in `interfaces`: say which with {{interface, next_hop}}")
+    return matches[0]
+
+
+# --- applying -------------------------------------------------------------------------------
+
+
+Resolve = Callable[[InterfaceRef], Interface]
+
+
+def memberships(table: RouteTable, resolve: Resolve) -> list[Membership]:
+    """The memberships the routes need: each route's (source, group) on each of its outgoing interfaces."""
+    result: dict[Membership, None] = {}  # ordered, without repeats
+    for route in table.routes:
+        for ref in route.outgoing:
+            result[(route.source, route.group, resolve(ref))] = None
+    return list(result)
+
+
+def rpf(
+    table: RouteTable, resolve: Resolve, source: str, group: str, interface: Interface
+) -> tuple[Interface, str] | None:
+    """The answer to the manager's RPF question: the route's incoming interface where it differs, else None.
+
+    The upstream neighbour of a configured incoming interface is its next hop
+    (0.0.0.0 on a broadcast link): a static route names no neighbour.
+    """
+    route = table.lookup(source, group)
+    if route is None:
+        return None
+    incoming = resolve(route.incoming)
+    if incoming == interface:
+        return None
+    return incoming, incoming.next_hop
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a SIGHUP changes, in the order to send it.
+
+    Memberships go before the interfaces they are on are released; new
+    interfaces are taken before memberships are added on them.
+    """
+
+    delete: tuple[Membership, ...] = ()
+    release: tuple[Interface, ...] = ()
+    take: tuple[Interface, ...] = ()
+    add: tuple[Membership, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.delete or self.release or self.take or self.add)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.add)} membership(s) to add, {len(self.delete)} to delete, "
+            f"{len(self.take)} interface(s) to take, {len(self.release)} to release"
+        )
+
+
+def plan_reload(
+    old_interfaces: Sequence[Interface],
+    old_members: Iterable[Membership],
+    new_interfaces: Sequence[Interface],
+    new_members: Iterable[Membership],
+) -> ReloadPlan:
+    """The difference between the applied routes and the new ones, as requests in a safe order."""
+    old_m = dict.fromkeys(old_members)
+    new_m = dict.fromkeys(new_members)
+    return ReloadPlan(
+        delete=tuple(m for m in old_m if m not in new_m),
+        release=tuple(i for i in old_interfaces if i not in new_interfaces),
+        take=tuple(i for i in new_interfaces if i not in old_interfaces),
+        add=tuple(m for m in new_m if m not in old_m),
+    )
