@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+
 from mgm.bus.codec import encode_request, unpack
 from mgm.bus.endpoints import default_api, default_events
 from mgm.bus.sockets import Curve, readable, secure

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
 from mgm.bus.status import MgmError, Status
 
 VERSION = 1
@@ -41,10 +42,8 @@ def unpack(data: bytes) -> Any:
     """Decode one payload with safe defaults; raises ValueError on anything malformed."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
-    except ValueError:
-        raise
     except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, TypeError, ...)
-        raise ValueError(f"not a msgpack payload: {exc}") from exc
+        raise ValueError(f"not a valid msgpack payload: {exc}") from exc
 
 
 # --- map splicing -----------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from mgm.bus.codec import (
     MAX_FRAME,
     VERSION,
@@ -198,6 +199,7 @@ class BusServer:
     replay: ReplayCache = field(default_factory=ReplayCache)
     paging: Paging = field(default_factory=Paging)
     batch: int = 4096
+    events_hwm: int = XPUB_HWM
 
     def __post_init__(self) -> None:
         self._own_context = self.context is None
@@ -237,7 +239,7 @@ class BusServer:
         secure(router, self.api, self.curve, server=True)
         xpub: zmq.Socket[bytes] = zmq.Socket(self.ctx, zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
-        xpub.setsockopt(zmq.SNDHWM, XPUB_HWM)
+        xpub.setsockopt(zmq.SNDHWM, self.events_hwm)
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe reaches us, so every newcomer gets an hb at once
         secure(xpub, self.events, self.curve, server=True)
         self.router, self.xpub = router, xpub

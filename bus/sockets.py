@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from mgm.bus.endpoints import check_ipc_endpoint
 
 HEARTBEAT_IVL_MS = 2000

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
+
 from mgm.bus import topics
-from mgm.bus.server import BusServer, ManagerRunning
+from mgm.bus.server import XPUB_HWM, BusServer, ManagerRunning
 from mgm.bus.sockets import Curve, readable
 from mgm.bus.status import MgmError, Status
 from mgm.core.types import ClientId, Event
@@ -80,6 +81,7 @@ class Manager:
         liveness: float = 3.0,
         context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
+        events_hwm: int = XPUB_HWM,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if core is None:
@@ -91,7 +93,7 @@ class Manager:
         self.deferred = deferred
         self.clock = clock
         core.wall_offset = time.time() - clock()
-        self.server = BusServer(api, events, context=context, curve=curve)
+        self.server = BusServer(api, events, context=context, curve=curve, events_hwm=events_hwm)
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
         self._kicked = False
@@ -282,6 +284,7 @@ async def serve(
     question_deadline: float = 0.1,
     mfe_timeout: float = 900.0,
     liveness: float = 3.0,
+    events_hwm: int = XPUB_HWM,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = False,
@@ -291,7 +294,8 @@ async def serve(
 ) -> None:
     """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
     manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred,
-                      question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
+                      question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness,
+                      events_hwm=events_hwm)
     await manager.start()
     loop = asyncio.get_running_loop()
     if handle_signals:
@@ -322,13 +326,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default MFE timeout without traffic (default 900)")
     parser.add_argument("--liveness", type=float, default=3.0, metavar="SECONDS",
                         help="a registered client silent this long is treated as gone (default 3)")
+    parser.add_argument("--events-hwm", type=int, default=XPUB_HWM, metavar="N",
+                        help=f"events queued per subscriber before the newest are dropped (default {XPUB_HWM:,}); "
+                             "subscribers resync from the seq gap")
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
-                          mfe_timeout=args.mfe_timeout, liveness=args.liveness, handle_signals=True))
+                          mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
+                          handle_signals=True))
     except ManagerRunning as exc:
         log.error("%s", exc)
         return 1
