@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+
 from mgm.core.types import Interface
 
 if TYPE_CHECKING:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
 import logging
 import signal
@@ -39,6 +38,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import pluggy
+
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
 from mgm.core.config import Config, ConfigError, PluginConfig, load
@@ -56,6 +56,8 @@ EXIT_FAILURE = 1
 REGISTER_PATIENCE = 5.0
 """Seconds to keep trying to register while a crashed predecessor's registration lingers (liveness is 3 s)."""
 REGISTER_RETRY = 0.25
+SHUTDOWN_TIMEOUT = 2.0
+"""How long a stopping host waits for the manager to confirm its release and deregistration."""
 ANSWERED_KEPT = 4096
 """Question ids remembered so a resync does not answer twice; questions live a deadline (0.1 s), so a few suffice."""
 
@@ -286,12 +288,14 @@ class Host:
             self.call("mgm_stop", "stop", mgm=ctx)
         await ctx.cancel_tasks()
         if self.registered:
-            for interface in ctx.interfaces:
-                with contextlib.suppress(MgmError, TimeoutError):
-                    await ctx.release_interface(interface)
+            # one pipeline, in order on one connection: the releases, then the deregistration
+            replies = [ctx.release_interface(interface) for interface in ctx.interfaces]
             ctx.client.heartbeat_handle = None
-            with contextlib.suppress(MgmError, TimeoutError):
-                await ctx.request("deregister_protocol")
+            replies.append(ctx.request("deregister_protocol"))
+            _done, pending = await asyncio.wait(replies, timeout=SHUTDOWN_TIMEOUT)
+            if pending:
+                log.warning("plugin %s: the manager did not confirm the release and deregistration within %.0f s",
+                            self.name, SHUTDOWN_TIMEOUT)  # fmt: skip
             self.registered = False
         await ctx.client.close()
 

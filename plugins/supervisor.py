@@ -213,6 +213,7 @@ async def ping(api: str, timeout: float) -> bool:
     """One ``ping`` on a fresh DEALER: True when the manager answers within `timeout`."""
     import zmq
     import zmq.asyncio
+
     from mgm.bus.codec import decode_reply, encode_request
 
     ctx = zmq.asyncio.Context.instance()

@@ -22,153 +22,15 @@ printed on failure (pytest shows captured output of failing tests).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
-from mgm.bus.codec import decode_reply, encode_request
-from mgm.bus.status import MgmError
 from mgm_testplugins.control import Control, wait_for
-
-MGM = [sys.executable, "-m", "mgm.core.cli"]
-STOP_GRACE = 5.0
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A child process in its own process group, with its output in a file."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = open(self.log_path, "ab")  # noqa: SIM115 -- the child holds it; closed below
-        try:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            out.close()
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def send_signal(self, sig: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM, grace: float = STOP_GRACE) -> int | None:
-        """SIGTERM the group, wait, SIGKILL what is left; the exit status of the leader."""
-        if self.popen is None:
-            return None
-        self.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signal.SIGKILL)  # stragglers of the group, too
-        return self.popen.wait()
-
-    def wait(self, timeout: float) -> int:
-        assert self.popen is not None
-        return self.popen.wait(timeout)
-
-
-@dataclass
-class ManagerProc(Proc):
-    api: str = ""
-    events: str = ""
-    _sock: zmq.Socket[bytes] | None = field(default=None, repr=False)
-    _next: int = 0
-
-    def request(self, op: str, args: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
-        """One request, as a client without a handle; MgmError on refusal, TimeoutError if silent."""
-        reply = self.raw([b"", encode_request(self._id(), op, dict(args or {}))], timeout)
-        if reply.get("status") != 0:
-            raise MgmError(reply["status"], reply.get("message", ""))
-        result: dict[str, Any] = reply.get("result") or {}
-        return result
-
-    def raw(self, frames: list[bytes], timeout: float = 5.0) -> dict[str, Any]:
-        """Send frames as they are on a fresh DEALER; the decoded reply."""
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.connect(self.api)
-            sock.send_multipart(frames)
-            if not sock.poll(int(timeout * 1000)):
-                raise TimeoutError(f"no reply from the manager on {self.api} within {timeout} s")
-            return decode_reply(sock.recv_multipart()[-1])
-        finally:
-            sock.close(0)
-
-    def _id(self) -> int:
-        self._next += 1
-        return self._next
-
-    def ping(self) -> bool:
-        try:
-            self.request("ping", timeout=0.5)
-            return True
-        except TimeoutError:
-            return False
-
-
-@dataclass
-class PluginProc(Proc):
-    control: Control | None = None
-    config_path: Path | None = None
-
-
-# --- TOML for the test configs ----------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def toml_config(plugins: Mapping[str, Mapping[str, Any]], manager: Mapping[str, Any] | None = None) -> str:
-    """A config file's text: [manager] and one [plugins."NAME"] table per plugin."""
-    lines = []
-    if manager:
-        lines.append("[manager]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in manager.items()]
-    for name, table in plugins.items():
-        lines.append(f'[plugins."{name}"]')
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
+from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, Proc, toml_config
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -183,11 +45,11 @@ def ipc_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
+def procs(request: pytest.FixtureRequest, ipc_dir: Path) -> Iterator[list[Proc]]:
     """Every process a test started; all stopped at teardown, logs printed if the test failed."""
     started: list[Proc] = []
     yield started
-    for proc in reversed(started):  # plugins before the manager
+    for proc in sorted(reversed(started), key=lambda p: isinstance(p, ManagerProc)):  # plugins before managers
         proc.stop()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
         for proc in started:
@@ -208,6 +70,8 @@ def start_manager(ipc_dir: Path, procs: list[Proc]) -> Callable[..., ManagerProc
 
     def start(**options: Any) -> ManagerProc:
         nonlocal count
+        running = [p for p in procs if isinstance(p, ManagerProc) and p.alive()]
+        assert not running, "a manager of this test is still running on these endpoints: stop it first"
         count += 1
         api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
         argv = [*MGM, "manager", "--api", api, "--events", events, "--log-level", "debug"]
@@ -235,8 +99,12 @@ StartPlugin = Callable[..., PluginProc]
 
 
 @pytest.fixture
-def start_plugin(manager: ManagerProc, ipc_dir: Path, procs: list[Proc]) -> StartPlugin:
-    """start_plugin(name, table=None, *, control=None, ready=None, wait=True) -> PluginProc."""
+def start_plugin(start_manager: Callable[..., ManagerProc], ipc_dir: Path, procs: list[Proc]) -> StartPlugin:
+    """start_plugin(name, table=None, *, control=None, ready=None, wait=True) -> PluginProc.
+
+    The plugin connects to the test's manager, started with default options
+    if the test has not started one (with ``manager`` or ``start_manager``).
+    """
 
     def start(
         name: str,
@@ -246,6 +114,8 @@ def start_plugin(manager: ManagerProc, ipc_dir: Path, procs: list[Proc]) -> Star
         ready: Callable[[], Any] | None = None,
         wait: bool = True,
     ) -> PluginProc:
+        managers = [p for p in procs if isinstance(p, ManagerProc)]
+        manager = managers[-1] if managers else start_manager()
         table = dict(table or {})
         if control is None:
             control = name.startswith("test-")
@@ -295,15 +165,3 @@ def _close_controls(procs: list[Proc]) -> Iterator[None]:
     for proc in procs:
         if isinstance(proc, PluginProc) and proc.control is not None:
             proc.control.close()
-
-
-def pids_gone(pids: list[int]) -> bool:
-    """True when none of `pids` is a live process (zombies of others' children count as gone)."""
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, IndexError):
-            continue
-        if state != "Z":
-            return False
-    return True

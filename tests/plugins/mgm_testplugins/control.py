@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq
+
 from mgm.bus.codec import pack, unpack
 
 T = TypeVar("T")

@@ -33,6 +33,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
 from mgm.bus.codec import pack, unpack
 from mgm.bus.status import MgmError
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
