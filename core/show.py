@@ -1,0 +1,351 @@
+"""`mgm show protocols|interfaces|groups|mfes`: the manager's tables, for people and scripts.
+
+Where the rows come from (no handle needed, so `show` never registers a
+protocol and never appears on the bus itself):
+
+* protocols, interfaces and groups (the memberships) come from one `sync` of
+  the ``state`` stream: the manager freezes the snapshot at the first page and
+  pages it, so the three tables are one consistent picture at one seq.
+* mfes come from `list_mfes`, page by page (``after`` the last entry,
+  ``--page-size`` entries per request), which is also the only source of the
+  counters (``--stats``).  Pages are not one atomic picture: an MFE created
+  or deleted between two pages may be missing or listed.
+
+``--json`` prints one JSON document, ``{"table", "epoch", "seq"?, "entries"}``
+(``seq`` for the tables taken from the state snapshot), with each entry exactly
+as the wire carries it; the text tables add derived columns (interface names,
+ages, counts).  A manager that does not answer is one line on stderr and exit
+status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from mgm.bus.client import Client
+from mgm.bus.status import MgmError
+from mgm.bus.topics import STATE
+
+TABLES = ("protocols", "interfaces", "groups", "mfes")
+ANY = "0.0.0.0"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_PAGE = 500
+IGMP_PROTOCOL_ID = 10  # as mgm.core.types says; not imported so that `show` loads nothing of the core
+
+
+class Unreachable(Exception):
+    """No manager answers on the api endpoint: the one line the user sees."""
+
+
+class ToolError(Exception):
+    """Anything else that ends a tool with exit status 1 and one line (a refusal, a timeout)."""
+
+
+def unreachable_message(api: str) -> str:
+    return f"no manager answers on {api}: is `mgm manager` running?"
+
+
+async def start_client(client: Client) -> None:
+    """`client.start()`, with the one-line explanation (Unreachable) when nobody answers."""
+    if client.api.startswith("ipc://"):
+        path = client.api[len("ipc://"):]
+        if not os.path.exists(path):  # nothing can answer: say so now instead of after the timeout
+            raise Unreachable(f"{unreachable_message(client.api)} (there is no socket {path})")
+    try:
+        await client.start()
+    except TimeoutError:
+        raise Unreachable(unreachable_message(client.api)) from None
+
+
+def add_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"give up on a silent manager after this long (default {DEFAULT_TIMEOUT:g})")
+
+
+def check_timeout(parser: argparse.ArgumentParser, timeout: float) -> None:
+    if not timeout >= 0.1:
+        parser.error(f"--timeout must be at least 0.1 s, not {timeout}")
+
+
+# --- rendering helpers (monitor uses them too) --------------------------------------------------
+
+_names: dict[int, str | None] = {}
+
+
+def if_name(if_index: int) -> str | None:
+    """The kernel's name for an index on this machine, if there is one (cached)."""
+    if if_index not in _names:
+        try:
+            _names[if_index] = socket.if_indextoname(if_index) if if_index > 0 else None
+        except (OSError, OverflowError):
+            _names[if_index] = None
+    return _names[if_index]
+
+
+def iface_label(if_index: Any, next_hop: Any = ANY) -> str:
+    """``2(eth0)``, ``2`` when the index is not on this machine, ``@next_hop`` when it is not 0.0.0.0."""
+    label = str(if_index)
+    if type(if_index) is int and (name := if_name(if_index)) is not None:
+        label += f"({name})"
+    if next_hop not in (ANY, None):
+        label += f"@{next_hop}"
+    return label
+
+
+def addr_or_star(addr: Any, mask: Any = None) -> str:
+    """A wildcard (0.0.0.0 with mask 0.0.0.0, or no mask given) prints as ``*``."""
+    return "*" if addr == ANY and mask in (ANY, None) else str(addr)
+
+
+def duration(seconds: float) -> str:
+    """A compact age: 42s, 3m07s, 2h05m, 3d04h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _addr_key(addr: Any) -> int:
+    try:
+        return int.from_bytes(socket.inet_aton(str(addr)), "big")
+    except OSError:
+        return -1
+
+
+def _proto_key(entry: dict[str, Any]) -> tuple[int, int]:
+    return int(entry.get("protocol_id", 0)), int(entry.get("component_id", 0))
+
+
+# --- fetching -------------------------------------------------------------------------------------
+
+
+async def fetch_state(client: Client) -> tuple[int, int, dict[str, Any]]:
+    """(seq, epoch, state) of the `state` stream: all pages of one frozen snapshot."""
+    return await client.fetch_snapshot(STATE)
+
+
+async def fetch_mfes(client: Client, page_size: int, stats: bool) -> list[dict[str, Any]]:
+    """Every MFE in (group, source) order, `page_size` per `list_mfes` request."""
+    entries: list[dict[str, Any]] = []
+    args: dict[str, Any] = {"max_entries": page_size}
+    if stats:
+        args["stats"] = 1
+    while True:
+        page = await client.request("list_mfes", args)
+        got: list[dict[str, Any]] = page.get("entries") or []
+        entries.extend(got)
+        if not page.get("more") or not got:
+            return entries
+        last = got[-1]
+        args["after"] = {"source": last["source"], "group": last["group"]}
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for col in columns:
+        table.add_column(col, no_wrap=True)
+    return table
+
+
+def _protocol_names(state: dict[str, Any]) -> dict[tuple[int, int], str]:
+    return {_proto_key(p): str(p.get("name") or "") for p in state.get("protocols", [])}
+
+
+def _protocol_label(pid: Any, cid: Any, names: dict[tuple[int, int], str]) -> str:
+    name = names.get((int(pid), int(cid)), "")
+    return f"{pid}/{cid}" + (f" {name}" if name else "")
+
+
+def protocols_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]], str]:
+    members: dict[tuple[int, int], int] = {}
+    for m in state.get("memberships", []):
+        members[_proto_key(m)] = members.get(_proto_key(m), 0) + 1
+    owned: dict[tuple[int, int], int] = {}
+    for i in state.get("interfaces", []):
+        if i.get("owner"):
+            owned[_proto_key(i["owner"])] = owned.get(_proto_key(i["owner"]), 0) + 1
+    entries = sorted(state.get("protocols", []), key=_proto_key)
+    table = _table("PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS")
+    for p in entries:
+        key = _proto_key(p)
+        label = str(key[0]) + (" (igmp)" if key[0] == IGMP_PROTOCOL_ID else "")
+        table.add_row(label, str(key[1]), str(p.get("name") or "-"), str(owned.get(key, 0)), str(members.get(key, 0)))
+    return table, entries, f"{len(entries)} protocol(s)"
+
+
+def interfaces_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]], str]:
+    names = _protocol_names(state)
+    members: dict[tuple[Any, Any], int] = {}
+    for m in state.get("memberships", []):
+        k = (m.get("if_index"), m.get("next_hop"))
+        members[k] = members.get(k, 0) + 1
+    mfes_in: dict[tuple[Any, Any], int] = {}
+    mfes_out: dict[tuple[Any, Any], int] = {}
+    for mfe in state.get("mfes", []):
+        k = (mfe.get("in_if_index"), mfe.get("in_next_hop"))
+        mfes_in[k] = mfes_in.get(k, 0) + 1
+        for o in mfe.get("oil", []):
+            k = (o.get("if_index"), o.get("next_hop"))
+            mfes_out[k] = mfes_out.get(k, 0) + 1
+    entries = list(state.get("interfaces", []))
+    table = _table("INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT")
+    for i in entries:
+        k = (i.get("if_index"), i.get("next_hop"))
+        owner = i.get("owner")
+        table.add_row(
+            iface_label(i.get("if_index"), i.get("next_hop")),
+            _protocol_label(owner["protocol_id"], owner["component_id"], names) if owner else "-",
+            "yes" if i.get("igmp") else "no",
+            str(members.get(k, 0)),
+            str(mfes_in.get(k, 0)),
+            str(mfes_out.get(k, 0)),
+        )
+    return table, entries, f"{len(entries)} interface(s)"
+
+
+def _membership_order(m: dict[str, Any]) -> tuple[int, ...]:
+    return (_addr_key(m.get("group")), _addr_key(m.get("source")), int(m.get("if_index", 0)),
+            _addr_key(m.get("next_hop")), *_proto_key(m))  # fmt: skip
+
+
+def groups_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]], str]:
+    names = _protocol_names(state)
+    entries = sorted(state.get("memberships", []), key=_membership_order)
+    table = _table("GROUP", "SOURCE", "INTERFACE", "PROTOCOL")
+    for m in entries:
+        table.add_row(
+            addr_or_star(m.get("group"), m.get("group_mask")),
+            addr_or_star(m.get("source"), m.get("source_mask")),
+            iface_label(m.get("if_index"), m.get("next_hop")),
+            _protocol_label(m.get("protocol_id", 0), m.get("component_id", 0), names),
+        )
+    return table, entries, f"{len(entries)} membership(s)"
+
+
+def _oil_cell(oil: Iterable[dict[str, Any]], stats: bool) -> str:
+    parts = []
+    for o in oil:
+        part = iface_label(o.get("if_index"), o.get("next_hop"))
+        if stats:
+            part += f":{o.get('out_packets', 0)}"
+            if o.get("discards"):
+                part += f"/{o['discards']}d"
+        parts.append(part)
+    return " ".join(parts) or "-"
+
+
+def mfes_table(entries: list[dict[str, Any]], stats: bool, now: float) -> tuple[Table, list[dict[str, Any]], str]:
+    columns = ["SOURCE", "GROUP", "IIF", "UPSTREAM", "PROTO", "OIL", "AGE", "EXPIRES"]
+    if stats:
+        columns += ["PACKETS", "BYTES", "WRONG-IF"]
+    table = _table(*columns)
+    for mfe in entries:
+        proto = mfe.get("in_protocol_id")
+        row = [
+            str(mfe.get("source")),
+            str(mfe.get("group")),
+            iface_label(mfe.get("in_if_index"), mfe.get("in_next_hop")),
+            str(mfe.get("upstream_neighbor")),
+            str(proto) if proto else "-",
+            _oil_cell(mfe.get("oil", []), stats),
+            duration(now - float(mfe.get("created", now))),
+            duration(float(mfe.get("expires", now)) - now),
+        ]
+        if stats:
+            row += [str(mfe.get("in_packets", 0)), str(mfe.get("in_bytes", 0)), str(mfe.get("wrong_if_packets", 0))]
+        table.add_row(*row)
+    suffix = " (OIL entries as interface:out_packets)" if stats and entries else ""
+    return table, entries, f"{len(entries)} MFE(s){suffix}"
+
+
+StateTable = Callable[[dict[str, Any]], tuple[Table, list[dict[str, Any]], str]]
+STATE_TABLES: dict[str, StateTable] = {
+    "protocols": protocols_table,
+    "interfaces": interfaces_table,
+    "groups": groups_table,
+}
+
+
+def console() -> Console:
+    """A terminal gets its width (rich folds to it); a pipe or file gets whole lines, without colour."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(width=100_000, no_color=True, highlight=False, soft_wrap=False)
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", choices=TABLES, help="which table")
+    parser.add_argument("--stats", action="store_true",
+                        help="mfes: packets, bytes and wrong-interface packets, and out packets per OIL entry")
+    parser.add_argument("--json", action="store_true",
+                        help='one JSON document {"table", "epoch", "seq"?, "entries"} with entries as on the wire')
+    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE, metavar="N",
+                        help=f"mfes: entries per list_mfes request (default {DEFAULT_PAGE})")
+    add_timeout_option(parser)
+    parser.set_defaults(_parser=parser)
+
+
+async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
+    client = Client(args.api, args.events, connect_timeout=args.timeout, request_timeout=args.timeout)
+    await start_client(client)
+    try:
+        if args.table == "mfes":
+            entries = await fetch_mfes(client, args.page_size, args.stats)
+            table, entries, footer = mfes_table(entries, args.stats, time.time())
+            return {"table": "mfes", "epoch": client.epoch, "entries": entries}, table, footer
+        seq, epoch, state = await fetch_state(client)
+        table, entries, footer = STATE_TABLES[args.table](state)
+        return {"table": args.table, "epoch": epoch, "seq": seq, "entries": entries}, table, footer
+    except MgmError as exc:
+        raise ToolError(f"the manager on {client.api} refused: {exc}") from None
+    except TimeoutError as exc:
+        raise ToolError(str(exc)) from None
+    finally:
+        await client.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args._parser
+    check_timeout(parser, args.timeout)
+    if args.stats and args.table != "mfes":
+        parser.error("--stats applies to `mgm show mfes` only (the manager keeps no counters for the other tables)")
+    if args.page_size < 1:
+        parser.error(f"--page-size must be at least 1, not {args.page_size}")
+    try:
+        doc, table, footer = asyncio.run(_show(args))
+    except (Unreachable, ToolError) as exc:
+        print(f"mgm show: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.json:
+            sys.stdout.write(json.dumps(doc) + "\n")
+        else:
+            out = console()
+            out.print(table)
+            out.print(footer)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `mgm show ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
