@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "manager": ("mgm.core.mgmd", "run the manager (mgmd) in the foreground"),
     "plugin": ("mgm.plugins.host", "run one plugin in the foreground"),
     "up": ("mgm.plugins.supervisor", "run the manager and the configured plugins"),
+    "show": ("mgm.core.show", "print the manager's protocols, interfaces, groups or MFEs"),
 }
 
 
