@@ -105,6 +105,10 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
         if not self.plugins:
             log.info("no [plugins.NAME] table in %s: running the manager alone", self.config.source)
+        if await ping(self.api, 0.5):
+            log.error("a manager already answers on %s; mgm up runs its own (stop that one, or give other "
+                      "endpoints in [manager] or with --api/--events)", self.api)  # fmt: skip
+            return 1
         await self.start(self.manager)
         if not await self.manager_ready():
             await self.stop(self.manager)
@@ -139,7 +143,7 @@ class Supervisor:
         wait_exit = asyncio.ensure_future(self.manager.proc.wait())
         try:
             while time.monotonic() < deadline:
-                if await ping(self.api, 0.25):
+                if await ping(self.api, 0.25) and not wait_exit.done():
                     log.info("manager answers on %s", self.api)
                     return True
                 if wait_exit.done():

@@ -5,7 +5,7 @@ Each binds a ZeroMQ REP socket on the ipc path of its config key ``control``
 ``{"cmd": NAME, ...}``; every reply has ``ok`` (and ``status``/``message``
 when the manager refused what the command asked).  Commands:
 
-* ``ping`` -> handle, protocol
+* ``ping`` -> handle, protocol, pid
 * ``calls`` -> ``calls``: every hook call so far, ``{"hook": NAME, ...arguments}``
   (interfaces as ``[if_index, next_hop]``)
 * ``add_membership`` / ``delete_membership`` (source, group, if_index,
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -186,7 +187,7 @@ class Recorder:
         assert ctx is not None
         cmd = req["cmd"]
         if cmd == "ping":
-            return {"ok": True, "handle": ctx.handle, "protocol": list(ctx.protocol)}
+            return {"ok": True, "handle": ctx.handle, "protocol": list(ctx.protocol), "pid": os.getpid()}
         if cmd == "calls":
             return {"ok": True, "calls": self.calls}
         if cmd in ("add_membership", "delete_membership"):
