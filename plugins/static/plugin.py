@@ -106,6 +106,8 @@ class StaticPlugin:
         for route in applied.table.routes:
             log.debug("static: route %s", route.describe())
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
+        # flows that came in on our interfaces before we owned them keep the incoming interface they got
+        mgm.spawn(self.realign_mfes(mgm))
 
     @hookimpl
     def mgm_stop(self, mgm: PluginContext) -> None:
@@ -162,11 +164,17 @@ class StaticPlugin:
             for reply in replies:
                 await _quiet(reply)  # a refusal is logged by the context
             log.info("static: reloaded %s: %d route(s); %s", self.source, len(new.table.routes), plan.summary())
-            await self.realign_mfes(mgm)
+            moved = await self.realign_mfes(mgm)
+            if moved:
+                log.info("static: %d MFE(s) moved to the incoming interface their route names", moved)
             return True
 
     async def realign_mfes(self, mgm: PluginContext) -> int:
-        """Move MFEs whose incoming interface (ours) the routes now name differently; the number moved."""
+        """Move MFEs whose incoming interface (ours) the routes name differently; the number moved.
+
+        At start this fixes flows created before we owned the interface; after
+        a reload, flows whose route now names another incoming interface.
+        """
         applied = self.applied
         assert applied is not None
         owned = set(applied.interfaces)

@@ -111,6 +111,13 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> N
         await asyncio.sleep(0.01)
 
 
+async def start(host: Host, client: FakeClient) -> None:
+    """mgm_start, and wait until what it sent (memberships, then a look at existing MFEs) is answered."""
+    host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
+    await until(lambda: bool(client.ops("list_mfes")), "the start's look at existing MFEs")
+    await settle()
+
+
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "static.toml"
@@ -166,6 +173,7 @@ def test_start_adds_each_routes_memberships_and_stop_removes_the_sighup_handler(
             membership("add_group_membership", "10.0.0.1", "239.1.1.1", 11),
             membership("add_group_membership", "10.0.0.1", "239.1.1.1", 12),
             membership("add_group_membership", "0.0.0.0", "239.2.2.2", 11),
+            ("list_mfes", {"after": None, "max_entries": 256}),  # flows from before we owned the interfaces
         ]
         assert host.ctx is not None and len(host.ctx.memberships) == 3  # in the ledger, replayed on restart
         host.call("mgm_stop", "stop", mgm=host.ctx)
@@ -215,13 +223,30 @@ def mfe(source: str, group: str, if_index: int) -> dict[str, Any]:
             "upstream_neighbor": "0.0.0.0", "oil": []}  # fmt: skip
 
 
-def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path) -> None:
-    host, client, plugin = make_host(config_file)
-    client.mfes = [mfe("10.0.0.1", "239.1.1.1", 10), mfe("10.0.0.5", "239.2.2.2", 13), mfe("10.0.0.1", "239.7.7.7", 99)]
+def test_at_start_flows_from_before_are_moved_to_the_routes_incoming_interface(config_file: Path) -> None:
+    host, client, _ = make_host(config_file)
+    client.mfes = [mfe("10.0.0.1", "239.1.1.1", 11), mfe("10.0.0.1", "239.2.2.2", 13), mfe("10.0.0.1", "239.1.1.1", 99)]
 
     async def body() -> None:
         host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
+        await until(lambda: bool(client.ops("set_mfe")), "the MFE to be moved")
         await settle()
+        # the first is ours and disagrees with its route; the second agrees; the third's interface is not ours
+        assert [(a["source"], a["group"], a["if_index"]) for _, a in client.ops("set_mfe")] == [
+            ("10.0.0.1", "239.1.1.1", 10)
+        ]
+        host.call("mgm_stop", "stop", mgm=host.ctx)
+
+    run(body)
+
+
+def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path) -> None:
+    host, client, plugin = make_host(config_file)
+
+    async def body() -> None:
+        await start(host, client)
+        client.mfes = [mfe("10.0.0.1", "239.1.1.1", 10), mfe("10.0.0.5", "239.2.2.2", 13)]
+        client.mfes.append(mfe("10.0.0.1", "239.7.7.7", 99))  # not on our interfaces: left alone
         client.sent.clear()
         config_file.write_text(RELOADED)
         os.kill(os.getpid(), signal.SIGHUP)
@@ -255,8 +280,7 @@ def test_a_bad_file_on_sighup_keeps_the_routes_in_force_and_logs_file_and_line(
 
     async def body() -> None:
         assert host.ctx is not None
-        host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
-        await settle()
+        await start(host, client)
         before = plugin.applied
         client.sent.clear()
         config_file.write_text(DUPLICATE)
@@ -283,8 +307,7 @@ def test_an_interface_that_cannot_be_taken_keeps_the_old_routes(config_file: Pat
 
     async def body() -> None:
         assert host.ctx is not None
-        host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
-        await settle()
+        await start(host, client)
         before = plugin.applied
         client.sent.clear()
         config_file.write_text(RELOADED)
