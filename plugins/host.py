@@ -41,7 +41,7 @@ import pluggy
 
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import Config, ConfigError, PluginConfig, load
+from mgm.core.config import Config, ConfigError, PluginConfig, find_line, load
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
 from mgm.plugins import hookspecs
 from mgm.plugins.context import PluginContext
@@ -151,8 +151,11 @@ def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) 
     cid = plugin.component_id if plugin.component_id is not None else (from_hook[1] if from_hook else None)
     if pid is None or cid is None:
         missing = "protocol_id" if pid is None else "component_id"
-        raise config.error(
-            f"plugins.{plugin.name}.{missing}",
+        table = f"plugins.{plugin.name}"
+        raise ConfigError(  # a missing key has no line: name the table's
+            config.source,
+            f"{table}.{missing}",
+            find_line(config.text, table),
             f"plugin {plugin.name!r} has no mgm_protocol hook, so its table must set protocol_id and component_id",
         )
     return ClientId(int(pid), int(cid))

@@ -1,0 +1,107 @@
+"""`mgm plugin NAME` as a process: refusals at start, a raising hook, the state stream, a clean stop."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mgm_testplugins.control import wait_for
+from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, Proc, toml_config
+
+from mgm.bus.status import MgmError, Status
+
+
+def run_plugin(ipc_dir: Path, procs: list[Proc], manager: ManagerProc, name: str, config: str | None) -> Proc:
+    argv = [*MGM, "plugin", name, "--api", manager.api, "--events", manager.events]
+    if config is not None:
+        path = ipc_dir / f"{name}.toml"
+        path.write_text(config)
+        argv += ["--config", str(path)]
+    proc = Proc(name, argv, ipc_dir / f"{name}.log")
+    proc.start()
+    procs.append(proc)
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "words"),
+    [
+        ("test-misspelled", None, "plugin 'test-misspelled' does not fit the hook specs: "),
+        ("test-wrong-argument", None, "iface"),
+        ("no-such-plugin", None, "no plugin named 'no-such-plugin' in entry point group mgm.plugins (installed: "),
+        ("test-routing-a", "[plugins.test-routing-a]\nprotocol_id = 100\n", "test-routing-a.toml:1: "
+         "plugins.test-routing-a.component_id: plugin 'test-routing-a' has no mgm_protocol hook"),
+        ("test-igmp", "[plugins.test-igmp]\n\ninterfaces = ['nosuchif0']\n",
+         "test-igmp.toml:3: plugins.test-igmp.interfaces[0]: no interface named 'nosuchif0' here"),
+        ("test-igmp", "[plugins.test-igmp]\ninterfaces = 'x'\n", "plugins.test-igmp.interfaces: must be a list"),
+    ],
+)  # fmt: skip
+def test_mistakes_stop_the_host_at_start_with_status_2(
+    manager: ManagerProc, ipc_dir: Path, procs: list[Proc], name: str, config: str | None, words: str
+) -> None:
+    proc = run_plugin(ipc_dir, procs, manager, name, config)
+    assert proc.wait(30) == 2
+    assert words in proc.log()
+    with pytest.raises(MgmError) as info:  # nothing was registered
+        manager.request("get_protocol_on_interface", {"if_index": 1, "next_hop": "0.0.0.0"})
+    assert info.value.status == Status.ERROR_NOT_FOUND
+
+
+def test_a_taken_interface_fails_the_start_and_leaves_nothing_registered(
+    manager: ManagerProc, start_plugin: Any, ipc_dir: Path, procs: list[Proc]
+) -> None:
+    start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12]})
+    config = toml_config({"test-routing-b": {"protocol_id": 101, "component_id": 1, "interfaces": [12],
+                                             "control": f"ipc://{ipc_dir}/b.ctl"}})  # fmt: skip
+    proc = run_plugin(ipc_dir, procs, manager, "test-routing-b", config)
+    assert proc.wait(30) == 1
+    assert "ERROR_ALREADY_EXISTS" in proc.log()
+    # 101/1 was deregistered on the way out: it can register again
+    assert "handle" in manager.request("register_protocol", {"protocol_id": 101, "component_id": 1})
+
+
+def test_a_raising_hook_is_logged_and_the_host_goes_on(manager: ManagerProc, start_plugin: Any) -> None:
+    igmp = start_plugin("test-igmp", {"interfaces": [12]})
+    a: PluginProc = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12]})
+    assert a.control is not None and igmp.control is not None
+    a.control.call("raise_in", hook="mgm_local_join")
+    igmp.control.call("add_membership", source="0.0.0.0", group="239.1.1.1", if_index=12)
+    igmp.control.call("add_membership", source="0.0.0.0", group="239.2.2.2", if_index=12)
+    a.control.wait_for_call("mgm_local_join", group="239.2.2.2")  # the second one arrived too
+    assert "plugin test-routing-a: hook mgm_local_join raised on local_join 0.0.0.0/239.1.1.1 on 12" in a.log()
+    assert "RuntimeError: mgm_local_join raises because the test said so" in a.log()
+    assert a.alive()
+
+
+def test_an_observer_gets_the_state_snapshot_then_events(manager: ManagerProc, start_plugin: Any) -> None:
+    a = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12]})
+    observer = start_plugin("test-observer", {"protocol_id": 900, "component_id": 1})
+    assert observer.control is not None and a.control is not None
+    resync = observer.control.wait_for_call("mgm_state_resync")
+    assert {(p["protocol_id"], p["component_id"]) for p in resync["state"]["protocols"]} >= {(100, 1)}
+    a.control.call("take", if_index=13)
+
+    def owned() -> list[dict[str, Any]]:
+        return [c["event"] for c in observer.control.calls("mgm_state_event")  # type: ignore[union-attr]
+                if c["event"]["type"] == "interface_owned" and c["event"]["if_index"] == 13]  # fmt: skip
+
+    (event,) = wait_for(owned, 10, "interface_owned for 13")
+    assert (event["protocol_id"], event["component_id"]) == (100, 1)
+    hooks = [c["hook"] for c in observer.control.calls()]
+    assert hooks.index("mgm_state_resync") < hooks.index("mgm_state_event")
+    assert a.control.calls("mgm_state_event") == []  # only plugins with the hooks follow `state`
+
+
+def test_sigterm_releases_deregisters_and_exits_0(manager: ManagerProc, start_plugin: Any) -> None:
+    a = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12, 13]})
+    assert manager.request("get_protocol_on_interface", {"if_index": 13, "next_hop": "0.0.0.0"})["protocol_id"] == 100
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(10) == 0
+    assert "plugin test-routing-a stopping" in a.log()
+    for if_index in (12, 13):
+        with pytest.raises(MgmError) as info:
+            manager.request("get_protocol_on_interface", {"if_index": if_index, "next_hop": "0.0.0.0"})
+        assert info.value.status == Status.ERROR_NOT_FOUND
+    assert "handle" in manager.request("register_protocol", {"protocol_id": 100, "component_id": 1})
