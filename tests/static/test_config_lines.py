@@ -8,6 +8,7 @@ the n-th table of an array of tables.
 from __future__ import annotations
 
 import pytest
+
 from mgm.core.config import ConfigError, PluginTable, find_line, loads
 
 MULTILINE = """\
