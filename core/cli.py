@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plugin": ("mgm.plugins.host", "run one plugin in the foreground"),
     "up": ("mgm.plugins.supervisor", "run the manager and the configured plugins"),
     "show": ("mgm.core.show", "print the manager's protocols, interfaces, groups or MFEs"),
+    "monitor": ("mgm.core.monitor", "watch the live bus: events, gaps, resyncs and rates"),
 }
 
 
