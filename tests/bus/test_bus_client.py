@@ -1,0 +1,288 @@
+"""mgm.bus.client.Client against a real manager: following streams through loss and restarts,
+liveness, deferred replies, and a manager that survives a broken core."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import zmq
+
+from mgm.bus.client import Client
+from mgm.bus.codec import decode_reply, pack
+from mgm.bus.status import MgmError, Status
+from mgm.core.mgmd import serve
+from mgm.core.state import CORE_OPS, DEFERRED, Mgm
+
+R = TypeVar("R")
+
+
+def run(coro: Coroutine[Any, Any, R], timeout: float = 60.0) -> R:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll every 20 ms until `predicate()` is true; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what}; last value {value!r}")
+        await asyncio.sleep(0.02)
+    return value
+
+
+def membership(handle: int, i: int) -> dict[str, Any]:
+    return {"handle": handle, "source": "0.0.0.0", "source_mask": "0.0.0.0",
+            "group": f"239.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", "group_mask": "255.255.255.255",
+            "if_index": 1, "next_hop": "0.0.0.0", "flags": 1}
+
+
+async def registered(client: Client, protocol_id: int, component_id: int, if_index: int | None = 1) -> int:
+    handle: int = (await client.request("register_protocol", {"protocol_id": protocol_id,
+                                                               "component_id": component_id}))["handle"]
+    if if_index is not None:
+        await client.request("take_interface_ownership", {"handle": handle, "if_index": if_index,
+                                                          "next_hop": "0.0.0.0"})
+    return handle
+
+
+class Memberships:
+    """A follower's model of the state stream: the set of joined groups, rebuilt from snapshots and events."""
+
+    def __init__(self) -> None:
+        self.groups: set[str] = set()
+        self.snapshots = 0
+        self.events = 0
+
+    def on_snapshot(self, stream: str, state: dict[str, Any]) -> None:
+        assert stream == "state"
+        self.snapshots += 1
+        self.groups = {m["group"] for m in state["memberships"]}
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        self.events += 1
+        if event["type"] == "membership_added":
+            self.groups.add(event["group"])
+        elif event["type"] == "membership_deleted":
+            self.groups.discard(event["group"])
+
+
+def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(
+    start_manager: Callable[..., Any],
+) -> None:
+    manager = start_manager(events_hwm=10)
+
+    def published(n: int) -> bool:
+        """Blocking on purpose (it stalls the follower's loop): has the manager published n state events?"""
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(manager.api)
+            sock.send_multipart([b"", pack({"v": 1, "id": 1, "op": "sync", "args": {"stream": "state"}})])
+            assert sock.poll(5000)
+            return bool(decode_reply(sock.recv_multipart()[-1])["result"]["seq"] >= n)
+        finally:
+            sock.close(0)
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as writer, \
+                Client(manager.api, manager.events, events_hwm=10) as follower:
+            model = Memberships()
+            follower.follow("state", model.on_event, model.on_snapshot)
+            await until(lambda: model.snapshots, 10, "the first snapshot")
+            handle = await registered(writer, 10, 1)
+            n = 6000
+            futures = [writer.request_nowait("add_group_membership", membership(handle, i)) for i in range(n)]
+            futures += [writer.request_nowait("delete_group_membership", membership(handle, i))
+                        for i in range(0, n, 3)]
+            # Stall this loop (and so the follower's reading) until the manager published everything:
+            # far more than its 10-event queue and the socket buffers hold, so events are dropped.
+            deadline = time.monotonic() + 30
+            while not published(2 + n + n // 3) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert all(r == {} for r in await asyncio.gather(*futures))
+            _, _, truth = await writer.fetch_snapshot("state")
+            expected = {m["group"] for m in truth["memberships"]}
+            assert len(expected) == n - n // 3
+            await until(lambda: model.groups == expected, 15, "the follower to converge")
+            assert model.snapshots >= 2, "events were dropped, so the follower must have synced again"
+
+    run(main())
+
+
+def test_a_restarted_manager_is_noticed_lost_then_as_a_new_epoch(start_manager: Callable[..., Any]) -> None:
+    manager = start_manager()
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as client:
+            epochs: list[tuple[int | None, int]] = []
+            lost: list[bool] = []
+            model = Memberships()
+            client.on_new_epoch = lambda old, new: epochs.append((old, new))
+            client.on_manager_lost = lambda: lost.append(True)
+            client.follow("state", model.on_event, model.on_snapshot)
+            await until(lambda: model.snapshots, 10, "the first snapshot")
+            first = client.epoch
+            handle = await registered(client, 10, 1)
+            await client.request("add_group_membership", membership(handle, 1))
+            await until(lambda: model.groups == {"239.0.0.1"}, 5, "the membership")
+
+            assert manager.stop() == 0
+            await until(lambda: lost, 10, "on_manager_lost")
+            start_manager()
+            await until(lambda: epochs, 10, "on_new_epoch")
+            assert epochs[0][0] == first and epochs[0][1] != first and client.epoch == epochs[0][1]
+            await until(lambda: model.snapshots >= 2 and not model.groups, 10, "a resync to the empty new state")
+            assert (await client.request("ping"))["epoch"] == client.epoch
+            assert not client.manager_lost
+
+    run(main())
+
+
+def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable[..., Any]) -> None:
+    manager = start_manager(liveness=2.0)
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as observer, \
+                Client(manager.api, manager.events) as plugin:
+            gone: list[dict[str, Any]] = []
+            snapshots: list[dict[str, Any]] = []
+
+            def on_event(event: dict[str, Any]) -> None:
+                if event["type"] == "protocol_deregistered":
+                    gone.append(event)
+
+            observer.follow("state", on_event, lambda stream, state: snapshots.append(state))
+            await until(lambda: snapshots, 10, "the first snapshot")
+            handle = await registered(plugin, 17, 2, if_index=None)
+            plugin.heartbeat_handle = handle
+            await asyncio.sleep(3.0)  # longer than liveness: only the client's heartbeats keep it
+            assert gone == []
+            plugin.heartbeat_handle = None
+            await until(lambda: gone, 10, "the silent client to be removed")
+            assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (17, 2)
+            with pytest.raises(MgmError) as info:
+                await plugin.request("heartbeat", {"handle": handle})
+            assert info.value.status == Status.ERROR_INVALID_PARAMETER
+
+    run(main())
+    assert "client 17/2 gone (timeout)" in manager.log()
+
+
+def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manager: Callable[..., Any]) -> None:
+    manager = start_manager(question_deadline=0.3)
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as owner, Client(manager.api, manager.events) as fwd:
+            rpf: list[dict[str, Any]] = []
+            synced: list[str] = []
+            owner.follow("proto/3/1", lambda e: rpf.append(e) if e["type"] == "rpf" else None,
+                         lambda stream, state: synced.append(stream))
+            await registered(owner, 3, 1)  # owns interface 1: it gets the rpf question and never answers
+            await until(lambda: synced, 5, "the owner's stream to be followed")
+            fwd_handle = await registered(fwd, 99, 1, if_index=None)
+            ctx: zmq.Context[Any] = zmq.Context.instance()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTING_ID, fwd.identity)  # the forwarder's connection, as a raw socket
+            # (ROUTER_HANDOVER: this socket takes over the client's pipe; the handle is bound to the identity)
+            sock.connect(manager.api)
+            try:
+                request = pack({"v": 1, "id": "np", "op": "new_packet", "args": {
+                    "handle": fwd_handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
+                    "next_hop": "0.0.0.0"}})
+                sock.send_multipart([b"", request])
+                sock.send_multipart([b"", request])  # the same id again while the first is deferred
+                replies = []
+                for _ in range(2):
+                    assert sock.poll(5000)
+                    replies.append(sock.recv_multipart()[-1])
+                assert replies[0] == replies[1]
+                reply = decode_reply(replies[0])
+                assert reply["status"] == 0 and reply["result"]["mfe"]["group"] == "239.1.2.3"
+                assert not sock.poll(100)
+            finally:
+                sock.close(0)
+            await until(lambda: rpf, 5, "the rpf question")
+            async with Client(manager.api, manager.events) as observer:
+                _, _, state = await observer.fetch_snapshot("state")
+            assert [(m["source"], m["group"]) for m in state["mfes"]] == [("10.0.0.1", "239.1.2.3")]
+
+    run(main())
+
+
+class BuggyCore(Mgm):
+    """The real core with two injected bugs: an exception and an unpackable result."""
+
+    def handle(self, conn: bytes, op: str, args: Any, now: float, token: Any = None) -> Any:
+        if op == "get_protocol_on_interface" and args.get("if_index") == 666:
+            raise RuntimeError("injected bug")
+        if op == "get_protocol_on_interface" and args.get("if_index") == 667:
+            return {"oops": object()}
+        return super().handle(conn, op, args, now, token)
+
+
+def test_a_bug_in_the_core_is_an_error_reply_not_a_dead_manager(
+    ipc_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
+
+    async def main() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(serve(api, events, core=BuggyCore(), core_ops=CORE_OPS, deferred=DEFERRED,
+                                         ready=ready, stop=stop))
+        await ready.wait()
+        try:
+            async with Client(api, events) as client:
+                for if_index in (666, 667):  # an exception; a result that cannot be packed
+                    with pytest.raises(MgmError) as info:
+                        await client.request("get_protocol_on_interface", {"if_index": if_index,
+                                                                            "next_hop": "0.0.0.0"})
+                    assert info.value.status == Status.ERROR_CAN_NOT_COMPLETE
+                    assert "internal error" in info.value.message
+                with pytest.raises(MgmError) as info:
+                    await client.request("get_protocol_on_interface", {"if_index": 1, "next_hop": "0.0.0.0"})
+                assert info.value.status == Status.ERROR_NOT_FOUND  # the core still works
+                assert (await client.request("ping"))["version"] == 1
+        finally:
+            stop.set()
+            await task
+        assert not (ipc_dir / "api").exists()
+
+    with caplog.at_level(logging.ERROR, logger="mgm.core.mgmd"):
+        run(main())
+    failures = [r for r in caplog.records if r.exc_info]
+    assert len(failures) == 2 and "injected bug" in str(failures[0].exc_info[1] if failures[0].exc_info else "")
+
+
+def test_requests_time_out_when_nobody_answers(ipc_dir: Path) -> None:
+    api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
+
+    async def main() -> None:
+        client = Client(api, events, connect_timeout=0.5)
+        with pytest.raises(TimeoutError, match="no manager answered ping"):
+            await client.start()
+        with pytest.raises(ValueError, match="at least"):
+            Client(api, events, request_timeout=0.001)
+
+    run(main())
+
+
+def test_a_request_to_a_manager_that_went_away_times_out(start_manager: Callable[..., Any]) -> None:
+    manager = start_manager()
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as client:
+            with pytest.raises(ValueError, match="at least"):
+                client.request_nowait("ping", timeout=0.001)
+            assert manager.stop() == 0
+            with pytest.raises(TimeoutError, match="no reply to ping"):
+                await client.request("ping", timeout=0.3)
+
+    run(main())
+
