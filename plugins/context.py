@@ -2,7 +2,7 @@
 
 Every method that changes the manager's state sends its request at once and
 returns an ``asyncio.Future`` of the reply's result.  A hook may ignore the
-future (a refusal is then logged with the plugin's name) or hand it to a
+future (a refusal is logged with the plugin's name either way) or hand it to a
 coroutine started with `spawn` that awaits it; a hook never awaits it
 itself, because hooks are plain functions that must return quickly.
 
@@ -94,8 +94,9 @@ class PluginContext:
     def request(self, op: str, args: Mapping[str, Any] | None = None) -> asyncio.Future[dict[str, Any]]:
         """Send any operation now; the handle is filled in for the operations that take one.
 
-        Returns the future of the reply's result.  If nobody retrieves its
-        outcome, a refusal (`MgmError`) or a timeout is logged.
+        Returns the future of the reply's result.  A refusal (`MgmError`)
+        or a timeout is always logged as a warning naming the plugin, the op
+        and its arguments, whether or not someone awaits the future.
         """
         full = dict(args or {})
         if op in HANDLE_OPS:

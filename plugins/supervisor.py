@@ -56,10 +56,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from mgm.plugins.host import endpoints
 
+    if missing := missing_plugins(list(config.plugins)):
+        for name in missing:
+            print(f"mgm up: {config.error(f'plugins.{name}', 'no installed plugin has this name')}", file=sys.stderr)
+        return 2
+
     level = args.log_level if args.config is None or config.manager.log_level is None else config.manager.log_level
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [up] %(name)s: %(message)s")
     api, events = endpoints(args, config)
     return asyncio.run(Supervisor(config, args.config, api, events, level).run())
+
+
+def next_backoff(current: float, ran: float) -> tuple[float, float]:
+    """(delay before this restart, delay for the next one) for a child that ran `ran` seconds."""
+    delay = BACKOFF_FIRST if ran >= STABLE_AFTER else current
+    return delay, min(delay * 2, BACKOFF_MAX)
+
+
+def missing_plugins(names: list[str]) -> list[str]:
+    """Configured plugin names that no installed entry point provides."""
+    from importlib.metadata import entry_points
+
+    installed = {ep.name for ep in entry_points(group="mgm.plugins")}
+    return [name for name in names if name not in installed]
 
 
 def _die_with_parent() -> None:
@@ -174,14 +193,12 @@ class Supervisor:
                           child.name, code)  # fmt: skip
                 self.show()
                 return
-            if ran >= STABLE_AFTER:
-                child.backoff = BACKOFF_FIRST
+            delay, child.backoff = next_backoff(child.backoff, ran)
             child.state = "backoff"
             log.warning("%s (pid %d) exited with status %d after %.1f s; starting it again in %.1f s",
-                        child.name, child.proc.pid, code, ran, child.backoff)  # fmt: skip
+                        child.name, child.proc.pid, code, ran, delay)  # fmt: skip
             self.show()
-            await asyncio.sleep(child.backoff)
-            child.backoff = min(child.backoff * 2, BACKOFF_MAX)
+            await asyncio.sleep(delay)
             child.restarts += 1
             await self.start(child)
             self.show()

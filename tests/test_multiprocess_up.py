@@ -13,6 +13,8 @@ import pytest
 from mgm_testplugins.control import Control, wait_for
 from mgm_testplugins.processes import MGM, ManagerProc, Proc, pids_gone, toml_config
 
+from mgm.plugins.supervisor import next_backoff
+
 
 @pytest.fixture
 def up_config(ipc_dir: Path) -> tuple[Path, dict[str, Control]]:
@@ -116,3 +118,29 @@ def test_up_reports_a_config_error_with_its_line(ipc_dir: Path, procs: list[Proc
     procs.append(up)
     assert up.wait(30) == 2
     assert f"{path}:2: manager.log_level: must be one of" in up.log()
+
+
+def test_up_refuses_a_plugin_name_nobody_installed(ipc_dir: Path, procs: list[Proc]) -> None:
+    path = ipc_dir / "typo.toml"
+    path.write_text('[plugins.test-igmp]\n\n[plugins.test-rooting-a]\nprotocol_id = 100\n')
+    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
+    up.start()
+    procs.append(up)
+    assert up.wait(30) == 2
+    assert f"{path}:3: plugins.test-rooting-a: no installed plugin has this name" in up.log()
+    assert "started" not in up.log()
+
+
+@pytest.mark.parametrize(
+    ("current", "ran", "delay", "following"),
+    [
+        (0.5, 1.0, 0.5, 1.0),  # a crash right away: the delay doubles
+        (8.0, 3.0, 8.0, 16.0),
+        (30.0, 10.0, 30.0, 30.0),  # capped
+        (16.0, 60.0, 0.5, 1.0),  # it ran a stable minute: start over
+    ],
+)
+def test_backoff_doubles_to_a_cap_and_resets_after_a_stable_minute(
+    current: float, ran: float, delay: float, following: float
+) -> None:
+    assert next_backoff(current, ran) == (delay, following)
