@@ -14,7 +14,9 @@ every address has exactly one spelling and ``format_addr(parse_addr(s)) == s``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from socket import inet_aton
 from typing import Any
 
 from mgm.bus.status import invalid
@@ -24,7 +26,8 @@ UINT32_MAX = 0xFFFFFFFF
 MULTICAST_NET = 0xE0000000  # 224.0.0.0/4
 MULTICAST_MASK = 0xF0000000
 
-_DIGITS = frozenset("0123456789")
+_BYTE = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_BYTE}\.{_BYTE}\.{_BYTE}\.{_BYTE}", re.ASCII)
 _PARSED: dict[str, int] = {}
 _PARSED_MAX = 1 << 16  # bounded: a client sending random addresses cannot grow it without end
 _FORMATTED: dict[int, str] = {}
@@ -37,17 +40,9 @@ def parse_addr(value: object, what: str) -> int:
     cached = _PARSED.get(value)
     if cached is not None:
         return cached
-    parts = value.split(".")
-    if len(parts) != 4:
+    if _DOTTED_QUAD.fullmatch(value) is None:
         raise invalid(f"{what} {value[:40]!r} is not a dotted-quad address")
-    n = 0
-    for part in parts:
-        if not part or len(part) > 3 or not _DIGITS.issuperset(part) or (len(part) > 1 and part[0] == "0"):
-            raise invalid(f"{what} {value[:40]!r} is not a dotted-quad address")
-        byte = int(part)
-        if byte > 255:
-            raise invalid(f"{what} {value!r} is not a dotted-quad address")
-        n = (n << 8) | byte
+    n = int.from_bytes(inet_aton(value), "big")  # the strict form is also inet_aton's decimal form
     if len(_PARSED) >= _PARSED_MAX:
         _PARSED.clear()
     _PARSED[value] = n

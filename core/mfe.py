@@ -28,9 +28,33 @@ def key_group(key: int) -> int:
     return key >> 32
 
 
+_ORDER: dict[Interface, tuple[int, int]] = {}
+_OIL_ENTRY: dict[Interface, dict[str, Any]] = {}
+_CACHE_MAX = 1 << 16  # interfaces are few; the bound only guards against a pathological client
+
+
 def interface_order(iface: Interface) -> tuple[int, int]:
     """OILs and listings order interfaces by if_index, then next hop as a number."""
-    return iface.if_index, parse_addr(iface.next_hop, "next_hop")
+    order = _ORDER.get(iface)
+    if order is None:
+        if len(_ORDER) >= _CACHE_MAX:
+            _ORDER.clear()
+        order = _ORDER[iface] = (iface.if_index, parse_addr(iface.next_hop, "next_hop"))
+    return order
+
+
+def _oil_entry(iface: Interface) -> dict[str, Any]:
+    """The wire form of an OIL entry without statistics.
+
+    Shared between every rendered MFE (a (*,G) change can render thousands):
+    whoever receives a rendered MFE must treat it as read-only.
+    """
+    entry = _OIL_ENTRY.get(iface)
+    if entry is None:
+        if len(_OIL_ENTRY) >= _CACHE_MAX:
+            _OIL_ENTRY.clear()
+        entry = _OIL_ENTRY[iface] = {"if_index": iface.if_index, "next_hop": iface.next_hop}
+    return entry
 
 
 class Mfe:
@@ -82,16 +106,18 @@ class Mfe:
 
     def render(self, wall_offset: float, stats: int | None = None) -> dict[str, Any]:
         """The PROTOCOL.md mfe map; stats None (none), 0 (packets) or 1 (plus discards)."""
-        oil: list[dict[str, Any]] = []
-        out = self.out or {}
-        for iface in sorted(self.oil, key=interface_order):
-            entry: dict[str, Any] = {"if_index": iface.if_index, "next_hop": iface.next_hop}
-            if stats is not None:
+        ordered = sorted(self.oil, key=interface_order) if len(self.oil) > 1 else self.oil
+        if stats is None:
+            oil = [_oil_entry(iface) for iface in ordered]
+        else:
+            oil = []
+            out = self.out or {}
+            for iface in ordered:
                 packets, discards = out.get(iface, (0, 0))
-                entry["out_packets"] = packets
+                entry: dict[str, Any] = {"if_index": iface.if_index, "next_hop": iface.next_hop, "out_packets": packets}
                 if stats >= 1:
                     entry["discards"] = discards
-            oil.append(entry)
+                oil.append(entry)
         mfe: dict[str, Any] = {
             "source": format_addr(self.key & 0xFFFFFFFF),
             "group": format_addr(self.key >> 32),

@@ -610,12 +610,14 @@ class Mgm:
         if flags == MGM_FORWARD_STATE_FLAG:
             self._forward(key, iface, add=True)
             return {}
+        # The addresses were checked to be canonical, so the request's own strings are the event's.
+        sg = {k: args[k] for k in ("source", "source_mask", "group", "group_mask")}
         keys = client.members.get(iface)
         if keys is not None and key in keys:
             # A re-add changes nothing, but tells the current owner (how a new owner learns receivers).
-            self._local(client, owners, key, "local_join")
+            self._local(client, owners, sg, "local_join")
             return {}
-        self._add_membership(client, key, owners)
+        self._add_membership(client, key, owners, sg)
         return {}
 
     def _op_delete_group_membership(
@@ -643,7 +645,7 @@ class Mgm:
             raise invalid(f"flags must be 1 (MGM_JOIN_STATE_FLAG) or 2 (MGM_FORWARD_STATE_FLAG), not {flags}")
         return flags
 
-    def _add_membership(self, client: _Client, key: int, owners: _Owners) -> None:
+    def _add_membership(self, client: _Client, key: int, owners: _Owners, sg: dict[str, Any]) -> None:
         iface = owners.iface
         keys = client.members.get(iface)
         if keys is None:
@@ -659,11 +661,21 @@ class Mgm:
         had = joined.clients.get(client, 0)
         joined.clients[client] = had + 1
 
-        sg = _sg_fields(key)
-        self._emit(None, "membership_added", {**_client_fields(client), **sg, **_iface_fields(iface), "flags": 1})
-        self._local(client, owners, key, "local_join")
+        self._emit(
+            None,
+            "membership_added",
+            {
+                "protocol_id": client.id.protocol_id,
+                "component_id": client.id.component_id,
+                **sg,
+                "if_index": iface.if_index,
+                "next_hop": iface.next_hop,
+                "flags": 1,
+            },
+        )
+        self._local(client, owners, sg, "local_join")
         if had == 0:
-            self._alert(key, "join", joined, client, iface)
+            self._alert(key, sg, "join", joined, client, iface)
         if on_iface == 0:
             for mfe in self._matching_mfes(key):
                 self._oil_add(mfe, iface)
@@ -688,26 +700,25 @@ class Mgm:
             del self._joined[key]
             self._gone_key(key)
 
-        self._emit(
-            None,
-            "membership_deleted",
-            {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1},
-        )
+        sg = _sg_fields(key)
+        self._emit(None, "membership_deleted", {**_client_fields(client), **sg, **_iface_fields(iface), "flags": 1})
         owners = self._owners[(iface.if_index, iface.next_hop)]
-        self._local(client, owners, key, "local_leave")
+        self._local(client, owners, sg, "local_leave")
         if left == 0:
-            self._alert(key, "leave", joined, client, iface)
+            self._alert(key, sg, "leave", joined, client, iface)
         if on_iface == 0:
             for mfe in self._matching_mfes(key):
                 if iface in mfe.oil and not self._wanted(mfe, iface):
                     self._oil_remove(mfe, iface)
 
-    def _local(self, client: _Client, owners: _Owners, key: int, type_: str) -> None:
+    def _local(self, client: _Client, owners: _Owners, sg: dict[str, Any], type_: str) -> None:
         """IGMP's membership is the routing owner's local receiver (never IGMP's own news)."""
         if client.is_igmp and owners.owner is not None:
-            self._emit(owners.owner, type_, {**_sg_fields(key), **_iface_fields(owners.iface)})
+            self._emit(owners.owner, type_, {**sg, **_iface_fields(owners.iface)})
 
-    def _alert(self, key: int, change: str, joined: _Joined, client: _Client, iface: Interface) -> None:
+    def _alert(
+        self, key: int, sg: dict[str, Any], change: str, joined: _Joined, client: _Client, iface: Interface
+    ) -> None:
         """join_alert / prune_alert by the ALERTS table."""
         shape = "(*,G)" if key & 0xFFFFFFFF == 0 else "(S,G)"
         rule = ALERTS.get((shape, change, len(joined.clients)))
@@ -724,11 +735,11 @@ class Mgm:
                 log.info("no route towards %s: %s not sent", format_addr(key & 0xFFFFFFFF), change)
             recipients = [] if told is None or told is client else [told]
         if change == "join":
-            fields = {**_sg_fields(key), "member_update": True}
+            fields = {**sg, "member_update": True}
             for to in recipients:
                 self._emit(to, "join_alert", fields)
         else:
-            fields = {**_sg_fields(key), **_iface_fields(iface), "member_delete": True}
+            fields = {**sg, **_iface_fields(iface), "member_delete": True}
             for to in recipients:
                 self._emit(to, "prune_alert", fields)
 
@@ -809,8 +820,9 @@ class Mgm:
             mfe = self._mfes.get(key)
             return [] if mfe is None else [mfe]
         if key:
-            return list(self._mfes_by_group.get(key >> 32, {}).values())
-        return list(self._mfes.values())
+            by_group = self._mfes_by_group.get(key >> 32)
+            return [] if by_group is None else [by_group[k] for k in sorted(by_group)]
+        return [self._mfes[k] for k in sorted(self._mfes)]  # (*,*): every MFE, a rare and costly change
 
     def _wanted(self, mfe: Mfe, iface: Interface) -> bool:
         """Does a membership (or a forward-only add) put this interface in the MFE's OIL?"""
