@@ -27,7 +27,7 @@ from typing import Any
 
 from mgm.bus.status import MgmError
 from mgm.core.args import is_multicast, parse_addr
-from mgm.core.config import Config, ConfigError, InterfaceRef, PluginTable, find_line, loads
+from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, PluginTable, find_line, loads
 from mgm.core.types import ANY, Interface
 
 ROUTE_KEYS = ("source", "group", "from", "to")
@@ -95,7 +95,7 @@ def parse(config: Config, name: str) -> RouteTable:
     plugin = config.plugin(name)
     table = plugin.table
     prefix = f"plugins.{name}"
-    known = {"routes", "interfaces", "protocol_id", "component_id"}
+    known = PLUGIN_COMMON_KEYS | {"routes"}
     for key in table:
         if key not in known:
             known_list = ", ".join(sorted(known))
