@@ -33,9 +33,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pluggy
 
@@ -48,6 +48,7 @@ from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import ANSWER_LATER
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "mgm.plugins"
 EXIT_CONFIG = 2
@@ -60,6 +61,10 @@ SHUTDOWN_TIMEOUT = 2.0
 """How long a stopping host waits for the manager to confirm its release and deregistration."""
 ANSWERED_KEPT = 4096
 """Question ids remembered so a resync does not answer twice; questions live a deadline (0.1 s), so a few suffice."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived while the host was still starting."""
 
 
 class PluginLoadError(Exception):
@@ -217,28 +222,28 @@ class Host:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         client = Client(api=self.api, events=self.events)
+        log.info("plugin %s: connecting to the manager at %s", self.name, self.api)
         try:
-            await client.start()
+            await self.unless_stopped(client.start())
         except (TimeoutError, OSError) as exc:
             log.error("plugin %s: cannot reach the manager at %s: %s", self.name, self.api, exc)
             await client.close()
             return EXIT_FAILURE
+        except Stopped:
+            await client.close()
+            return 0
         ctx = self.ctx = PluginContext(name=self.name, client=client, protocol=self.protocol, config=self.plugin.table)
         client.on_new_epoch = self._on_new_epoch
         client.on_manager_lost = lambda: log.warning("plugin %s: no heartbeat from the manager", self.name)
         try:
-            await self.register(wait_for_predecessor=REGISTER_PATIENCE)
-            # Follow once registered: the new subscription makes the manager send a heartbeat at once,
-            # which names our stream, so the client syncs it within a round trip.
-            client.follow(topics.proto(*self.protocol), self.on_event, self.on_snapshot)
-            if implements(self.pm, "mgm_state_event") or implements(self.pm, "mgm_state_resync"):
-                client.follow(topics.STATE, self.on_state_event, self.on_state_snapshot)
-            for interface in self.interfaces:
-                await ctx.take_interface(interface)
+            await self.unless_stopped(self.join_the_bus())
         except (MgmError, TimeoutError) as exc:
             log.error("plugin %s (%s/%s): %s", self.name, *self.protocol, exc)
             await self.shutdown(call_stop=False)
             return EXIT_FAILURE
+        except Stopped:
+            await self.shutdown(call_stop=False)
+            return 0
         log.info(
             "plugin %s registered as protocol %d component %d, owns %s",
             self.name,
@@ -254,6 +259,33 @@ class Host:
         log.info("plugin %s stopping", self.name)
         await self.shutdown(call_stop=True)
         return 0
+
+    async def join_the_bus(self) -> None:
+        """Register, follow our stream(s), take the configured interfaces."""
+        ctx, client = self.ctx, self.ctx.client if self.ctx else None
+        assert ctx is not None and client is not None
+        await self.register(wait_for_predecessor=REGISTER_PATIENCE)
+        # Follow once registered: the new subscription makes the manager send a heartbeat at once,
+        # which names our stream, so the client syncs it within a round trip.
+        client.follow(topics.proto(*self.protocol), self.on_event, self.on_snapshot)
+        if implements(self.pm, "mgm_state_event") or implements(self.pm, "mgm_state_resync"):
+            client.follow(topics.STATE, self.on_state_event, self.on_state_snapshot)
+        for interface in self.interfaces:
+            await ctx.take_interface(interface)
+
+    async def unless_stopped(self, aw: Coroutine[Any, Any, T]) -> T:
+        """Await `aw` unless SIGTERM/SIGINT comes first (then cancel it and raise Stopped)."""
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Stopped
 
     def _on_new_epoch(self, old: int | None, new: int) -> None:
         assert self.ctx is not None

@@ -132,7 +132,7 @@ class Supervisor:
         if not await self.manager_ready():
             await self.stop(self.manager)
             self.show()
-            return 1
+            return 0 if self.stopping.is_set() else 1
         for child in self.plugins:
             await self.start(child)
         self.watchers = [loop.create_task(self.watch(c)) for c in [self.manager, *self.plugins]]
@@ -161,7 +161,7 @@ class Supervisor:
         deadline = time.monotonic() + MANAGER_READY_TIMEOUT
         wait_exit = asyncio.ensure_future(self.manager.proc.wait())
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.stopping.is_set():
                 if await ping(self.api, 0.25) and not wait_exit.done():
                     log.info("manager answers on %s", self.api)
                     return True
@@ -174,8 +174,9 @@ class Supervisor:
                     )
                     self.manager.state = "failed"
                     return False
-            log.error("the manager did not answer ping on %s within %.0f s; nothing started", self.api,
-                      MANAGER_READY_TIMEOUT)  # fmt: skip
+            if not self.stopping.is_set():
+                log.error("the manager did not answer ping on %s within %.0f s; nothing started", self.api,
+                          MANAGER_READY_TIMEOUT)  # fmt: skip
             return False
         finally:
             wait_exit.cancel()

@@ -105,3 +105,15 @@ def test_sigterm_releases_deregisters_and_exits_0(manager: ManagerProc, start_pl
             manager.request("get_protocol_on_interface", {"if_index": if_index, "next_hop": "0.0.0.0"})
         assert info.value.status == Status.ERROR_NOT_FOUND
     assert "handle" in manager.request("register_protocol", {"protocol_id": 100, "component_id": 1})
+
+
+def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: list[Proc]) -> None:
+    absent = f"ipc://{ipc_dir}/nobody"
+    proc = Proc("waiting", [*MGM, "plugin", "test-igmp", "--api", absent, "--events", absent + "-ev"],
+                ipc_dir / "waiting.log")  # fmt: skip
+    proc.start()
+    procs.append(proc)
+    wait_for(lambda: "connecting to the manager" in proc.log(), 20, "the host to start connecting")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(5) == 0  # well before the 10 s connect timeout
+    assert "cannot reach the manager" not in proc.log()
