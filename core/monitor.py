@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import ipaddress
 import json
-import logging
 import os
 import signal
 import socket
@@ -50,6 +49,7 @@ from mgm.core.show import (
     check_timeout,
     iface_label,
     start_client,
+    tool_logging,
 )
 
 DEFAULT_RATE_INTERVAL = 10.0
@@ -329,13 +329,13 @@ async def _monitor(args: argparse.Namespace, mon: Monitor) -> None:
     for prefix in _prefixes(args.topic):
         client.follow(prefix, mon.on_event, mon.on_snapshot)
     client.on_new_epoch = mon.on_new_epoch
-    client.on_manager_lost = mon.on_manager_lost
     loop = asyncio.get_running_loop()
     stop = mon.stop
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await start_client(client)
+        client.on_manager_lost = mon.on_manager_lost  # not before: see start_client
         if args.rate_interval > 0:
             next_rate = time.monotonic() + args.rate_interval
             while not stop.is_set():
@@ -384,8 +384,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"mgm monitor: warning: {t!r} is not an event type of protocol v1; filtering on it anyway",
                   file=sys.stderr)
     filters = Filters(frozenset(args.type), frozenset(args.interface), tuple(args.group), tuple(args.source))
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tool_logging(args.log_level)
     mon = Monitor(sys.stdout, args.json, filters)
     try:
         asyncio.run(_monitor(args, mon))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -57,16 +58,35 @@ def unreachable_message(api: str) -> str:
     return f"no manager answers on {api}: is `mgm manager` running?"
 
 
+class _NotYetLost(logging.Filter):
+    """Until `start()` returns, the Client counts the time since the epoch of its clock as heartbeat silence
+    and warns that the manager is lost; that is the unreachable case, which the tool reports itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("no heartbeat from the manager")
+
+
 async def start_client(client: Client) -> None:
     """`client.start()`, with the one-line explanation (Unreachable) when nobody answers."""
     if client.api.startswith("ipc://"):
         path = client.api[len("ipc://"):]
         if not os.path.exists(path):  # nothing can answer: say so now instead of after the timeout
             raise Unreachable(f"{unreachable_message(client.api)} (there is no socket {path})")
+    client_log = logging.getLogger(Client.__module__)
+    quiet = _NotYetLost()
+    client_log.addFilter(quiet)
     try:
         await client.start()
     except TimeoutError:
         raise Unreachable(unreachable_message(client.api)) from None
+    finally:
+        client_log.removeFilter(quiet)
+
+
+def tool_logging(log_level: str) -> None:
+    """Tools print what they found; the library's info lines only with --log-level debug."""
+    level = logging.DEBUG if log_level == "debug" else max(logging.WARNING, logging.getLevelName(log_level.upper()))
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def add_timeout_option(parser: argparse.ArgumentParser) -> None:
@@ -329,6 +349,7 @@ async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._parser
     check_timeout(parser, args.timeout)
+    tool_logging(args.log_level)
     if args.stats and args.table != "mfes":
         parser.error("--stats applies to `mgm show mfes` only (the manager keeps no counters for the other tables)")
     if args.page_size < 1:
