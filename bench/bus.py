@@ -12,6 +12,8 @@ reply came back and whose event the subscriber saw, per second of the slower
 of the two.  The report gives each rate and the ratio (b)/(a) of the medians.
 
     /work/venv/bin/python bench/bus.py [--requests 30000] [--window 1000] [--rounds 3]
+
+MGM_BENCH_PROFILE=/tmp/mgmd.prof runs the manager under cProfile (then read it with pstats).
 """
 
 from __future__ import annotations
@@ -278,8 +280,10 @@ def run_mgm(d: str, n: int, window: int) -> float:
     api, events = f"ipc://{d}/api", f"ipc://{d}/events"
     procs = []
     try:
-        manager = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events,
-                                    "--log-level", "warning"], start_new_session=True, text=True)
+        out = os.environ.get("MGM_BENCH_PROFILE")
+        profile = ["-m", "cProfile", "-o", out] if out else []
+        manager = subprocess.Popen([sys.executable, *profile, "-m", "mgm.core.cli", "manager", "--api", api,
+                                    "--events", events, "--log-level", "warning"], start_new_session=True, text=True)
         procs.append(manager)
         sub = _spawn(HERE, "--role", "mgm-sub", "--api", api, "--events", events, "--requests", str(n))
         procs.append(sub)

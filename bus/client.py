@@ -32,7 +32,7 @@ import zmq
 
 from mgm.bus.codec import encode_request, unpack
 from mgm.bus.endpoints import default_api, default_events
-from mgm.bus.sockets import Curve, readable, secure
+from mgm.bus.sockets import MORE, NOBLOCK, Curve, readable, recv_frame, recv_rest, secure, send_frame
 from mgm.bus.status import MgmError, Status
 from mgm.bus.topics import HB
 
@@ -212,7 +212,8 @@ class Client:
             self._outbox.append(payload)
         else:
             try:
-                self._d.send_multipart((b"", payload), zmq.NOBLOCK)
+                send_frame(self._d, b"", MORE)
+                send_frame(self._d, payload, NOBLOCK)
             except zmq.Again:  # our queue towards the manager is full: keep order, send when there is room
                 self._outbox.append(payload)
                 self._spawn(self._flush_outbox())
@@ -425,15 +426,19 @@ class Client:
                 return
 
     def _drain_replies(self, d: zmq.Socket[bytes]) -> bool:
-        recv = d.recv_multipart
         pending = self._pending
         for _ in range(BURST):
             try:
-                frames = recv(zmq.NOBLOCK)
+                delim = recv_frame(d, NOBLOCK, False)
             except zmq.Again:
                 return False
+            body = recv_frame(d, NOBLOCK, False) if delim.more else delim
+            if body.more:
+                recv_rest(d, body)
+                log.warning("reply with extra frames ignored")
+                continue
             try:
-                msg = unpack(frames[-1])
+                msg = unpack(body.bytes)
                 entry = pending.pop(msg["id"], None)
             except (ValueError, KeyError, TypeError):
                 log.warning("malformed reply ignored")
@@ -453,19 +458,22 @@ class Client:
         return True
 
     def _drain_events(self, s: zmq.Socket[bytes]) -> bool:
-        recv = s.recv_multipart
         hb_topic = HB.encode()
         for _ in range(BURST):
             try:
-                frames = recv(zmq.NOBLOCK)
+                topic = recv_frame(s, NOBLOCK, False)
             except zmq.Again:
                 return False
-            if len(frames) != 2:
+            if not topic.more:
                 continue
-            if frames[0] == hb_topic:
-                self._on_heartbeat(frames[1])
+            payload = recv_frame(s, NOBLOCK, False)
+            if payload.more:
+                recv_rest(s, payload)
+                continue
+            if topic.bytes == hb_topic:
+                self._on_heartbeat(payload.bytes)
             else:
-                self._on_event(frames[1])
+                self._on_event(payload.bytes)
         return True
 
     async def _timers(self) -> None:

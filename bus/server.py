@@ -47,7 +47,7 @@ from mgm.bus.codec import (
     unpack,
 )
 from mgm.bus.endpoints import rundir
-from mgm.bus.sockets import Curve, ipc_path, is_socket_file, secure
+from mgm.bus.sockets import MORE, NOBLOCK, Curve, ipc_path, is_socket_file, recv_frame, recv_rest, secure, send_frame
 from mgm.bus.status import MgmError, Status, invalid
 
 log = logging.getLogger(__name__)
@@ -295,22 +295,26 @@ class BusServer:
         """
         assert self.router is not None
         self.now = now
-        recv = self.router.recv_multipart
+        router = self.router
         entries = self.replay.entries
         accept = self.replay.accept
         out: list[Request] = []
         for _ in range(self.batch):
             try:
-                frames = recv(zmq.NOBLOCK)
+                conn = recv_frame(router, NOBLOCK)
             except zmq.Again:
                 break
-            conn = frames[0]
-            if len(frames) != 3 or frames[1]:
+            # a ROUTER always delivers at least one frame after the routing id
+            delim = recv_frame(router, NOBLOCK, False)
+            body = recv_frame(router, NOBLOCK, False) if delim.more else None
+            if body is None or body.more or len(delim):
+                if body is not None:
+                    recv_rest(router, body)
                 self._send(conn, encode_error(None, Status.ERROR_INVALID_PARAMETER,
                                               "a request is two frames: an empty delimiter and the payload"))
                 continue
             try:
-                req_id, op, args = decode_request(frames[2])
+                req_id, op, args = decode_request(body.bytes)
             except BadRequest as exc:
                 self._refuse(conn, exc)
                 continue
@@ -354,9 +358,12 @@ class BusServer:
             self._send(conn, payload)
 
     def _send(self, conn: bytes, payload: bytes) -> None:
-        assert self.router is not None
+        router = self.router
+        assert router is not None
         try:
-            self.router.send_multipart((conn, b"", payload), zmq.NOBLOCK)
+            send_frame(router, conn, MORE)  # raises here (full, or peer gone): nothing was sent
+            send_frame(router, b"", MORE)
+            send_frame(router, payload, NOBLOCK)
         except zmq.Again:
             log.warning("reply to %r dropped: its queue is full (%d replies)", conn, ROUTER_HWM)
         except zmq.ZMQError as exc:
@@ -378,7 +385,8 @@ class BusServer:
         if topic is None:
             topic = self._topics[stream] = stream.encode()
         with contextlib.suppress(zmq.Again):  # XPUB drops at its HWM anyway; subscribers resync from seq gaps
-            self.xpub.send_multipart((topic, payload), zmq.NOBLOCK)
+            send_frame(self.xpub, topic, MORE)
+            send_frame(self.xpub, payload, NOBLOCK)
         return seq
 
     def drain_subscriptions(self) -> bool:

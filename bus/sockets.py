@@ -61,3 +61,21 @@ def readable(sock: zmq.Socket[Any]) -> bool:
     """Whether a message is waiting; reading EVENTS also re-arms the socket's edge-like FD."""
     events: int = sock.getsockopt(zmq.EVENTS)  # type: ignore[assignment]
     return bool(events & zmq.POLLIN)
+
+
+# The hot paths call the backend's send/recv directly: pyzmq's send_multipart/recv_multipart wrappers
+# cost about 5 us a message (Python-level flag enums and an RCVMORE getsockopt per frame), more
+# than the manager spends on a request.  A frame received with copy=False tells `more` for free.
+send_frame = zmq.backend.Socket.send
+recv_frame = zmq.backend.Socket.recv
+NOBLOCK = int(zmq.NOBLOCK)
+MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+def recv_rest(sock: zmq.Socket[Any], frame: zmq.Frame) -> int:
+    """Discard the remaining frames of a message after `frame`; how many there were."""
+    n = 0
+    while frame.more:
+        frame = recv_frame(sock, NOBLOCK, False)
+        n += 1
+    return n
