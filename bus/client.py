@@ -52,6 +52,20 @@ BURST = 5000
 OWN_OPS = frozenset({"ping", "sync"})
 """Ops the manager answers itself; they do not count as a sign of life for a registered client."""
 
+_PROCESS_TOKEN = secrets.token_hex(4)
+_SLOTS: set[int] = set()
+
+
+def _take_slot() -> int:
+    """The lowest slot no open Client of this process uses: a client closed and made again keeps its
+    identity (and so the handles bound to it), while clients open side by side get distinct ones."""
+    slot = 1
+    while slot in _SLOTS:
+        slot += 1
+    _SLOTS.add(slot)
+    return slot
+
+
 EventCallback = Callable[[dict[str, Any]], None]
 SnapshotCallback = Callable[[str, dict[str, Any]], None]
 
@@ -94,7 +108,11 @@ class Client:
             raise ValueError(f"request_timeout must be at least {MIN_TIMEOUT} s")
         self.api = api or default_api()
         self.events = events or default_events()
-        self.identity = identity or f"{os.getpid()}-{secrets.token_hex(6)}".encode()
+        self._slot = 0
+        if identity is None:
+            self._slot = _take_slot()
+            identity = f"{os.getpid()}-{_PROCESS_TOKEN}-{self._slot}".encode()
+        self.identity = identity
         if not self.identity or self.identity[0] == 0:
             raise ValueError("identity must be non-empty and must not start with a zero byte")
         self.connect_timeout = connect_timeout
@@ -176,6 +194,7 @@ class Client:
                 fut.set_exception(ConnectionError("client closed"))
                 fut.exception()  # retrieved: nobody may be waiting for it any more
         self._pending.clear()
+        _SLOTS.discard(self._slot)
         loop = asyncio.get_running_loop()
         for sock in (self._d, self._s):
             if sock is not None:
@@ -223,7 +242,13 @@ class Client:
             loop.call_soon(self._drain)
         if op not in OWN_OPS:
             self._last_sent = time.monotonic()
+        elif op == "ping":
+            fut.add_done_callback(self._on_ping)
         return fut
+
+    def _on_ping(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self._note_epoch(fut.result().get("epoch"))
 
     async def request(
         self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None

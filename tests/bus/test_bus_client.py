@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -286,3 +291,31 @@ def test_a_request_to_a_manager_that_went_away_times_out(start_manager: Callable
 
     run(main())
 
+
+
+def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    api, events = f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"
+    log = open(ipc_dir / "manager.log", "wb")  # noqa: SIM115 -- closed below
+    proc = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    async def main() -> None:
+        async with Client(api, events, connect_timeout=15) as client:
+            model = Memberships()
+            client.follow("state", model.on_event, model.on_snapshot)
+            handle = await registered(client, 10, 1)
+            await client.request("add_group_membership", membership(handle, 7))
+            await until(lambda: model.groups == {"239.0.0.7"}, 10, "the membership over tcp")
+
+    try:
+        run(main())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+    assert proc.returncode == 0
