@@ -139,6 +139,7 @@ class Client:
         self._last_sent = 0.0
         self._last_hb = 0.0
         self._closed = False
+        self._started = False
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Client:
         dealer.connect(self.api)
         sub.connect(self.events)
         loop = asyncio.get_running_loop()
+        self._last_hb = time.monotonic()
         loop.add_reader(dealer.FD, self._drain)
         loop.add_reader(sub.FD, self._drain)
         self._tasks = [loop.create_task(self._timers())]
@@ -176,6 +178,7 @@ class Client:
             except TimeoutError:
                 continue
         self._last_hb = time.monotonic()
+        self._started = True  # from now on a silent manager is reported (not while we wait for it to answer)
         self._note_epoch(result.get("epoch"))
         log.debug("connected to %s (epoch %s) as %r", self.api, self.epoch, self.identity)
 
@@ -509,7 +512,7 @@ class Client:
             if handle is not None and now - self._last_sent >= HEARTBEAT_AFTER:
                 fut = self.request_nowait("heartbeat", {"handle": handle})
                 fut.add_done_callback(_log_heartbeat_failure)
-            if not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
+            if self._started and not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
                 self.manager_lost = True
                 log.warning("no heartbeat from the manager on %s for %.0f s", self.events, MANAGER_LOST_AFTER)
                 if self.on_manager_lost is not None:

@@ -319,3 +319,23 @@ def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
         proc.wait(10)
         log.close()
     assert proc.returncode == 0
+
+
+def test_start_waits_for_a_late_manager_without_calling_it_lost(start_manager: Callable[..., Any],
+                                                                ipc_dir: Path) -> None:
+    async def main() -> None:
+        client = Client(f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events")
+        lost: list[bool] = []
+        client.on_manager_lost = lambda: lost.append(True)
+        starting = asyncio.ensure_future(client.start())
+        await asyncio.sleep(0.5)  # the client is waiting for an answer to its ping
+        assert not starting.done()
+        manager = start_manager()  # blocks this loop until the manager answers; the client's ping waits queued
+        await starting
+        try:
+            assert client.epoch == manager.request("ping")["epoch"]
+            assert lost == [] and not client.manager_lost
+        finally:
+            await client.close()
+
+    run(main())
