@@ -19,6 +19,7 @@ await each.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import secrets
@@ -54,6 +55,9 @@ OWN_OPS = frozenset({"ping", "sync"})
 
 _PROCESS_TOKEN = secrets.token_hex(4)
 _SLOTS: set[int] = set()
+_REQUEST_IDS = itertools.count(1)
+"""Request ids are unique in the process, not per Client: a Client made again takes over the identity of
+a closed one, and the manager replays the reply of any id it saw on that identity in the last 60 s."""
 
 
 def _take_slot() -> int:
@@ -132,7 +136,6 @@ class Client:
         self._outbox: deque[bytes] = deque()
         self._drain_scheduled = False
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], asyncio.TimerHandle]] = {}
-        self._next_id = 1
         self._follows: list[_Follow] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[Any]] = set()
@@ -225,8 +228,7 @@ class Client:
         if timeout < MIN_TIMEOUT:
             raise ValueError(f"timeout must be at least {MIN_TIMEOUT} s")
         loop = asyncio.get_running_loop()
-        req_id = self._next_id
-        self._next_id = req_id + 1
+        req_id = next(_REQUEST_IDS)
         payload = encode_request(req_id, op, args if args is not None else {})
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[req_id] = (fut, loop.call_later(timeout, self._expire, req_id, op, timeout))

@@ -339,3 +339,23 @@ def test_start_waits_for_a_late_manager_without_calling_it_lost(start_manager: C
             await client.close()
 
     run(main())
+
+
+def test_a_client_made_again_keeps_its_identity_but_never_gets_old_replies(manager: Any) -> None:
+    async def main() -> None:
+        first = Client(manager.api, manager.events)
+        await first.start()
+        handle = await registered(first, 30, 1, if_index=None)
+        identity = first.identity
+        await first.close()
+        async with Client(manager.api, manager.events) as again:
+            assert again.identity == identity
+            # the handle is bound to the identity, so it still works from the new client
+            assert await again.request("heartbeat", {"handle": handle}) == {}
+            with pytest.raises(MgmError) as info:  # a fresh request, not a replay of an old reply
+                await again.request("register_protocol", {"protocol_id": 30, "component_id": 1})
+            assert info.value.status == Status.ERROR_ALREADY_EXISTS
+            async with Client(manager.api, manager.events) as beside:
+                assert beside.identity != identity
+
+    run(main())
