@@ -351,15 +351,15 @@ class Mgm:
 
     def handle(self, conn: bytes, op: str, args: Mapping[str, Any], now: float, token: Any = None) -> Any:
         """Apply one request: its result dict, DEFERRED, or MgmError (nothing changed)."""
+        seen = self._conns.get(conn)
+        if seen is not None and now > seen.last_seen:
+            seen.last_seen = now  # anything the connection sends is a sign of life
         method = self._ops.get(op) if type(op) is str else None
         if method is None:
             raise MgmError(Status.ERROR_NOT_SUPPORTED, f"the core has no operation {str(op)[:40]!r}")
         if not isinstance(args, Mapping):
             raise invalid(f"args must be a map, not {type(args).__name__}")
         self._now = now
-        seen = self._conns.get(conn)
-        if seen is not None and now > seen.last_seen:
-            seen.last_seen = now
         return method(conn, args, now, token)
 
     def take_events(self) -> list[Event]:
@@ -409,7 +409,7 @@ class Mgm:
         if seen is None:
             return
         for client in list(seen.clients.values()):
-            for iface in list(client.members):
+            for iface in list(client.interfaces):
                 for key in sorted(client.members.get(iface, ())):
                     self._delete_membership(client, key, iface)
             for iface in list(client.interfaces):
@@ -1181,8 +1181,12 @@ class Mgm:
             upstream = req_addr(args, "upstream_neighbor")
             if late:
                 mfe = self._mfes.get(question.key)
+                still = self._pending.get(question.key)
                 if mfe is not None:
                     self._set_incoming(mfe, in_iface, upstream)
+                elif still is not None and still is question.pending:
+                    # creation is under way (its alerts went out): the MFE will come in here
+                    still.in_iface, still.upstream = in_iface, upstream
                 return {}
             pending = question.pending
             assert pending is not None
@@ -1201,7 +1205,7 @@ class Mgm:
                 if iface_key not in asked:
                     raise invalid(f"oil[{i}] names an interface question {qid} did not ask about")
                 verdicts[iface_key] = req_bool(entry, "enabled")
-            if late:
+            if late:  # all creation alerts of an MFE share one deadline: the MFE is stored by now
                 mfe = self._mfes.get(question.key)
                 if mfe is not None:
                     self._apply_verdicts(mfe, verdicts)

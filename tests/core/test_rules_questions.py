@@ -1,0 +1,193 @@
+"""Questions (rpf, creation_alert, prune_alert member_delete=false): deadlines, defaults, late answers.
+
+(MGM-SPEC: Forwarding entries, the [ours] rule on questions with a deadline; core-api.md: answers.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, Proto, iff
+
+from mgm.bus.status import Status
+from mgm.core.state import DEFERRED, MAX_OPEN_ENUMERATIONS
+from mgm.core.types import Interface
+
+S = "10.0.0.1"
+G = "239.1.1.1"
+
+
+@pytest.fixture
+def core() -> Core:
+    return Core(liveness=1e9, question_deadline=0.5)
+
+
+@pytest.fixture
+def clients(core: Core) -> tuple[Proto, Proto, Proto]:
+    """pim owns 1 (towards S) and 2, dvmrp owns 4, each with a (*,G) member downstream."""
+    pim, dvmrp, fwd = core.register(PIM), core.register(DVMRP), core.register(FWD)
+    pim.take(1)
+    pim.take(2)
+    dvmrp.take(4)
+    pim.join(ANY, G, 2)
+    dvmrp.join(ANY, G, 4)
+    core.routes[S] = Interface(1)
+    core.drop()
+    return pim, dvmrp, fwd
+
+
+def get(core: Core, source: str = S, group: str = G) -> dict[str, Any]:
+    mfe: dict[str, Any] = core.req(b"x", "get_mfe", source=source, group=group)["mfe"]
+    return mfe
+
+
+def test_question_deadline_is_the_configured_one(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """Questions carry `deadline` in seconds (question_deadline) and next_deadline() points at it."""
+    _, _, fwd = clients
+    fwd.packet(S, G, 1)
+    (rpf,) = core.events()
+    assert rpf.fields["deadline"] == 0.5
+    assert core.mgm.next_deadline() == pytest.approx(core.now + 0.5)
+
+
+def test_default_is_taken_only_at_the_deadline(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """Before the deadline nothing happens; at it, the unanswered rpf keeps the proposed interface."""
+    _, _, fwd = clients
+    fwd.packet(S, G, 1)
+    core.drop()
+    core.tick(0.49)
+    assert core.events() == []
+    core.tick(0.01)
+    assert [e.type for e in core.events()] == ["creation_alert", "creation_alert"]
+
+
+def test_one_owner_answering_does_not_wait_for_the_deadline_of_others(
+    core: Core, clients: tuple[Proto, Proto, Proto]
+) -> None:
+    """Creation waits for every creation_alert answer, or the deadline of the unanswered ones."""
+    pim, _dvmrp, fwd = clients
+    assert fwd.packet(S, G, 1, token="t") is DEFERRED
+    pim.answer(1, **iff(1), upstream_neighbor=ANY)
+    core.drop()
+    pim.answer(2, oil=[{**iff(2), "enabled": True}])
+    assert core.events() == [] and core.mgm.take_completions() == []
+    core.tick(0.5)  # dvmrp never answers
+    assert [e.type for e in core.events()] == ["mfe_created"]
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
+    assert [t for t, _ in core.mgm.take_completions()] == ["t"]
+
+
+def test_late_rpf_answer_during_creation_moves_the_mfe_to_be(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """[ours] An rpf answer after its deadline but before the MFE exists applies to the MFE being created."""
+    pim, _, fwd = clients
+    fwd.packet(S, G, 1)
+    core.tick(0.5)  # rpf defaulted, creation alerts out
+    pim.answer(1, **iff(2), upstream_neighbor="10.0.2.1")
+    core.tick(0.5)
+    mfe = get(core)
+    assert (mfe["in_if_index"], mfe["upstream_neighbor"]) == (2, "10.0.2.1")
+    assert [o["if_index"] for o in mfe["oil"]] == [4]
+
+
+def test_unanswered_prune_alert_changes_nothing(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """The default of prune_alert (member_delete=false) keeps the timeout."""
+    pim, dvmrp, fwd = clients
+    pim.leave(ANY, G, 2)
+    dvmrp.leave(ANY, G, 4)
+    fwd.packet(S, G, 1)
+    core.tick(0.5)
+    core.drop()
+    core.tick(0.5)
+    assert core.events() == []
+    assert get(core)["timeout"] == 900.0
+
+
+def test_late_prune_answer_still_sets_the_timeout(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """[ours] A late prune_alert answer is applied: the MFE's timeout changes (mfe_updated)."""
+    pim, dvmrp, fwd = clients
+    pim.leave(ANY, G, 2)
+    dvmrp.leave(ANY, G, 4)
+    fwd.packet(S, G, 1)
+    core.tick(0.5)
+    core.tick(1.0)
+    core.drop()
+    pim.answer(2, timeout=60.0)
+    assert [e.type for e in core.events()] == ["mfe_updated"]
+    assert get(core)["timeout"] == 60.0
+
+
+def test_answer_of_the_wrong_kind_is_invalid(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """An rpf answer must give an interface and neighbour; a creation answer an oil list."""
+    pim, _, fwd = clients
+    fwd.packet(S, G, 1)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 1, oil=[])
+    pim.answer(1, **iff(1), upstream_neighbor=ANY)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 2, **iff(1), upstream_neighbor=ANY)
+
+
+def test_questions_to_a_vanished_client_take_their_defaults(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """A client that disappears with open questions does not hold the creation beyond the deadline."""
+    pim, _, fwd = clients
+    fwd.packet(S, G, 1, token="t")
+    core.mgm.connection_lost(pim.conn, core.now)
+    core.tick(0.5)
+    core.tick(0.5)
+    assert [t for t, _ in core.mgm.take_completions()] == ["t"]
+    assert [o["if_index"] for o in get(core)["oil"]] == [4]
+
+
+def test_next_deadline_includes_mfe_expiry(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """Once no question is open, next_deadline() is the earliest MFE expiry."""
+    _, _, fwd = clients
+    fwd.packet(S, G, 1)
+    core.tick(0.5)
+    core.tick(0.5)
+    assert core.mgm.next_deadline() == pytest.approx(get(core)["created"] + 900.0)
+
+
+def test_forced_interface_goes_with_its_release(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """Releasing an interface removes it from OILs it was forced into (MGM_FORWARD_STATE_FLAG)."""
+    _pim, dvmrp, fwd = clients
+    dvmrp.take(5)
+    fwd.packet(S, G, 1)
+    core.tick(0.5)
+    core.tick(0.5)
+    dvmrp.join(S, G, 5, flags=2)
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4, 5]
+    dvmrp.release(5)
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
+
+
+def test_release_of_an_oil_interface_shrinks_the_oil(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """Releasing an interface deletes the client's memberships there, so it leaves the OILs."""
+    _pim, dvmrp, fwd = clients
+    fwd.packet(S, G, 1)
+    core.tick(0.5)
+    core.tick(0.5)
+    core.drop()
+    dvmrp.release(4)
+    assert [e.type for e in core.events()] == [
+        "membership_deleted",
+        "prune_alert",  # (*,G): dvmrp was the second-to-last client, pim remains
+        "mfe_updated",
+        "interface_released",
+    ]
+    assert [o["if_index"] for o in get(core)["oil"]] == [2]
+
+
+def test_set_mfe_next_hop_without_if_index_is_invalid(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+    """set_mfe takes next_hop only with if_index."""
+    pim, _, fwd = clients
+    fwd.packet(S, G, 1)
+    core.tick(1.0)
+    core.tick(1.0)
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim, "set_mfe", source=S, group=G, upstream_neighbor=ANY, next_hop=ANY)
+
+
+def test_open_enumerations_are_bounded(core: Core) -> None:
+    """[ours] A client may hold MAX_OPEN_ENUMERATIONS enumerations; one more is ERROR_NOT_ENOUGH_MEMORY."""
+    p = core.register(IGMP)
+    for _ in range(MAX_OPEN_ENUMERATIONS):
+        p("group_enumeration_start", type="all_sources")
+    core.refused(Status.ERROR_NOT_ENOUGH_MEMORY, p, "group_enumeration_start", type="all_sources")
