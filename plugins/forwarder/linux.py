@@ -1,0 +1,124 @@
+"""Entry point ``forwarder``: the Linux kernel forwarder.
+
+It holds this network namespace's multicast routing socket (`mroute`), so
+it is the only multicast routing process here; every routing protocol of
+mgmbus forwards through it.  Upcalls are read from the event loop
+(``add_reader``), all that are queued per wakeup.  Interfaces come and go
+through netlink (pyroute2): a dump at start, then link and address events;
+a VIF is added when an owned interface's link appears and forgotten when
+it goes away (the kernel removes the VIF with the link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from mgm.plugins.forwarder.mirror import Dataplane, Link
+from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
+from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
+
+if TYPE_CHECKING:
+    from mgm.plugins.context import PluginContext
+
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+
+
+def link_of(msg: Any) -> Link:
+    """A netlink link message as a `Link` (up means administratively up with carrier)."""
+    flags = int(msg["flags"])
+    return Link(str(msg.get("ifname")), up=bool(flags & IFF_UP and flags & IFF_LOWER_UP))
+
+
+class LinuxForwarder(ForwarderPlugin):
+    """The kernel forwarder (see the module doc)."""
+
+    label = "forwarder"
+    log = logging.getLogger(__name__)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sock: MrouteSocket | None = None
+        self._reading = False
+
+    def open_dataplane(self, settings: Settings) -> Dataplane:
+        from mgm.plugins.host import PluginLoadError
+
+        try:
+            self.sock = MrouteSocket(table=settings.table, wrong_vif=settings.wrong_if)
+        except MrouteError as exc:
+            raise PluginLoadError(f"forwarder cannot start: {exc}") from exc
+        self.log.info("multicast routing socket open (MRT_INIT done%s; wrong-interface upcalls: %s)",
+                      "" if settings.table is None else f", table {settings.table}", settings.wrong_if)  # fmt: skip
+        return self.sock
+
+    def start_io(self, mgm: PluginContext) -> None:
+        assert self.sock is not None
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+        self._reading = True
+        mgm.spawn(self._netlink())
+
+    def stop_io(self) -> None:
+        if self.sock is None:
+            return
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self._reading = False
+        self.sock.close()  # MRT_DONE: the kernel drops our VIFs and entries
+
+    def _readable(self) -> None:
+        assert self.sock is not None
+        try:
+            upcalls = self.sock.read_upcalls()
+        except OSError as exc:
+            self.log.error("reading upcalls: %s", exc)
+            return
+        if upcalls:
+            self.on_upcalls(upcalls)
+
+    async def _netlink(self) -> None:
+        """Links and addresses: a dump, then events (subscribed first, so nothing falls in between)."""
+        from pyroute2 import AsyncIPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+
+        assert self.mirror is not None
+        events = AsyncIPRoute()
+        try:
+            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
+            async with AsyncIPRoute() as ipr:
+                links = {int(m["index"]): link_of(m) async for m in await ipr.link("dump")}
+                async for msg in await ipr.addr("dump", family=socket.AF_INET):
+                    link = links.get(int(msg["index"]))
+                    if link is not None and msg.get("address"):
+                        link.addresses.add(str(msg.get("address")))
+            self.mirror.set_links(links)
+            self.log.debug("netlink: %d link(s): %s", len(links),
+                           ", ".join(f"{i}={link.name}" for i, link in sorted(links.items())))  # fmt: skip
+            while True:
+                async for msg in events.get():
+                    self._netlink_event(msg)
+        finally:
+            events.close()
+
+    def _netlink_event(self, msg: Any) -> None:
+        assert self.mirror is not None
+        event = msg.get("event")
+        index = int(msg.get("index") or 0)
+        links = self.mirror.links or {}
+        if event == "RTM_NEWLINK":
+            link = link_of(msg)
+            before = links.get(index)
+            if before is not None:
+                link.addresses = before.addresses
+            self.mirror.link_changed(index, link)
+        elif event == "RTM_DELLINK":
+            self.mirror.link_removed(index)
+        elif event in ("RTM_NEWADDR", "RTM_DELADDR") and index in links and msg.get("address"):
+            address = str(msg.get("address"))
+            if event == "RTM_NEWADDR":
+                links[index].addresses.add(address)
+            else:
+                links[index].addresses.discard(address)

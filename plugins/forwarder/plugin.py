@@ -1,0 +1,178 @@
+"""The hooks the Linux and the simulated forwarder share.
+
+A forwarder registers as a protocol of its own (`FORWARDER_PROTOCOL_ID`)
+and owns no interface.  It follows the manager's ``state`` stream (the
+host subscribes because `mgm_state_event` is implemented) and mirrors it
+onto its dataplane through `Mirror`; it turns the dataplane's upcalls into
+``new_packet`` and ``wrong_interface`` requests, and every
+``counters_interval`` seconds reports the counters (``mfe_counters``),
+which feed the manager's statistics and MFE expiry.
+
+Configuration keys of ``[plugins.forwarder]`` (all optional):
+
+* ``counters_interval`` (seconds, default 5): how often counters are reported;
+* ``restart_grace`` (seconds, default 5): after the manager restarts, how long
+  kernel entries it does not know yet keep forwarding before they are removed;
+* ``wrong_if`` (``"all"``, ``"oil"``, ``"none"``; Linux only, default all):
+  which wrong-interface packets the kernel reports (see `mroute.MrouteSocket`);
+* ``table`` (int; Linux only): a multicast routing table other than the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mgm.core.config import ConfigError, PluginTable
+from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
+from mgm.plugins.forwarder.mroute import Upcall
+from mgm.plugins.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from mgm.plugins.context import PluginContext
+
+FORWARDER_PROTOCOL_ID = 65001
+"""Outside the RRAS protocol ids: the forwarder is ours, not a routing protocol."""
+FORWARDER_COMPONENT_ID = 1
+COUNTERS_BATCH = 256
+"""Entries per mfe_counters request: keeps each frame far below the manager's 64 KiB limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    counters_interval: float = 5.0
+    restart_grace: float = 5.0
+    wrong_if: str = "all"
+    table: int | None = None
+
+
+def read_settings(config: Mapping[str, Any]) -> Settings:
+    """The forwarder's keys, checked; a mistake names the file, key and line."""
+
+    def error(key: str, message: str) -> ConfigError:
+        if isinstance(config, PluginTable):
+            return config.error(key, message)
+        return ConfigError("<config>", key, None, message)
+
+    values: dict[str, Any] = {}
+    for key in ("counters_interval", "restart_grace"):
+        if key in config:
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.05 <= value <= 3600:
+                raise error(key, f"must be a number of seconds between 0.05 and 3600, not {value!r}")
+            values[key] = float(value)
+    if "wrong_if" in config:
+        if config["wrong_if"] not in ("all", "oil", "none"):
+            raise error("wrong_if", f'must be "all", "oil" or "none", not {config["wrong_if"]!r}')
+        values["wrong_if"] = config["wrong_if"]
+    if "table" in config:
+        table = config["table"]
+        if isinstance(table, bool) or not isinstance(table, int) or not 0 <= table < 2**32:
+            raise error("table", f"must be a routing table number, not {table!r}")
+        values["table"] = table
+    return Settings(**values)
+
+
+class ForwarderPlugin:
+    """Base of `LinuxForwarder` and `SimForwarder`: subclasses provide the dataplane and its I/O."""
+
+    label = "forwarder"
+    log = logging.getLogger(__name__)
+
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.dataplane: Dataplane | None = None
+        self.mirror: Mirror | None = None
+        self.ctx: PluginContext | None = None
+        self._epoch: Any = None
+        self._grace: asyncio.TimerHandle | None = None
+
+    # --- what subclasses provide ----------------------------------------------------------------
+
+    def open_dataplane(self, settings: Settings) -> Dataplane:
+        raise NotImplementedError
+
+    def start_io(self, mgm: PluginContext) -> None:
+        """Start reading upcalls (and whatever else the dataplane needs)."""
+
+    def stop_io(self) -> None:
+        """Stop reading and close the dataplane."""
+
+    # --- hooks ------------------------------------------------------------------------------------------
+
+    @hookimpl
+    def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
+        """Check the settings and open the dataplane now, so a failure stops the host before it registers."""
+        self.settings = read_settings(config)
+        if self.mirror is None:
+            self.dataplane = self.open_dataplane(self.settings)
+            self.mirror = Mirror(self.dataplane, self.log)
+        return FORWARDER_PROTOCOL_ID, FORWARDER_COMPONENT_ID
+
+    @hookimpl
+    def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
+        if self.mirror is None:
+            self.mgm_protocol(config)
+        self.ctx = mgm
+        self.start_io(mgm)
+        mgm.spawn(self._report_counters(mgm))
+        self.log.info("%s started: counters every %.1f s", self.label, self.settings.counters_interval)
+
+    @hookimpl
+    def mgm_stop(self, mgm: PluginContext) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+        self.stop_io()
+        self.log.info("%s stopped", self.label)
+
+    @hookimpl
+    def mgm_state_event(self, mgm: PluginContext, event: Mapping[str, Any]) -> None:
+        assert self.mirror is not None
+        self.mirror.apply(event)
+
+    @hookimpl
+    def mgm_state_resync(self, mgm: PluginContext, state: Mapping[str, Any]) -> None:
+        assert self.mirror is not None
+        epoch = getattr(mgm.client, "epoch", None)
+        restarted = self._epoch is not None and epoch != self._epoch
+        self._epoch = epoch
+        self.mirror.resync(state, defer_stale=restarted)
+        if restarted and self.mirror.stale:
+            if self._grace is not None:
+                self._grace.cancel()
+            self._grace = asyncio.get_running_loop().call_later(self.settings.restart_grace, self.mirror.drop_stale)
+
+    # --- upcalls and counters ----------------------------------------------------------------------------
+
+    def on_upcalls(self, upcalls: list[Upcall]) -> None:
+        """Each upcall becomes at most one request; none waits for the manager."""
+        assert self.mirror is not None and self.ctx is not None
+        for upcall in upcalls:
+            request = self.mirror.upcall(upcall)
+            if request is None:
+                continue
+            op, args = request
+            future = self.ctx.request(op, args)
+            if op == "new_packet":
+                future.add_done_callback(functools.partial(self._request_done, (upcall.source, upcall.group)))
+
+    def _request_done(self, key: SgKey, _future: object) -> None:
+        if self.mirror is not None:
+            self.mirror.request_done(key)
+
+    def report_counters(self, mgm: PluginContext) -> int:
+        """Send the counters of every installed entry now; the number of entries."""
+        assert self.mirror is not None
+        entries = self.mirror.counters()
+        for start in range(0, len(entries), COUNTERS_BATCH):
+            mgm.request("mfe_counters", {"entries": entries[start : start + COUNTERS_BATCH]})
+        return len(entries)
+
+    async def _report_counters(self, mgm: PluginContext) -> None:
+        while True:
+            await asyncio.sleep(self.settings.counters_interval)
+            self.report_counters(mgm)
