@@ -14,7 +14,7 @@ Rules every hook follows
 * A hook never waits for the manager.  To change state it calls the context
   (``mgm.add_membership(...)``, ``mgm.request(...)``), which sends the request
   asynchronously and returns an ``asyncio.Future`` the hook may ignore (a
-  refusal is then logged).  This is what makes the deadlock the RRAS
+  refusal is logged with the plugin's name either way).  This is what makes the deadlock the RRAS
   documentation warns about (IGMP re-adding memberships inside its
   enable-IGMP callback) impossible here: the re-adds leave after the hook
   returns.  Long work goes in ``mgm.spawn(coroutine)``.
@@ -28,7 +28,19 @@ Rules every hook follows
   deadline the manager has taken the default and applies the answer as an
   update.
 * A hook that raises is logged with the plugin's name and the event; the host
-  keeps running (and answers a question with the default).
+  keeps running (and answers a question with the default).  So is a question
+  hook returning a value of the wrong shape.
+* The ``mgm`` argument is the plugin's `PluginContext` (mgm.plugins.context):
+  ``name``, ``protocol``, ``handle``, ``config``, ``log``, ``client``, and
+  ``request``, ``add_membership``, ``delete_membership``, ``take_interface``,
+  ``release_interface``, ``answer``, ``spawn``.  Interfaces taken and
+  memberships added through it are replayed by the host after a manager
+  restart.
+* Events of one plugin arrive in the manager's order.  Those that arrive
+  before ``mgm_start`` has returned are delivered right after it.  After a
+  loss the host resyncs and delivers the difference (local joins and leaves,
+  IGMP enable/disable, open questions); alerts lost that way are not
+  repeated.
 * Addresses are dotted-quad strings; an interface is ``Interface(if_index,
   next_hop)``.
 
@@ -91,7 +103,8 @@ def mgm_start(mgm: PluginContext, config: Mapping[str, Any]) -> None:
     """The plugin is registered and owns the interfaces its config names.
 
     Set up sockets, timers and initial state here (``mgm.spawn`` for
-    long-running tasks).  Called once per process.
+    long-running tasks).  Called once per process; no other hook of the
+    plugin runs before it (but ``mgm_protocol``).
     """
 
 
