@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from mgm.bus.endpoints import check_ipc_endpoint
+from mgm.bus.endpoints import check_ipc_endpoint, default_api, default_events
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MANAGER_KEYS = frozenset({"api", "events", "log_level"})
@@ -143,6 +143,24 @@ class Config:
     def plugin(self, name: str) -> PluginConfig:
         """The table of plugin `name`; an empty one where the file has none."""
         return self.plugins.get(name) or PluginConfig(name=name, table=PluginTable({}, name, self.source, self.text))
+
+
+DEFAULT_LOG_LEVEL = "info"
+"""The `mgm` command's default --log-level (core/cli.py)."""
+
+
+def effective_manager(config: Config, api: str, events: str, log_level: str) -> ManagerConfig:
+    """Endpoints and log level to use: the command line's where it says other than the default, else the config's.
+
+    `mgm` fills --api/--events/--log-level with their defaults when they are
+    not given, so a value equal to the default counts as not given.
+    """
+    m = config.manager
+    return ManagerConfig(
+        api=api if api != default_api() or m.api is None else m.api,
+        events=events if events != default_events() or m.events is None else m.events,
+        log_level=log_level if log_level != DEFAULT_LOG_LEVEL or m.log_level is None else m.log_level,
+    )
 
 
 def load(path: str | Path | None) -> Config:

@@ -41,7 +41,7 @@ import pluggy
 
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import Config, ConfigError, PluginConfig, find_line, load
+from mgm.core.config import Config, ConfigError, PluginConfig, effective_manager, find_line, load
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
 from mgm.plugins import hookspecs
 from mgm.plugins.context import PluginContext
@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mgm plugin: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    level = args.log_level if args.config is None or config.manager.log_level is None else config.manager.log_level
+    settings = effective_manager(config, args.api, args.events, args.log_level)
+    level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
     logging.basicConfig(
         level=level.upper(), format=f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s", stream=sys.stderr
     )
-    api, events = endpoints(args, config)
     try:
         return asyncio.run(Host(args.name, config, api, events).run())
     except PluginLoadError as exc:
@@ -95,15 +95,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-
-
-def endpoints(args: argparse.Namespace, config: Config) -> tuple[str, str]:
-    """The config's [manager] endpoints, unless the command line named others (it wins)."""
-    from mgm.bus.endpoints import default_api, default_events
-
-    api = args.api if args.api != default_api() or config.manager.api is None else config.manager.api
-    events = args.events if args.events != default_events() or config.manager.events is None else config.manager.events
-    return api, events
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.core.config import Config, ConfigError, load
+from mgm.core.config import Config, ConfigError, effective_manager, load
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mgm up: {exc}", file=sys.stderr)
         return 2
-    from mgm.plugins.host import endpoints
-
     if missing := missing_plugins(list(config.plugins)):
         for name in missing:
             print(f"mgm up: {config.error(f'plugins.{name}', 'no installed plugin has this name')}", file=sys.stderr)
         return 2
 
-    level = args.log_level if args.config is None or config.manager.log_level is None else config.manager.log_level
+    settings = effective_manager(config, args.api, args.events, args.log_level)
+    level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [up] %(name)s: %(message)s")
-    api, events = endpoints(args, config)
     return asyncio.run(Supervisor(config, args.config, api, events, level).run())
 
 

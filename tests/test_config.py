@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from mgm.core.config import DEFAULT_SOURCE, ConfigError, InterfaceRef, find_line, load, loads
 
 GOOD = """\
@@ -138,3 +139,19 @@ def test_later_checks_get_the_same_kind_of_error() -> None:
     config = loads(GOOD, "good.toml")
     err = config.error("plugins.igmp.interfaces[0]", "no interface named veth0")
     assert str(err) == "good.toml:8: plugins.igmp.interfaces[0]: no interface named veth0"
+
+
+def test_the_command_line_wins_where_it_says_other_than_the_default() -> None:
+    from mgm.bus.endpoints import default_api, default_events
+    from mgm.core.config import ManagerConfig, effective_manager
+
+    config = loads('[manager]\napi = "ipc:///tmp/c/api"\nlog_level = "debug"\n')
+    assert effective_manager(config, default_api(), default_events(), "info") == ManagerConfig(
+        "ipc:///tmp/c/api", default_events(), "debug"
+    )
+    assert effective_manager(config, "ipc:///tmp/x/api", "ipc:///tmp/x/ev", "error") == ManagerConfig(
+        "ipc:///tmp/x/api", "ipc:///tmp/x/ev", "error"
+    )
+    assert effective_manager(loads(""), default_api(), default_events(), "info") == ManagerConfig(
+        default_api(), default_events(), "info"
+    )
