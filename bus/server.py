@@ -3,8 +3,9 @@
 Generic: nothing here knows MGM semantics.  The process that owns a
 `BusServer` (mgmd) runs the loop: it awaits readiness of both sockets, calls
 `drain()` to get a batch of decoded requests, answers each with `reply()` or
-`reply_error()`, publishes events with `publish()`, and calls `heartbeat()`
-when `drain_subscriptions()` saw a new subscriber and every second.
+`reply_error()` (queued, sent by `send_replies()` at the end of the turn),
+publishes events with `publish()`, and calls `heartbeat()` when
+`drain_subscriptions()` saw a new subscriber and every second.
 
 What this module guarantees (PROTOCOL v1):
 - every request gets exactly one reply; malformed ones get 87 here, with the id
@@ -215,6 +216,7 @@ class BusServer:
         self._next_cursor = 1
         self._bound: list[_Bound] = []
         self.now = 0.0
+        self._outbox: list[tuple[bytes, bytes]] = []
         self.lost: set[bytes] = set()
         """Connections a reply could not reach (ROUTER_MANDATORY said the peer is gone)."""
 
@@ -358,20 +360,30 @@ class BusServer:
             self._send(conn, payload)
 
     def _send(self, conn: bytes, payload: bytes) -> None:
+        self._outbox.append((conn, payload))
+
+    def send_replies(self) -> None:
+        """Send the replies of this turn back to back.
+
+        Sent one by one between requests, each reply would find the I/O
+        thread idle and pay for waking it; in a burst only the first does.
+        """
         router = self.router
         assert router is not None
-        try:
-            send_frame(router, conn, MORE)  # raises here (full, or peer gone): nothing was sent
-            send_frame(router, b"", MORE)
-            send_frame(router, payload, NOBLOCK)
-        except zmq.Again:
-            log.warning("reply to %r dropped: its queue is full (%d replies)", conn, ROUTER_HWM)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            if conn not in self.lost:
-                log.info("connection %r is gone (reply undeliverable)", conn)
-            self.lost.add(conn)
+        out, self._outbox = self._outbox, []
+        for conn, payload in out:
+            try:
+                send_frame(router, conn, MORE)  # raises here (full, or peer gone): nothing was sent
+                send_frame(router, b"", MORE)
+                send_frame(router, payload, NOBLOCK)
+            except zmq.Again:
+                log.warning("reply to %r dropped: its queue is full (%d replies)", conn, ROUTER_HWM)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                if conn not in self.lost:
+                    log.info("connection %r is gone (reply undeliverable)", conn)
+                self.lost.add(conn)
 
     # --- events -------------------------------------------------------------
 

@@ -170,6 +170,9 @@ class Manager:
                     next_hb = now + HB_INTERVAL
                     server.heartbeat(core.streams())
                     server.replay.prune(now)
+                server.send_replies()
+                if server.lost:
+                    self._connections_lost(now)
                 if readable(router) or readable(xpub):
                     self._kicked = True
         finally:
@@ -209,15 +212,18 @@ class Manager:
                 reply_error(conn, req_id, Status.ERROR_CAN_NOT_COMPLETE,
                             f"internal error while handling {op}: {type(exc).__name__}: {exc}")
         self._flush()
-        if server.lost:
-            lost, server.lost = server.lost, set()
-            for conn in lost:
-                log.info("connection %r lost: releasing what its clients held", conn)
-                try:
-                    self.core.connection_lost(conn, now)
-                except Exception:
-                    log.exception("connection_lost(%r) failed", conn)
-                self._flush(reason="connection lost")
+
+    def _connections_lost(self, now: float) -> None:
+        server = self.server
+        lost, server.lost = server.lost, set()
+        for conn in lost:
+            log.info("connection %r lost: releasing what its clients held", conn)
+            try:
+                self.core.connection_lost(conn, now)
+            except Exception:
+                log.exception("connection_lost(%r) failed", conn)
+            self._flush(reason="connection lost")
+        server.send_replies()
 
     def _tick(self, now: float) -> None:
         try:
