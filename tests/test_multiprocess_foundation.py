@@ -325,3 +325,34 @@ def test_after_a_manager_restart_plugins_register_and_replay(start_manager: Any,
     assert owner(second, 13) == (101, 1)
     handles = {ctl(p).call("ping")["handle"] for p in (igmp, a, b)}
     assert len(handles) == 3
+
+
+def test_mfe_alerts_when_its_oil_empties_and_fills_and_the_prune_answer_sets_the_timeout(
+    manager: ManagerProc, start_plugin: StartPlugin
+) -> None:
+    igmp = start_plugin("test-igmp", {"interfaces": [13]})
+    a = start_plugin("test-routing-a", A | {"interfaces": [12]})
+    start_plugin("test-routing-b", B | {"interfaces": [13]})
+    join(igmp, SG, 13)
+    assert oil(new_packet(a, 12)) == [13]
+    ctl(a).call("answers", prune=42.0)
+
+    leave(igmp, SG, 13)  # the OIL empties: the incoming interface's owner is asked how long to keep it
+    prune = ctl(a).wait_for_call("mgm_prune_alert", group=SG, member_delete=False)
+    assert (prune["source"], prune["interface"]) == (S, [12, ANY]) and isinstance(prune["question"], int)
+    wait_for(lambda: manager.request("get_mfe", {"source": S, "group": SG})["mfe"]["timeout"] == 42.0, 10,
+             "the answered timeout")  # fmt: skip
+
+    join(igmp, SG, 13)  # and fills again
+    ctl(a).wait_for_call("mgm_join_alert", group=SG, source=S, member_update=False)
+    assert oil(manager.request("get_mfe", {"source": S, "group": SG})["mfe"]) == [13]
+
+
+def test_a_negative_mfe_asks_the_incoming_owner(manager: ManagerProc, start_plugin: StartPlugin) -> None:
+    a = start_plugin("test-routing-a", A | {"interfaces": [12]})
+    start_plugin("test-igmp", {"interfaces": [13]})
+    start_plugin("test-routing-b", B | {"interfaces": [14]})
+    mfe = new_packet(a, 12)  # nobody wants the flow: an MFE with an empty OIL drops it
+    assert (mfe["in_if_index"], mfe["oil"]) == (12, [])
+    prune = ctl(a).wait_for_call("mgm_prune_alert", group=SG, member_delete=False)
+    assert prune["question"] is not None
