@@ -331,6 +331,7 @@ class Host:
         log.warning("plugin %s: the manager restarted (epoch %s -> %s); registering again", self.name, old, new)
         self.registered = False
         self.answered.clear()
+        self.igmp_disabled.clear()  # a new manager has disabled nothing
         try:
             await self.register()
         except MgmError as exc:
