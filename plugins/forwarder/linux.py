@@ -58,6 +58,8 @@ class LinuxForwarder(ForwarderPlugin):
     def start_io(self, mgm: PluginContext) -> None:
         assert self.sock is not None
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
+        # pyroute2 logs every netlink message at debug; this process's debug log is about forwarding.
+        logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
         self._reading = True
         mgm.spawn(self._netlink())
 

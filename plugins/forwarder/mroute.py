@@ -379,18 +379,24 @@ def _proc_addr(hexword: str) -> str:
 
 
 def read_ip_mr_vif(path: str | Path = "/proc/net/ip_mr_vif") -> list[ProcVif]:
-    lines = Path(path).read_text().splitlines()[1:]
+    return parse_ip_mr_vif(Path(path).read_text())
+
+
+def parse_ip_mr_vif(text: str) -> list[ProcVif]:
     out = []
-    for line in lines:
+    for line in text.splitlines()[1:]:
         f = line.split()
         out.append(ProcVif(int(f[0]), f[1], int(f[2]), int(f[3]), int(f[4]), int(f[5]), int(f[6], 16)))
     return out
 
 
 def read_ip_mr_cache(path: str | Path = "/proc/net/ip_mr_cache") -> list[ProcMfc]:
-    lines = Path(path).read_text().splitlines()[1:]
+    return parse_ip_mr_cache(Path(path).read_text())
+
+
+def parse_ip_mr_cache(text: str) -> list[ProcMfc]:
     out = []
-    for line in lines:
+    for line in text.splitlines()[1:]:
         f = line.split()
         oifs = {int(v): int(t) for v, t in (o.split(":") for o in f[6:])}
         out.append(ProcMfc(_proc_addr(f[0]), _proc_addr(f[1]), int(f[2]), int(f[3]), int(f[4]), int(f[5]), oifs))

@@ -123,6 +123,11 @@ def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
                 got += [dataclasses.asdict(u) for u in sock.read_upcalls()]
         return got
     if op == "proc":
-        return {"vif": [dataclasses.asdict(v) for v in mroute.read_ip_mr_vif()],
-                "mfc": [dataclasses.asdict(m) for m in mroute.read_ip_mr_cache()]}  # fmt: skip
+        return proc_tables()
     raise ValueError(f"unknown op {op}")
+
+
+def proc_tables() -> dict[str, Any]:
+    """/proc/net/ip_mr_vif and ip_mr_cache of the namespace it runs in (for `Namespace.call`)."""
+    return {"vif": [dataclasses.asdict(v) for v in mroute.read_ip_mr_vif()],
+            "mfc": [dataclasses.asdict(m) for m in mroute.read_ip_mr_cache()]}  # fmt: skip
