@@ -1,0 +1,264 @@
+"""The igmp plugin for real: `mgm plugin igmp` in a router namespace, Linux hosts on the same link.
+
+Topology: a bridge (multicast snooping off, so it floods like a hub) in a
+namespace of its own, and one namespace per node with a veth into it.  The
+manager runs in the test's namespace (ipc endpoints are files, which every
+namespace sees).  Hosts join with ordinary sockets, so the namespace's
+kernel sends the reports exactly as for any application; a sniffer on a
+host records every IGMP message on the link.
+
+Intervals are small (query interval 1 s, last member query interval
+0.2 s) so a leave is noticed in well under a second; every wait is a poll
+with a deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mgm_testplugins.processes import ManagerProc, toml_config
+from netns import Namespace, NsProcess, Topology, wait_until
+
+pytestmark = pytest.mark.netns
+
+ANY = "0.0.0.0"
+SUBNET = "10.77.0"
+FAST = {
+    "query_interval": 1,
+    "query_response_interval": 0.5,
+    "last_member_query_interval": 0.2,
+    "last_member_query_count": 2,
+    "startup_query_interval": 0.25,
+    "startup_query_count": 2,
+}
+WAIT = 15.0
+ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003
+IPPROTO_IGMP = 2
+
+
+# --- run inside namespaces ------------------------------------------------------------------
+
+
+def sniff(ifname: str) -> None:
+    """Print one JSON line per IGMP message on the link at `ifname`, until killed.
+
+    A packet socket sees every frame, also those to groups this host has
+    not joined (group-specific queries after a leave), which IP drops, and
+    the host's own reports on their way out.
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))  # ALL: outgoing too
+    sock.bind((ifname, ETH_P_ALL))
+    print(json.dumps({"event": "ready"}), flush=True)
+    while True:
+        data, address = sock.recvfrom(65535)
+        if address[1] != ETH_P_IP or len(data) < 20 or data[9] != IPPROTO_IGMP:
+            continue
+        ihl = (data[0] & 0x0F) * 4
+        igmp = data[ihl:]
+        if len(igmp) < 8:
+            continue
+        entry: dict[str, Any] = {
+            "event": "igmp",
+            "source": socket.inet_ntoa(data[12:16]),
+            "destination": socket.inet_ntoa(data[16:20]),
+            "ttl": data[8],
+            "router_alert": b"\x94\x04" in data[20:ihl],
+            "type": igmp[0],
+            "group": socket.inet_ntoa(igmp[4:8]),
+        }
+        if igmp[0] == 0x11:
+            entry["version"] = 3 if len(igmp) >= 12 else (2 if igmp[1] else 1)
+            if len(igmp) >= 12:
+                count = int.from_bytes(igmp[10:12], "big")
+                entry["sources"] = [socket.inet_ntoa(igmp[12 + 4 * i : 16 + 4 * i]) for i in range(count)]
+        print(json.dumps(entry), flush=True)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+class Node:
+    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
+        self.ns = ns
+        self.ifname = ifname
+        self.address = address
+
+    @property
+    def if_index(self) -> int:
+        return self.ns.if_index(self.ifname)
+
+
+def segment(topology: Topology, **nodes: int) -> dict[str, Node]:
+    """Namespaces named by `nodes` (role -> last octet of its address) on one bridged link."""
+    switch = topology.namespace("sw")
+    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
+    switch.ip("link", "set", "dev", "br0", "up")
+    result = {}
+    for role, octet in nodes.items():
+        ns = topology.namespace(role)
+        address = f"{SUBNET}.{octet}"
+        link = topology.link(ns, switch, f"{address}/24", None)
+        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
+        ns.multicast_route(link.a_if)
+        result[role] = Node(ns, link.a_if, address)
+    return result
+
+
+def start_igmp(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
+    """`mgm plugin igmp` in `node`'s namespace on its one link; returns once it runs."""
+    config = workdir / f"igmp-{node.ns.role}.toml"
+    config.write_text(toml_config({"igmp": {"interfaces": [node.ifname], **FAST, **table}}))
+    argv = [sys.executable, "-m", "mgm.core.cli", "plugin", "igmp", "--config", str(config),
+            "--api", manager.api, "--events", manager.events, "--log-level", "debug"]  # fmt: skip
+    proc = node.ns.popen(argv, name=f"igmp-{node.ns.role}")
+
+    def running() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"the igmp plugin exited {proc.popen.returncode}:\n{proc.log()}")
+        return "igmp: running IGMPv" in proc.log()
+
+    wait_until(running, WAIT, "the igmp plugin to start")
+    return proc
+
+
+def start_sniffer(node: Node) -> NsProcess:
+    proc = node.ns.spawn(sniff, node.ifname, name=f"sniff-{node.ns.role}")
+    wait_until(lambda: '"ready"' in proc.log(), WAIT, "the sniffer to start")
+    return proc
+
+
+def messages(sniffer: NsProcess) -> list[dict[str, Any]]:
+    out = []
+    for line in sniffer.log().splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("event") == "igmp":
+                out.append(entry)
+    return out
+
+
+def queries(sniffer: NsProcess, source: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
+    return [
+        m
+        for m in messages(sniffer)
+        if m["type"] == 0x11 and (source is None or m["source"] == source) and (group is None or m["group"] == group)
+    ]
+
+
+def igmp_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
+    """(source, group, if_index) of every membership protocol 10 holds in the manager."""
+    state = manager.request("sync", {"stream": "state"})["state"]
+    return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"] if m["protocol_id"] == 10}
+
+
+def wait_memberships(manager: ManagerProc, check: Callable[[set[tuple[str, str, int]]], bool], what: str) -> None:
+    wait_until(lambda: check(igmp_memberships(manager)), WAIT, what)
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+
+def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    start_igmp(router, manager, ipc_dir)
+    sniffer = start_sniffer(host)
+    wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
+    general = queries(sniffer, router.address)[0]
+    assert (general["version"], general["group"], general["ttl"], general["router_alert"]) == (3, ANY, 1, True)
+
+    rx = host.ns.receiver("239.7.7.7", 5007)
+    rx.wait_joined()
+    wanted = (ANY, "239.7.7.7", router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, "(*,239.7.7.7) from the host's v3 report")
+
+    rx.leave()
+    wait_memberships(manager, lambda m: wanted not in m, "(*,239.7.7.7) deleted after the leave")
+    specific = queries(sniffer, router.address, "239.7.7.7")
+    assert len(specific) >= 2, "the last member queries (count 2) for the group"
+    assert all(q["destination"] == "239.7.7.7" for q in specific)
+
+
+def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 2)
+    start_igmp(router, manager, ipc_dir, version=2)
+    sniffer = start_sniffer(host)
+    wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
+    assert queries(sniffer, router.address)[0]["version"] == 2
+
+    rx = host.ns.receiver("239.8.8.8", 5008)
+    rx.wait_joined()
+    wanted = (ANY, "239.8.8.8", router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, "(*,239.8.8.8) from the host's v2 report")
+    assert any(m["type"] == 0x16 and m["group"] == "239.8.8.8" for m in messages(sniffer)), "the host spoke v2"
+
+    rx.leave()
+    wait_memberships(manager, lambda m: wanted not in m, "(*,239.8.8.8) deleted after the v2 leave")
+    assert any(m["type"] == 0x17 for m in messages(sniffer)), "the host sent a v2 leave"
+    assert len(queries(sniffer, router.address, "239.8.8.8")) >= 2
+
+
+def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    start_igmp(router, manager, ipc_dir)
+    source = "10.99.0.5"
+    rx = host.ns.receiver("232.9.9.9", 5009, source=source)
+    rx.wait_joined()
+    wanted = (source, "232.9.9.9", router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, f"({source},232.9.9.9) from the host's ALLOW/TO_IN record")
+    assert (ANY, "232.9.9.9", router.if_index) not in igmp_memberships(manager), "INCLUDE mode: no (*,G)"
+
+    sniffer = start_sniffer(host)
+    rx.leave()
+    wait_memberships(manager, lambda m: wanted not in m, f"({source},232.9.9.9) deleted after the BLOCK")
+    assert any(source in q.get("sources", []) for q in queries(sniffer, router.address, "232.9.9.9")), (
+        "a group-and-source-specific query for the blocked source"
+    )
+
+
+def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_when_it_goes(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=5, rlow=3, hst=2)
+    high, low, host = nodes["rtr"], nodes["rlow"], nodes["hst"]
+    second_dir = ipc_dir / "second"  # the low router has a manager of its own, as on another machine
+    second_dir.mkdir()
+    api, events = f"ipc://{second_dir}/api", f"ipc://{second_dir}/events"
+    argv = [sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events]
+    second = ManagerProc("manager-2", argv, second_dir / "manager.log", api=api, events=events)
+    second.start()
+    try:
+        wait_until(second.ping, WAIT, "the second manager")
+        sniffer = start_sniffer(host)
+        high_igmp = start_igmp(high, manager, ipc_dir)
+        wait_until(lambda: queries(sniffer, high.address), WAIT, "queries from the high router, alone on the link")
+        low_igmp = start_igmp(low, second, second_dir)
+
+        def settled() -> bool:
+            """Three general queries in a row from the low router, none from the high one among them."""
+            general = [q for q in queries(sniffer) if q["group"] == ANY]
+            tail = general[-3:]
+            return len(tail) == 3 and all(q["source"] == low.address for q in tail)
+
+        wait_until(settled, WAIT, "the low address to be the only querier")
+        assert "we stop querying" in high_igmp.log()
+        before = len(queries(sniffer, high.address))
+
+        low_igmp.stop()
+        wait_until(lambda: len(queries(sniffer, high.address)) > before, WAIT,
+                   "the high router to query again once the other querier is gone")  # fmt: skip
+        assert "we are querier again" in high_igmp.log()
+    finally:
+        second.stop()
