@@ -142,7 +142,18 @@ def implements(pm: pluggy.PluginManager, hook: str) -> bool:
 
 def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) -> ClientId:
     """Config keys win over the mgm_protocol hook; one of them must say both ids."""
-    from_hook: tuple[int, int] | None = pm.hook.mgm_protocol(config=plugin.table)
+    try:
+        from_hook = pm.hook.mgm_protocol(config=plugin.table)
+    except Exception as exc:
+        raise PluginLoadError(f"plugin {plugin.name!r}: mgm_protocol raised {exc!r}") from exc
+    if from_hook is not None and not (
+        isinstance(from_hook, tuple | list)
+        and len(from_hook) == 2
+        and all(type(v) is int and 0 <= v <= 0xFFFFFFFF for v in from_hook)
+    ):
+        raise PluginLoadError(
+            f"plugin {plugin.name!r}: mgm_protocol returned {from_hook!r}, not (protocol_id, component_id) ints"
+        )
     pid = plugin.protocol_id if plugin.protocol_id is not None else (from_hook[0] if from_hook else None)
     cid = plugin.component_id if plugin.component_id is not None else (from_hook[1] if from_hook else None)
     if pid is None or cid is None:
@@ -152,7 +163,8 @@ def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) 
             config.source,
             f"{table}.{missing}",
             find_line(config.text, table),
-            f"plugin {plugin.name!r} has no mgm_protocol hook, so its table must set protocol_id and component_id",
+            f"plugin {plugin.name!r} has no mgm_protocol hook (or it returned None), "
+            "so its table must set protocol_id and component_id",
         )
     return ClientId(int(pid), int(cid))
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from mgm.bus.status import MgmError, Status
 from mgm.core.config import ConfigError, loads
 from mgm.core.types import ClientId, Interface
@@ -344,3 +346,21 @@ def test_spawn_logs_a_failing_task_and_cancel_tasks_ends_the_rest(caplog: pytest
         forever = asyncio.run(main())
     assert "plugin p: task" in caplog.text and "ValueError: boom" in caplog.text
     assert forever.cancelled()
+
+
+@pytest.mark.parametrize(
+    ("returns", "words"),
+    [((1, "2"), "not (protocol_id, component_id) ints"), (7, "returned 7"), (ValueError("no"), "raised ValueError")],
+)
+def test_a_broken_mgm_protocol_is_a_load_error(returns: Any, words: str) -> None:
+    class Plugin:
+        @hookimpl
+        def mgm_protocol(self) -> Any:
+            if isinstance(returns, Exception):
+                raise returns
+            return returns
+
+    pm = plugin_manager("p", Plugin())
+    config = loads("[plugins.p]\n")
+    with pytest.raises(PluginLoadError, match=re.escape(words)):
+        protocol_of(pm, config.plugin("p"), config)

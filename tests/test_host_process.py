@@ -32,7 +32,7 @@ def run_plugin(ipc_dir: Path, procs: list[Proc], manager: ManagerProc, name: str
         ("test-wrong-argument", None, "iface"),
         ("no-such-plugin", None, "no plugin named 'no-such-plugin' in entry point group mgm.plugins (installed: "),
         ("test-routing-a", "[plugins.test-routing-a]\nprotocol_id = 100\n", "test-routing-a.toml:1: "
-         "plugins.test-routing-a.component_id: plugin 'test-routing-a' has no mgm_protocol hook"),
+         "plugins.test-routing-a.component_id: plugin 'test-routing-a' has no mgm_protocol hook (or it returned None)"),
         ("test-igmp", "[plugins.test-igmp]\n\ninterfaces = ['nosuchif0']\n",
          "test-igmp.toml:3: plugins.test-igmp.interfaces[0]: no interface named 'nosuchif0' here"),
         ("test-igmp", "[plugins.test-igmp]\ninterfaces = 'x'\n", "plugins.test-igmp.interfaces: must be a list"),
