@@ -147,21 +147,34 @@ class Client:
     # --- lifecycle ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect both sockets and return once the manager answers `ping`."""
+        """Connect both sockets and return once the manager answers `ping` (else close and raise)."""
+        try:
+            self._connect()
+            result = await self._first_ping()
+        except BaseException:
+            await self.close()
+            raise
+        self._last_hb = time.monotonic()
+        self._started = True  # from now on a silent manager is reported (not while we wait for it to answer)
+        self._note_epoch(result.get("epoch"))
+        log.debug("connected to %s (epoch %s) as %r", self.api, self.epoch, self.identity)
+
+    def _connect(self) -> None:
         dealer: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.DEALER)
+        self._d = dealer
         dealer.setsockopt(zmq.ROUTING_ID, self.identity)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.SNDHWM, HWM)
         dealer.setsockopt(zmq.RCVHWM, HWM)
         secure(dealer, self.api, self.curve, server=False)
         sub: zmq.Socket[bytes] = zmq.Socket(self._ctx, zmq.SUB)
+        self._s = sub
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, self.events_hwm)
         secure(sub, self.events, self.curve, server=False)
         sub.setsockopt(zmq.SUBSCRIBE, HB.encode())  # subscribe before connecting: no early message is missed
         for f in self._follows:
             sub.setsockopt(zmq.SUBSCRIBE, f.prefix.encode())
-        self._d, self._s = dealer, sub
         dealer.connect(self.api)
         sub.connect(self.events)
         loop = asyncio.get_running_loop()
@@ -169,21 +182,17 @@ class Client:
         loop.add_reader(dealer.FD, self._drain)
         loop.add_reader(sub.FD, self._drain)
         self._tasks = [loop.create_task(self._timers())]
+
+    async def _first_ping(self) -> dict[str, Any]:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             left = deadline - time.monotonic()
             if left < MIN_TIMEOUT:
-                await self.close()
                 raise TimeoutError(f"no manager answered ping on {self.api} within {self.connect_timeout} s")
             try:
-                result = await self.request("ping", timeout=min(1.0, left))
-                break
+                return await self.request("ping", timeout=min(1.0, left))
             except TimeoutError:
                 continue
-        self._last_hb = time.monotonic()
-        self._started = True  # from now on a silent manager is reported (not while we wait for it to answer)
-        self._note_epoch(result.get("epoch"))
-        log.debug("connected to %s (epoch %s) as %r", self.api, self.epoch, self.identity)
 
     async def close(self) -> None:
         if self._closed:
@@ -203,7 +212,7 @@ class Client:
         _SLOTS.discard(self._slot)
         loop = asyncio.get_running_loop()
         for sock in (self._d, self._s):
-            if sock is not None:
+            if sock is not None and not sock.closed:
                 loop.remove_reader(sock.FD)
                 sock.close(linger=0)
         if self._own_context:

@@ -132,7 +132,7 @@ class Manager:
     # --- the loop -------------------------------------------------------------
 
     async def _loop(self) -> None:
-        server, core, clock = self.server, self.core, self.clock
+        server, clock = self.server, self.clock
         router, xpub = server.router, server.xpub
         assert router is not None and xpub is not None
         loop = asyncio.get_running_loop()
@@ -146,7 +146,7 @@ class Manager:
             turns = 0
             while True:
                 now = clock()
-                core_due = core.next_deadline()
+                core_due = self._next_deadline()
                 wake = min(next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
                 if not self._kicked and wake > now:
                     self._wakeup = wakeup = loop.create_future()
@@ -163,12 +163,12 @@ class Manager:
                 self._kicked = False
                 self._serve_batch(now)
                 if server.drain_subscriptions():
-                    server.heartbeat(core.streams())
+                    server.heartbeat(self._streams())
                 if core_due is not None and now >= core_due:
                     self._tick(now)
                 if now >= next_hb:
                     next_hb = now + HB_INTERVAL
-                    server.heartbeat(core.streams())
+                    server.heartbeat(self._streams())
                     server.replay.prune(now)
                 server.send_replies()
                 if server.lost:
@@ -178,6 +178,20 @@ class Manager:
         finally:
             loop.remove_reader(router.FD)
             loop.remove_reader(xpub.FD)
+
+    def _next_deadline(self) -> float | None:
+        try:
+            return self.core.next_deadline()
+        except Exception:
+            log.exception("core.next_deadline failed; checking again in a second")
+            return None
+
+    def _streams(self) -> list[str]:
+        try:
+            return self.core.streams()
+        except Exception:
+            log.exception("core.streams failed; the heartbeat lists only streams with events")
+            return []
 
     def _kick(self) -> None:
         self._kicked = True

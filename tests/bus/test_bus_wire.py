@@ -245,6 +245,24 @@ def test_a_second_manager_refuses_to_steal_a_live_ones_endpoints(manager: Any, c
     assert call(dealer(ctx, manager.api), 1, "ping")["status"] == 0
 
 
+def test_a_live_event_endpoint_is_refused_too(manager: Any, ipc_dir: Path) -> None:
+    second = run_manager(f"ipc://{ipc_dir}/other-api", manager.events)
+    assert second.returncode == 1
+    assert "already running on " + manager.events in second.stderr
+    assert not (ipc_dir / "other-api").exists()
+
+
+def test_curve_is_refused_until_it_is_implemented(ipc_dir: Path) -> None:
+    from mgm.bus.sockets import Curve
+
+    async def main() -> None:
+        client = Client(f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events", curve=Curve(b"p" * 40, b"s" * 40))
+        with pytest.raises(NotImplementedError, match="CURVE"):
+            await client.start()
+
+    asyncio.run(main())
+
+
 def test_a_stale_socket_file_is_removed(start_manager: Callable[..., Any], ipc_dir: Path,
                                         ctx: zmq.Context[Any]) -> None:
     first = start_manager()
