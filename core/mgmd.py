@@ -97,6 +97,7 @@ class Manager:
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
         self._kicked = False
+        self._new_stream = False
         self._wakeup: asyncio.Future[None] | None = None
 
     @property
@@ -162,7 +163,10 @@ class Manager:
                         await asyncio.sleep(0)
                 self._kicked = False
                 self._serve_batch(now)
-                if server.drain_subscriptions():
+                if server.drain_subscriptions() or self._new_stream:
+                    # a newcomer learns at once that its subscription is live, a new client's
+                    # follower that its stream exists
+                    self._new_stream = False
                     server.heartbeat(self._streams())
                 if core_due is not None and now >= core_due:
                     self._tick(now)
@@ -259,6 +263,7 @@ class Manager:
                     stream = topics.STATE
                     if ev.type in _LOGGED:
                         _log_state_event(ev, reason)
+                        self._new_stream = self._new_stream or ev.type == "protocol_registered"
                 else:
                     stream = topic_of.get(to)
                     if stream is None:
