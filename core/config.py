@@ -21,6 +21,7 @@ in this module so that the installed package needs no file of its own.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -336,21 +337,35 @@ _INDEXED = re.compile(r"^(?P<head>[^\[\]]+)\[(?P<index>\d+)\](?P<rest>.*)$")
 
 def _element_line(text: str, head: str, index: int, rest: str) -> int | None:
     """The line where element `index` of the list at `head` starts, or None where that cannot be told."""
-    wanted = _split_key(head)
-    lines = text.split("\n")  # not splitlines(): the offsets below count every character
-    headers = [n for n, line in enumerate(lines, start=1) if _array_header(line) == wanted]
-    if headers:  # an array of tables: the n-th header, or the key `rest` names inside it
-        if index >= len(headers):
-            return None
-        start = headers[index]
-        inner = _split_key(re.sub(r"\[\d+\]", "", rest.lstrip(".")))
+    found = _element_starts(text, head)
+    if found is None or index >= len(found[0]):
+        return None
+    starts, tables = found
+    start = starts[index]
+    inner = _split_key(re.sub(r"\[\d+\]", "", rest.lstrip(".")))
+    if tables and inner:  # in an array of tables, the key `rest` names inside the n-th table
+        lines = text.split("\n")
         for number in range(start + 1, len(lines) + 1):
             line = lines[number - 1]
             if _HEADER.match(line):
                 break
-            if inner and (m := _KEYLINE.match(line)) and _split_key(m.group("key"))[:1] == inner[:1]:
+            if (m := _KEYLINE.match(line)) and _split_key(m.group("key"))[:1] == inner[:1]:
                 return number
-        return start
+    return start
+
+
+@functools.lru_cache(maxsize=16)
+def _element_starts(text: str, head: str) -> tuple[tuple[int, ...], bool] | None:
+    """The start line of every element of the list at `head`, and whether it is an array of tables.
+
+    Found in one pass and cached: a plugin checking a thousand routes asks
+    for the line of each, and must not read the file a thousand times.
+    """
+    wanted = _split_key(head)
+    lines = text.split("\n")  # not splitlines(): the offsets below count every character
+    headers = tuple(n for n, line in enumerate(lines, start=1) if _array_header(line) == wanted)
+    if headers:
+        return headers, True
     key_line = _key_line(text, head)
     if key_line is None:
         return None
@@ -358,7 +373,8 @@ def _element_line(text: str, head: str, index: int, rest: str) -> int | None:
     if m is None or _split_key(m.group("key"))[-1:] != wanted[-1:]:
         return None  # the list is inside an inline table: its key's line is the best answer
     offset = sum(len(line) + 1 for line in lines[: key_line - 1]) + m.end()
-    return _scan_array(text, offset, key_line, index)
+    starts = _scan_array(text, offset, key_line)
+    return None if starts is None else (tuple(starts), False)
 
 
 def _array_header(line: str) -> list[str] | None:
@@ -369,11 +385,11 @@ def _array_header(line: str) -> list[str] | None:
     return _split_key(m.group("path"))
 
 
-def _scan_array(text: str, pos: int, line: int, index: int) -> int | None:
-    """From just after `key =`, walk a TOML array to the line of its element `index`."""
+def _scan_array(text: str, pos: int, line: int) -> list[int] | None:
+    """From just after `key =`, walk a TOML array: the line where each element starts (None: not an array)."""
     depth = 0
     expecting = False
-    count = -1
+    starts: list[int] = []
     n = len(text)
     while pos < n:
         c = text[pos]
@@ -389,9 +405,7 @@ def _scan_array(text: str, pos: int, line: int, index: int) -> int | None:
             return None  # not an array
         else:
             if depth == 1 and expecting and c not in ",]":
-                count += 1
-                if count == index:
-                    return line
+                starts.append(line)
                 expecting = False
             if c in "[{":
                 depth += 1
@@ -399,14 +413,14 @@ def _scan_array(text: str, pos: int, line: int, index: int) -> int | None:
             elif c in "]}":
                 depth -= 1
                 if depth == 0:
-                    return None
+                    return starts
             elif c == "," and depth == 1:
                 expecting = True
             elif c in "\"'":
                 pos, line = _skip_string(text, pos, line)
                 continue
         pos += 1
-    return None
+    return starts  # unterminated (tomllib would have refused it): what was seen
 
 
 def _skip_string(text: str, pos: int, line: int) -> tuple[int, int]:

@@ -81,3 +81,9 @@ def test_a_missing_plugin_table_still_knows_the_file() -> None:
     table = loads("[manager]\n", "m.toml").plugin("static").table
     assert isinstance(table, PluginTable)
     assert (dict(table), table.source, table.name) == ({}, "m.toml", "static")
+
+
+def test_every_element_of_a_long_list_has_its_own_line() -> None:
+    body = "".join(f'  {{ group = "239.1.{i // 250}.{i % 250 + 1}" }},  # route {i}\n' for i in range(600))
+    text = f"[plugins.static]\nx = 1\nroutes = [\n{body}]\n"
+    assert [find_line(text, f"plugins.static.routes[{i}]") for i in range(600)] == list(range(4, 604))
