@@ -59,6 +59,36 @@
 #   state stream (to=None): every change of state, for observers.
 #   proto stream of a client: its callbacks (local_join/leave, alerts,
 #   enable/disable_igmp, wrong_if) and the questions addressed to it.
+#
+# Where MGM-SPEC.md leaves a choice, this file takes these (tests mark them [ours])
+#   - Handles: a salted bijective scramble of a counter (unique, never 0, not
+#     sequential).  Enumeration ids are per client; at most 1024 open (then 8).
+#   - One IGMP component per interface; a second gets ERROR_ALREADY_EXISTS.
+#   - Addresses: strict dotted quads only.  A membership is (S,G), (*,G) or
+#     (*,*); (S,*) and multicast sources are 87.  new_packet, get_mfe, set_mfe,
+#     wrong_interface and counters name an exact (S,G).
+#   - Alerts never go to the client whose own change caused them.
+#   - MGM_FORWARD_STATE_FLAG with no matching MFE is a no-op (NO_ERROR); its
+#     delete removes only a forward-only add (a membership behind the
+#     interface keeps it in the OIL).  Forward-only adds of an interface end
+#     when the interface's owner releases it.
+#   - A creation_alert veto keeps an interface out of that MFE's OIL until a
+#     membership newly appears on that interface for it (or a forward add).
+#   - An unanswered rpf keeps the proposed interface (the route towards S, else
+#     the arrival interface); an unanswered creation_alert enables everything;
+#     an unanswered prune_alert keeps the timeout.  Answers are checked against
+#     the question (interfaces not asked about are 87).
+#   - in_protocol_id is 0 while nobody owns the incoming interface; it follows
+#     ownership changes (mfe_updated).  Only the owner of the incoming
+#     interface (anyone, while it has no owner) may set_mfe; moving the
+#     incoming interface also needs the new one owned by the caller.
+#   - Releasing deletes the MFEs coming in on the interface only when the
+#     releasing client was its owner (IGMP leaving beside a routing protocol
+#     deletes none).
+#   - wrong_interface for the MFE's own incoming interface is 87; for an
+#     unknown MFE 1168.  Counter reports for unknown MFEs are skipped.
+#   - any_source enumeration gives one (*,G) entry per group with any
+#     membership; list_mfes past the end is an empty page, not 259.
 
 from __future__ import annotations
 
