@@ -123,7 +123,7 @@ class Mirror:
 
         With `defer_stale` (the manager restarted and is still being told
         everything again) entries it does not know yet stay installed until
-        `drop_stale`, so traffic keeps flowing meanwhile.
+        `stale_requests`, so traffic keeps flowing meanwhile.
         """
         self.owners = {}
         for entry in state.get("interfaces", []):
@@ -148,12 +148,34 @@ class Mirror:
                       len(self.owners), len(self.vifs), len(self.mfes), len(self.installed),
                       f", {len(self.stale)} kept until the manager is complete" if self.stale else "")  # fmt: skip
 
-    def drop_stale(self) -> None:
-        """Delete the entries `resync(defer_stale=True)` kept that the manager still does not know."""
-        stale, self.stale = self.stale, set()
-        for key in sorted(stale):
-            if key not in self.mfes:
-                self._sync_entry(key)
+    def stale_requests(self) -> list[dict[str, Any]]:
+        """The restart grace is over: ``new_packet`` args for each kept entry the manager still lacks.
+
+        The entry keeps forwarding while the manager builds the MFE again
+        from the memberships replayed meanwhile; its ``mfe_created`` then
+        replaces the entry in place.  `forget` removes an entry whose
+        request was refused.  Entries whose incoming VIF is gone are deleted now.
+        """
+        by_vif = {v: i for i, v in self.vifs.items()}
+        args = []
+        for key in sorted(self.stale):
+            entry = self.installed.get(key)
+            if key in self.mfes or entry is None:
+                self.stale.discard(key)
+                continue
+            if_index = by_vif.get(entry.parent)
+            if if_index is None:
+                self.forget(key)
+                continue
+            self.requested.add(key)
+            args.append({"source": key[0], "group": key[1], "if_index": if_index, "next_hop": ANY})
+        return args
+
+    def forget(self, key: SgKey) -> None:
+        """Delete a kept entry the manager does not want (its new_packet was refused)."""
+        self.stale.discard(key)
+        if key not in self.mfes:
+            self._sync_entry(key)
 
     def apply(self, event: Mapping[str, Any]) -> None:
         """One ``state`` stream event."""

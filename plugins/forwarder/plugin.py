@@ -144,7 +144,18 @@ class ForwarderPlugin:
         if restarted and self.mirror.stale:
             if self._grace is not None:
                 self._grace.cancel()
-            self._grace = asyncio.get_running_loop().call_later(self.settings.restart_grace, self.mirror.drop_stale)
+            self._grace = asyncio.get_running_loop().call_later(self.settings.restart_grace, self._grace_over)
+
+    def _grace_over(self) -> None:
+        """Ask the restarted manager for the entries it still lacks; each stays installed meanwhile."""
+        assert self.mirror is not None and self.ctx is not None
+        requests = self.mirror.stale_requests()
+        if requests:
+            self.log.info("%d forwarding entr(ies) kept over the manager restart: asking for their MFEs",
+                          len(requests))  # fmt: skip
+        for args in requests:
+            future = self.ctx.request("new_packet", args)
+            future.add_done_callback(functools.partial(self._request_done, (args["source"], args["group"])))
 
     # --- upcalls and counters ----------------------------------------------------------------------------
 
@@ -160,9 +171,12 @@ class ForwarderPlugin:
             if op == "new_packet":
                 future.add_done_callback(functools.partial(self._request_done, (upcall.source, upcall.group)))
 
-    def _request_done(self, key: SgKey, _future: object) -> None:
-        if self.mirror is not None:
-            self.mirror.request_done(key)
+    def _request_done(self, key: SgKey, future: asyncio.Future[dict[str, Any]]) -> None:
+        if self.mirror is None:
+            return
+        self.mirror.request_done(key)
+        if key in self.mirror.stale and (future.cancelled() or future.exception() is not None):
+            self.mirror.forget(key)
 
     def report_counters(self, mgm: PluginContext) -> int:
         """Send the counters of every installed entry now; the number of entries."""

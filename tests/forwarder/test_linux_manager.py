@@ -20,6 +20,7 @@ from mgm_testplugins.control import Control
 from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, Proc, toml_config
 from netns import Namespace, Receiver, Topology, send_udp, wait_until
 
+from mgm.bus.status import MgmError
 from mgm.plugins.forwarder.mroute import ProcMfc, ProcVif, parse_ip_mr_cache, parse_ip_mr_vif
 
 pytestmark = pytest.mark.netns
@@ -179,3 +180,33 @@ def test_vifs_follow_ownership_and_links(net: Net, manager: ManagerProc, ipc_dir
     wait_until(lambda: "went away" in fwd.log(), 10, "the forwarder to notice r2 went away")
     wait_until(lambda: net.out_vifs() == set(), 10, "the entry without r2")
     assert fwd.alive()
+
+
+def test_forwarding_goes_on_across_a_manager_restart(
+    net: Net, manager: ManagerProc, start_manager: Callable[..., ManagerProc], ipc_dir: Path, procs: list[Proc]
+) -> None:
+    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
+    fwd = start_forwarder(net.router, manager, ipc_dir, procs, restart_grace=1.0)
+    _wait_vifs(net, fwd)
+    net.send(1)
+    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
+    net.rx1.wait_count(1)
+
+    assert manager.stop() == 0
+    net.send(5)  # nobody manages, the kernel forwards on
+    net.rx1.wait_count(6)
+
+    second = start_manager()
+
+    def mfe_again() -> dict[str, object] | None:
+        try:
+            found: dict[str, object] = second.request("get_mfe", {"source": S, "group": G})["mfe"]
+        except MgmError:
+            return None
+        return found if found["oil"] == [{"if_index": net.r2, "next_hop": "0.0.0.0"}] else None
+
+    wait_until(mfe_again, 20, "the new manager to know the MFE again, with the replayed membership")
+    net.send(5)
+    net.rx1.wait_count(11)
+    assert f"MFC ({S}, {G}) deleted" not in fwd.log()  # the entry was kept, never removed and re-added
+    assert "kept over the manager restart" in fwd.log()

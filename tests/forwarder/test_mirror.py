@@ -101,23 +101,27 @@ def test_resync_reconciles_without_touching_what_is_right(mirror: Mirror, plane:
     ]
 
 
-def test_after_a_manager_restart_unknown_entries_keep_forwarding_until_drop_stale(
+def test_after_a_manager_restart_unknown_entries_keep_forwarding_and_are_asked_for(
     mirror: Mirror, plane: Recording
 ) -> None:
-    mirror.resync(state([3, 5], [mfe(S, G, 3, [5])]))
+    other = mfe(S, "239.1.1.2", 3, [5])
+    mirror.resync(state([3, 5], [mfe(S, G, 3, [5]), other]))
     mirror.resync(state([3, 5]), defer_stale=True)  # the new manager knows nothing yet
     assert (S, G) in plane.mfc
-    mirror.drop_stale()
-    assert (S, G) not in plane.mfc
+    mirror.apply({"type": "mfe_created", "mfe": other})  # it learnt this one meanwhile
+    assert mirror.stale_requests() == [{"source": S, "group": G, "if_index": 3, "next_hop": "0.0.0.0"}]
+    assert (S, G) in plane.mfc  # still forwarding while the manager decides
+    plane.calls.clear()
+    mirror.apply({"type": "mfe_created", "mfe": mfe(S, G, 3, [5])})
+    assert plane.calls == [] and mirror.stale == set()  # the same entry: nothing to change
 
 
-def test_a_stale_entry_the_manager_recreates_is_kept(mirror: Mirror, plane: Recording) -> None:
+def test_a_kept_entry_whose_request_is_refused_is_deleted(mirror: Mirror, plane: Recording) -> None:
     mirror.resync(state([3, 5], [mfe(S, G, 3, [5])]))
     mirror.resync(state([3, 5]), defer_stale=True)
-    mirror.apply({"type": "mfe_created", "mfe": mfe(S, G, 3, [5])})
-    plane.calls.clear()
-    mirror.drop_stale()
-    assert (S, G) in plane.mfc and plane.calls == []
+    assert len(mirror.stale_requests()) == 1
+    mirror.forget((S, G))
+    assert (S, G) not in plane.mfc and mirror.stale == set()
 
 
 def test_a_vif_stays_while_anyone_owns_the_interface(mirror: Mirror, plane: Recording) -> None:
