@@ -19,6 +19,7 @@ from typing import Any
 
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import MGM, ManagerProc, PluginProc
+from tool_procs import RawClient
 
 Show = Callable[..., subprocess.CompletedProcess[str]]
 StartPlugin = Callable[..., PluginProc]
@@ -135,34 +136,46 @@ def test_show_tables_and_json(manager: ManagerProc, start_plugin: StartPlugin, s
     assert "in_packets" not in as_json(show("mfes", "--json"))["entries"][0]
 
 
-def test_show_pages_through_large_tables(manager: ManagerProc, start_plugin: StartPlugin, show: Show) -> None:
-    """2500 memberships (two snapshot pages) on two interfaces, added in random order; 25 MFEs, 4 per page."""
-    igmp = start_plugin("test-igmp", {"interfaces": [FAR, FAR + 1]})
-    a = start_plugin("test-routing-a", A | {"interfaces": [FAR + 2]})
-    wanted = [(f"239.{1 + i // 250}.{(i % 250) // 10}.{i % 10 + 1}", FAR + i % 2) for i in range(2500)]
-    order = list(wanted)
-    random.Random(4).shuffle(order)
-    for group, if_index in order:
-        ctl(igmp).call("add_membership", source=ANY, group=group, if_index=if_index)
+def test_show_pages_through_large_tables(start_manager: Callable[..., ManagerProc], show: Show) -> None:
+    """2500 memberships (two snapshot pages) on two interfaces, added in random order; 25 MFEs, 4 per page.
 
-    def group_key(group: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in group.split("."))
+    The state is made by one pipelined client (thousands of control round trips would take the test's
+    time); the manager's long liveness keeps what that client registered.
+    """
+    manager = start_manager(liveness=600)
+    client = RawClient(manager.api)
+    try:
+        handle = client.requests([("register_protocol", {"protocol_id": 10, "component_id": 1, "name": "bulk"})])[0]
+        h = handle["handle"]
+        client.requests([("take_interface_ownership", {"handle": h, "if_index": i, "next_hop": ANY})
+                         for i in (FAR, FAR + 1, FAR + 2)])  # fmt: skip
+        wanted = [(f"239.{1 + i // 250}.{(i % 250) // 10}.{i % 10 + 1}", FAR + i % 2) for i in range(2500)]
+        order = list(wanted)
+        random.Random(4).shuffle(order)
+        client.requests([("add_group_membership", {"handle": h, "source": ANY, "source_mask": ANY, "group": g,
+                                                   "group_mask": "255.255.255.255", "if_index": i, "next_hop": ANY,
+                                                   "flags": 1}) for g, i in order])  # fmt: skip
 
-    expected = sorted(wanted, key=lambda m: (group_key(m[0]), m[1]))
-    doc = as_json(show("groups", "--json"))
-    assert [(m["group"], m["if_index"]) for m in doc["entries"]] == expected
-    out = ok(show("groups"))
-    assert [(r[0], int(r[2])) for r in rows(out)] == expected
-    assert out.splitlines()[-1] == "2500 membership(s)"
+        def group_key(group: str) -> tuple[int, ...]:
+            return tuple(int(x) for x in group.split("."))
 
-    sources = [f"10.7.{i // 10}.{i % 10 + 1}" for i in range(25)]
-    for source in reversed(sources):
-        args = {"source": source, "group": "239.1.0.1", "if_index": FAR + 2, "next_hop": ANY}
-        ctl(a).call("request", op="new_packet", args=args)
-    doc = as_json(show("mfes", "--json", "--page-size", "4"))
-    assert [m["source"] for m in doc["entries"]] == sources
-    assert [r[0] for r in rows(ok(show("mfes", "--page-size", "4")))] == sources
-    assert as_json(show("mfes", "--json", "--page-size", "25"))["entries"] == doc["entries"]
+        expected = sorted(wanted, key=lambda m: (group_key(m[0]), m[1]))
+        doc = as_json(show("groups", "--json"))
+        assert [(m["group"], m["if_index"]) for m in doc["entries"]] == expected
+        out = ok(show("groups"))
+        assert [(r[0], int(r[2])) for r in rows(out)] == expected
+        assert out.splitlines()[-1] == "2500 membership(s)"
+
+        sources = [f"10.7.{i // 10}.{i % 10 + 1}" for i in range(25)]
+        client.requests([("new_packet", {"handle": h, "source": s, "group": "239.1.0.1", "if_index": FAR + 2,
+                                         "next_hop": ANY}) for s in reversed(sources)])  # fmt: skip
+        doc = as_json(show("mfes", "--json", "--page-size", "4"))
+        assert [m["source"] for m in doc["entries"]] == sources
+        assert all([o["if_index"] for o in m["oil"]] == [FAR] for m in doc["entries"])
+        assert [r[0] for r in rows(ok(show("mfes", "--page-size", "4")))] == sources
+        assert as_json(show("mfes", "--json", "--page-size", "25"))["entries"] == doc["entries"]
+    finally:
+        client.close()
 
 
 def test_show_without_a_manager(ipc_dir: Path) -> None:
