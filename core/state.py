@@ -393,6 +393,7 @@ class Mgm:
         return method(conn, args, now, token)
 
     def take_events(self) -> list[Event]:
+        """The events since the last call, in order.  Their fields are read-only: one map may be shared."""
         events, self._events = self._events, []
         return events
 
@@ -851,7 +852,9 @@ class Mgm:
             return [] if mfe is None else [mfe]
         if key:
             by_group = self._mfes_by_group.get(key >> 32)
-            return [] if by_group is None else [by_group[k] for k in sorted(by_group)]
+            if by_group is None or len(by_group) == 1:
+                return [] if by_group is None else list(by_group.values())
+            return [by_group[k] for k in sorted(by_group)]
         return [self._mfes[k] for k in sorted(self._mfes)]  # (*,*): every MFE, a rare and costly change
 
     def _wanted(self, mfe: Mfe, iface: Interface) -> bool:
