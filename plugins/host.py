@@ -302,8 +302,10 @@ class Host:
         that long beats failing and being restarted by the supervisor.
         """
         assert self.ctx is not None
+        # A plugin object may name itself for the manager's tables (e.g. "forwarder (simulated)").
+        name = str(getattr(self.pm.get_plugin(self.name), "registration_name", self.name))
         args = {"protocol_id": self.protocol.protocol_id, "component_id": self.protocol.component_id,
-                "name": self.name}  # fmt: skip
+                "name": name}  # fmt: skip
         deadline = asyncio.get_running_loop().time() + wait_for_predecessor
         while True:
             try:

@@ -83,6 +83,11 @@ class ForwarderPlugin:
     label = "forwarder"
     log = logging.getLogger(__name__)
 
+    @property
+    def registration_name(self) -> str:
+        """The name the host registers with (what `mgm show` and the monitor display)."""
+        return self.label
+
     def __init__(self) -> None:
         self.settings = Settings()
         self.dataplane: Dataplane | None = None
