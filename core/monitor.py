@@ -24,6 +24,8 @@ Filters (``--type``, ``--interface``, ``--group``, ``--source``) select the
 events shown; gaps, snapshots and the other monitor lines are always shown,
 and counts and rates are over every event received.  Objects the monitor
 adds have a ``monitor`` key and no ``v``, so a script tells them apart.
+``--count N`` ends the monitor (summary, status 0) after N shown events;
+SIGINT and SIGTERM end it the same way.
 """
 
 from __future__ import annotations
@@ -118,7 +120,10 @@ def _in_any(value: Any, networks: tuple[ipaddress.IPv4Network, ...]) -> bool:
 
 
 def _network(text: str) -> ipaddress.IPv4Network:
-    return ipaddress.IPv4Network(text, strict=True)
+    try:
+        return ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an IPv4 address or network: {exc}") from None
 
 
 def _interface(text: str) -> int:
@@ -208,6 +213,7 @@ class Monitor:
     out: TextIO
     json_mode: bool
     filters: Filters
+    count: int | None = None
     client: _Client | None = None
     seen: dict[str, _Seen] = field(default_factory=dict)
     events: int = 0
@@ -266,6 +272,8 @@ class Monitor:
             return
         self.shown += 1
         self.emit(ev, f"{stream} #{ev.get('seq')} {ev.get('type')} {describe(ev)}".rstrip())
+        if self.count is not None and self.shown >= self.count:
+            self.stop.set()
 
     def on_snapshot(self, stream: str, state: dict[str, Any]) -> None:
         assert self.client is not None
@@ -370,6 +378,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one JSON object per line: events as received; monitor lines have a 'monitor' key")
     parser.add_argument("--rate-interval", type=float, default=DEFAULT_RATE_INTERVAL, metavar="SECONDS",
                         help=f"print events/s per stream this often (default {DEFAULT_RATE_INTERVAL:g}; 0: never)")
+    parser.add_argument("--count", type=int, default=None, metavar="N",
+                        help="stop after showing N events (with the summary), e.g. to wait for one event in a script")
     add_timeout_option(parser)
     parser.set_defaults(_parser=parser)
 
@@ -377,6 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._parser
     check_timeout(parser, args.timeout)
+    if args.count is not None and args.count < 1:
+        parser.error(f"--count must be at least 1, not {args.count}")
     if args.rate_interval < 0:
         parser.error(f"--rate-interval must be 0 (never) or positive, not {args.rate_interval}")
     for t in args.type:
@@ -385,10 +397,12 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     filters = Filters(frozenset(args.type), frozenset(args.interface), tuple(args.group), tuple(args.source))
     tool_logging(args.log_level)
-    mon = Monitor(sys.stdout, args.json, filters)
+    mon = Monitor(sys.stdout, args.json, filters, args.count)
     try:
         asyncio.run(_monitor(args, mon))
     except (Unreachable, ToolError) as exc:
         print(f"mgm monitor: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the loop's own handler was in place
+        return 130
     return 0

@@ -359,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
     except (Unreachable, ToolError) as exc:
         print(f"mgm show: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     try:
         if args.json:
             sys.stdout.write(json.dumps(doc) + "\n")

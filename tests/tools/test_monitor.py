@@ -86,7 +86,9 @@ def test_monitor_prints_the_events_in_order(
     a = start_plugin("test-routing-a", A | {"interfaces": [LO, FAR]})
     mj = start_monitor("--json", *QUIET)
     mt = start_monitor("--rate-interval", "0.5")
+    mc = start_monitor("--json", *QUIET, "--count", "2", "--type", "membership_added")
     first = {s: mj.wait_synced(s) for s in ("state", IGMP_STREAM, A_STREAM)}
+    mc.wait_synced()
     text_snapshot = mt.wait_line(lambda line: " state SNAPSHOT at seq " in line, "the text snapshot of state")
     s0 = first["state"]["seq"]
     assert int(text_snapshot.split(" at seq ")[1].split(":")[0]) == s0  # nothing happened in between
@@ -127,6 +129,10 @@ def test_monitor_prints_the_events_in_order(
     for line in wanted:
         mt.wait_line(lambda got, line=line: got.split(" ", 1)[1] == line, repr(line))
     mt.wait_line(lambda got: " RATE over 0.5 s: " in got and " state " in got, "a rate line with the state stream")
+
+    assert mc.wait(30) == 0  # --count 2: it ended by itself after the second membership_added
+    assert [e["seq"] for e in mc.events()] == [s0 + 1, s0 + 2]
+    assert mc.records()[-1]["monitor"] == "summary" and mc.records()[-1]["shown"] == 2
 
     result = summary(mj)
     assert (result["events"], result["shown"], result["gaps"], result["resyncs"]) == (len(events), len(events), 0, 0)
