@@ -234,6 +234,10 @@ class Namespace:
         blob = json.dumps({"args": args, "kwargs": kwargs})
         return self.popen([*_python_call_argv(func), blob], name or func.__name__, cls=cls)
 
+    def mgm(self, *args: str, name: str | None = None) -> NsProcess:
+        """``mgm ARGS...`` (manager, plugin, up) as a long-running process inside the namespace."""
+        return self.popen([sys.executable, "-m", "mgm.core.cli", *args], name or f"mgm-{args[0] if args else ''}")
+
     def receiver(self, group: str, port: int, *, source: str | None = None, ifname: str | None = None,
                  name: str | None = None) -> Receiver:  # fmt: skip
         """A process joined to `group` ((`source`, group) when given) counting datagrams to `port`."""
@@ -321,6 +325,20 @@ class Topology:
             script += f"ip link set dev {ifname} up\n"
             ns.sh(script)
         return link
+
+    def lan(self, members: Sequence[tuple[Namespace, str | None]], role: str = "sw") -> list[Link]:
+        """One shared segment: a namespace `role` with a bridge (multicast snooping off, so it floods
+        multicast like a hub) and a link from each (namespace, address) member to it.  The links'
+        `a` ends are the members' interfaces."""
+        switch = self.namespace(role)
+        switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
+        switch.ip("link", "set", "dev", "br0", "up")
+        links: list[Link] = []
+        for ns, addr in members:
+            link = self.link(ns, switch, addr, None, b_if=f"p{len(links)}")
+            switch.ip("link", "set", "dev", link.b_if, "master", "br0")
+            links.append(link)
+        return links
 
     def _next_ifname(self, ns: Namespace) -> str:
         used = {link.a_if for link in self.links if link.a is ns} | {link.b_if for link in self.links if link.b is ns}

@@ -82,3 +82,21 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
         assert name not in _netns_names()
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def test_a_lan_floods_multicast_to_every_member(topology: Topology) -> None:
+    sender, h1, h2 = topology.namespaces("snd", "h1", "h2")
+    links = topology.lan([(sender, "10.53.0.1/24"), (h1, "10.53.0.2/24"), (h2, "10.53.0.3/24")])
+    sender.multicast_route(links[0].a_if)
+    receivers = [h1.receiver("239.5.5.8", 5009), h2.receiver("239.5.5.8", 5009)]
+    for rx in receivers:
+        rx.wait_joined()
+    sender.call(send_udp, "239.5.5.8", 5009, 3, interval=0)
+    assert [rx.wait_count(3) for rx in receivers] == [3, 3]
+
+
+def test_mgm_runs_inside_a_namespace(topology: Topology) -> None:
+    (router,) = topology.namespaces("rtr")
+    proc = router.mgm("--help", name="mgm-help")
+    assert proc.popen.wait(30) == 0
+    assert "manager" in proc.log()
