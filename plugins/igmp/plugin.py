@@ -1,11 +1,12 @@
-"""The `igmp` plugin: one `Router` per interface, one raw socket, memberships through the MGM.
+"""The `igmp` plugin: one `Router` per interface, its sockets, memberships through the MGM.
 
 Theory of operation:
 
 * The host registers us as protocol 10 (IGMP) and takes the interfaces of
   ``[plugins.igmp] interfaces``; `mgm_start` builds a `Router` for each
-  (its address from netlink), opens the `IgmpSocket`, and starts every
-  router (startup queries).
+  (its address from netlink), opens the `IgmpSocket` (a listener per
+  interface, one raw socket to send), and starts every router (startup
+  queries).
 * Everything runs on the host's loop: ``add_reader`` feeds datagrams to
   the router of the arrival interface, one ``call_at`` handle wakes the
   routers at their earliest deadline.  After each input the plugin sends
@@ -141,6 +142,8 @@ class IgmpPlugin:
         self.ctx = mgm
         self.params = params
         loop = self._loop = asyncio.get_running_loop()
+        # pyroute2 logs every netlink message at debug level; the address refresh would drown our own lines.
+        logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
         primary, every = await interface_addresses()
         if self.stopped:
             return
@@ -266,7 +269,7 @@ class IgmpPlugin:
 
     async def _refresh_addresses(self) -> None:
         """Follow the interfaces' addresses: a router without one cannot query; ours must be ignored."""
-        while True:
+        while not self.stopped:
             await asyncio.sleep(ADDRESS_REFRESH)
             try:
                 primary, every = await interface_addresses()

@@ -112,9 +112,10 @@ def segment(topology: Topology, **nodes: int) -> dict[str, Node]:
 
 
 def start_igmp(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
-    """`mgm plugin igmp` in `node`'s namespace on its one link; returns once it runs."""
+    """`mgm plugin igmp` in `node`'s namespace (on its one link unless `interfaces` says); returns once it runs."""
     config = workdir / f"igmp-{node.ns.role}.toml"
-    config.write_text(toml_config({"igmp": {"interfaces": [node.ifname], **FAST, **table}}))
+    table.setdefault("interfaces", [node.ifname])
+    config.write_text(toml_config({"igmp": {**FAST, **table}}))
     argv = [sys.executable, "-m", "mgm.core.cli", "plugin", "igmp", "--config", str(config),
             "--api", manager.api, "--events", manager.events, "--log-level", "debug"]  # fmt: skip
     proc = node.ns.popen(argv, name=f"igmp-{node.ns.role}")
@@ -262,3 +263,49 @@ def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_wh
         assert "we are querier again" in high_igmp.log()
     finally:
         second.stop()
+
+
+def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_re_adds(
+    manager: ManagerProc, ipc_dir: Path, start_plugin: Any, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    igmp = start_igmp(router, manager, ipc_dir)
+    rx = host.ns.receiver("239.6.6.6", 5006)
+    rx.wait_joined()
+    wanted = (ANY, "239.6.6.6", router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, "(*,239.6.6.6) before the routing protocol comes")
+
+    routing = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1})
+    assert routing.control is not None
+    routing.control.call("take", if_index=router.if_index)  # IGMP gets disable_igmp, then enable_igmp
+    join = routing.control.wait_for_call("mgm_local_join", WAIT, group="239.6.6.6", source=ANY)
+    assert join["interface"] == [router.if_index, ANY]
+    assert "enabled: 1 membership(s) added again" in igmp.log()
+
+    rx.leave()
+    routing.control.wait_for_call("mgm_local_leave", WAIT, group="239.6.6.6", source=ANY)
+    wait_memberships(manager, lambda m: wanted not in m, "(*,239.6.6.6) deleted after the leave")
+
+
+def test_each_interface_gets_its_own_queries_and_memberships(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    other = topology.namespace("h2")
+    link = topology.link(router.ns, other, "10.78.0.1/24", "10.78.0.2/24")
+    other.multicast_route(link.b_if)
+    host2 = Node(other, link.b_if, "10.78.0.2")
+    start_igmp(router, manager, ipc_dir, interfaces=[router.ifname, link.a_if])
+    sniffers = {"hst": start_sniffer(host), "h2": start_sniffer(host2)}
+    for name, sniffer in sniffers.items():
+        wait_until(lambda s=sniffer: len(queries(s)) >= 2, WAIT, f"queries on the link of {name}")
+    assert {q["source"] for q in queries(sniffers["hst"])} == {router.address}
+    assert {q["source"] for q in queries(sniffers["h2"])} == {"10.78.0.1"}
+
+    rx = host2.ns.receiver("239.5.5.5", 5005)
+    rx.wait_joined()
+    second_if = router.ns.if_index(link.a_if)
+    wait_memberships(manager, lambda m: (ANY, "239.5.5.5", second_if) in m, "(*,239.5.5.5) on the second interface")
+    assert (ANY, "239.5.5.5", router.if_index) not in igmp_memberships(manager)
