@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mgm.bus.status import MgmError, Status
 from mgm.core.state import Mgm
 from mgm.core.types import ClientId, Event, Interface

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from mgm.bus.status import Status
 from rules_harness import ANY, DVMRP, IGMP, PIM, Core, Proto, sgf
+
+from mgm.bus.status import Status
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from rules_harness import ANY, DVMRP, IGMP, PIM, Core, Proto, ev, iff, sgf
+
 from mgm.bus.status import Status
 from mgm.core.state import ALERTS
 from mgm.core.types import Interface
-from rules_harness import ANY, DVMRP, IGMP, PIM, Core, Proto, ev, iff, sgf
 
 G = "239.1.1.1"
 S = "10.0.0.1"

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
+
 from mgm.bus.status import Status
 from mgm.core.state import DEFERRED
 from mgm.core.types import Interface
-from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
 
 S = "10.0.0.1"
 G = "239.1.1.1"

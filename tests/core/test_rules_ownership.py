@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
+
 from mgm.bus.status import Status
 from mgm.core.types import Interface
-from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
 
 
 def owned(p_id: int, **fields: object) -> dict[str, object]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from rules_harness import ANY, IGMP, PIM, Core, Proto, ev, iff, sgf
+
 from mgm.bus.status import MgmError, Status
 from mgm.core.state import CORE_OPS, DEFERRED
 from mgm.core.types import ClientId, Interface
-from rules_harness import ANY, IGMP, PIM, Core, Proto, ev, iff, sgf
 
 
 def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:
