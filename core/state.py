@@ -2,9 +2,10 @@
 
 # Rules of this file
 # ------------------
-# Rule 1: every rule of the Multicast Group Manager lives here (or in the two
-#   helpers it imports: core/args.py checks wire arguments, core/mfe.py holds a
-#   forwarding entry).  The manager process only moves bytes and calls Mgm.
+# Rule 1: every rule of the Multicast Group Manager lives here.  The helpers
+#   it imports hold no rule: core/args.py checks wire arguments, core/mfe.py
+#   holds a forwarding entry, core/sortedview.py keeps listings in order.  The
+#   manager process only moves bytes and calls Mgm.
 # Rule 2: no I/O and no clock.  Time comes in as `now` (monotonic seconds);
 #   events go out through take_events(), deferred replies through
 #   take_completions().  Tests drive Mgm directly, thousands of times a second.
@@ -15,8 +16,8 @@
 #   made; where one change fans out (cleanup, a (*,G) change over many MFEs),
 #   the order is registration order, take order, or (group, source) order.
 # Rule 5: one operation costs the same at 1k or 1M memberships: every lookup
-#   goes through an index, and the sorted views used for paging are rebuilt
-#   lazily, only when a listing needs them after a change.
+#   goes through an index, and the sorted views used for paging are brought
+#   up to date lazily, only when a listing reads them (core/sortedview.py).
 #
 # Theory of operation
 # -------------------
@@ -117,6 +118,7 @@ from mgm.core.args import (
     req_str,
 )
 from mgm.core.mfe import Mfe, interface_order, sg_key
+from mgm.core.sortedview import SortedView
 from mgm.core.types import (
     ANY,
     HOST_MASK,
@@ -355,15 +357,15 @@ class Mgm:
         # memberships
         self._joined: dict[int, _Joined] = {}  # sg key -> who joined where
         self._group_keys: dict[int, int] = {}  # group -> number of sg keys with that group
-        self._sorted_keys: list[int] | None = None  # lazily rebuilt views for enumeration
-        self._sorted_groups: list[int] | None = None
+        self._sorted_keys = SortedView()  # of _joined, for enumeration
+        self._sorted_groups = SortedView()  # of _group_keys
 
         # MFEs
         self._mfes: dict[int, Mfe] = {}
         self._mfes_by_group: dict[int, dict[int, Mfe]] = {}
         self._mfes_by_in_iface: dict[Interface, dict[int, Mfe]] = {}
         self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
-        self._sorted_mfes: list[int] | None = None
+        self._sorted_mfes = SortedView()  # of _mfes, for list_mfes
         self._expiry: list[tuple[float, int]] = []  # heap of (expires, key), one live slot per MFE
         self._pending: dict[int, _Pending] = {}
 
@@ -778,19 +780,19 @@ class Mgm:
         group = key >> 32
         count = self._group_keys.get(group, 0)
         self._group_keys[group] = count + 1
-        self._sorted_keys = None
+        self._sorted_keys.added(key)
         if count == 0:
-            self._sorted_groups = None
+            self._sorted_groups.added(group)
 
     def _gone_key(self, key: int) -> None:
         group = key >> 32
         count = self._group_keys[group] - 1
-        self._sorted_keys = None
+        self._sorted_keys.removed(key)
         if count:
             self._group_keys[group] = count
         else:
             del self._group_keys[group]
-            self._sorted_groups = None
+            self._sorted_groups.removed(group)
 
     # --- group enumeration -------------------------------------------------------
 
@@ -817,13 +819,9 @@ class Mgm:
         if enum is None:
             raise invalid(f"enumeration {args['enum']} is not open for {client.id}")
         if enum.kind == "all_sources":
-            if self._sorted_keys is None:
-                self._sorted_keys = sorted(self._joined)
-            ordered = self._sorted_keys
+            ordered = self._sorted_keys.get(self._joined)
         else:
-            if self._sorted_groups is None:
-                self._sorted_groups = sorted(self._group_keys)
-            ordered = self._sorted_groups
+            ordered = self._sorted_groups.get(self._group_keys)
         start = bisect_right(ordered, enum.cursor)
         page = ordered[start : start + max_entries]
         if not page:
@@ -935,7 +933,7 @@ class Mgm:
         self._mfes[mfe.key] = mfe
         self._mfes_by_group.setdefault(mfe.key >> 32, {})[mfe.key] = mfe
         self._mfes_by_in_iface.setdefault(mfe.in_iface, {})[mfe.key] = mfe
-        self._sorted_mfes = None
+        self._sorted_mfes.added(mfe.key)
         self._schedule_expiry(mfe)
 
     def _schedule_expiry(self, mfe: Mfe) -> None:
@@ -955,7 +953,7 @@ class Mgm:
             del by_iface[key]
             if not by_iface:
                 del self._forced_by_iface[iface]
-        self._sorted_mfes = None
+        self._sorted_mfes.removed(key)
         self._emit(None, "mfe_deleted", {"mfe": mfe.render(self.wall_offset)})
 
     def _unindex_in_iface(self, mfe: Mfe) -> None:
@@ -1087,9 +1085,7 @@ class Mgm:
             after_key = sg_key(req_addr(after, "source"), req_addr(after, "group"))
         max_entries = req_int(args, "max_entries", 1)
         stats = opt_int(args, "stats", 0, 1)
-        if self._sorted_mfes is None:
-            self._sorted_mfes = sorted(self._mfes)
-        ordered = self._sorted_mfes
+        ordered = self._sorted_mfes.get(self._mfes)
         start = bisect_right(ordered, after_key)
         page = ordered[start : start + max_entries]
         return {
