@@ -160,7 +160,12 @@ class IgmpPlugin:
         if not self.routers:
             log.warning("igmp: no interface to run on (configure [plugins.igmp] interfaces)")
             return
-        self.io = IgmpSocket(self.routers)
+        try:
+            self.io = IgmpSocket(self.routers)
+        except OSError as exc:
+            log.error("igmp: cannot open the IGMP sockets on %s (raw and packet sockets need root or CAP_NET_RAW): "
+                      "%s; IGMP is NOT running", ", ".join(r.name for r in self.routers.values()), exc)  # fmt: skip
+            return
         for if_index, listener in self.io.listeners.items():
             loop.add_reader(listener.fileno(), self._on_readable, if_index)
         now = loop.time()

@@ -580,3 +580,20 @@ def test_any_sequence_of_records_keeps_the_memberships_consistent(
     for added, source, group in r.take_changes():
         (held.add if added else held.discard)((source, group))
     assert held == set() and r.group_state(G) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=96), st.sampled_from([HOST, LOWER, HIGHER, ANY]))
+def test_no_payload_crashes_the_router(payload: bytes, source: str) -> None:
+    """Random bytes, also with a correct checksum (so they get past it into the message parsers and the tables)."""
+    r = make()
+    fixed = bytearray(payload)
+    if len(fixed) >= 4:
+        fixed[2:4] = b"\x00\x00"
+        fixed[2:4] = packet.checksum(bytes(fixed)).to_bytes(2, "big")
+    for data in (payload, bytes(fixed)):
+        r.receive(1.0, source, G, data)
+    run_until(r, 1e6)  # beyond any group membership interval a query could have made us adopt
+    c = r.counters
+    assert c.malformed_dropped + c.ignored + c.queries_received + c.reports_received + c.leaves_received >= 2
+    assert r.memberships() == set()  # everything expired by now
