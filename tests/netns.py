@@ -306,9 +306,9 @@ class Topology:
              a_if: str | None = None, b_if: str | None = None) -> Link:  # fmt: skip
         """A veth pair between `a` and `b`, addressed (CIDR strings) and up, rp_filter off on both ends.
 
-        Default names: ``eth0``, ``eth1``... in a namespace with role
-        starting with ``h``/``s`` (hosts, senders) or not routers, else
-        ``r1``, ``r2``...; pass `a_if`/`b_if` to choose.
+        Default names: ``r1``, ``r2``... in a router (a role starting with
+        ``rtr`` or ``router``), else ``eth0``, ``eth1``...; pass
+        `a_if`/`b_if` to choose.
         """
         a_if = a_if or self._next_ifname(a)
         b_if = b_if or self._next_ifname(b)
@@ -342,7 +342,7 @@ class Topology:
 
     def _next_ifname(self, ns: Namespace) -> str:
         used = {link.a_if for link in self.links if link.a is ns} | {link.b_if for link in self.links if link.b is ns}
-        router = ns.role.startswith("r")
+        router = ns.role.startswith(("rtr", "router"))
         for n in range(0 if not router else 1, 1000):
             name = f"r{n}" if router else f"eth{n}"
             if name not in used:

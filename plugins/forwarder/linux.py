@@ -58,8 +58,6 @@ class LinuxForwarder(ForwarderPlugin):
     def start_io(self, mgm: PluginContext) -> None:
         assert self.sock is not None
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
-        # pyroute2 logs every netlink message at debug; this process's debug log is about forwarding.
-        logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
         self._reading = True
         mgm.spawn(self._netlink())
 
@@ -86,6 +84,9 @@ class LinuxForwarder(ForwarderPlugin):
         from pyroute2 import AsyncIPRoute
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
+        # pyroute2 logs every netlink message at debug (its import resets its level, hence here); this
+        # process's debug log is about forwarding.
+        logging.getLogger("pyroute2").setLevel(logging.INFO)
         assert self.mirror is not None
         events = AsyncIPRoute()
         try:

@@ -249,10 +249,8 @@ class Mirror:
         args = {"source": upcall.source, "group": upcall.group, "if_index": if_index, "next_hop": ANY}
         if upcall.kind == IGMPMSG_NOCACHE:
             if key in self.mfes:
-                # We have the MFE but the kernel lacks the entry (a VIF appeared late, or a failed add).
-                self.log.info("packet of known MFE (%s, %s) missed the kernel cache: installing it", *key)
-                self.installed.pop(key, None)
-                self._sync_entry(key)
+                # We have the MFE: the packet raced our install, or the kernel lost the entry.
+                self._reinstall(key)
                 return None
             if key in self.requested:
                 return None
@@ -425,6 +423,18 @@ class Mirror:
         self.log.info("MFC (%s, %s) %s: in %s, out %s", *key, "updated" if have else "installed",
                       self.name(by_vif[wanted.parent]),
                       ", ".join(self.name(by_vif[v]) for v in sorted(wanted.oifs)) or "nothing (negative)")  # fmt: skip
+
+    def _reinstall(self, key: SgKey) -> None:
+        """Add the entry again as we believe it is installed (an update where it is; counters kept)."""
+        entry = self.installed.get(key)
+        if entry is None:
+            self._sync_entry(key)
+            return
+        self.log.info("packet of known MFE (%s, %s) missed the forwarding cache: adding the entry again", *key)
+        try:
+            self.dataplane.add_mfc(key[0], key[1], entry.parent, sorted(entry.oifs))
+        except MrouteError as exc:
+            self.log.error("MFC (%s, %s): %s", *key, exc)
 
     def _warn_once(self, kind: str, what: object, msg: str, *args: object) -> None:
         if (kind, what) not in self._warned:

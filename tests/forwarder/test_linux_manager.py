@@ -32,6 +32,7 @@ S, G, PORT = "10.1.0.2", "239.3.3.3", 7000
 class Net:
     sender: Namespace
     router: Namespace
+    rcv1: Namespace
     rx1: Receiver
     rx2: Receiver
     r1: int
@@ -82,7 +83,7 @@ def net(topology: Topology, manager: ManagerProc, start_plugin: Callable[..., Pl
     rx1, rx2 = rcv1.receiver(G, PORT), rcv2.receiver(G, PORT)
     rx1.wait_joined()
     rx2.wait_joined()
-    return Net(sender, router, rx1, rx2, r1, r2, r3, routing.control)
+    return Net(sender, router, rcv1, rx1, rx2, r1, r2, r3, routing.control)
 
 
 def _wait_vifs(net: Net, proc: PluginProc) -> None:
@@ -210,3 +211,21 @@ def test_forwarding_goes_on_across_a_manager_restart(
     net.rx1.wait_count(11)
     assert f"MFC ({S}, {G}) deleted" not in fwd.log()  # the entry was kept, never removed and re-added
     assert "kept over the manager restart" in fwd.log()
+
+
+def test_a_packet_on_the_wrong_interface_reaches_that_interfaces_owner(
+    net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]
+) -> None:
+    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
+    fwd = start_forwarder(net.router, manager, ipc_dir, procs)
+    _wait_vifs(net, fwd)
+    net.send(1)
+    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry in from r1")
+    # The receiver's host sends the same (S,G) towards the router, into r2.
+    net.rcv1.ip("addr", "add", f"{S}/32", "dev", "eth0")
+    net.rcv1.multicast_route("eth0")
+    net.rcv1.call(send_udp, G, PORT, 1, source=S)
+    call = net.routing.wait_for_call("mgm_wrong_if", source=S, group=G)
+    assert call["interface"] == [net.r2, "0.0.0.0"]
+    entry = net.entry()
+    assert entry is not None and entry.wrong_if == 1

@@ -1,0 +1,128 @@
+"""The forwarder's hooks in-process, with a stand-in for the context (no manager, no root)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from test_mirror import mfe, state
+
+from mgm.bus.status import MgmError, Status
+from mgm.core.config import ConfigError, loads
+from mgm.plugins.forwarder.plugin import COUNTERS_BATCH, read_settings
+from mgm.plugins.forwarder.sim import SimForwarder
+
+S, G = "10.1.0.2", "239.1.1.1"
+
+
+class FakeClient:
+    epoch: int | None = 1
+
+
+class FakeContext:
+    """Records requests; each reply is a future the test settles."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = config or {}
+        self.client = FakeClient()
+        self.requests: list[tuple[str, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def request(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.requests.append((op, args, future))
+        return future
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task)
+        return task
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        return [args for o, args, _f in self.requests if o == op]
+
+
+async def _started(config: dict[str, Any] | None = None) -> tuple[SimForwarder, FakeContext]:
+    plugin = SimForwarder()
+    ctx = FakeContext(config)
+    assert plugin.mgm_protocol(config=ctx.config) == (65001, 1)
+    plugin.mgm_start(mgm=ctx, config=ctx.config)  # type: ignore[arg-type]
+    return plugin, ctx
+
+
+async def _settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def test_a_refused_new_packet_lets_the_next_packet_ask_again() -> None:
+    async def scenario() -> None:
+        plugin, ctx = await _started()
+        plugin.mgm_state_resync(mgm=ctx, state=state([3, 5]))  # type: ignore[arg-type]
+        plugin.inject(S, G, 3)
+        await _settle()
+        assert ctx.ops("new_packet") == [{"source": S, "group": G, "if_index": 3, "next_hop": "0.0.0.0"}]
+        plugin.inject(S, G, 3)  # still unresolved: the plane holds it, no second upcall, no second request
+        await _settle()
+        assert len(ctx.ops("new_packet")) == 1
+        ctx.requests[-1][2].set_exception(MgmError(Status.ERROR_INVALID_PARAMETER, "no"))
+        await _settle()
+        assert plugin.mirror is not None and plugin.mirror.requested == set()
+        for task in ctx.tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_counters_go_in_batches_that_fit_a_frame() -> None:
+    async def scenario() -> None:
+        plugin, ctx = await _started()
+        mfes = [mfe(S, f"239.2.{i // 250}.{i % 250}", 3, [5]) for i in range(COUNTERS_BATCH + 10)]
+        plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], mfes))  # type: ignore[arg-type]
+        assert plugin.report_counters(ctx) == COUNTERS_BATCH + 10  # type: ignore[arg-type]
+        assert [len(args["entries"]) for args in ctx.ops("mfe_counters")] == [COUNTERS_BATCH, 10]
+        for task in ctx.tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_counters_task_reports_on_its_interval() -> None:
+    async def scenario() -> None:
+        plugin, ctx = await _started({"counters_interval": 0.05})
+        plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
+        plugin.inject(S, G, 3, count=2)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not ctx.ops("mfe_counters") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        (first, *_rest) = ctx.ops("mfe_counters")
+        assert first["entries"][0]["in_packets"] == 2
+        for task in ctx.tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("counters_interval = 0", "counters_interval"),
+        ('counters_interval = "5"', "counters_interval"),
+        ("restart_grace = true", "restart_grace"),
+        ('wrong_if = "some"', "wrong_if"),
+        ("table = -1", "table"),
+    ],
+)
+def test_bad_settings_name_the_file_key_and_line(line: str, key: str) -> None:
+    config = loads(f"[plugins.forwarder]\n{line}\n", "fwd.toml")
+    with pytest.raises(ConfigError) as info:
+        read_settings(config.plugin("forwarder").table)
+    assert str(info.value).startswith(f"fwd.toml:2: plugins.forwarder.{key}:")
+
+
+def test_good_settings() -> None:
+    config = loads('[plugins.forwarder]\ncounters_interval = 1\nwrong_if = "oil"\ntable = 7\n', "fwd.toml")
+    settings = read_settings(config.plugin("forwarder").table)
+    assert (settings.counters_interval, settings.wrong_if, settings.table) == (1.0, "oil", 7)
