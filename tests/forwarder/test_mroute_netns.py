@@ -84,6 +84,9 @@ def test_a_replaced_entry_keeps_its_counters_and_a_deleted_one_stops(net: Net) -
     wait_until(lambda: agent.call("sg_count", source=SENDER, group="239.1.1.3")["packets"] == 5, 10, "5 packets")
     assert agent.call("vif_count", vif=1)["out_packets"] == 3
     assert rx.count() == 3
+    agent.call("add_mfc", source=SENDER, group="239.1.1.3", parent=1, oifs={0: 1})  # another incoming VIF
+    (entry,) = [m for m in agent.call("proc")["mfc"] if m["group"] == "239.1.1.3"]
+    assert (entry["parent"], entry["oifs"], entry["packets"]) == (1, {"0": 1}, 5)
     agent.call("del_mfc", source=SENDER, group="239.1.1.3")
     assert agent.call("sg_count", source=SENDER, group="239.1.1.3") is None
 

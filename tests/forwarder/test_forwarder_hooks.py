@@ -7,7 +7,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from test_mirror import mfe, state
+from test_forwarder_mirror import mfe, state
 
 from mgm.bus.status import MgmError, Status
 from mgm.core.config import ConfigError, loads
