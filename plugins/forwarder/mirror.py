@@ -114,6 +114,7 @@ class Mirror:
         self.counts: dict[SgKey, _Counts] = {}
         self.requested: set[SgKey] = set()  # new_packet in flight
         self.stale: set[SgKey] = set()  # installed, unknown to the manager, deletion deferred
+        self.foreign_vifs: set[int] = set()  # VIF numbers in use by another process
         self._warned: set[tuple[str, object]] = set()
 
     # --- the manager's side ---------------------------------------------------------------------
@@ -346,23 +347,34 @@ class Mirror:
                 self._warn_once("nolink", if_index, "interface %d is owned but does not exist here; "
                                 "its VIF is added when it appears", if_index)  # fmt: skip
                 continue
-            free = sorted(set(range(self.max_vifs)) - set(self.vifs.values()))
-            if not free:
-                self._warn_once("full", if_index, "no free VIF for %s: the kernel has %d at most",
-                                self.name(if_index), self.max_vifs)  # fmt: skip
-                continue
-            try:
-                self.dataplane.add_vif(free[0], if_index)
-            except MrouteError as exc:
-                level = logging.WARNING if exc.errno == errno.ENODEV else logging.ERROR
-                self.log.log(level, "VIF for %s not added: %s", self.name(if_index), exc)
-                continue
-            self.vifs[if_index] = free[0]
-            self._warned.discard(("nolink", if_index))
-            changed = True
-            self.log.info("VIF %d added on %s", free[0], self.name(if_index))
+            vif = self._add_vif(if_index)
+            if vif is not None:
+                self.vifs[if_index] = vif
+                self._warned.discard(("nolink", if_index))
+                changed = True
+                self.log.info("VIF %d added on %s", vif, self.name(if_index))
         if changed and resync_entries:
             self._sync_all()
+
+    def _add_vif(self, if_index: int) -> int | None:
+        """Add a VIF on the lowest free number; numbers another process holds (static VIFs) are skipped."""
+        for vif in range(self.max_vifs):
+            if vif in self.vifs.values() or vif in self.foreign_vifs:
+                continue
+            try:
+                self.dataplane.add_vif(vif, if_index)
+                return vif
+            except MrouteError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    self.log.warning("VIF %d is taken by another process (a static VIF?); trying the next", vif)
+                    self.foreign_vifs.add(vif)
+                    continue
+                level = logging.WARNING if exc.errno == errno.ENODEV else logging.ERROR
+                self.log.log(level, "VIF for %s not added: %s", self.name(if_index), exc)
+                return None
+        self._warn_once("full", if_index, "no free VIF for %s: the kernel has %d at most",
+                        self.name(if_index), self.max_vifs)  # fmt: skip
+        return None
 
     def _sync_all(self) -> None:
         for key in sorted(set(self.installed) | set(self.mfes)):

@@ -10,7 +10,7 @@ import pytest
 
 from mgm.plugins.forwarder.mirror import Link, Mirror
 from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, MrouteError, Upcall
-from mgm.plugins.forwarder.sim import SimDataplane
+from mgm.plugins.forwarder.sim import SimDataplane, SimVif
 
 S, G = "10.1.0.2", "239.1.1.1"
 ROUTING = {"protocol_id": 10006, "component_id": 1}
@@ -202,3 +202,9 @@ def test_vif_errors_are_logged_not_raised(mirror: Mirror, plane: Recording, capl
     with caplog.at_level(logging.WARNING):
         mirror.resync(state([3]))
     assert mirror.vifs == {} and "No such device" in caplog.text
+
+
+def test_a_vif_number_held_by_another_process_is_skipped(mirror: Mirror, plane: Recording) -> None:
+    plane.vifs[0] = SimVif(99)  # a static VIF someone else added
+    mirror.resync(state([3, 5]))
+    assert mirror.vifs == {3: 1, 5: 2} and mirror.foreign_vifs == {0}
