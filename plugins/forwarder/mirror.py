@@ -347,12 +347,12 @@ class Mirror:
                 self._warn_once("nolink", if_index, "interface %d is owned but does not exist here; "
                                 "its VIF is added when it appears", if_index)  # fmt: skip
                 continue
-            vif = self._add_vif(if_index)
-            if vif is not None:
-                self.vifs[if_index] = vif
+            added = self._add_vif(if_index)
+            if added is not None:
+                self.vifs[if_index] = added
                 self._warned.discard(("nolink", if_index))
                 changed = True
-                self.log.info("VIF %d added on %s", vif, self.name(if_index))
+                self.log.info("VIF %d added on %s", added, self.name(if_index))
         if changed and resync_entries:
             self._sync_all()
 
