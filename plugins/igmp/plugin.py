@@ -144,7 +144,11 @@ class IgmpPlugin:
         loop = self._loop = asyncio.get_running_loop()
         # pyroute2 logs every netlink message at debug level; the address refresh would drown our own lines.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
-        primary, every = await interface_addresses()
+        try:
+            primary, every = await interface_addresses()
+        except OSError as exc:
+            log.error("igmp: cannot read the interfaces' addresses (retrying every %g s): %s", ADDRESS_REFRESH, exc)
+            primary, every = {}, set()
         if self.stopped:
             return
         for interface in interfaces:

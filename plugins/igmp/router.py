@@ -304,7 +304,7 @@ class Router:
         if self.address is not None:
             self._become_querier(now, startup=True)
         else:
-            log.warning("igmp %s: the interface has no IPv4 address: listening only, never querier", self.name)
+            log.warning("igmp %s: the interface has no IPv4 address: listening only until it has one", self.name)
 
     def set_address(self, now: float, address: str | None) -> None:
         """The interface's address changed (or appeared): the election starts over from it."""
@@ -405,9 +405,11 @@ class Router:
         self._send_general(now)
 
     def _become_non_querier(self, querier: str | None, until: float | None) -> None:
-        if self.querier:
+        if self.querier and querier is not None:
             log.info("igmp %s: %s is querier (lower address than our %s): we stop querying",
                      self.name, querier, self.address)  # fmt: skip
+        elif self.querier:
+            log.info("igmp %s: the interface lost its address: we stop querying", self.name)
         self.querier = False
         self.querier_address = querier
         self.other_querier_until = until

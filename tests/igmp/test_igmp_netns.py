@@ -309,3 +309,20 @@ def test_each_interface_gets_its_own_queries_and_memberships(
     second_if = router.ns.if_index(link.a_if)
     wait_memberships(manager, lambda m: (ANY, "239.5.5.5", second_if) in m, "(*,239.5.5.5) on the second interface")
     assert (ANY, "239.5.5.5", router.if_index) not in igmp_memberships(manager)
+
+
+def test_a_v1_host_is_tracked_by_queries_alone(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
+    """IGMPv1 has no leave: the membership goes when the host stops answering, one membership interval later."""
+    nodes = segment(topology, rtr=1, hst=2)
+    router, host = nodes["rtr"], nodes["hst"]
+    host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 1)
+    igmp = start_igmp(router, manager, ipc_dir)
+    sniffer = start_sniffer(host)
+    rx = host.ns.receiver("239.4.4.4", 5004)
+    rx.wait_joined()
+    wanted = (ANY, "239.4.4.4", router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, "(*,239.4.4.4) from the host's v1 report")
+    assert any(m["type"] == 0x12 and m["group"] == "239.4.4.4" for m in messages(sniffer)), "the host spoke v1"
+    rx.leave()
+    wait_memberships(manager, lambda m: wanted not in m, "(*,239.4.4.4) gone once the host stops answering")
+    assert "(*,239.4.4.4) left" in igmp.log()
