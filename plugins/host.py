@@ -144,6 +144,8 @@ def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) 
     """Config keys win over the mgm_protocol hook; one of them must say both ids."""
     try:
         from_hook = pm.hook.mgm_protocol(config=plugin.table)
+    except ConfigError:
+        raise  # the plugin checked its own keys (PluginTable.error): file, key and line, as the host's own errors
     except Exception as exc:
         raise PluginLoadError(f"plugin {plugin.name!r}: mgm_protocol raised {exc!r}") from exc
     if from_hook is not None and not (
