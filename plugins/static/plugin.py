@@ -106,7 +106,7 @@ class StaticPlugin:
         for route in applied.table.routes:
             log.debug("static: route %s", route.describe())
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
-        # flows that came in on our interfaces before we owned them keep the incoming interface they got
+        # flows created before we owned their incoming interface: move them to the interface their route names
         mgm.spawn(self.realign_mfes(mgm))
 
     @hookimpl
@@ -121,7 +121,7 @@ class StaticPlugin:
             return None
         answer = self.applied.rpf(source, group, interface)
         if answer is not None:
-            log.info(
+            log.debug(
                 "static: rpf (%s, %s): incoming interface %d/%s by route, not %d/%s",
                 source, group, answer[0].if_index, answer[0].next_hop, interface.if_index, interface.next_hop,
             )  # fmt: skip
