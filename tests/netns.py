@@ -33,6 +33,7 @@ import importlib
 import inspect
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -350,13 +351,14 @@ class Topology:
         raise ValueError(f"no free interface name in {ns.name}")
 
     def close(self) -> None:
-        """Kill every process group, then delete every namespace (their veths go with them)."""
+        """Kill every process group, delete every namespace (their veths go with them) and the workdir."""
         for proc in reversed(self.processes):
             with contextlib.suppress(Exception):
                 proc.stop()
         for ns in reversed(self.namespaces_):
             _run(["ip", "netns", "del", ns.name], check=False)
         self.namespaces_.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the processes' logs (printed first on failure)
 
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n{p.log()}" for p in self.processes)
