@@ -8,14 +8,13 @@ import subprocess
 import pytest
 from netns import Topology, remove_leftovers, require_root, send_udp
 
-pytestmark = pytest.mark.netns
-
 
 def _netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.split()}
 
 
+@pytest.mark.netns
 def test_one_link_carries_multicast_to_a_joined_receiver_only(topology: Topology) -> None:
     sender, host = topology.namespaces("snd", "hst")
     link = topology.link(sender, host, "10.50.0.1/24", "10.50.0.2/24")
@@ -35,6 +34,7 @@ def test_one_link_carries_multicast_to_a_joined_receiver_only(topology: Topology
     assert [p["seq"] for p in any_source.packets()] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.netns
 def test_leave_stops_delivery_but_the_receiver_keeps_counting(topology: Topology) -> None:
     sender, host = topology.namespaces("snd", "hst")
     link = topology.link(sender, host, "10.51.0.1/24", "10.51.0.2/24")
@@ -53,6 +53,7 @@ def test_leave_stops_delivery_but_the_receiver_keeps_counting(topology: Topology
     assert rx.count() == 3
 
 
+@pytest.mark.netns
 def test_close_removes_namespaces_and_kills_processes() -> None:
     require_root()
     topo = Topology()
@@ -71,6 +72,7 @@ def test_close_removes_namespaces_and_kills_processes() -> None:
     assert len(b.name.split("-")) == 4 and b.name.startswith(f"mgmtest-{os.getpid()}-")
 
 
+@pytest.mark.netns
 def test_leftovers_of_a_dead_run_are_removed() -> None:
     require_root()
     dead = subprocess.Popen(["true"])
@@ -84,6 +86,7 @@ def test_leftovers_of_a_dead_run_are_removed() -> None:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
+@pytest.mark.netns
 def test_a_lan_floods_multicast_to_every_member(topology: Topology) -> None:
     sender, h1, h2 = topology.namespaces("snd", "h1", "h2")
     links = topology.lan([(sender, "10.53.0.1/24"), (h1, "10.53.0.2/24"), (h2, "10.53.0.3/24")])
@@ -95,8 +98,19 @@ def test_a_lan_floods_multicast_to_every_member(topology: Topology) -> None:
     assert [rx.wait_count(3) for rx in receivers] == [3, 3]
 
 
+@pytest.mark.netns
 def test_mgm_runs_inside_a_namespace(topology: Topology) -> None:
     (router,) = topology.namespaces("rtr")
     proc = router.mgm("--help", name="mgm-help")
     assert proc.popen.wait(30) == 0
     assert "manager" in proc.log()
+
+
+def test_without_root_namespace_tests_skip_but_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_root()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_root()
