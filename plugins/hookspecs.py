@@ -5,7 +5,9 @@ that the entry-point group ``mgm.plugins`` names, with functions marked
 ``@hookimpl`` whose names and arguments are among the specs below.  The
 plugin host (``mgm plugin NAME``) validates it against these specs when it
 loads it, so a misspelled hook or argument fails at start, not at the first
-event.  An implementation may take any subset of a hook's arguments.
+event.  An implementation may take any subset of a hook's arguments.  The
+plugin object may set ``registration_name`` (a string) to be listed under
+another name than its entry point's in the manager's tables.
 
 Rules every hook follows
 ------------------------
