@@ -143,6 +143,7 @@ class Client:
         self._last_hb = 0.0
         self._closed = False
         self._started = False
+        self._heartbeat_failing = False
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -522,7 +523,7 @@ class Client:
             handle = self.heartbeat_handle
             if handle is not None and now - self._last_sent >= HEARTBEAT_AFTER:
                 fut = self.request_nowait("heartbeat", {"handle": handle})
-                fut.add_done_callback(_log_heartbeat_failure)
+                fut.add_done_callback(self._heartbeat_done)
             if self._started and not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
                 self.manager_lost = True
                 log.warning("no heartbeat from the manager on %s for %.0f s", self.events, MANAGER_LOST_AFTER)
@@ -532,7 +533,14 @@ class Client:
                     except Exception:
                         log.exception("on_manager_lost callback failed")
 
-
-def _log_heartbeat_failure(fut: asyncio.Future[dict[str, Any]]) -> None:
-    if not fut.cancelled() and (exc := fut.exception()) is not None:
-        log.warning("heartbeat failed: %s", exc)
+    def _heartbeat_done(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """Say when heartbeats start failing and when they work again, not every second in between."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None and not self._heartbeat_failing:
+            self._heartbeat_failing = True
+            log.warning("heartbeat failed: %s", exc)
+        elif exc is None and self._heartbeat_failing:
+            self._heartbeat_failing = False
+            log.info("heartbeats are answered again")

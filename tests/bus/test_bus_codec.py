@@ -163,3 +163,36 @@ def test_paginate_respects_the_byte_budget_but_always_makes_progress() -> None:
 
 def test_a_small_snapshot_is_one_page() -> None:
     assert paginate({"protocols": [], "mfes": []}, 2000, 48 * 1024) == [{"protocols": [], "mfes": []}]
+
+
+def test_sync_cursors_are_bounded_expire_and_belong_to_their_connection() -> None:
+    from mgm.bus.server import BusServer, Paging
+    from mgm.bus.status import MgmError
+
+    server = BusServer("ipc:///nonexistent/api", "ipc:///nonexistent/events",
+                       paging=Paging(items=1, bytes=1000, max_cursors=2, cursor_ttl=30.0))
+    try:
+        def snapshot(stream: str) -> dict[str, Any]:
+            return {"items": [1, 2, 3]}
+
+        server.seqs["state"] = 7
+        server.now = 100.0
+        a = server.sync(b"a", {"stream": "state"}, snapshot)
+        assert (a["seq"], a["state"], a["more"]) == (7, {"items": [1]}, True)
+        server.seqs["state"] = 8  # later events do not change the pages of an open cursor
+        b = server.sync(b"b", {"stream": "state"}, snapshot)
+        c = server.sync(b"c", {"stream": "state"}, snapshot)  # the third evicts the oldest (a's)
+        with pytest.raises(MgmError) as info:
+            server.sync(b"a", {"stream": "state", "cursor": a["cursor"]}, snapshot)
+        assert info.value.status == Status.ERROR_NOT_FOUND
+        with pytest.raises(MgmError) as info:
+            server.sync(b"a", {"stream": "state", "cursor": b["cursor"]}, snapshot)
+        assert info.value.status == Status.ERROR_INVALID_PARAMETER
+        page = server.sync(b"b", {"stream": "state", "cursor": b["cursor"]}, snapshot)
+        assert (page["seq"], page["state"], page["more"]) == (8, {"items": [2]}, True)
+        server.now = 131.0  # c's cursor was last used at 100: expired
+        with pytest.raises(MgmError) as info:
+            server.sync(b"c", {"stream": "state", "cursor": c["cursor"]}, snapshot)
+        assert info.value.status == Status.ERROR_NOT_FOUND
+    finally:
+        server.close()
