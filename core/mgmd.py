@@ -32,7 +32,7 @@ from mgm.bus import topics
 from mgm.bus.server import XPUB_HWM, BusServer, ManagerRunning
 from mgm.bus.sockets import Curve, readable
 from mgm.bus.status import MgmError, Status
-from mgm.core.types import ClientId, Event
+from mgm.core.types import ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,12 @@ class Core(Protocol):
     def streams(self) -> list[str]: ...
 
 
-def _real_core(question_deadline: float, mfe_timeout: float, liveness: float) -> tuple[Core, frozenset[str], object]:
+def _real_core(
+    question_deadline: float, mfe_timeout: float, liveness: float, resolver: Callable[[str], Interface | None] | None
+) -> tuple[Core, frozenset[str], object]:
     from mgm.core.state import CORE_OPS, DEFERRED, Mgm
 
-    core = Mgm(resolver=None, question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
+    core = Mgm(resolver=resolver, question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
     return core, frozenset(CORE_OPS), DEFERRED
 
 
@@ -79,13 +81,14 @@ class Manager:
         question_deadline: float = 0.1,
         mfe_timeout: float = 900.0,
         liveness: float = 3.0,
+        resolver: Callable[[str], Interface | None] | None = None,
         context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
         events_hwm: int = XPUB_HWM,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if core is None:
-            core, core_ops, deferred = _real_core(question_deadline, mfe_timeout, liveness)
+            core, core_ops, deferred = _real_core(question_deadline, mfe_timeout, liveness, resolver)
         if core_ops is None:
             raise TypeError("a core given to Manager needs core_ops (the ops it handles)")
         self.core = core
@@ -309,6 +312,7 @@ async def serve(
     question_deadline: float = 0.1,
     mfe_timeout: float = 900.0,
     liveness: float = 3.0,
+    resolver: Callable[[str], Interface | None] | None = None,
     events_hwm: int = XPUB_HWM,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
@@ -320,7 +324,7 @@ async def serve(
     """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
     manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred,
                       question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness,
-                      events_hwm=events_hwm)
+                      resolver=resolver, events_hwm=events_hwm)
     await manager.start()
     loop = asyncio.get_running_loop()
     if handle_signals:
