@@ -348,6 +348,43 @@ def _on_signal(manager: Manager, sig: signal.Signals) -> None:
     manager.stop()
 
 
+RTN_UNICAST = 1
+
+
+def kernel_resolver() -> Callable[[str], Interface | None]:
+    """The interface towards a source by the kernel's unicast routing table (netlink RTM_GETROUTE).
+
+    Only unicast routes count: a local source (our own address) or no route at
+    all gives None, and the core falls back to the arrival interface.  The
+    next hop is "0.0.0.0": Linux interfaces are broadcast or point-to-point.
+    A lookup is one netlink round trip (well under a millisecond), made only
+    for a new (S,G) or a source-specific alert.
+    """
+    from pyroute2 import IPRoute
+
+    ipr = IPRoute()
+
+    def resolve(source: str) -> Interface | None:
+        try:
+            routes = ipr.route("get", dst=source)
+        except Exception as exc:  # NetlinkError: no route (ENETUNREACH), or a bad address
+            log.debug("no route towards %s: %s", source, exc)
+            return None
+        for route in routes:
+            oif = route.get("RTA_OIF")
+            if route["type"] == RTN_UNICAST and isinstance(oif, int):
+                return Interface(oif, "0.0.0.0")
+        return None
+
+    return resolve
+
+
+RESOLVERS: dict[str, Callable[[], Callable[[str], Interface | None] | None]] = {
+    "none": lambda: None,
+    "kernel": kernel_resolver,
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--question-deadline", type=float, default=0.1, metavar="SECONDS",
                         help="how long rpf and creation_alert questions wait for an answer (default 0.1)")
@@ -355,6 +392,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default MFE timeout without traffic (default 900)")
     parser.add_argument("--liveness", type=float, default=3.0, metavar="SECONDS",
                         help="a registered client silent this long is treated as gone (default 3)")
+    parser.add_argument("--resolver", choices=sorted(RESOLVERS), default="none",
+                        help="how the incoming interface towards a source is found: the kernel's routing table, "
+                             "or none (the interface the first packet arrived on); default none")
     parser.add_argument("--events-hwm", type=int, default=XPUB_HWM, metavar="N",
                         help=f"events queued per subscriber before the newest are dropped (default {XPUB_HWM:,}); "
                              "subscribers resync from the seq gap")
@@ -365,6 +405,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
                           mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
+                          resolver=RESOLVERS[args.resolver](),
                           handle_signals=True))
     except ManagerRunning as exc:
         log.error("%s", exc)
