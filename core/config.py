@@ -22,9 +22,10 @@ in this module so that the installed package needs no file of its own.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,11 +41,64 @@ ID_MAX = 2**32 - 1
 DEFAULT_SOURCE = "<embedded default config>"
 
 DEFAULT_CONFIG = """\
-# The configuration `mgm up` runs without --config: the manager on the default
-# endpoints.  Plugins are added here as they become part of the package.
+# The base of the configuration `mgm up` runs without --config (see `default_config`,
+# which adds the plugins this machine can run): the manager on the default endpoints.
 [manager]
 log_level = "info"
 """
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IFF_MULTICAST = 0x1000
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultChoice:
+    """What `mgm up` runs without --config: the configuration text, and why (one log line)."""
+
+    text: str
+    reason: str
+    simulated: bool
+
+
+def multicast_interfaces(flags: Mapping[str, int]) -> list[str]:
+    """Names (sorted) of the interfaces that are up, multicast-capable and not loopback; `flags` by name."""
+    wanted = IFF_UP | IFF_MULTICAST
+    return sorted(name for name, f in flags.items() if f & wanted == wanted and not f & IFF_LOOPBACK)
+
+
+def default_config(is_root: bool, mrt_error: str | None, interfaces: Sequence[str]) -> DefaultChoice:
+    """The embedded default for this machine: IGMP and the Linux forwarder, or the simulated forwarder.
+
+    Real forwarding needs all three: root (raw sockets), the kernel's multicast
+    routing socket (`mrt_error` is None when MRT_INIT worked, else why not) and
+    at least one interface from `multicast_interfaces`.  Without any of them
+    the simulated forwarder runs alone, no IGMP: IGMP queriers on links
+    where nothing can be forwarded would only mislead the hosts (and, where
+    another daemon holds the socket, fight its querier).
+    """
+    if not is_root:
+        why = "not root (raw IGMP sockets and the multicast routing socket need root)"
+    elif mrt_error is not None:
+        why = f"the kernel's multicast routing socket is not available: {mrt_error}"
+    elif not interfaces:
+        why = "no interface is up, multicast-capable and not loopback"
+    else:
+        names = ", ".join(json.dumps(name) for name in interfaces)
+        text = (
+            f"{DEFAULT_CONFIG}\n"
+            "# root, MRT_INIT works, and these interfaces are up and multicast-capable:\n"
+            f"[plugins.igmp]\ninterfaces = [{names}]\n\n"
+            "[plugins.forwarder]\n"
+        )
+        reason = f"default configuration: IGMP and the Linux kernel forwarder on {', '.join(interfaces)}"
+        return DefaultChoice(text, reason, simulated=False)
+    comment = " ".join(why.split())  # one line, whatever the error message holds
+    text = f"{DEFAULT_CONFIG}\n# {comment}: the simulated forwarder only, nothing is forwarded\n"
+    text += "[plugins.forwarder-sim]\n"
+    reason = f"default configuration: the SIMULATED forwarder, nothing is really forwarded: {why}"
+    return DefaultChoice(text, reason, simulated=True)
+
 
 _IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")

@@ -21,13 +21,26 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mgm.core.config import Config, ConfigError, effective_manager, load
+from mgm.core.config import (
+    DEFAULT_SOURCE,
+    Config,
+    ConfigError,
+    DefaultChoice,
+    default_config,
+    effective_manager,
+    load,
+    loads,
+    multicast_interfaces,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    config_path: str | None = args.config
+    choice: DefaultChoice | None = None
     try:
-        config = load(args.config)
+        if config_path is None:
+            choice = default_config(*probe_machine())
+            config = loads(choice.text, DEFAULT_SOURCE)
+        else:
+            config = load(config_path)
     except ConfigError as exc:
         print(f"mgm up: {exc}", file=sys.stderr)
         return 2
@@ -62,7 +81,41 @@ def run(args: argparse.Namespace) -> int:
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [up] %(name)s: %(message)s")
-    return asyncio.run(Supervisor(config, args.config, api, events, level).run())
+    if choice is None:
+        return asyncio.run(Supervisor(config, config_path, api, events, level).run())
+    log.log(logging.WARNING if choice.simulated else logging.INFO, "%s", choice.reason)
+    # The children read the same choice from a private copy (a restarted one must not decide anew).
+    workdir = tempfile.mkdtemp(prefix="mgm-up-")
+    try:
+        path = os.path.join(workdir, "default.toml")
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(choice.text)
+        return asyncio.run(Supervisor(config, path, api, events, level).run())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def probe_machine() -> tuple[bool, str | None, list[str]]:
+    """(root?, why MRT_INIT fails or None, multicast interfaces that are up): what `default_config` decides on."""
+    is_root = os.geteuid() == 0
+    mrt_error: str | None = None
+    if is_root:
+        from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
+
+        try:
+            MrouteSocket(upcall_filter=False).close()  # MRT_INIT then MRT_DONE: nothing left behind
+        except (MrouteError, OSError) as exc:
+            mrt_error = str(exc)
+    return is_root, mrt_error, multicast_interfaces(read_interface_flags())
+
+
+def read_interface_flags(sysfs: str = "/sys/class/net") -> dict[str, int]:
+    """Each interface's flags (IFF_*) from sysfs; an interface that vanishes while read is left out."""
+    flags = {}
+    for name in os.listdir(sysfs):
+        with contextlib.suppress(OSError, ValueError):
+            flags[name] = int(Path(sysfs, name, "flags").read_text().strip(), 16)
+    return flags
 
 
 def next_backoff(current: float, ran: float) -> tuple[float, float]:

@@ -1,0 +1,120 @@
+"""`mgm up` without --config: IGMP and the Linux forwarder where the machine can, else the simulator, said so.
+
+The decision is a pure function (`default_config`), tested for each branch;
+one namespace test runs `mgm up` with no --config as root on a router with
+two veth links and asks `mgm show` what runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_stack import FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID, MGM, START_WAIT
+from netns import Topology, wait_until
+
+from mgm.core.config import (
+    DEFAULT_SOURCE,
+    IFF_LOOPBACK,
+    IFF_MULTICAST,
+    IFF_UP,
+    default_config,
+    load,
+    loads,
+    multicast_interfaces,
+)
+from mgm.plugins.supervisor import read_interface_flags
+
+UP_MC = IFF_UP | IFF_MULTICAST
+
+
+def test_root_with_the_routing_socket_runs_igmp_and_the_linux_forwarder_on_the_interfaces() -> None:
+    choice = default_config(True, None, ["eth1", "eth2"])
+    config = loads(choice.text, DEFAULT_SOURCE)
+    assert sorted(config.plugins) == ["forwarder", "igmp"]
+    assert [ref.name_or_index for ref in config.plugins["igmp"].interfaces] == ["eth1", "eth2"]
+    assert config.plugins["forwarder"].interfaces == ()  # the forwarder owns nothing: VIFs follow the manager
+    assert not choice.simulated
+    assert "eth1, eth2" in choice.reason and "Linux kernel forwarder" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("is_root", "mrt_error", "interfaces", "why"),
+    [
+        (False, None, ["eth1"], "not root"),
+        (True, "MRT_INIT failed: another process already holds it", ["eth1"], "another process already holds it"),
+        (True, None, [], "no interface is up, multicast-capable and not loopback"),
+    ],
+)
+def test_otherwise_the_simulated_forwarder_alone_and_the_reason(
+    is_root: bool, mrt_error: str | None, interfaces: list[str], why: str
+) -> None:
+    choice = default_config(is_root, mrt_error, interfaces)
+    config = loads(choice.text, DEFAULT_SOURCE)
+    assert list(config.plugins) == ["forwarder-sim"]
+    assert choice.simulated
+    assert "SIMULATED" in choice.reason and why in choice.reason
+
+
+def test_a_multi_line_reason_stays_a_toml_comment() -> None:
+    choice = default_config(True, "line one\n[plugins.igmp]\nline three", ["eth1"])
+    assert list(loads(choice.text).plugins) == ["forwarder-sim"]
+
+
+def test_interface_names_that_need_quoting_survive() -> None:
+    choice = default_config(True, None, ['we"ird', "vlan.10"])
+    assert [r.name_or_index for r in loads(choice.text).plugins["igmp"].interfaces] == ['we"ird', "vlan.10"]
+
+
+def test_only_up_multicast_non_loopback_interfaces_count() -> None:
+    flags = {
+        "lo": UP_MC | IFF_LOOPBACK,
+        "eth0": UP_MC,
+        "down0": IFF_MULTICAST,
+        "tun0": IFF_UP,  # point-to-point without multicast
+        "a1": UP_MC | 0x40,  # other flags (RUNNING) do not matter
+    }
+    assert multicast_interfaces(flags) == ["a1", "eth0"]
+
+
+def test_interface_flags_are_read_from_sysfs(tmp_path: Path) -> None:
+    for name, flags in (("eth0", "0x1003"), ("lo", "0x9")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "flags").write_text(flags + "\n")
+    (tmp_path / "gone").mkdir()  # vanished while read: left out
+    assert read_interface_flags(str(tmp_path)) == {"eth0": 0x1003, "lo": 0x9}
+
+
+def test_load_without_a_file_is_still_the_manager_alone() -> None:
+    """`mgm plugin NAME` and `mgm manager` without --config read the base; only `mgm up` probes the machine."""
+    assert dict(load(None).plugins) == {}
+
+
+@pytest.mark.netns
+def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(topology: Topology) -> None:
+    router, h1, h2 = topology.namespaces("rtr", "h1", "h2")
+    topology.link(router, h1, "10.91.1.1/24", "10.91.1.2/24")
+    topology.link(router, h2, "10.91.2.1/24", "10.91.2.2/24")
+    rundir = topology.workdir / "run"
+    # the default endpoints live under MGM_RUNDIR: a private one, so no other manager is disturbed
+    up = router.popen([*MGM, "up"], "mgm-up", env={"MGM_RUNDIR": str(rundir)})
+    api = f"ipc://{rundir}/api"
+    r1, r2 = router.if_index("r1"), router.if_index("r2")
+
+    def show(table: str) -> list[dict[str, Any]]:
+
+        proc = router.run(*MGM, "show", table, "--json", "--api", api, check=False)
+        return list(json.loads(proc.stdout)["entries"]) if proc.returncode == 0 else []
+
+    def owned() -> bool:
+        assert up.alive(), up.log()
+        owners = {e["if_index"]: (e.get("owner") or {}).get("protocol_id") for e in show("interfaces")}
+        return owners.get(r1) == owners.get(r2) == IGMP_PROTOCOL_ID
+
+    wait_until(owned, START_WAIT, "igmp to own r1 and r2")
+    protocols = {e["protocol_id"] for e in show("protocols")}
+    assert protocols == {IGMP_PROTOCOL_ID, FORWARDER_PROTOCOL_ID}, show("protocols")
+    assert "IGMP and the Linux kernel forwarder on r1, r2" in up.log()
+    assert "SIMULATED" not in up.log()
