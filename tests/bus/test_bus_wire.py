@@ -306,3 +306,35 @@ def test_rundir_is_created_0700(tmp_path: Path) -> None:
         for f in ("api", "events"):
             (rundir / f).unlink(missing_ok=True)
         rundir.rmdir()
+
+
+def test_random_requests_never_stop_the_manager_and_each_gets_one_reply(manager: Any,
+                                                                         ctx: zmq.Context[Any]) -> None:
+    import random
+
+    from mgm.core.state import CORE_OPS
+
+    rng = random.Random(1234)
+    ops = sorted(CORE_OPS | {"ping", "sync", "nonsense"})
+    keys = ["handle", "protocol_id", "component_id", "name", "if_index", "next_hop", "source", "source_mask",
+            "group", "group_mask", "flags", "type", "enum", "max_entries", "stats", "after", "upstream_neighbor",
+            "entries", "question", "oil", "timeout", "stream", "cursor", "enabled", "in_packets"]
+    values: list[Any] = [None, 0, 1, -1, 10, 2**32, 2**63 - 1, -(2**63), 1.5, float("nan"), True, False, "", "x",
+                         "0.0.0.0", "255.255.255.255", "239.1.1.1", "10.0.0.1", "224.0.0.0", "300.1.1.1", "state",
+                         "proto/10/1", "all_sources", [], [{}], [{"if_index": 1, "next_hop": "0.0.0.0"}], {},
+                         {"source": "10.0.0.1", "group": "239.1.1.1"}, "y" * 5000, b"bytes", [[[]]]]
+    sock = dealer(ctx, manager.api)
+    handle = call(sock, "reg", "register_protocol", {"protocol_id": 10, "component_id": 1})["result"]["handle"]
+    values.append(handle)
+    call(sock, "own", "take_interface_ownership", {"handle": handle, "if_index": 1, "next_hop": "0.0.0.0"})
+    n = 2000
+    for i in range(n):
+        args = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(0, 8))}
+        if rng.random() < 0.5:
+            args["handle"] = handle
+        sock.send_multipart([b"", pack({"v": 1, "id": i, "op": rng.choice(ops), "args": args})])
+    replies = [recv_reply(sock) for _ in range(n)]
+    assert sorted(r["id"] for r in replies) == list(range(n))
+    assert all(type(r["status"]) is int and type(r["message"]) is str for r in replies)
+    assert call(sock, "after", "ping")["status"] == 0  # and nothing more came: this is the next reply
+    assert manager.alive()
