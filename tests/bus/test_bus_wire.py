@@ -338,3 +338,4 @@ def test_random_requests_never_stop_the_manager_and_each_gets_one_reply(manager:
     assert all(type(r["status"]) is int and type(r["message"]) is str for r in replies)
     assert call(sock, "after", "ping")["status"] == 0  # and nothing more came: this is the next reply
     assert manager.alive()
+    assert "failed inside the manager" not in manager.log()  # every refusal was a deliberate one
