@@ -27,6 +27,8 @@ def _endpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default=None, help=f"request endpoint (default {default_api()})")
     parser.add_argument("--events", default=None, help=f"event endpoint (default {default_events()})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="stderr lines as text, or one JSON object each (ts, level, logger, msg, fields)")
 
 
 def build_parser() -> argparse.ArgumentParser:
