@@ -32,6 +32,8 @@ from mgm.bus import topics
 from mgm.bus.server import XPUB_HWM, BusServer, ManagerRunning
 from mgm.bus.sockets import Curve, readable
 from mgm.bus.status import MgmError, Status
+from mgm.core.logs import fields as log_fields
+from mgm.core.logs import setup_from as setup_logging
 from mgm.core.types import ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
@@ -295,14 +297,20 @@ def _log_state_event(ev: Event, reason: str) -> None:
     f = ev.fields
     who = f"{f.get('protocol_id')}/{f.get('component_id')}"
     why = f" ({reason})" if reason else ""
+    extra = log_fields(protocol=(f.get("protocol_id"), f.get("component_id")), event=ev.type)
+    if reason:
+        extra["reason"] = reason
     if ev.type == "protocol_registered":
-        log.info("client %s registered%s", who, f" as {f['name']!r}" if f.get("name") else "")
+        log.info("client %s registered%s", who, f" as {f['name']!r}" if f.get("name") else "", extra=extra)
     elif ev.type == "protocol_deregistered":
-        log.info("client %s gone%s", who, why)
-    elif ev.type == "interface_owned":
-        log.info("client %s owns interface %s/%s", who, f.get("if_index"), f.get("next_hop"))
+        log.info("client %s gone%s", who, why, extra=extra)
     else:
-        log.info("client %s released interface %s/%s%s", who, f.get("if_index"), f.get("next_hop"), why)
+        extra["interface"] = f"{f.get('if_index')}/{f.get('next_hop')}"
+        if ev.type == "interface_owned":
+            log.info("client %s owns interface %s/%s", who, f.get("if_index"), f.get("next_hop"), extra=extra)
+        else:
+            log.info("client %s released interface %s/%s%s", who, f.get("if_index"), f.get("next_hop"), why,
+                     extra=extra)
 
 
 async def serve(
@@ -401,7 +409,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
                           mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
