@@ -42,6 +42,8 @@ import pluggy
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
 from mgm.core.config import Config, ConfigError, PluginConfig, effective_manager, find_line, load
+from mgm.core.logs import fields as log_fields
+from mgm.core.logs import setup_from as setup_logging
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
 from mgm.plugins import hookspecs
 from mgm.plugins.context import PluginContext
@@ -84,9 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
-    logging.basicConfig(
-        level=level.upper(), format=f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args, tag=args.name, level=level)
     try:
         return asyncio.run(Host(args.name, config, api, events).run())
     except PluginLoadError as exc:
@@ -360,12 +360,30 @@ class Host:
     # --- calling hooks -----------------------------------------------------------------------
 
     def call(self, hook: str, what: str, **kwargs: Any) -> Any:
-        """Call a hook; an exception is logged with the plugin and the event, and gives None."""
+        """Call a hook; an exception is logged with the plugin and the event, and gives None.
+
+        Each call is a debug line, and a failure an error line, with the fields
+        protocol, interface, group and source where the call has them.
+        """
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("plugin %s: %s on %s", self.name, hook, what, extra=self._hook_fields(hook, kwargs))
         try:
             return getattr(self.pm.hook, hook)(**kwargs)
         except Exception:
-            log.exception("plugin %s: hook %s raised on %s", self.name, hook, what)
+            log.exception("plugin %s: hook %s raised on %s", self.name, hook, what,
+                          extra=self._hook_fields(hook, kwargs))  # fmt: skip
             return None
+
+    def _hook_fields(self, hook: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        interface = kwargs.get("interface") or kwargs.get("in_interface")
+        return log_fields(
+            protocol=self.protocol,
+            interface=(interface.if_index, interface.next_hop) if isinstance(interface, Interface) else None,
+            group=kwargs.get("group"),
+            source=kwargs.get("source"),
+            plugin=self.name,
+            hook=hook,
+        )
 
     # --- the proto stream ----------------------------------------------------------------------
 
