@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"mgm monitor: warning: {t!r} is not an event type of protocol v1; filtering on it anyway",
                   file=sys.stderr)
     filters = Filters(frozenset(args.type), frozenset(args.interface), tuple(args.group), tuple(args.source))
-    tool_logging(args.log_level)
+    tool_logging(args.log_level, args.log_format)
     mon = Monitor(sys.stdout, args.json, filters, args.count)
     try:
         asyncio.run(_monitor(args, mon))

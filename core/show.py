@@ -83,10 +83,11 @@ async def start_client(client: Client) -> None:
         client_log.removeFilter(quiet)
 
 
-def tool_logging(log_level: str) -> None:
+def tool_logging(log_level: str, log_format: str = "text") -> None:
     """Tools print what they found; the library's info lines only with --log-level debug."""
-    level = logging.DEBUG if log_level == "debug" else max(logging.WARNING, logging.getLevelName(log_level.upper()))
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mgm.core.logs import setup
+
+    setup(log_level if log_level in ("debug", "error") else "warning", log_format)
 
 
 def add_timeout_option(parser: argparse.ArgumentParser) -> None:
@@ -349,7 +350,7 @@ async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._parser
     check_timeout(parser, args.timeout)
-    tool_logging(args.log_level)
+    tool_logging(args.log_level, args.log_format)
     if args.stats and args.table != "mfes":
         parser.error("--stats applies to `mgm show mfes` only (the manager keeps no counters for the other tables)")
     if args.page_size < 1:
