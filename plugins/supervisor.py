@@ -41,6 +41,7 @@ from mgm.core.config import (
     loads,
     multicast_interfaces,
 )
+from mgm.core.logs import setup_from as setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s [up] %(name)s: %(message)s")
+    setup_logging(args, tag="up", level=level)
     if choice is None:
-        return asyncio.run(Supervisor(config, config_path, api, events, level).run())
+        return asyncio.run(Supervisor(config, config_path, api, events, level, args.log_format).run())
     log.log(logging.WARNING if choice.simulated else logging.INFO, "%s", choice.reason)
     # The children read the same choice from a private copy (a restarted one must not decide anew).
     workdir = tempfile.mkdtemp(prefix="mgm-up-")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         path = os.path.join(workdir, "default.toml")
         with open(path, "w", encoding="utf-8") as out:
             out.write(choice.text)
-        return asyncio.run(Supervisor(config, path, api, events, level).run())
+        return asyncio.run(Supervisor(config, path, api, events, level, args.log_format).run())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -155,13 +156,15 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None, api: str, events: str, log_level: str) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None, api: str, events: str, log_level: str, log_format: str = "text"
+    ) -> None:
         self.config = config
         self.api = api
         self.events = events
         self.stopping = asyncio.Event()
         base = [sys.executable, "-m", "mgm.core.cli"]
-        common = ["--api", api, "--events", events, "--log-level", log_level]
+        common = ["--api", api, "--events", events, "--log-level", log_level, "--log-format", log_format]
         with_config = ["--config", config_path] if config_path else []
         self.manager = Child("manager", [*base, "manager", *common])
         self.plugins = [Child(name, [*base, "plugin", name, *common, *with_config]) for name in config.plugins]
