@@ -420,6 +420,11 @@ class CoreMachine(RuleBasedStateMachine):
             self.take(data.draw(st.sampled_from(CIDS)), data.draw(st.sampled_from(IFACES)), False)
         for _ in range(data.draw(st.integers(0, 8), "joins")):
             self.join_owned(data)
+        if data.draw(st.booleans(), "mfes"):  # start with some MFEs: most MFE rules need one
+            for _ in range(data.draw(st.integers(1, 4), "packets")):
+                self.packet_from_forwarder(data)
+            self.tick(DEADLINE + 0.01)
+            self.tick(DEADLINE + 0.01)
 
     def owned_pair(self, data: st.DataObject) -> tuple[ClientId, Iface] | None:
         pairs = [(c.cid, i) for c in self.model.clients.values() for i in c.ifaces]
@@ -628,6 +633,19 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             assert result is not DEFERRED, f"new_packet {sg}: the model has the MFE, the core deferred"
             self.check_mfe(result["mfe"], expected)
+
+    @rule(data=st.data())
+    def packet_from_forwarder(self, data: st.DataObject) -> None:
+        """new_packet / wrong_interface from a registered client on its own connection (random ones are mostly 87)."""
+        if not self.model.clients:
+            return
+        cid = data.draw(st.sampled_from(list(self.model.clients)), "forwarder")
+        sg = data.draw(st.sampled_from(EXACT), "sg")
+        iface = data.draw(st.sampled_from(IFACES), "arrival")
+        if sg in self.model.mfes and data.draw(st.booleans(), "wrong_if"):
+            self.wrong_interface(cid, sg, iface)
+        else:
+            self.new_packet(cid, sg, iface, False)
 
     def answerer(self, q: Question, wrong: bool) -> tuple[bytes, int] | None:
         if wrong:
