@@ -1,0 +1,155 @@
+"""What the proxy joins upstream and where it forwards, without any I/O (RFC 4605).
+
+The downstream memberships come from IGMP as local joins: per downstream
+interface, a set of (source, group) pairs where source 0.0.0.0 is (*,G).
+The upstream membership of a group is their merge over the downstream
+interfaces that may carry it (the per-interface allow/deny filters):
+
+* any downstream wanting (*,G) makes the upstream membership (*,G), an ASM
+  join (EXCLUDE {} in IGMPv3 terms), whatever sources others want;
+* otherwise it is the union of the wanted sources (INCLUDE {S1, S2...});
+* link-local groups (224.0.0.0/24) are never joined upstream.
+
+`plan` turns a change of one group's upstream membership into kernel
+operations ordered so that the upstream never sees the group left in
+between: the new membership is joined before the old one is dropped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+from mgm.core.types import ANY
+
+LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
+MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+
+ASM = "asm"
+"""The upstream membership of a group some downstream wants from every source: (*,G)."""
+
+K = TypeVar("K", bound=Hashable)
+"""An interface, however the caller names it."""
+
+Upstream = str | frozenset[str]
+"""One group's upstream membership: `ASM`, or the frozenset of sources to include."""
+
+
+def is_link_local(group: str) -> bool:
+    return ipaddress.IPv4Address(group) in LINK_LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFilter:
+    """Which groups a downstream interface may receive: `allow` (empty: all) minus `deny`; deny wins."""
+
+    allow: tuple[ipaddress.IPv4Network, ...] = ()
+    deny: tuple[ipaddress.IPv4Network, ...] = ()
+
+    def permits(self, group: str) -> bool:
+        address = ipaddress.IPv4Address(group)
+        if any(address in net for net in self.deny):
+            return False
+        return not self.allow or any(address in net for net in self.allow)
+
+    @classmethod
+    def of(cls, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> GroupFilter:
+        """From prefix strings ("239.1.0.0/16", or an address for one group); ValueError if one is bad."""
+        return cls(tuple(parse_prefix(p) for p in allow), tuple(parse_prefix(p) for p in deny))
+
+
+ALL = GroupFilter()
+
+
+def parse_prefix(text: str) -> ipaddress.IPv4Network:
+    """A multicast prefix; ValueError with a sentence saying what is wrong."""
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4 prefix like 239.1.0.0/16 ({exc})") from None
+    if not net.subnet_of(MULTICAST):
+        raise ValueError(f"{text!r} is not inside 224.0.0.0/4 (multicast groups)")
+    return net
+
+
+def upstream_membership(
+    group: str, wanted: Mapping[K, Iterable[str]], filters: Mapping[K, GroupFilter]
+) -> Upstream | None:
+    """The upstream membership of `group`: `ASM`, a frozenset of sources, or None (not joined).
+
+    `wanted` maps each downstream interface (any key) to the sources its
+    receivers want for the group (``0.0.0.0`` for every source);
+    `filters` gives the interface's filter (missing: all groups allowed).
+    """
+    if group == ANY or is_link_local(group):
+        return None
+    sources: set[str] = set()
+    for iface, wanted_sources in wanted.items():
+        if not filters.get(iface, ALL).permits(group):
+            continue
+        for source in wanted_sources:
+            if source == ANY:
+                return ASM
+            sources.add(source)
+    return frozenset(sources) if sources else None
+
+
+class Op(NamedTuple):
+    """One kernel membership operation on the upstream interface; source None is the (*,G) join."""
+
+    join: bool
+    group: str
+    source: str | None
+
+
+def plan(group: str, old: Upstream | None, new: Upstream | None) -> list[Op]:
+    """Operations taking `group` upstream from `old` to `new`: joins first, then drops."""
+    if old == new:
+        return []
+    joins: list[Op] = []
+    drops: list[Op] = []
+    old_sources = old if isinstance(old, frozenset) else frozenset()
+    new_sources = new if isinstance(new, frozenset) else frozenset()
+    if new == ASM and old != ASM:
+        joins.append(Op(True, group, None))
+    joins += [Op(True, group, s) for s in sorted(new_sources - old_sources)]
+    drops += [Op(False, group, s) for s in sorted(old_sources - new_sources)]
+    if old == ASM and new != ASM:
+        drops.append(Op(False, group, None))
+    return joins + drops
+
+
+def creation_verdicts(
+    group: str,
+    in_interface: K,
+    oil: Sequence[K],
+    *,
+    upstream: K,
+    filters: Mapping[K, GroupFilter],
+    downstream: Iterable[K],
+    forward_upstream: bool,
+) -> dict[K, bool]:
+    """Which of our interfaces in a new MFE's OIL may forward `group` (keys as given).
+
+    A downstream interface forwards the groups its filter permits.  The
+    upstream interface forwards only where configured (`forward_upstream`),
+    only traffic that came in on one of our downstream interfaces and whose
+    group that interface's filter permits, and never a link-local group.
+    """
+    ours = set(downstream)
+    verdicts: dict[K, bool] = {}
+    for iface in oil:
+        if iface == upstream:
+            verdicts[iface] = (
+                forward_upstream
+                and in_interface in ours
+                and not is_link_local(group)
+                and filters.get(in_interface, ALL).permits(group)
+            )
+        elif iface in ours:
+            verdicts[iface] = filters.get(iface, ALL).permits(group)
+        else:
+            verdicts[iface] = True
+    return verdicts

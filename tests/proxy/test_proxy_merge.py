@@ -1,0 +1,144 @@
+"""The proxy's decisions without sockets: the RFC 4605 merge, the join order, filters, creation alerts, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from mgm.core.config import ConfigError, loads
+from mgm.plugins.proxy import merge, settings
+from mgm.plugins.proxy.merge import ASM, GroupFilter, Op, creation_verdicts, plan, upstream_membership
+
+ANY = "0.0.0.0"
+S1, S2, S3 = "10.0.0.1", "10.0.0.2", "192.0.2.9"
+G = "239.1.2.3"
+
+
+def test_the_union_of_downstream_sources_is_joined_upstream() -> None:
+    wanted = {"eth1": {S1}, "eth2": {S2, S3}}
+    assert upstream_membership(G, wanted, {}) == frozenset({S1, S2, S3})
+
+
+def test_star_g_on_any_downstream_overrides_the_sources() -> None:
+    assert upstream_membership(G, {"eth1": {S1}, "eth2": {ANY}}, {}) == ASM
+    assert upstream_membership(G, {"eth1": {S1, ANY}}, {}) == ASM
+
+
+def test_nothing_wanted_is_not_joined() -> None:
+    assert upstream_membership(G, {}, {}) is None
+    assert upstream_membership(G, {"eth1": set()}, {}) is None
+
+
+def test_link_local_groups_are_never_joined_upstream() -> None:
+    assert upstream_membership("224.0.0.251", {"eth1": {ANY}}, {}) is None
+    assert upstream_membership("224.0.0.22", {"eth1": {S1}}, {}) is None
+    assert upstream_membership("224.0.1.1", {"eth1": {ANY}}, {}) == ASM  # outside 224.0.0.0/24
+
+
+def test_a_denied_interface_does_not_count_towards_the_upstream_membership() -> None:
+    filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
+    assert upstream_membership(G, {"eth1": {S1}, "eth2": {ANY}}, filters) == frozenset({S1})
+    assert upstream_membership(G, {"eth2": {ANY}}, filters) is None
+
+
+def test_allow_lists_and_deny_wins() -> None:
+    f = GroupFilter.of(allow=["239.1.0.0/16"], deny=["239.1.2.0/24"])
+    assert f.permits("239.1.9.9")
+    assert not f.permits("239.1.2.3")  # allowed by the /16, denied by the /24: deny wins
+    assert not f.permits("239.2.0.1")  # outside the allow list
+    assert GroupFilter().permits("239.2.0.1")  # no list: everything
+    assert GroupFilter.of(allow=["239.5.5.5"]).permits("239.5.5.5")  # an address is a /32
+
+
+@pytest.mark.parametrize("prefix", ["10.0.0.0/8", "239.1.2.3/16", "nonsense", "224.0.0.0/3"])
+def test_bad_prefixes_are_refused(prefix: str) -> None:
+    with pytest.raises(ValueError):
+        GroupFilter.of(allow=[prefix])
+
+
+def test_plan_joins_before_it_drops() -> None:
+    assert plan(G, None, ASM) == [Op(True, G, None)]
+    assert plan(G, ASM, None) == [Op(False, G, None)]
+    assert plan(G, ASM, ASM) == []
+    # sources -> (*,G): the (*,G) join comes first, so the upstream never sees the group left
+    assert plan(G, frozenset({S1, S2}), ASM) == [Op(True, G, None), Op(False, G, S1), Op(False, G, S2)]
+    assert plan(G, ASM, frozenset({S1})) == [Op(True, G, S1), Op(False, G, None)]
+    assert plan(G, frozenset({S1}), frozenset({S2})) == [Op(True, G, S2), Op(False, G, S1)]
+    assert plan(G, frozenset({S1}), None) == [Op(False, G, S1)]
+
+
+def test_creation_alert_disables_denied_downstreams_and_the_upstream() -> None:
+    filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
+    common = {"upstream": "eth0", "filters": filters, "downstream": ["eth1", "eth2"]}
+    got = creation_verdicts(G, "eth0", ["eth1", "eth2"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    assert got == {"eth1": True, "eth2": False}
+    # the upstream in an OIL: vetoed unless forward_upstream, and then only for flows from our downstream
+    got = creation_verdicts(G, "eth1", ["eth0", "eth2"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    assert got == {"eth0": False, "eth2": False}
+    got = creation_verdicts(G, "eth1", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    assert got == {"eth0": True}
+    got = creation_verdicts(G, "eth2", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    assert got == {"eth0": False}  # eth2 may not carry G at all
+    got = creation_verdicts(G, "eth9", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    assert got == {"eth0": False}  # not from one of our downstream interfaces
+    got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    assert got == {"eth0": False}
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+GOOD = """\
+[plugins.igmp]
+interfaces = ["eth1", "eth2"]
+
+[plugins.proxy]
+interfaces = ["eth0", "eth1", "eth2"]
+upstream = "eth0"
+downstream = [
+  "eth1",
+  { interface = "eth2", allow = ["239.0.0.0/8"], deny = ["239.9.0.0/16"] },
+]
+"""
+
+
+def test_settings_read_upstream_downstream_and_filters() -> None:
+    conf = settings.parse(loads(GOOD, "router.toml"), "proxy")
+    assert conf.upstream == "eth0"
+    assert conf.downstream == ("eth1", "eth2")
+    assert conf.forward_upstream is False
+    assert conf.filters["eth2"].permits("239.1.1.1") and not conf.filters["eth2"].permits("239.9.1.1")
+    assert "eth1" not in conf.filters
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "words"),
+    [
+        (('upstream = "eth0"', 'upstream = "eth1"'), 8, "cannot be downstream too"),
+        (('interfaces = ["eth0", "eth1", "eth2"]', 'interfaces = ["eth0", "eth1"]'), 5, "must list 'eth2'"),
+        (('interfaces = ["eth0", "eth1", "eth2"]', 'interfaces = ["eth0", "eth1", "eth2", "eth3"]'), 5, "neither"),
+        (('deny = ["239.9.0.0/16"]', 'deny = ["10.0.0.0/8"]'), 9, "224.0.0.0/4"),
+        (('"eth1",\n', '"eth1",\n  "eth1",\n'), 9, "listed twice"),
+        (('interfaces = ["eth1", "eth2"]', 'interfaces = ["eth0", "eth1", "eth2"]'), 6, "never a querier"),
+        (('interfaces = ["eth1", "eth2"]', 'interfaces = ["eth1"]'), 9, "IGMP must run there"),
+        (('upstream = "eth0"\n', 'upstream = "eth0"\nforward_upstream = "yes"\n'), 7, "true or false"),
+        (('upstream = "eth0"\n', 'upstream = "eth0"\nupstreams = 1\n'), 7, "unknown key"),
+    ],
+)
+def test_settings_mistakes_name_the_file_and_line(change: tuple[str, str], line: int, words: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    with pytest.raises(ConfigError) as info:
+        settings.parse(loads(text, "router.toml"), "proxy")
+    assert info.value.source == "router.toml"
+    assert info.value.line == line, str(info.value)
+    assert words in str(info.value)
+
+
+def test_no_upstream_or_downstream_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="needs `upstream"):
+        settings.parse(loads('[plugins.proxy]\ndownstream = ["eth1"]\n', "r.toml"), "proxy")
+    with pytest.raises(ConfigError, match="needs `downstream"):
+        settings.parse(loads('[plugins.proxy]\nupstream = "eth0"\ninterfaces = ["eth0"]\n', "r.toml"), "proxy")
+
+
+def test_is_link_local() -> None:
+    assert merge.is_link_local("224.0.0.1") and not merge.is_link_local("239.0.0.1")
