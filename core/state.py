@@ -461,6 +461,23 @@ class Mgm:
     def streams(self) -> list[str]:
         return [STATE] + [proto(*cid) for cid in self._clients]
 
+    # --- read-only views for observers in the manager's process (metrics) -------
+
+    def census(self) -> dict[str, int]:
+        """Table sizes, counted without building a listing (clients x interfaces, not memberships)."""
+        return {
+            "protocols": len(self._clients),
+            "interfaces": len(self._owners),
+            "memberships": sum(len(keys) for c in self._clients.values() for keys in c.members.values()),
+            "mfes": len(self._mfes),
+            "pending_mfes": len(self._pending),
+            "questions": len(self._questions),
+        }
+
+    def mfe_entries(self) -> Iterable[Mfe]:
+        """The stored MFEs in no order; read-only, and valid only until the next transition."""
+        return self._mfes.values()
+
     # --- helpers every operation uses ------------------------------------------
 
     def _emit(self, to: _Client | None, type_: str, fields: dict[str, Any]) -> None:
