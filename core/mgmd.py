@@ -34,6 +34,7 @@ from mgm.bus.sockets import Curve, readable
 from mgm.bus.status import MgmError, Status
 from mgm.core.logs import fields as log_fields
 from mgm.core.logs import setup_from as setup_logging
+from mgm.core.metrics import DEFAULT_TOP_MFES, Counts, parse_address
 from mgm.core.types import ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class Manager:
         curve: Curve | None = None,
         events_hwm: int = XPUB_HWM,
         clock: Callable[[], float] = time.monotonic,
+        metrics: tuple[str, int] | None = None,
+        top_mfes: int = DEFAULT_TOP_MFES,
     ) -> None:
         if core is None:
             core, core_ops, deferred = _real_core(question_deadline, mfe_timeout, liveness, resolver)
@@ -104,6 +107,12 @@ class Manager:
         self._kicked = False
         self._new_stream = False
         self._wakeup: asyncio.Future[None] | None = None
+        self.counts = Counts()
+        """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
+        self._known_ops = core_ops | OWN_OPS
+        self.metrics = metrics
+        self.top_mfes = top_mfes
+        self.metrics_server: Any = None
 
     @property
     def epoch(self) -> int:
@@ -113,11 +122,24 @@ class Manager:
         await self.server.open()
         log.info("manager started (pid %d): api %s, events %s, epoch %d",
                  os.getpid(), self.server.api, self.server.events, self.server.epoch)
+        if self.metrics is not None:
+            from mgm.core.metrics import MetricsServer, MgmCollector
+
+            self.metrics_server = MetricsServer(MgmCollector(self.counts, self.core, self.top_mfes))  # type: ignore[arg-type]
+            try:
+                host, port = await self.metrics_server.start(*self.metrics)
+            except OSError:
+                self.server.close()
+                raise
+            url = f"http://{host if ':' not in host else f'[{host}]'}:{port}/metrics"
+            log.info("metrics at %s", url, extra={"metrics_url": url})
 
     def stop(self) -> None:
         self._stopping.set()
 
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.server.close()
         log.info("manager stopped: sockets closed")
 
@@ -215,26 +237,41 @@ class Manager:
         handle = self.core.handle
         core_ops, deferred = self.core_ops, self.deferred
         reply, reply_error = server.reply, server.reply_error
+        counted, known = self.counts.requests, self._known_ops
         for conn, req_id, op, args in requests:
+            status = 0
             try:
                 if op in core_ops:
-                    result = handle(conn, op, args, now, (conn, req_id))
+                    result = handle(conn, op, args, now, (conn, req_id, op))
                     if result is not deferred:
                         reply(conn, req_id, result)
+                    else:
+                        continue  # counted when it completes
                 elif op == "ping":
                     reply(conn, req_id, server.ping())
                 elif op == "sync":
                     self._flush()  # the snapshot's seq must count every event that precedes it
                     reply(conn, req_id, server.sync(conn, args, self.core.snapshot))
+                    if args.get("cursor") is None:
+                        self._count_sync(args.get("stream"))
                 else:
+                    status = Status.ERROR_NOT_SUPPORTED
                     reply_error(conn, req_id, Status.ERROR_NOT_SUPPORTED, f"unknown op {op!r}")
             except MgmError as exc:
+                status = exc.status
                 reply_error(conn, req_id, exc.status, exc.message)
             except Exception as exc:
+                status = Status.ERROR_CAN_NOT_COMPLETE
                 log.exception("request %r (op %r) from %r failed inside the manager", req_id, op, conn)
                 reply_error(conn, req_id, Status.ERROR_CAN_NOT_COMPLETE,
                             f"internal error while handling {op}: {type(exc).__name__}: {exc}")
+            key = (op if op in known else "other", int(status))
+            counted[key] = counted.get(key, 0) + 1
         self._flush()
+
+    def _count_sync(self, stream: object) -> None:
+        kind = "state" if stream == topics.STATE else "proto" if str(stream).startswith("proto/") else "other"
+        self.counts.syncs[kind] = self.counts.syncs.get(kind, 0) + 1
 
     def _connections_lost(self, now: float) -> None:
         server = self.server
@@ -260,15 +297,19 @@ class Manager:
         core, server = self.core, self.server
         events = core.take_events()
         if events:
-            publish, topic_of = server.publish, self._topics
+            publish, topic_of, by_type = server.publish, self._topics, self.counts.events
             for ev in events:
                 to = ev.to
+                by_type[ev.type] = by_type.get(ev.type, 0) + 1
                 stream: str | None
                 if to is None:
                     stream = topics.STATE
                     if ev.type in _LOGGED:
                         _log_state_event(ev, reason)
                         self._new_stream = self._new_stream or ev.type == "protocol_registered"
+                        if ev.type == "protocol_deregistered" and reason in _REMOVALS:
+                            removed = self.counts.clients_removed
+                            removed[_REMOVALS[reason]] = removed.get(_REMOVALS[reason], 0) + 1
                 else:
                     stream = topic_of.get(to)
                     if stream is None:
@@ -279,7 +320,9 @@ class Manager:
                     log.exception("event %s on %s could not be published", ev.type, stream)
         completions = core.take_completions()
         for token, outcome in completions:
-            conn, req_id = token
+            conn, req_id, op = token
+            key = (op, int(outcome.status) if isinstance(outcome, MgmError) else 0)
+            self.counts.requests[key] = self.counts.requests.get(key, 0) + 1
             try:
                 if isinstance(outcome, MgmError):
                     server.reply_error(conn, req_id, outcome.status, outcome.message)
@@ -291,6 +334,8 @@ class Manager:
 
 
 _LOGGED = frozenset({"protocol_registered", "protocol_deregistered", "interface_owned", "interface_released"})
+_REMOVALS = {"timeout": "silence", "connection lost": "connection_lost"}
+"""Flush reasons under which a deregistration is the manager removing a client (for clients_removed)."""
 
 
 def _log_state_event(ev: Event, reason: str) -> None:
@@ -328,11 +373,13 @@ async def serve(
     core: Core | None = None,
     core_ops: frozenset[str] | None = None,
     deferred: object = None,
+    metrics: tuple[str, int] | None = None,
+    top_mfes: int = DEFAULT_TOP_MFES,
 ) -> None:
     """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
     manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred,
                       question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness,
-                      resolver=resolver, events_hwm=events_hwm)
+                      resolver=resolver, events_hwm=events_hwm, metrics=metrics, top_mfes=top_mfes)
     await manager.start()
     loop = asyncio.get_running_loop()
     if handle_signals:
@@ -406,12 +453,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events-hwm", type=int, default=XPUB_HWM, metavar="N",
                         help=f"events queued per subscriber before the newest are dropped (default {XPUB_HWM:,}); "
                              "subscribers resync from the seq gap")
+    parser.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; port 0 picks one, "
+                             "logged at start); see mgm.core.metrics for the list")
+    parser.add_argument("--metrics-top-mfes", type=int, default=DEFAULT_TOP_MFES, metavar="N",
+                        help=f"per-MFE packet series only for the N busiest MFEs (default {DEFAULT_TOP_MFES}; "
+                             "the sums cover all)")
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args)
     try:
+        metrics = parse_address(args.metrics) if args.metrics is not None else None
+        if args.metrics_top_mfes < 0:
+            raise ValueError(f"--metrics-top-mfes must be >= 0, not {args.metrics_top_mfes}")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
+                          metrics=metrics, top_mfes=args.metrics_top_mfes,
                           mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
                           resolver=RESOLVERS[args.resolver](),
                           handle_signals=True))
