@@ -325,6 +325,8 @@ def main() -> int:
         return 0
     raw_rates: list[float] = []
     mgm_rates: list[float] = []
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} before the run "
+          "(other load lowers (a) and (b) alike; the ratio is what to compare)", flush=True)
     with tempfile.TemporaryDirectory(prefix="mgm-bench-", dir="/tmp") as d:
         for i in range(a.rounds):
             raw_rates.append(run_raw(d, a.requests, a.window))
