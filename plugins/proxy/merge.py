@@ -133,7 +133,11 @@ def creation_verdicts(
 ) -> dict[K, bool]:
     """Which of our interfaces in a new MFE's OIL may forward `group` (keys as given).
 
-    A downstream interface forwards the groups its filter permits.  The
+    A downstream interface forwards the groups its filter permits, of
+    flows entering on the upstream or another downstream interface (RFC 4605
+    section 4.2); flows entering on another protocol's interface are that
+    protocol's business, not the proxy's receivers' (they get theirs through
+    the upstream).  The
     upstream interface forwards only where configured (`forward_upstream`),
     only traffic that came in on one of our downstream interfaces and whose
     group that interface's filter permits, and never a link-local group.
@@ -149,7 +153,8 @@ def creation_verdicts(
                 and filters.get(in_interface, ALL).permits(group)
             )
         elif iface in ours:
-            verdicts[iface] = filters.get(iface, ALL).permits(group)
+            from_proxy = in_interface == upstream or in_interface in ours
+            verdicts[iface] = from_proxy and filters.get(iface, ALL).permits(group)
         else:
             verdicts[iface] = True
     return verdicts

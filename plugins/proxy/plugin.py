@@ -17,18 +17,20 @@ How receivers downstream become traffic from upstream:
   manager asks us (the upstream's owner) for the RPF check, which we agree
   with whatever the source (no subnet filter), and builds the OIL from
   IGMP's memberships; in `mgm_creation_alert` we disable the downstream
-  interfaces whose filter denies the group, and the upstream interface
-  unless ``forward_upstream`` is set.
+  interfaces whose filter denies the group, downstream interfaces for flows
+  entering on another protocol's interface (the proxy's receivers get their
+  traffic through the upstream, RFC 4605 section 4.2), and the upstream
+  interface unless ``forward_upstream`` is set.
 * ``forward_upstream = true`` (RFC 4605 section 4.2) adds a (*,*) membership
   on the upstream interface, so flows from downstream sources also go up;
   `mgm_creation_alert` keeps that to flows entering on our downstream
   interfaces.
 
-Known limit: a filter is applied when an MFE is created (and by never
-joining a denied group upstream).  A receiver joining a denied group on one
-interface after the flow already forwards to another interface where the
-group is allowed is added to the OIL by the manager without a question, as
-for every routing protocol; the MGM has no later veto.
+Known limit: these vetoes apply when an MFE is created (and a filter also
+by never joining a denied group upstream).  A receiver joining a denied
+group on one interface after the flow already forwards to another interface
+where the group is allowed is added to the OIL by the manager without a
+question, as for every routing protocol: the MGM has no later veto.
 """
 
 from __future__ import annotations

@@ -82,6 +82,11 @@ def test_creation_alert_disables_denied_downstreams_and_the_upstream() -> None:
     assert got == {"eth0": False}  # not from one of our downstream interfaces
     got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
     assert got == {"eth0": False}
+    # downstream to downstream is allowed (RFC 4605 4.2); from another protocol's interface it is not
+    got = creation_verdicts("239.2.0.1", "eth2", ["eth1"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    assert got == {"eth1": True}
+    got = creation_verdicts("239.2.0.1", "eth7", ["eth1"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    assert got == {"eth1": False}
 
 
 # --- settings ------------------------------------------------------------------------------------

@@ -1,0 +1,412 @@
+"""The IGMP proxy for real: `mgm up` with the forwarder, IGMP downstream and the proxy, in namespaces.
+
+    snd (eth0) --- (r1) rtr (r2) --- (eth0) hrx1
+       upstream         rtr (r3) --- (eth0) hrx2
+                             downstream
+
+The sender sits directly on the upstream link and sends whether or not
+anyone joined (no snooping on a veth), so what reaches a receiver is the
+router's forwarding alone; a sniffer on the sender's interface records the
+IGMP reports the router's kernel sends upstream for the proxy, and
+/proc/net/igmp and /proc/net/mcfilter of the router show the memberships
+the proxy holds there.  Receivers join with ordinary sockets; their kernels
+speak IGMPv3.  Needs root; under CI=true a missing root fails instead of
+skipping.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import sys
+from typing import Any
+
+import pytest
+from mgm_testplugins.processes import ManagerProc
+from netns import (
+    Namespace,
+    NsProcess,
+    Receiver,
+    Topology,
+    send_udp,
+    topology,  # noqa: F401 (the fixture)
+    wait_until,
+)
+
+pytestmark = pytest.mark.netns
+
+WAIT = 20.0
+IGMP_FAST = """\
+query_interval = 2
+query_response_interval = 1
+last_member_query_interval = 0.2
+last_member_query_count = 2
+startup_query_interval = 0.25
+startup_query_count = 2
+"""
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+
+
+# --- run inside namespaces -------------------------------------------------------------------------
+
+
+def sniff_reports(ifname: str) -> None:
+    """Print one JSON line per IGMP report or leave seen on `ifname` (records of v3 reports expanded)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sock.bind((ifname, ETH_P_ALL))
+    print(json.dumps({"event": "ready"}), flush=True)
+    while True:
+        data, address = sock.recvfrom(65535)
+        if address[1] != ETH_P_IP or len(data) < 20 or data[9] != 2:
+            continue
+        source = socket.inet_ntoa(data[12:16])
+        igmp = data[(data[0] & 0x0F) * 4 :]
+        kind = igmp[0] if igmp else 0
+        if kind in (0x12, 0x16, 0x17):  # v1/v2 report, v2 leave
+            group = socket.inet_ntoa(igmp[4:8])
+            print(json.dumps({"event": "v2", "source": source, "type": kind, "group": group}), flush=True)
+        elif kind == 0x22:  # v3 report: one line per group record
+            count = struct.unpack("!H", igmp[6:8])[0]
+            at = 8
+            for _ in range(count):
+                rtype, aux, nsrc = igmp[at], igmp[at + 1], struct.unpack("!H", igmp[at + 2 : at + 4])[0]
+                group = socket.inet_ntoa(igmp[at + 4 : at + 8])
+                sources = [socket.inet_ntoa(igmp[at + 8 + 4 * i : at + 12 + 4 * i]) for i in range(nsrc)]
+                at += 8 + 4 * nsrc + 4 * aux
+                print(json.dumps({"event": "v3", "source": source, "record": rtype, "group": group,
+                                  "sources": sources}), flush=True)  # fmt: skip
+
+
+def upstream_memberships(ifname: str) -> dict[str, Any]:
+    """{"groups": {group: users}, "sources": [[group, source], ...]} of `ifname`, from /proc/net/igmp and mcfilter."""
+    groups: dict[str, int] = {}
+    device = None
+    with open("/proc/net/igmp") as f:
+        for line in f.read().splitlines()[1:]:
+            if not line.startswith("\t"):
+                device = line.split()[1]
+                continue
+            if device != ifname:
+                continue
+            fields = line.split()
+            groups[socket.inet_ntoa(bytes.fromhex(fields[0])[::-1])] = int(fields[1])
+    sources = []
+    with open("/proc/net/mcfilter") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 4 and fields[1] == ifname:
+                sources.append(
+                    [socket.inet_ntoa(bytes.fromhex(fields[2][2:])), socket.inet_ntoa(bytes.fromhex(fields[3][2:]))]
+                )
+    return {"groups": groups, "sources": sources}
+
+
+def pool_in_namespace(ifname: str, groups: int, sources: int) -> dict[str, Any]:
+    """Join `groups` (*,G) and `sources` (S,G) of one group through the proxy's socket pool; what the kernel holds."""
+    from mgm.plugins.proxy.upstream import UpstreamMemberships
+
+    pool = UpstreamMemberships(ifname, socket.if_nametoindex(ifname))
+    for i in range(groups):
+        pool.join(f"239.70.{i // 250}.{i % 250 + 1}", None)
+    for i in range(sources):
+        pool.join("232.70.0.1", f"10.70.{i // 250}.{i % 250 + 1}")
+    held = upstream_memberships(ifname)
+    sockets = len(pool.pool)
+    pool.leave("239.70.0.1", None)
+    pool.leave("232.70.0.1", "10.70.0.1")
+    after_leave = upstream_memberships(ifname)
+    pool.close()
+    return {"held": held, "sockets": sockets, "after_leave": after_leave, "after_close": upstream_memberships(ifname)}
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def reports(sniffer: NsProcess) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in sniffer.log().splitlines() if line.startswith('{"event": "v')]
+
+
+def joins_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
+    """v3 records that ask for traffic of `group` (IS_EX, TO_EX, ALLOW, IS_IN/TO_IN with sources) and v2 reports."""
+    found = []
+    for r in reports(sniffer):
+        if r["group"] != group:
+            continue
+        if (r["event"] == "v2" and r["type"] != 0x17) or (
+            r["event"] == "v3" and (r["record"] in (2, 4, 5) or (r["record"] in (1, 3) and r["sources"]))
+        ):
+            found.append(r)
+    return found
+
+
+def leaves_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
+    """v3 TO_IN({}) records and v2 leaves for `group`."""
+    found = []
+    for r in reports(sniffer):
+        v3_leave = r["event"] == "v3" and r["record"] == 3 and not r["sources"]
+        v2_leave = r["event"] == "v2" and r["type"] == 0x17
+        if r["group"] == group and (v3_leave or v2_leave):
+            found.append(r)
+    return found
+
+
+def start_router(topology: Topology, rtr: Namespace, tables: str) -> NsProcess:  # noqa: F811
+    work = topology.workdir
+    config = work / "router.toml"
+    config.write_text(f"""\
+[manager]
+api = "ipc://{work}/api"
+events = "ipc://{work}/events"
+log_level = "debug"
+
+[plugins.forwarder]
+
+{tables}""")
+    up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
+
+    def ready() -> bool:
+        if not up.alive():
+            raise AssertionError(f"mgm up exited {up.popen.returncode}:\n{up.log()}")
+        log = up.log()
+        return "proxy: upstream" in log and "igmp: running IGMPv" in log
+
+    wait_until(ready, WAIT, "the router's plugins to start")
+    return up
+
+
+def probe(topology: Topology) -> ManagerProc:  # noqa: F811
+    work = topology.workdir
+    return ManagerProc("probe", [], work / "probe.log", api=f"ipc://{work}/api")
+
+
+def igmp_members(manager: ManagerProc) -> set[tuple[str, str, int]]:
+    state = manager.request("sync", {"stream": "state"})["state"]
+    return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"] if m["protocol_id"] == 10}
+
+
+def fails(receiver: Receiver, topology: Topology, what: str) -> AssertionError:  # noqa: F811
+    return AssertionError(f"{what}: receiver {receiver.name} has {receiver.count()} packet(s)\n{topology.logs()}")
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+SRC = "10.66.0.2"
+FAR = "198.51.100.7"  # a second address of the sender, outside the upstream subnet
+G1, P1 = "239.66.1.1", 5661
+G_NONE, P_NONE = "239.66.9.9", 5669
+G_SSM, P_SSM = "232.66.1.1", 5662
+
+
+def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(topology: Topology) -> None:  # noqa: F811
+    snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
+    up_link = topology.link(snd, rtr, f"{SRC}/24", "10.66.0.1/24")
+    topology.link(rtr, rx1, "10.66.1.1/24", "10.66.1.2/24")
+    topology.link(rtr, rx2, "10.66.2.1/24", "10.66.2.2/24")
+    snd.ip("addr", "add", f"{FAR}/32", "dev", up_link.a_if)
+    snd.multicast_route(up_link.a_if)
+    sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
+    wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
+    up = start_router(
+        topology,
+        rtr,
+        f"""\
+[plugins.igmp]
+interfaces = ["r2", "r3"]
+{IGMP_FAST}
+[plugins.proxy]
+interfaces = ["r1", "r2", "r3"]
+upstream = "r1"
+downstream = ["r2", "r3"]
+""",
+    )
+    # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
+    snd.spawn(send_udp, G1, P1, 3000, interval=0.01, source=FAR, name="send-g1")
+    snd.spawn(send_udp, G_NONE, P_NONE, 3000, interval=0.01, source=SRC, name="send-none")
+    snd.spawn(send_udp, G_SSM, P_SSM, 3000, interval=0.01, source=SRC, name="send-ssm-a")
+    snd.spawn(send_udp, G_SSM, P_SSM, 3000, interval=0.01, source=FAR, name="send-ssm-b")
+
+    # join: two downstream receivers of G1, one (S,G) receiver, one receiver of a group the proxy must not see
+    a = rx1.receiver(G1, P1, name="a-g1")
+    b = rx2.receiver(G1, P1, name="b-g1")
+    ssm = rx1.receiver(G_SSM, P_SSM, source=SRC, name="a-ssm")
+    for rx in (a, b, ssm):
+        rx.wait_joined()
+    try:
+        a.wait_count(10, timeout=WAIT)
+        b.wait_count(10, timeout=WAIT)
+        ssm.wait_count(10, timeout=WAIT, source=SRC)
+    except TimeoutError:
+        raise fails(a, topology, "the proxy did not forward") from None
+    assert up.alive()
+    held = rtr.call(upstream_memberships, "r1")
+    assert held["groups"].get(G1) == 1, held  # one membership upstream for two downstream receivers
+    assert G_NONE not in held["groups"], held  # nobody downstream wants it
+    assert [G_SSM, SRC] in held["sources"], held  # the (S,G) join is an IGMPv3 source list upstream
+    assert [G_SSM, FAR] not in held["sources"], held
+    wait_until(lambda: joins_seen(sniffer, G1), WAIT, f"a report for {G1} upstream")
+    wait_until(lambda: any(SRC in r["sources"] for r in joins_seen(sniffer, G_SSM)), WAIT,
+               f"a report with source {SRC} for {G_SSM} upstream")  # fmt: skip
+    assert {r["source"] for r in joins_seen(sniffer, G1)} == {"10.66.0.1"}, "only the router reports upstream"
+    assert not joins_seen(sniffer, G_NONE)
+    assert ssm.count(source=FAR) == 0, "the (S,G) receiver got the other source"
+
+    # leave: one receiver goes, the other keeps receiving, the upstream membership stays
+    a.leave()
+    manager = probe(topology)
+    rtr_r2 = rtr.if_index("r2")
+    wait_until(lambda: ("0.0.0.0", G1, rtr_r2) not in igmp_members(manager), WAIT, "IGMP to drop hrx1's membership")
+    settled = a.count()
+    before_b = b.count()
+    b.wait_count(before_b + 20, timeout=WAIT)
+    assert a.count() <= settled + 1, "hrx1 still receives after its leave"  # one may be in flight
+    assert rtr.call(upstream_memberships, "r1")["groups"].get(G1) == 1
+
+    # the last receiver goes: the proxy leaves upstream
+    b.leave()
+    wait_until(lambda: G1 not in rtr.call(upstream_memberships, "r1")["groups"], WAIT, f"{G1} left upstream")
+    wait_until(lambda: leaves_seen(sniffer, G1), WAIT, f"a leave for {G1} upstream")
+
+    # rejoin: joined upstream again, forwarded again
+    again = rx1.receiver(G1, P1, name="a-g1-again")
+    again.wait_joined()
+    try:
+        again.wait_count(10, timeout=WAIT)
+    except TimeoutError:
+        raise fails(again, topology, "no traffic after the rejoin") from None
+    assert rtr.call(upstream_memberships, "r1")["groups"].get(G1) == 1
+    assert len(joins_seen(sniffer, G1)) >= 2, "a second upstream join after the leave"
+
+
+GA, PA = "239.67.1.1", 5671  # allowed on r2 and r3
+GD, PD = "239.67.2.2", 5672  # allowed on r2, denied on r3
+GX, PX = "239.68.0.1", 5673  # outside r2's allow list, denied on r3: joined nowhere
+
+
+def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(topology: Topology) -> None:  # noqa: F811
+    snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
+    up_link = topology.link(snd, rtr, "10.67.0.2/24", "10.67.0.1/24")
+    topology.link(rtr, rx1, "10.67.1.1/24", "10.67.1.2/24")
+    topology.link(rtr, rx2, "10.67.2.1/24", "10.67.2.2/24")
+    snd.multicast_route(up_link.a_if)
+    start_router(
+        topology,
+        rtr,
+        f"""\
+[plugins.igmp]
+interfaces = ["r2", "r3"]
+{IGMP_FAST}
+[plugins.proxy]
+interfaces = ["r1", "r2", "r3"]
+upstream = "r1"
+downstream = [
+  {{ interface = "r2", allow = ["239.67.0.0/16"] }},
+  {{ interface = "r3", deny = ["239.67.2.0/24", "239.68.0.0/16"] }},
+]
+""",
+    )
+    receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
+                 for ns in (rx1, rx2) for g, p in ((GA, PA), (GD, PD), (GX, PX))}  # fmt: skip
+    for rx in receivers.values():
+        rx.wait_joined()
+    # IGMP has every receiver before the first packet, so each flow's creation alert sees both interfaces
+    manager = probe(topology)
+    r2, r3 = rtr.if_index("r2"), rtr.if_index("r3")
+    wanted = {("0.0.0.0", g, i) for g in (GA, GD, GX) for i in (r2, r3)}
+    wait_until(lambda: wanted <= igmp_members(manager), WAIT, "IGMP memberships of all six receivers")
+    for g, p in ((GA, PA), (GD, PD), (GX, PX)):
+        snd.spawn(send_udp, g, p, 2000, interval=0.01, source="10.67.0.2", name=f"send-{g}")
+    try:
+        receivers[("hrx1", GA)].wait_count(10, timeout=WAIT)
+        receivers[("hrx2", GA)].wait_count(10, timeout=WAIT)
+        receivers[("hrx1", GD)].wait_count(10, timeout=WAIT)
+    except TimeoutError:
+        raise AssertionError(f"allowed groups were not forwarded:\n{topology.logs()}") from None
+    # GD and GX went by the router all along (the sender floods the upstream link) and GD forwards to hrx1
+    more = receivers[("hrx1", GD)].count() + 20
+    receivers[("hrx1", GD)].wait_count(more, timeout=WAIT)
+    assert receivers[("hrx2", GD)].count() == 0, "GD is denied on r3"
+    assert receivers[("hrx1", GX)].count() == 0, "GX is outside r2's allow list"
+    assert receivers[("hrx2", GX)].count() == 0, "GX is denied on r3"
+    held = rtr.call(upstream_memberships, "r1")["groups"]
+    assert held.get(GA) == 1 and held.get(GD) == 1, held
+    assert GX not in held, f"a group no downstream may receive was joined upstream: {held}"
+    mfe = manager.request("get_mfe", {"source": "10.67.0.2", "group": GD})["mfe"]
+    assert {e["if_index"] for e in mfe["oil"]} == {r2}, mfe
+
+
+GP, PP = "239.69.1.1", 5691  # the proxy's: upstream r1 (no IPv4 address) -> r2
+GS, PS = "239.69.2.2", 5692  # static's: r3 -> r4
+SRC_S = "10.69.3.2"
+
+
+def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_router(
+    topology: Topology,  # noqa: F811
+) -> None:
+    snd, snd2, rtr, rx1, rx2 = topology.namespaces("snd", "snd2", "rtr", "hrx1", "hrx2")
+    up_link = topology.link(snd, rtr, "10.69.0.2/24", None)  # r1 has no IPv4 address, as on PPPoE or some VLANs
+    topology.link(rtr, rx1, "10.69.1.1/24", "10.69.1.2/24")
+    s_link = topology.link(snd2, rtr, f"{SRC_S}/24", "10.69.3.1/24")
+    topology.link(rtr, rx2, "10.69.4.1/24", "10.69.4.2/24")
+    snd.multicast_route(up_link.a_if)
+    snd2.multicast_route(s_link.a_if)
+    sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
+    wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
+    up = start_router(
+        topology,
+        rtr,
+        f"""\
+[plugins.igmp]
+interfaces = ["r2"]
+{IGMP_FAST}
+[plugins.proxy]
+interfaces = ["r1", "r2"]
+upstream = "r1"
+downstream = ["r2"]
+
+[plugins.static]
+interfaces = ["r3", "r4"]
+routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
+""",
+    )
+    assert "no IPv4 address: reports leave with source 0.0.0.0" in up.log()
+    receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
+                 for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
+    for rx in receivers.values():
+        rx.wait_joined()
+    snd.spawn(send_udp, GP, PP, 2000, interval=0.01, source="10.69.0.2", name="send-proxy")
+    snd2.spawn(send_udp, GS, PS, 2000, interval=0.01, source=SRC_S, name="send-static")
+    try:
+        receivers[("hrx1", GP)].wait_count(10, timeout=WAIT)
+        receivers[("hrx2", GS)].wait_count(10, timeout=WAIT)
+    except TimeoutError:
+        raise AssertionError(f"the proxy and static did not both forward:\n{topology.logs()}") from None
+    assert up.alive()
+    wait_until(lambda: joins_seen(sniffer, GP), WAIT, f"the proxy's report for {GP} upstream")
+    assert {r["source"] for r in joins_seen(sniffer, GP)} == {"0.0.0.0"}
+    assert receivers[("hrx2", GP)].count() == 0  # r4 is static's, which has no route for GP
+    assert receivers[("hrx1", GS)].count() == 0  # the proxy's r2 is not in static's route
+    manager = probe(topology)
+    mfe_p = manager.request("get_mfe", {"source": "10.69.0.2", "group": GP})["mfe"]
+    assert (mfe_p["in_if_index"], mfe_p["in_protocol_id"]) == (rtr.if_index("r1"), 65002), mfe_p
+    mfe_s = manager.request("get_mfe", {"source": SRC_S, "group": GS})["mfe"]
+    assert (mfe_s["in_if_index"], mfe_s["in_protocol_id"]) == (rtr.if_index("r3"), 10006), mfe_s
+
+
+def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topology) -> None:  # noqa: F811
+    """50 groups and 15 sources of one group, past igmp_max_memberships=20 and igmp_max_msf=10 per socket."""
+    host, peer = topology.namespaces("host", "peer")
+    link = topology.link(host, peer, None, "10.70.9.1/24")
+    host.sysctl("net.ipv4.igmp_max_memberships", 20)
+    host.sysctl("net.ipv4.igmp_max_msf", 10)
+    got = host.call(pool_in_namespace, link.a_if, 50, 15)
+    held = got["held"]
+    joined = {g for g in held["groups"] if g.startswith("239.70.")}
+    assert len(joined) == 50 and all(held["groups"][g] == 1 for g in joined), held
+    assert len([s for g, s in held["sources"] if g == "232.70.0.1"]) == 15, held
+    assert got["sockets"] >= 5, got["sockets"]  # 50/20 -> 3 for the groups, 15/10 -> 2 for the sources
+    after = got["after_leave"]
+    assert "239.70.0.1" not in after["groups"] and len([g for g in after["groups"] if g.startswith("239.70.")]) == 49
+    assert ["232.70.0.1", "10.70.0.1"] not in after["sources"] and len(after["sources"]) == 14
+    assert not [g for g in got["after_close"]["groups"] if g.startswith(("239.70.", "232.70."))]
