@@ -392,6 +392,14 @@ class CoreMachine(RuleBasedStateMachine):
                 for x in p["questions"]
             )
             assert got_q == Counter((q.qid, q.norm) for q in m.open_questions(cid))
+        # next_deadline() may wake the manager early, never late: not after a question deadline, an MFE
+        # expiry or a client's liveness limit
+        due = [q.deadline for q in m.open_questions()]
+        due += [x.last_activity + x.timeout for x in m.mfes.values()]
+        due += [seen + LIVENESS for seen in m.conn_seen.values()]
+        wake = self.core.next_deadline()
+        if due:
+            assert wake is not None and wake <= min(due), f"next_deadline() {wake}, but {min(due)} is due"
         for other in CIDS:
             if other not in m.clients:
                 assert self.core.snapshot(f"proto/{other.protocol_id}/{other.component_id}") == {
