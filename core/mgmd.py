@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -248,8 +249,10 @@ class Manager:
                     else:
                         continue  # counted when it completes
                 elif op == "ping":
+                    self._touch(conn, now)
                     reply(conn, req_id, server.ping())
                 elif op == "sync":
+                    self._touch(conn, now)
                     self._flush()  # the snapshot's seq must count every event that precedes it
                     reply(conn, req_id, server.sync(conn, args, self.core.snapshot))
                     if args.get("cursor") is None:
@@ -272,6 +275,16 @@ class Manager:
     def _count_sync(self, stream: object) -> None:
         kind = "state" if stream == topics.STATE else "proto" if str(stream).startswith("proto/") else "other"
         self.counts.syncs[kind] = self.counts.syncs.get(kind, 0) + 1
+
+    def _touch(self, conn: bytes, now: float) -> None:
+        """Any request is a sign of life (PROTOCOL v1), also the two the core never sees.
+
+        The core refreshes a connection's liveness on every request it
+        handles, before it checks anything; a heartbeat without a handle is
+        refused (87) and changes nothing else.  tests/bus pins this behaviour.
+        """
+        with contextlib.suppress(MgmError):
+            self.core.handle(conn, "heartbeat", {}, now, None)
 
     def _connections_lost(self, now: float) -> None:
         server = self.server

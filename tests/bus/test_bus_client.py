@@ -179,6 +179,23 @@ def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable
     assert "client 17/2 gone (timeout)" in manager.log()
 
 
+def test_any_request_keeps_a_client_alive_also_ping_and_sync(start_manager: Callable[..., Any]) -> None:
+    manager = start_manager(liveness=1.0)
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as client:
+            await registered(client, 18, 1, if_index=None)
+            end = time.monotonic() + 2.5  # well past the liveness of 1 s
+            while time.monotonic() < end:
+                await client.request("ping")
+                await client.request("sync", {"stream": "proto/18/1"})
+                await asyncio.sleep(0.2)
+            _, _, state = await client.fetch_snapshot("state")
+            assert [(p["protocol_id"], p["component_id"]) for p in state["protocols"]] == [(18, 1)]
+
+    run(main())
+
+
 def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manager: Callable[..., Any]) -> None:
     manager = start_manager(question_deadline=0.3)
 
