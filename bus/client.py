@@ -11,9 +11,10 @@ not live when the snapshot was taken, and it syncs again.  The manager's `hb`
 (every second, and at once for a new subscriber) names the last seq of every
 stream, which reveals streams we have not met yet and losses at the tail.
 
-Receiving awaits readiness once and then drains both sockets without
-blocking, so a burst of thousands of messages costs one wakeup, not one
-await each.
+Receiving is a callback on the loop (add_reader on each socket's FD) that
+drains both sockets without blocking, so a burst of thousands of messages
+costs one wakeup, not one await each; callbacks (on_event, on_snapshot,
+on_new_epoch, on_manager_lost) are plain functions called from it.
 """
 
 from __future__ import annotations
