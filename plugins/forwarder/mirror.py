@@ -114,6 +114,7 @@ class Mirror:
         self.counts: dict[SgKey, _Counts] = {}
         self.requested: set[SgKey] = set()  # new_packet in flight
         self.stale: set[SgKey] = set()  # installed, unknown to the manager, deletion deferred
+        self.kept_vifs: set[int] = set()  # if_indexes whose VIF outlives a manager restart until the grace ends
         self.foreign_vifs: set[int] = set()  # VIF numbers in use by another process
         self._warned: set[tuple[str, object]] = set()
 
@@ -141,6 +142,9 @@ class Mirror:
         self.requested.clear()  # the kernel upcalls again for what is still unresolved
         stale = set(self.installed) - set(self.mfes)
         self.stale = stale if defer_stale else set()
+        # The new manager's first snapshot may come before the owners took their interfaces again:
+        # removing those VIFs would drop packets of the entries kept above, so they stay until the grace ends.
+        self.kept_vifs = set(self.vifs) - {iface.if_index for iface in self.owners} if self.stale else set()
         self._sync_vifs(resync_entries=False)
         for key in sorted(set(self.installed) | set(self.mfes)):
             if key not in self.stale:
@@ -170,6 +174,9 @@ class Mirror:
                 continue
             self.requested.add(key)
             args.append({"source": key[0], "group": key[1], "if_index": if_index, "next_hop": ANY})
+        if self.kept_vifs:
+            self.kept_vifs = set()
+            self._sync_vifs()  # the VIFs of interfaces still nobody's go now
         return args
 
     def forget(self, key: SgKey) -> None:
@@ -326,7 +333,7 @@ class Mirror:
     # --- converging -----------------------------------------------------------------------------------
 
     def _wanted_vifs(self) -> set[int]:
-        return {iface.if_index for iface in self.owners}
+        return {iface.if_index for iface in self.owners} | self.kept_vifs
 
     def _link_exists(self, if_index: int) -> bool:
         return self.links is None or if_index in self.links
