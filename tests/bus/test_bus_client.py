@@ -376,3 +376,34 @@ def test_a_client_made_again_keeps_its_identity_but_never_gets_old_replies(manag
                 assert beside.identity != identity
 
     run(main())
+
+
+def test_a_reply_that_cannot_be_delivered_releases_the_clients_of_its_connection(
+    start_manager: Callable[..., Any],
+) -> None:
+    manager = start_manager(question_deadline=0.3, liveness=60.0)  # liveness alone would take a minute
+
+    async def main() -> None:
+        async with Client(manager.api, manager.events) as owner, Client(manager.api, manager.events) as observer:
+            gone: list[dict[str, Any]] = []
+            synced: list[str] = []
+            observer.follow("state", lambda e: gone.append(e) if e["type"] == "protocol_deregistered" else None,
+                            lambda stream, state: synced.append(stream))
+            await until(lambda: synced, 5, "the observer's snapshot")
+            await registered(owner, 3, 1)  # owns interface 1: the rpf question keeps new_packet deferred
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(manager.api)
+            sock.send_multipart([b"", pack({"v": 1, "id": 1, "op": "register_protocol",
+                                            "args": {"protocol_id": 99, "component_id": 1}})])
+            assert sock.poll(5000)
+            handle = decode_reply(sock.recv_multipart()[-1])["result"]["handle"]
+            sock.send_multipart([b"", pack({"v": 1, "id": 2, "op": "new_packet", "args": {
+                "handle": handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
+                "next_hop": "0.0.0.0"}})])
+            sock.close(linger=2000)  # gone before its deferred reply (the linger lets the request leave first)
+            await until(lambda: gone, 10, "the forwarder's registration to be released")
+            assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (99, 1)
+
+    run(main())
+    assert "reply undeliverable" in manager.log()
