@@ -150,7 +150,7 @@ def test_a_restarted_manager_is_noticed_lost_then_as_a_new_epoch(start_manager: 
 
 
 def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable[..., Any]) -> None:
-    manager = start_manager(liveness=2.0)
+    manager = start_manager()  # the default liveness: 3 s
 
     async def main() -> None:
         async with Client(manager.api, manager.events) as observer, \
@@ -166,7 +166,7 @@ def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable
             await until(lambda: snapshots, 10, "the first snapshot")
             handle = await registered(plugin, 17, 2, if_index=None)
             plugin.heartbeat_handle = handle
-            await asyncio.sleep(3.0)  # longer than liveness: only the client's heartbeats keep it
+            await asyncio.sleep(4.0)  # longer than liveness: only the client's heartbeats keep it
             assert gone == []
             plugin.heartbeat_handle = None
             await until(lambda: gone, 10, "the silent client to be removed")
