@@ -75,26 +75,33 @@ def test_show_mfes_agrees_with_the_kernel_and_shows_its_counters(topology: Topol
     stack.receiver(0, G, PORT)
     stack.receiver(1, G, PORT)
     rx3 = stack.receiver(1, group2, port2)
+    # A few packets make each flow: the kernel holds only a handful while the MFE is being made.
+    stack.sender.call(send_udp, G, PORT, 3, interval=0.02, source=S1)
+    stack.sender.call(send_udp, group2, port2, 3, interval=0.02, source=S2)
+    wait_until(lambda: stack.kernel_oil(S1, G) == {"r2", "r3"} and stack.kernel_oil(S2, group2) == {"r3"}, WAIT,
+               "both flows in the kernel")  # fmt: skip
+    wait_until(lambda: _agrees(stack), WAIT, "`mgm show mfes` to list what /proc/net/ip_mr_cache lists")
+
+    before = rx3.count()
     stack.sender.call(send_udp, G, PORT, 30, interval=0.002, source=S1)
     stack.sender.call(send_udp, group2, port2, 20, interval=0.002, source=S2)
-    rx3.wait_count(20, WAIT)
-    wait_until(lambda: _agrees(stack), WAIT, "`mgm show mfes` to list what /proc/net/ip_mr_cache lists")
-    assert stack.kernel_oil(S1, G) == {"r2", "r3"} and stack.kernel_oil(S2, group2) == {"r3"}
+    rx3.wait_count(before + 20, WAIT)
 
     # The sender has stopped: the kernel's counters are final, and after a counter period the
     # manager's statistics say the same.
     def counted() -> bool:
         mfe = stack.mfe(S1, G, "--stats")
         entry = stack.kernel_entry(S1, G)
-        return mfe is not None and entry is not None and mfe.get("in_packets") == entry.packets == 30
+        return mfe is not None and entry is not None and entry.packets >= 30 and mfe.get("in_packets") == entry.packets
 
-    wait_until(counted, WAIT, "30 packets of (S1,G) in `mgm show mfes --stats`")
+    wait_until(counted, WAIT, "the kernel's packet count of (S1,G) in `mgm show mfes --stats`")
     mfe = stack.mfe(S1, G, "--stats")
     entry = stack.kernel_entry(S1, G)
     assert mfe is not None and entry is not None
     assert mfe["in_bytes"] == entry.bytes
     names = stack.if_names()
-    assert {names[o["if_index"]]: o["out_packets"] for o in mfe["oil"]} == {"r2": 30, "r3": 30}
+    # the output list never changed since the entry was made: every packet went out of both
+    assert {names[o["if_index"]]: o["out_packets"] for o in mfe["oil"]} == {"r2": entry.packets, "r3": entry.packets}
     stack.alive()
 
 
