@@ -8,12 +8,13 @@ two veth links and asks `mgm show` what runs.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_stack import FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID, MGM, START_WAIT
-from netns import Topology, wait_until
+from netns import Namespace, Topology, wait_until
 
 from mgm.core.config import (
     DEFAULT_SOURCE,
@@ -25,6 +26,7 @@ from mgm.core.config import (
     loads,
     multicast_interfaces,
 )
+from mgm.plugins.forwarder.mroute import MrouteSocket
 from mgm.plugins.supervisor import read_interface_flags
 
 UP_MC = IFF_UP | IFF_MULTICAST
@@ -92,6 +94,20 @@ def test_load_without_a_file_is_still_the_manager_alone() -> None:
     assert dict(load(None).plugins) == {}
 
 
+def hold_the_routing_socket() -> None:
+    """Run inside a namespace: take its multicast routing socket (as another daemon would) until killed."""
+    with MrouteSocket(upcall_filter=False):
+        print("holding", flush=True)
+        while True:
+            time.sleep(60)
+
+
+def show(router: Namespace, api: str, table: str) -> list[dict[str, Any]]:
+    """``mgm show TABLE --json`` in the router namespace; [] while the manager does not answer yet."""
+    proc = router.run(*MGM, "show", table, "--json", "--api", api, check=False)
+    return list(json.loads(proc.stdout)["entries"]) if proc.returncode == 0 else []
+
+
 @pytest.mark.netns
 def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(topology: Topology) -> None:
     router, h1, h2 = topology.namespaces("rtr", "h1", "h2")
@@ -103,18 +119,36 @@ def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(to
     api = f"ipc://{rundir}/api"
     r1, r2 = router.if_index("r1"), router.if_index("r2")
 
-    def show(table: str) -> list[dict[str, Any]]:
-
-        proc = router.run(*MGM, "show", table, "--json", "--api", api, check=False)
-        return list(json.loads(proc.stdout)["entries"]) if proc.returncode == 0 else []
-
     def owned() -> bool:
         assert up.alive(), up.log()
-        owners = {e["if_index"]: (e.get("owner") or {}).get("protocol_id") for e in show("interfaces")}
+        owners = {e["if_index"]: (e.get("owner") or {}).get("protocol_id") for e in show(router, api, "interfaces")}
         return owners.get(r1) == owners.get(r2) == IGMP_PROTOCOL_ID
 
     wait_until(owned, START_WAIT, "igmp to own r1 and r2")
-    protocols = {e["protocol_id"] for e in show("protocols")}
-    assert protocols == {IGMP_PROTOCOL_ID, FORWARDER_PROTOCOL_ID}, show("protocols")
+    protocols = {e["protocol_id"] for e in show(router, api, "protocols")}
+    assert protocols == {IGMP_PROTOCOL_ID, FORWARDER_PROTOCOL_ID}, show(router, api, "protocols")
     assert "IGMP and the Linux kernel forwarder on r1, r2" in up.log()
     assert "SIMULATED" not in up.log()
+
+
+@pytest.mark.netns
+def test_mgm_up_without_config_says_why_it_runs_the_simulated_forwarder(topology: Topology) -> None:
+    """Another process holds the routing socket: `mgm up` runs the simulated forwarder alone and says why."""
+    router, h1 = topology.namespaces("rtr", "h1")
+    topology.link(router, h1, "10.91.3.1/24", "10.91.3.2/24")
+    holder = router.spawn(hold_the_routing_socket, name="holder")
+    wait_until(lambda: "holding" in holder.log() or not holder.alive(), START_WAIT, "the other routing socket")
+    assert holder.alive(), holder.log()
+    rundir = topology.workdir / "run"
+    up = router.popen([*MGM, "up"], "mgm-up", env={"MGM_RUNDIR": str(rundir)})
+    api = f"ipc://{rundir}/api"
+
+    def registered() -> list[dict[str, Any]]:
+        assert up.alive(), up.log()
+        return show(router, api, "protocols")
+
+    protocols = wait_until(registered, START_WAIT, "the simulated forwarder registered")
+    assert [(p["protocol_id"], p["name"]) for p in protocols] == [(FORWARDER_PROTOCOL_ID, "forwarder (simulated)")]
+    assert "WARNING" in up.log() and "the SIMULATED forwarder" in up.log()
+    assert "another process already holds the multicast routing socket" in up.log()
+    assert show(router, api, "interfaces") == []  # no IGMP: nobody owns r1
