@@ -47,7 +47,7 @@ def router_config(workdir: str, interfaces: list[str], *, igmp: dict[str, Any] |
         "igmp": {"interfaces": interfaces, **IGMP_FAST, **(igmp or {})},
         "forwarder": {"counters_interval": 0.2, **(forwarder or {})},
     }
-    return toml_config(plugins, manager)
+    return str(toml_config(plugins, manager))
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Stack:
         return {v.name: v for v in parse_ip_mr_vif(self.router.run("cat", "/proc/net/ip_mr_vif").stdout)}
 
     def mfc(self) -> list[ProcMfc]:
-        return parse_ip_mr_cache(self.router.run("cat", "/proc/net/ip_mr_cache").stdout)
+        return list(parse_ip_mr_cache(self.router.run("cat", "/proc/net/ip_mr_cache").stdout))
 
     def kernel_entry(self, source: str, group: str) -> ProcMfc | None:
         return next((m for m in self.mfc() if (m.source, m.group) == (source, group) and m.resolved), None)
