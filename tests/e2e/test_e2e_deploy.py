@@ -1,4 +1,4 @@
-"""The example configurations in deploy/: each loads and passes its plugins' own checks, and router.toml forwards.
+"""The examples in deploy/: each loads, the built-in plugins' tables pass their checks, router.toml forwards.
 
 The structure check runs everywhere (interface names are not resolved: the
 example's names are not this machine's).  The namespace test builds a
@@ -42,10 +42,12 @@ def test_there_is_an_example() -> None:
 def test_every_example_loads_and_passes_its_plugins_checks(path: Path) -> None:
     config = load(path)
     assert config.plugins, f"{path.name} configures no plugin"
-    assert missing_plugins(list(config.plugins)) == []
-    for name in config.plugins:
-        assert name in CHECKS, f"{path.name}: no structure check for plugin {name!r} here: add one"
+    built_in = [name for name in config.plugins if name in CHECKS]
+    assert missing_plugins(built_in) == []
+    for name in built_in:
         CHECKS[name](config, name)
+    # Other plugins (third parties', e.g. examples/) check their own keys when they load; the loader
+    # has checked what the host reads of their tables (interfaces, ids).
 
 
 @pytest.mark.netns
