@@ -18,6 +18,9 @@ Any test may use them:
 Every process runs in its own process group and is killed, group and all,
 at teardown, also when the test fails; the logs of every process are
 printed on failure (pytest shows captured output of failing tests).
+
+The processes come from mgm.plugins.testing, the pytest plugin mgmbus ships
+for plugin authors (its fixture `mgm_bus` is available here too).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mgm_testplugins.control import Control, wait_for
-from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, Proc, toml_config
+from mgm_testplugins.control import Control
+
+from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, toml_config, wait_for
 
 # --- fixtures --------------------------------------------------------------------------------
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import zmq
 
 from mgm.bus.codec import pack, unpack
+from mgm.plugins.testing import POLL, wait_for
+
+__all__ = ["POLL", "Control", "ControlError", "wait_for"]
 
 T = TypeVar("T")
-
-POLL = 0.02
-"""Seconds between two looks in `wait_for`; never below 20 ms (ipc tails)."""
 
 
 class ControlError(Exception):
@@ -78,15 +77,3 @@ class Control:
 
         result = wait_for(found, timeout, f"{hook} with {match} on {self.endpoint}")
         return result
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
-    """Poll `predicate` every 20 ms until it returns something true, else raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}; last value {value!r}")
-        time.sleep(POLL)
