@@ -337,9 +337,11 @@ class BusClient:
 class MgmBus:
     """A manager, plugins and a client for one test; see the module docstring."""
 
-    def __init__(self, directory: Path, log_level: str = "debug") -> None:
+    def __init__(self, directory: Path, log_level: str = "debug", log_format: str = "text") -> None:
         self.dir = directory
         self.log_level = log_level
+        self.log_format = log_format
+        """--log-format of every process started from now on ("json": one object per line)."""
         self.api = f"ipc://{directory}/api"
         self.events = f"ipc://{directory}/events"
         self.manager: ManagerProc | None = None
@@ -354,7 +356,8 @@ class MgmBus:
         if self.manager is not None and self.manager.alive():
             raise RuntimeError("this test's manager is still running: stop it first (mgm_bus.manager.stop())")
         self._managers += 1
-        argv = [*MGM, "manager", "--api", self.api, "--events", self.events, "--log-level", self.log_level]
+        argv = [*MGM, "manager", "--api", self.api, "--events", self.events, "--log-level", self.log_level,
+                "--log-format", self.log_format]  # fmt: skip
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         proc = ManagerProc("manager", argv, self.dir / f"manager-{self._managers}.log", api=self.api,
@@ -391,7 +394,7 @@ class MgmBus:
         config_path = self.dir / f"{name}.toml"
         config_path.write_text(toml_config({name: table}))
         argv = [*MGM, "plugin", name, "--config", str(config_path), "--api", manager.api, "--events",
-                manager.events, "--log-level", self.log_level]  # fmt: skip
+                manager.events, "--log-level", self.log_level, "--log-format", self.log_format]  # fmt: skip
         proc = PluginProc(name, argv, self.dir / f"{name}.log", config_path=config_path)
         proc.start()
         self.plugins.append(proc)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from mgm.core.logs import fields, setup
-from mgm.plugins.testing import MgmBus
+from mgm.plugins.testing import MgmBus, wait_for
 
 REQUIRED = {"ts", "level", "logger", "msg"}
 
@@ -82,3 +82,27 @@ def test_manager_json_log_is_one_object_per_line(mgm_bus: MgmBus) -> None:
                                           "protocol_deregistered"]
     assert mine[1]["interface"] == "4/0.0.0.0"
     assert any(r["msg"].startswith("manager started") for r in records)
+
+
+def test_plugin_hook_calls_are_json_lines_with_protocol_interface_and_group(mgm_bus: MgmBus) -> None:
+    mgm_bus.log_format = "json"
+    table = {"protocol_id": 65200, "component_id": 1, "interfaces": [5], "control": f"ipc://{mgm_bus.dir}/ctl"}
+    plugin = mgm_bus.start_plugin("test-routing-a", table)
+    client = mgm_bus.client
+    handle = client.register(10, 1, "igmp (test)")
+    client.request("take_interface_ownership", {"handle": handle, "if_index": 5, "next_hop": "0.0.0.0"})
+    client.request("add_group_membership", {
+        "handle": handle, "source": "0.0.0.0", "source_mask": "0.0.0.0", "group": "239.1.1.1",
+        "group_mask": "255.255.255.255", "if_index": 5, "next_hop": "0.0.0.0", "flags": 1})  # fmt: skip
+
+    def hook_line() -> dict[str, object] | None:
+        records = [json.loads(line) for line in plugin.log().splitlines()]
+        return next((r for r in records if r.get("hook") == "mgm_local_join"), None)
+
+    record = wait_for(hook_line, 10, "the host's log line of the mgm_local_join call")
+    assert record.keys() >= REQUIRED
+    assert (record["protocol"], record["interface"], record["group"], record["source"]) == (
+        "65200/1", "5/0.0.0.0", "239.1.1.1", "0.0.0.0")
+    assert record["process"] == "test-routing-a" and record["logger"] == "mgm.plugins.host"
+    for line in plugin.log().splitlines():
+        assert json.loads(line).keys() >= REQUIRED, line
