@@ -545,7 +545,8 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), flags=st.sampled_from([1, 1, 1, 2]), foreign=FOREIGN)
     def leave(self, data: st.DataObject, flags: int, foreign: bool) -> None:
         existing = sorted(self.model.memberships())
-        if existing and data.draw(st.booleans(), "existing"):
+        use_existing: bool = data.draw(st.booleans(), "existing")
+        if existing and use_existing:
             cid, sg, iface = data.draw(st.sampled_from(existing), "membership")
         else:
             cid = data.draw(st.sampled_from(CIDS))
