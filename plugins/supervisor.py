@@ -165,6 +165,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         base = [sys.executable, "-m", "mgm.core.cli"]
         common = ["--api", api, "--events", events, "--log-level", log_level, "--log-format", log_format]
+        self.log_format = log_format
         with_config = ["--config", config_path] if config_path else []
         self.manager = Child("manager", [*base, "manager", *common])
         self.plugins = [Child(name, [*base, "plugin", name, *common, *with_config]) for name in config.plugins]
@@ -277,7 +278,12 @@ class Supervisor:
         log.info("%s (pid %d) stopped with status %s", child.name, proc.pid, proc.returncode)
 
     def show(self) -> None:
-        """The status table, on stderr: one line per process."""
+        """The status table, on stderr: one line per process (with --log-format json, one log line with them all)."""
+        if self.log_format == "json":
+            table = [{"name": c.name, "pid": c.pid, "state": c.state, "restarts": c.restarts}
+                     for c in [self.manager, *self.plugins]]  # fmt: skip
+            log.info("status: %s", ", ".join(f"{c['name']} {c['state']}" for c in table), extra={"processes": table})
+            return
         lines = [f"{'NAME':<20} {'PID':>7}  {'STATE':<8} RESTARTS"]
         for child in [self.manager, *self.plugins]:
             pid = str(child.pid) if child.pid is not None else "-"
