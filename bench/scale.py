@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mgm.core.state import DEFERRED, Mgm
-from mgm.core.types import Interface
+from mgm.core.types import Event, Interface
 
 ANY = "0.0.0.0"
 ONES = "255.255.255.255"
@@ -79,6 +79,8 @@ class Bench:
         self.handles: dict[tuple[int, int], int] = {}
         self.conns: dict[tuple[int, int], bytes] = {}
         self.events = 0
+        self.completed = 0  # deferred replies completed
+        self.questions: list[Event] | None = None  # collected while not None
         self.fresh = 0  # a counter for keys no earlier operation used
 
     def req(self, who: tuple[int, int], op: str, args: dict[str, Any], token: Any = None) -> Any:
@@ -88,8 +90,28 @@ class Bench:
         return result
 
     def drain(self) -> None:
-        self.events += len(self.core.take_events())
-        self.core.take_completions()
+        events = self.core.take_events()
+        self.events += len(events)
+        if self.questions is not None:
+            self.questions += [e for e in events if e.to is not None and "question" in e.fields]
+        self.completed += len(self.core.take_completions())
+
+    def answer_questions(self) -> None:
+        """Answer every question asked since the last call, as prompt plugins would: rpf keeps the
+        proposed interface, creation_alert enables every interface (and may ask more questions)."""
+        assert self.questions is not None
+        while self.questions:
+            asked, self.questions = self.questions, []
+            for e in asked:
+                who = (e.to.protocol_id, e.to.component_id)
+                args: dict[str, Any] = {"question": e.fields["question"]}
+                if e.type == "rpf":
+                    args.update(if_index=e.fields["if_index"], next_hop=e.fields["next_hop"], upstream_neighbor=ANY)
+                elif e.type == "creation_alert":
+                    args["oil"] = [{**o, "enabled": True} for o in e.fields["oil"]]
+                else:
+                    continue  # prune_alert: no answer keeps the timeout
+                self.req(who, "answer", args)
 
     def tick(self, dt: float) -> None:
         self.now += dt
@@ -212,6 +234,27 @@ def op_new_packet(b: Bench, n: int, rng: random.Random) -> Phases:
     return b.keepalive, run, (lambda: None)
 
 
+def op_new_packet_answered(b: Bench, n: int, rng: random.Random) -> Phases:
+    """new_packet of a new (S,G) on a joined group, completed by answers (rpf, then creation_alert)."""
+    keys = [(source_addr(b.fresh + i, 15), group_addr(g)) for i, g in enumerate(b.random_groups(n, rng))]
+    b.fresh += n
+
+    def setup() -> None:
+        b.questions = []
+        b.completed = 0
+
+    def run() -> None:
+        for s, g in keys:
+            assert b.packet(s, g) is DEFERRED
+            b.answer_questions()
+        assert b.completed == len(keys), (b.completed, len(keys))
+
+    def undo() -> None:
+        b.questions = None
+
+    return setup, run, undo
+
+
 def op_get_mfe(b: Bench, n: int, rng: random.Random) -> Phases:
     keys = [(source_addr(g), group_addr(g)) for g in b.random_groups(n, rng)]
     conn = b.conns[FWD]
@@ -305,8 +348,9 @@ OPS: list[tuple[str, Op, int | None]] = [
     ("group_enumeration_next page (100)", op_enumeration, None),
     ("enumeration page (100) right after a new (S,G)", op_enum_after_change, 1),
     ("list_mfes page (100) right after a new MFE", op_list_after_change, 1),
-    # last: it leaves its MFEs behind (batch x repeat more of them)
+    # last: they leave their MFEs behind (batch x repeat more of them each)
     ("new_packet + completion (deadlines)", op_new_packet, None),
+    ("new_packet + completion (answered)", op_new_packet_answered, None),
 ]
 
 
