@@ -20,7 +20,12 @@ groups.  After every step:
 
 CI settings: derandomized (a fixed seed), 200 examples of up to 50 steps.
 MGM_STATEFUL_EXAMPLES=N raises the count; MGM_STATEFUL_RANDOM=1 draws fresh
-random examples (and prints the seed on failure) for a longer local hunt.
+random examples (and prints the seed on failure) for a longer local hunt;
+MGM_STATEFUL_NOSHRINK=1 reports the first failing example as found (shrinking
+a 50-step failure can take minutes).  Hunt, e.g.:
+
+    cd tests/core && MGM_STATEFUL_RANDOM=1 MGM_STATEFUL_EXAMPLES=3000 \
+        /work/venv/bin/pytest -q test_stateful.py --hypothesis-show-statistics
 """
 
 from __future__ import annotations
