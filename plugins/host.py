@@ -59,6 +59,9 @@ EXIT_FAILURE = 1
 REGISTER_PATIENCE = 5.0
 """Seconds to keep trying to register while a crashed predecessor's registration lingers (liveness is 3 s)."""
 REGISTER_RETRY = 0.25
+RESTART_GRACE = 5.0
+"""After a manager restart, a local member the new manager has not announced again (IGMP replays at once)
+within this many seconds is gone (e.g. its host left while the manager was down): local_leave then."""
 SHUTDOWN_TIMEOUT = 2.0
 """How long a stopping host waits for the manager to confirm its release and deregistration."""
 ANSWERED_KEPT = 4096
@@ -217,6 +220,7 @@ class Host:
         self.registered = False
         self.started = False
         self.early: list[Callable[[], None]] = []
+        self.unconfirmed: set[tuple[str, str, str, str, Interface]] = set()  # local members of the last epoch
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -348,6 +352,7 @@ class Host:
         self.registered = False
         self.answered.clear()
         self.igmp_disabled.clear()  # a new manager has disabled nothing
+        self.unconfirmed = set(self.local_members)
         try:
             await self.register()
         except MgmError as exc:
@@ -356,6 +361,13 @@ class Host:
             return
         await self.ctx.replay()
         self.call("mgm_replay", "replay", mgm=self.ctx)
+        await asyncio.sleep(RESTART_GRACE)
+        if self.ctx.client.epoch != new:
+            return  # restarted again meanwhile: that epoch's task decides
+        for gone in sorted(self.unconfirmed & self.local_members, key=repr):
+            self.local_members.discard(gone)
+            self._local("mgm_local_leave", gone, "local_leave (not announced again after the manager restart)")
+        self.unconfirmed = set()
 
     # --- calling hooks -----------------------------------------------------------------------
 
@@ -414,6 +426,7 @@ class Host:
         for gone in sorted(self.local_members - members, key=repr):
             self.local_members.discard(gone)
             self._local("mgm_local_leave", gone, "local_leave (resync)")
+        self.unconfirmed -= members
         for new in sorted(members - self.local_members, key=repr):
             self.local_members.add(new)
             self._local("mgm_local_join", new, "local_join (resync)")
@@ -456,6 +469,7 @@ class Host:
 
     def _local_join(self, event: Mapping[str, Any]) -> None:
         member = _member(event)
+        self.unconfirmed.discard(member)
         self.local_members.add(member)
         self._local("mgm_local_join", member, "local_join")
 
