@@ -8,6 +8,8 @@ when the manager refused what the command asked).  Commands:
 * ``ping`` -> handle, protocol, pid
 * ``calls`` -> ``calls``: every hook call so far, ``{"hook": NAME, ...arguments}``
   (interfaces as ``[if_index, next_hop]``)
+* ``ledger`` -> ``handle``, ``interfaces``, ``memberships``: the context's ledger
+  (each membership ``[source, source_mask, group, group_mask, [if_index, next_hop], flags]``)
 * ``add_membership`` / ``delete_membership`` (source, group, if_index,
   next_hop?, source_mask?, group_mask?, flags?), ``take`` / ``release``
   (if_index, next_hop?), ``request`` (op, args): through the context, and the
@@ -190,6 +192,9 @@ class Recorder:
             return {"ok": True, "handle": ctx.handle, "protocol": list(ctx.protocol), "pid": os.getpid()}
         if cmd == "calls":
             return {"ok": True, "calls": self.calls}
+        if cmd == "ledger":  # what the context replays after a manager restart: what this plugin holds
+            return {"ok": True, "handle": ctx.handle, "interfaces": plain(list(ctx.interfaces)),
+                    "memberships": plain([list(m) for m in ctx.memberships])}  # fmt: skip
         if cmd in ("add_membership", "delete_membership"):
             iface = Interface(req["if_index"], req.get("next_hop", ANY))
             method = ctx.add_membership if cmd == "add_membership" else ctx.delete_membership
