@@ -210,7 +210,8 @@ def pump(up: Upstream, rx: Receiver, interval: float, until: float) -> list[tupl
         now = time.monotonic()
         up.tick(now, interval)
         wait = max(0.0, min(up.next_send, until) - now)
-        ready, _, _ = select.select([up.sniff, rx], [], [], wait)
+        readable: list[Any] = [up.sniff, rx]
+        ready, _, _ = select.select(readable, [], [], wait)
         if up.sniff in ready:
             up.read_reports()
         if rx in ready:

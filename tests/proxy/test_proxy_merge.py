@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mgm.core.config import ConfigError, loads
 from mgm.plugins.proxy import merge, settings
-from mgm.plugins.proxy.merge import ASM, GroupFilter, Op, creation_verdicts, plan, upstream_membership
+from mgm.plugins.proxy.merge import ASM, GroupFilter, Op, plan, upstream_membership
 
 ANY = "0.0.0.0"
 S1, S2, S3 = "10.0.0.1", "10.0.0.2", "192.0.2.9"
@@ -68,24 +70,28 @@ def test_plan_joins_before_it_drops() -> None:
 
 def test_creation_alert_disables_denied_downstreams_and_the_upstream() -> None:
     filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
-    common = {"upstream": "eth0", "filters": filters, "downstream": ["eth1", "eth2"]}
-    got = creation_verdicts(G, "eth0", ["eth1", "eth2"], forward_upstream=False, **common)  # type: ignore[arg-type]
+
+    def creation_verdicts(group: str, in_if: str, oil: list[str], *, forward_upstream: bool) -> dict[str, bool]:
+        return merge.creation_verdicts(group, in_if, oil, upstream="eth0", filters=filters,
+                                       downstream=["eth1", "eth2"], forward_upstream=forward_upstream)  # fmt: skip
+
+    got = creation_verdicts(G, "eth0", ["eth1", "eth2"], forward_upstream=False)
     assert got == {"eth1": True, "eth2": False}
     # the upstream in an OIL: vetoed unless forward_upstream, and then only for flows from our downstream
-    got = creation_verdicts(G, "eth1", ["eth0", "eth2"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    got = creation_verdicts(G, "eth1", ["eth0", "eth2"], forward_upstream=False)
     assert got == {"eth0": False, "eth2": False}
-    got = creation_verdicts(G, "eth1", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    got = creation_verdicts(G, "eth1", ["eth0"], forward_upstream=True)
     assert got == {"eth0": True}
-    got = creation_verdicts(G, "eth2", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    got = creation_verdicts(G, "eth2", ["eth0"], forward_upstream=True)
     assert got == {"eth0": False}  # eth2 may not carry G at all
-    got = creation_verdicts(G, "eth9", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    got = creation_verdicts(G, "eth9", ["eth0"], forward_upstream=True)
     assert got == {"eth0": False}  # not from one of our downstream interfaces
-    got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True, **common)  # type: ignore[arg-type]
+    got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True)
     assert got == {"eth0": False}
     # downstream to downstream is allowed (RFC 4605 4.2); from another protocol's interface it is not
-    got = creation_verdicts("239.2.0.1", "eth2", ["eth1"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    got = creation_verdicts("239.2.0.1", "eth2", ["eth1"], forward_upstream=False)
     assert got == {"eth1": True}
-    got = creation_verdicts("239.2.0.1", "eth7", ["eth1"], forward_upstream=False, **common)  # type: ignore[arg-type]
+    got = creation_verdicts("239.2.0.1", "eth7", ["eth1"], forward_upstream=False)
     assert got == {"eth1": False}
 
 
@@ -147,3 +153,86 @@ def test_no_upstream_or_downstream_is_an_error() -> None:
 
 def test_is_link_local() -> None:
     assert merge.is_link_local("224.0.0.1") and not merge.is_link_local("239.0.0.1")
+
+
+# --- the plugin's bookkeeping, with a kernel stand-in ---------------------------------------------
+
+
+class FakeKernel:
+    """Records the operations the plugin sends to the upstream sockets; refuses the groups in `refuse`."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.where: dict[tuple[str, str | None], None] = {}
+        self.ops: list[tuple[str, str, str | None]] = []
+        self.refuse = refuse
+
+    def join(self, group: str, source: str | None) -> None:
+        from mgm.plugins.proxy.upstream import UpstreamError
+
+        if group in self.refuse:
+            raise UpstreamError(105, "no buffer space")
+        self.where[(group, source)] = None
+        self.ops.append(("join", group, source))
+
+    def leave(self, group: str, source: str | None) -> None:
+        del self.where[(group, source)]
+        self.ops.append(("leave", group, source))
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def close(self) -> None:
+        self.where.clear()
+
+
+def proxy_with(kernel: FakeKernel, **filters: GroupFilter) -> Any:
+    from mgm.core.types import Interface
+    from mgm.plugins.proxy.plugin import ProxyPlugin
+
+    plugin = ProxyPlugin()
+    plugin.settings = settings.Settings("up", ("d1", "d2"), {}, False)
+    plugin.upstream = Interface(1)
+    for index, name in ((2, "d1"), (3, "d2")):
+        plugin.downstream[Interface(index)] = name
+        plugin.filters[Interface(index)] = filters.get(name, merge.ALL)
+    plugin.kernel = kernel  # type: ignore[assignment]  # the stand-in has the methods the plugin uses
+    return plugin
+
+
+def test_the_plugin_joins_once_and_follows_the_merge_without_a_gap() -> None:
+    from mgm.core.types import Interface
+
+    kernel = FakeKernel()
+    proxy = proxy_with(kernel)
+    d1, d2 = Interface(2), Interface(3)
+    proxy.local(True, S1, G, d1)
+    proxy.local(True, S2, G, d2)
+    assert kernel.ops == [("join", G, S1), ("join", G, S2)]
+    proxy.local(True, ANY, G, d2)  # (*,G) wins: joined first, then the sources go
+    assert kernel.ops[2:] == [("join", G, None), ("leave", G, S1), ("leave", G, S2)]
+    proxy.local(True, ANY, G, d1)  # a second (*,G) receiver changes nothing upstream
+    assert len(kernel.ops) == 5
+    proxy.local(False, ANY, G, d2)
+    proxy.local(False, ANY, G, d1)  # back to d1's and d2's sources
+    assert kernel.ops[5:] == [("join", G, S1), ("join", G, S2), ("leave", G, None)]
+    proxy.local(False, S1, G, d1)
+    proxy.local(False, S2, G, d2)
+    assert kernel.where == {} and proxy.joined == {} and proxy.members == {}
+
+
+def test_the_plugin_ignores_link_local_foreign_interfaces_and_remembers_refusals() -> None:
+    from mgm.core.types import Interface
+
+    kernel = FakeKernel(refuse=frozenset({"239.9.9.9"}))
+    proxy = proxy_with(kernel, d2=GroupFilter.of(deny=["239.5.0.0/16"]))
+    proxy.local(True, ANY, "224.0.0.251", Interface(2))
+    proxy.local(True, ANY, G, Interface(9))  # not a downstream interface
+    proxy.local(True, ANY, "239.5.1.1", Interface(3))  # denied on d2
+    assert kernel.ops == []
+    proxy.local(True, ANY, "239.9.9.9", Interface(2))
+    assert proxy.errors == 1 and "239.9.9.9" not in proxy.joined  # not held: a later change tries again
+    assert proxy.mgm_rpf(interface=Interface(1)) == (Interface(1), ANY)
+    assert proxy.mgm_rpf(interface=Interface(2)) is None
+    verdicts = proxy.mgm_creation_alert(group="239.5.1.1", in_interface=Interface(1),
+                                        oil=[Interface(2), Interface(3)])  # fmt: skip
+    assert verdicts == {Interface(2): True, Interface(3): False}
