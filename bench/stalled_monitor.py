@@ -45,7 +45,7 @@ def group_of(i: int) -> str:
 
 class Dealer:
     def __init__(self, api: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -59,7 +59,8 @@ class Dealer:
     def recv(self) -> dict[str, Any]:
         if not self.sock.poll(int(TIMEOUT * 1000)):
             raise TimeoutError("the manager did not answer")
-        return decode_reply(self.sock.recv_multipart()[-1])
+        reply: dict[str, Any] = decode_reply(self.sock.recv_multipart()[-1])
+        return reply
 
     def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         self.send(op, args)
@@ -125,7 +126,7 @@ def one_run(api: str, manager_pid: int, protocol_id: int, n: int, window: int, s
 
 def raw_sub(events: str) -> None:
     """A subscriber that connects, subscribes to everything, and never reads."""
-    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.connect(events)
     print("connected", flush=True)
@@ -134,7 +135,8 @@ def raw_sub(events: str) -> None:
 
 def start_stalled(kind: str, api: str, events: str, workdir: str) -> subprocess.Popen[bytes]:
     """A subscriber that connected and stopped reading; returned once its subscription reached the manager."""
-    probe = zmq.Context.instance().socket(zmq.SUB)  # to see the manager's heartbeat for a new subscription
+    # to see the manager's heartbeat for a new subscription
+    probe: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     probe.setsockopt(zmq.SUBSCRIBE, b"hb")
     probe.connect(events)
     time.sleep(0.3)  # let the probe's own subscription settle, so its hb does not count

@@ -73,8 +73,11 @@ class Flow:
     def wait_flowing(self, past: list[int], more: int = 20) -> None:
         """Wait until every receiver got `more` packets beyond the sequence numbers `past`."""
         for rx, seen in zip(self.receivers, past, strict=True):
-            wait_until(lambda rx=rx, seen=seen: max(self.seqs(rx), default=-1) >= seen + more, WAIT,
-                       f"{more} packets past seq {seen} at {rx.name}")  # fmt: skip
+
+            def past_it(rx: Receiver = rx, seen: int = seen) -> bool:
+                return max(self.seqs(rx), default=-1) >= seen + more
+
+            wait_until(past_it, WAIT, f"{more} packets past seq {seen} at {rx.name}")
 
     def lost(self, since: list[int]) -> list[list[int]]:
         """Per receiver: sequence numbers missing between `since` and the newest it received."""
@@ -170,7 +173,7 @@ class StateWatch:
         self._ready = threading.Event()
 
     def _run(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"state")
         sock.setsockopt(zmq.SUBSCRIBE, b"hb")

@@ -123,7 +123,7 @@ class Wire:
     """One DEALER to the manager; every reply counted by id."""
 
     def __init__(self, api: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(api)
         self.replies: Counter[Any] = Counter()
@@ -250,7 +250,7 @@ def test_a_frame_over_64_kib_drops_that_connection_and_nothing_else(
 ) -> None:
     manager, fuzz, _ = wires
     seq, before = snapshot(manager)
-    big = zmq.Context.instance().socket(zmq.DEALER)
+    big: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     big.setsockopt(zmq.LINGER, 0)
     try:
         big.connect(manager.api)

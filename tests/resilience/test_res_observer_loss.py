@@ -94,7 +94,7 @@ class Writer:
     """A blocking DEALER that pipelines requests and collects their replies (not on the blocked loop)."""
 
     def __init__(self, api: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(api)
         self.next_id = 0
@@ -147,7 +147,7 @@ def churn(writer: Writer, other: Writer) -> int:
     other.send("take_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
     other.send("release_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
     other.send("deregister_protocol", {"handle": oh})
-    ok = sum(r["status"] == 0 for r in writer.replies() + other.replies())
+    ok: int = sum(r["status"] == 0 for r in writer.replies() + other.replies())
     return ok
 
 
@@ -161,7 +161,8 @@ def state_of(api: str) -> tuple[int, dict[str, Any]]:
             result = writer.call("sync", {"stream": "state", "cursor": result["cursor"]})
             for key, value in result["state"].items():
                 state[key].extend(value)
-        return int(result["seq"]), state
+        seq: int = result["seq"]
+        return seq, state
     finally:
         writer.close()
 

@@ -1,0 +1,77 @@
+"""What crashes cost on the real stack: plugin death, manager restart, forwarder restart (network namespaces).
+
+The topology of tests/e2e/e2e_stack.py (sender, a router running `mgm up` with
+igmp and the Linux forwarder, two receiving hosts), a stream every 5 ms, and
+the three scenarios of tests/resilience/res_scenario.py run one after another
+on it, `--rounds` times:
+
+* plugin death: SIGKILL igmp; seconds until the manager deregisters it
+  (liveness 3 s, so about 2.25-3 s plus a tick) and until its memberships are
+  back (the restarted igmp queries, the hosts answer);
+* manager restart: SIGKILL the manager; seconds until a new one answers and
+  until its MFE table is complete and matches the kernel's (dominated by the
+  forwarder's restart_grace, --grace), and packets lost on the established
+  flow (goal 0);
+* forwarder restart: SIGKILL the forwarder; packets lost and seconds until
+  traffic flows again (the new forwarder registers once the manager has let
+  go of the old one: about the liveness).
+
+    sudo /work/venv/bin/python bench/restart_gaps.py [--rounds 2] [--grace 2.0]
+
+Needs root; about 40 s per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(ROOT / "tests" / "resilience")]
+
+from netns import Topology  # noqa: E402
+from res_scenario import INTERVAL, forwarder_restart, manager_restart, plugin_death, setup  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--grace", type=float, default=2.0, help="the forwarder's restart_grace (seconds)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("restart_gaps.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    rows: dict[str, list[float]] = {}
+
+    def note(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    for r in range(args.rounds):
+        with Topology() as topology:
+            flow = setup(topology, restart_grace=args.grace)
+            try:
+                death = plugin_death(flow)
+                note("plugin death: detection (s)", death.detection)
+                note("plugin death: memberships back (s)", death.recovered)
+                restart = manager_restart(flow)
+                note("manager restart: answering (s)", restart.answered)
+                note("manager restart: converged (s)", restart.convergence)
+                note("manager restart: packets lost (max over receivers)", max(len(x) for x in restart.lost))
+                fwd = forwarder_restart(flow)
+                note("forwarder restart: traffic back (s)", fwd.gap)
+                note("forwarder restart: packets lost (max over receivers)", max(fwd.lost))
+                note("forwarder restart: gap from lost packets (s)", max(fwd.lost) * INTERVAL)
+            finally:
+                flow.stop_stream()
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items()), flush=True)
+    print(f"\n{args.rounds} round(s), stream every {INTERVAL * 1000:.0f} ms, forwarder restart_grace {args.grace} s")
+    for key, values in rows.items():
+        print(f"{key:<55} median {statistics.median(values):8.2f}   max {max(values):8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
