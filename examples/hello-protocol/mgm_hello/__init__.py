@@ -35,18 +35,35 @@ class Hello:
         self.receivers: dict[tuple[str, str], set[Interface]] = {}
 
     @hookimpl
-    def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
+    def mgm_protocol(self, config: Any) -> tuple[int, int]:
+        """Called before registering: the place to check our keys.
+
+        `config.error(key, message)` is a ConfigError naming the file, the key
+        and its line; raised here, the host exits with status 2 (a mistake a
+        restart cannot fix) before it touches the manager.
+        """
+        upstream = config.get("upstream")
+        if upstream is None:
+            raise config.error("upstream", "hello needs upstream: the interface flows must come in on")
+        if isinstance(upstream, int) and not isinstance(upstream, bool):
+            if_index = upstream
+        else:
+            try:
+                if_index = socket.if_nametoindex(str(upstream))
+            except OSError:
+                raise config.error("upstream", f"no interface named {upstream!r} here") from None
+        blocked = config.get("blocked", [])
+        if not isinstance(blocked, list) or not all(isinstance(g, str) for g in blocked):
+            raise config.error("blocked", "must be a list of group addresses")
+        self.upstream = Interface(if_index)
+        self.blocked = frozenset(blocked)
         return (PROTOCOL_ID, 1)
 
     @hookimpl
     def mgm_start(self, mgm: Any, config: Mapping[str, Any]) -> None:
-        upstream = config.get("upstream")
-        if upstream is None:
-            raise ValueError("[plugins.hello] needs upstream: the interface flows must come in on")
-        if_index = upstream if isinstance(upstream, int) else socket.if_nametoindex(str(upstream))
-        self.upstream = Interface(if_index)
-        self.blocked = frozenset(config.get("blocked", []))
-        mgm.log.info("hello up: upstream %s, blocked groups %s", if_index, sorted(self.blocked) or "none")
+        assert self.upstream is not None
+        mgm.log.info("hello up: upstream %s, blocked groups %s", self.upstream.if_index,
+                     sorted(self.blocked) or "none")  # fmt: skip
 
     @hookimpl
     def mgm_local_join(self, mgm: Any, source: str, group: str, interface: Interface) -> None:

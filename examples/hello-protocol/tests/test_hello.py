@@ -69,3 +69,10 @@ def test_hello_never_forwards_a_blocked_group(hello: Any, mgm_bus: Any) -> None:
     assert mfe["oil"] == []  # hello vetoed interface 13 in its creation alert
     created = mgm_bus.wait_for_event(lambda e: e["type"] == "mfe_created" and e["mfe"]["group"] == "239.9.9.9")
     assert created["mfe"]["oil"] == []
+
+
+def test_hello_without_upstream_stops_with_a_config_error(mgm_bus: Any) -> None:
+    plugin = mgm_bus.start_plugin("hello", {"interfaces": [11]}, wait=False)
+    assert plugin.wait(15) == 2  # a mistake a restart cannot fix
+    assert "plugins.hello.upstream" in plugin.log() and "hello needs upstream" in plugin.log()
+    assert mgm_bus.state()["protocols"] == []  # it never registered
