@@ -6,11 +6,22 @@ Format::
     api = "ipc:///run/mgm/api"
     events = "ipc:///run/mgm/events"
     log_level = "info"         # debug, info, warning, error
+    # tcp endpoints need CURVE (docs/security.md); paths are relative to this file
+    curve_secret_key = "keys/manager.key_secret"     # the manager's key pair: it binds tcp only with one
+    curve_server_public_key = "Z85 OF manager.key"   # clients: the manager's public key
+    curve_client_key = "keys/ops.key_secret"         # clients (mgm show, monitor, plugins): our key pair
+
+    [[manager.clients]]        # the manager's allow-list: who may connect over tcp, and claim what
+    name = "pim-east"
+    public_key = "Z85 OF pim-east.key"  # as `mgm keys list` prints it
+    protocol_ids = [21]                 # may register these protocol ids (none: observe only)
+    interfaces = ["eth3", 7]            # may take these interfaces (names are the manager's)
 
     [plugins.igmp]             # NAME = the plugin's entry point name (group mgm.plugins)
     interfaces = ["eth1", 3]   # names or if_index ints, or {interface = "eth2", next_hop = "10.0.0.2"}
     protocol_id = 10           # optional where the plugin's mgm_protocol hook says it
     component_id = 1
+    curve_key = "keys/igmp.key_secret"  # this plugin's key pair over tcp (default: manager.curve_client_key)
     robustness = 2             # any other key belongs to the plugin
 
 The file is read once, validated here, and every mistake raises `ConfigError`
@@ -21,6 +32,7 @@ in this module so that the installed package needs no file of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -34,8 +46,10 @@ from typing import Any
 from mgm.bus.endpoints import check_ipc_endpoint, default_api, default_events
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-MANAGER_KEYS = frozenset({"api", "events", "log_level"})
-PLUGIN_COMMON_KEYS = frozenset({"interfaces", "protocol_id", "component_id"})
+MANAGER_KEYS = frozenset({"api", "events", "log_level", "curve_secret_key", "curve_server_public_key",
+                          "curve_client_key", "clients"})
+CLIENT_KEYS = frozenset({"name", "public_key", "protocol_ids", "interfaces"})
+PLUGIN_COMMON_KEYS = frozenset({"interfaces", "protocol_id", "component_id", "curve_key"})
 """Keys of a [plugins.NAME] table that the host reads; every other key is the plugin's own."""
 ID_MAX = 2**32 - 1
 DEFAULT_SOURCE = "<embedded default config>"
@@ -102,6 +116,8 @@ def default_config(is_root: bool, mrt_error: str | None, interfaces: Sequence[st
 
 _IPV4 = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+_Z85 = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
+"""A CURVE public key as z85 text (32 bytes -> 40 characters of ZeroMQ's z85 alphabet)."""
 
 
 class ConfigError(ValueError):
@@ -127,10 +143,25 @@ class InterfaceRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientKey:
+    """One [[manager.clients]] entry: a CURVE public key the manager admits over tcp, and what it may claim."""
+
+    name: str
+    public_key: bytes
+    protocol_ids: frozenset[int] = frozenset()
+    interfaces: tuple[InterfaceRef, ...] = ()
+    key_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ManagerConfig:
     api: str | None = None
     events: str | None = None
     log_level: str | None = None
+    curve_secret_key: Path | None = None
+    curve_server_public_key: bytes | None = None
+    curve_client_key: Path | None = None
+    clients: tuple[ClientKey, ...] = ()
 
 
 class PluginTable(Mapping[str, Any]):
@@ -182,6 +213,7 @@ class PluginConfig:
     protocol_id: int | None = None
     component_id: int | None = None
     table: Mapping[str, Any] = field(default_factory=lambda: PluginTable({}))
+    curve_key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +243,8 @@ def effective_manager(config: Config, api: str, events: str, log_level: str) -> 
     not given, so a value equal to the default counts as not given.
     """
     m = config.manager
-    return ManagerConfig(
+    return dataclasses.replace(
+        m,
         api=api if api != default_api() or m.api is None else m.api,
         events=events if events != default_events() or m.events is None else m.events,
         log_level=log_level if log_level != DEFAULT_LOG_LEVEL or m.log_level is None else m.log_level,
@@ -272,7 +305,65 @@ class _Checker:
         level = raw.get("log_level")
         if level is not None and level not in LOG_LEVELS:
             raise self.error("manager.log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-        return ManagerConfig(api=endpoints.get("api"), events=endpoints.get("events"), log_level=level)
+        server_key = raw.get("curve_server_public_key")
+        clients = raw.get("clients", [])
+        if not isinstance(clients, list):
+            raise self.error("manager.clients", "must be an array of tables ([[manager.clients]])")
+        checked = tuple(self.client(f"manager.clients[{i}]", entry) for i, entry in enumerate(clients))
+        for i, c in enumerate(checked):
+            for other in checked[:i]:
+                if c.name == other.name or c.public_key == other.public_key:
+                    what = "name" if c.name == other.name else "public_key"
+                    raise self.error(f"{c.key_path}.{what}", f"the same {what} as {other.key_path}")
+        return ManagerConfig(
+            api=endpoints.get("api"),
+            events=endpoints.get("events"),
+            log_level=level,
+            curve_secret_key=self.path("manager.curve_secret_key", raw.get("curve_secret_key")),
+            curve_server_public_key=None if server_key is None else self.z85("manager.curve_server_public_key",
+                                                                             server_key),
+            curve_client_key=self.path("manager.curve_client_key", raw.get("curve_client_key")),
+            clients=checked,
+        )
+
+    def client(self, key_path: str, raw: Any) -> ClientKey:
+        if not isinstance(raw, dict):
+            raise self.error(key_path, "must be a table with name, public_key, protocol_ids and interfaces")
+        for key in raw:
+            if key not in CLIENT_KEYS:
+                raise self.error(f"{key_path}.{key}", f"unknown key (known: {', '.join(sorted(CLIENT_KEYS))})")
+        for key in ("name", "public_key"):
+            if key not in raw:
+                raise self.error(key_path, f"{key} is missing")
+        name = raw["name"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise self.error(f"{key_path}.name", f"a client name is letters, digits, '_' and '-', not {name!r}")
+        ids = raw.get("protocol_ids", [])
+        if not isinstance(ids, list):
+            raise self.error(f"{key_path}.protocol_ids", "must be a list of protocol ids")
+        protocol_ids = frozenset(self.ident(f"{key_path}.protocol_ids[{i}]", v) for i, v in enumerate(ids))
+        interfaces = raw.get("interfaces", [])
+        if not isinstance(interfaces, list):
+            raise self.error(f"{key_path}.interfaces", "must be a list of interface names or indexes")
+        refs = tuple(self.interface(f"{key_path}.interfaces[{i}]", v) for i, v in enumerate(interfaces))
+        return ClientKey(name, self.z85(f"{key_path}.public_key", raw["public_key"]), protocol_ids, refs, key_path)
+
+    def z85(self, key_path: str, value: Any) -> bytes:
+        if not isinstance(value, str) or not _Z85.match(value):
+            raise self.error(key_path, f"must be a CURVE public key in z85 (40 characters, as `mgm keys list` "
+                                       f"prints it), not {value!r}")
+        return value.encode("ascii")
+
+    def path(self, key_path: str, value: Any) -> Path | None:
+        """A file path; a relative one is relative to the configuration file's folder."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(key_path, f"must be a file path, not {value!r}")
+        path = Path(value)
+        if not path.is_absolute() and not self.source.startswith("<"):
+            path = Path(self.source).parent / path
+        return path
 
     def endpoint(self, key_path: str, value: Any) -> str:
         if not isinstance(value, str) or not value.startswith(("ipc://", "tcp://")):
@@ -305,6 +396,7 @@ class _Checker:
             protocol_id=ids.get("protocol_id"),
             component_id=ids.get("component_id"),
             table=PluginTable(raw, name, self.source, self.text),
+            curve_key=self.path(f"{path}.curve_key", raw.get("curve_key")),
         )
 
     def ident(self, key_path: str, value: Any) -> int:
