@@ -48,7 +48,18 @@ from mgm.bus.codec import (
     unpack,
 )
 from mgm.bus.endpoints import rundir
-from mgm.bus.sockets import MORE, NOBLOCK, Curve, ipc_path, is_socket_file, recv_frame, recv_rest, secure, send_frame
+from mgm.bus.sockets import (
+    MORE,
+    NOBLOCK,
+    Curve,
+    ipc_path,
+    is_socket_file,
+    recv_frame,
+    recv_rest,
+    require_curve,
+    secure,
+    send_frame,
+)
 from mgm.bus.status import MgmError, Status, invalid
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ XPUB_HWM = 1_000_000
 RequestId = int | str
 Request = tuple[bytes, RequestId, str, dict[str, Any]]
 """(connection routing id, request id, op, args) as handed to the server's owner."""
+Gate = Callable[[bytes, str | None, str, dict[str, Any]], None]
+"""(connection, CURVE client name from ZAP, op, args): raises MgmError to refuse a request on a tcp api."""
 
 
 class ManagerRunning(RuntimeError):
@@ -201,6 +214,7 @@ class BusServer:
     paging: Paging = field(default_factory=Paging)
     batch: int = 4096
     events_hwm: int = XPUB_HWM
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         self._own_context = self.context is None
@@ -219,6 +233,9 @@ class BusServer:
         self._outbox: list[tuple[bytes, bytes]] = []
         self.lost: set[bytes] = set()
         """Connections a reply could not reach (ROUTER_MANDATORY said the peer is gone)."""
+        self.guard: Any = None
+        """mgm.bus.auth.Guard (ZAP and handshake watch) while a tcp endpoint is bound."""
+        self._gate: Gate | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -228,6 +245,7 @@ class BusServer:
             path = ipc_path(endpoint)  # raises ValueError for a path too long to bind
             if path is not None:
                 _prepare_ipc_dir(path.parent)
+            require_curve(endpoint, self.curve, server=True)  # before any socket exists: nothing to clean up
         await self._refuse_live(self.api, probe_api)
         await self._refuse_live(self.events, probe_events)
 
@@ -245,6 +263,14 @@ class BusServer:
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe reaches us, so every newcomer gets an hb at once
         secure(xpub, self.events, self.curve, server=True)
         self.router, self.xpub = router, xpub
+        tcp = [s for s, ep in ((router, self.api), (xpub, self.events)) if ep.startswith("tcp://")]
+        if tcp and self.curve is not None:
+            from mgm.bus.auth import Guard
+
+            self.guard = Guard(self.ctx, self.curve)
+            self.guard.start()  # before bind: a CURVE server without a ZAP handler would admit any key
+            self.guard.watch(tcp)
+            self._gate = self.gate if self.api.startswith("tcp://") else None
         try:
             router.bind(self.api)
             self._remember(self.api)
@@ -273,6 +299,9 @@ class BusServer:
 
     def close(self) -> None:
         """Close both sockets and remove the ipc socket files we created (not a successor's)."""
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
         for sock in (self.router, self.xpub):
             if sock is not None and not sock.closed:
                 sock.close(linger=0)
@@ -329,8 +358,25 @@ class BusServer:
                     self._send(conn, ent[1])
                 continue
             accept(key, now)
+            if self._gate is not None and not self._admit(conn, body, req_id, op, args):
+                continue
             out.append((conn, req_id, op, args))
         return out
+
+    def _admit(self, conn: bytes, body: zmq.Frame, req_id: RequestId, op: str, args: dict[str, Any]) -> bool:
+        """Ask the gate about a request on the tcp api (only there: the ipc hot path never comes here)."""
+        assert self._gate is not None
+        try:
+            prop = body.get("User-Id")
+        except zmq.ZMQError:
+            prop = None
+        user = prop if isinstance(prop, str) else None
+        try:
+            self._gate(conn, user, op, args)
+        except MgmError as exc:
+            self.reply_error(conn, req_id, exc.status, exc.message)
+            return False
+        return True
 
     def _refuse(self, conn: bytes, exc: BadRequest) -> None:
         log.debug("refused a request from %r: %s", conn, exc.message)

@@ -1,15 +1,16 @@
 """Socket options both ends share, and the one place transport security will plug in.
 
-Over tcp both sides set ZMTP heartbeats so a dead peer is torn down in seconds.
-CURVE arrives in a later issue: `Curve` is where its keys will travel and
-`secure()` is where they will be applied; today asking for it is refused
-loudly rather than ignored.
+Over tcp both sides set ZMTP heartbeats so a dead peer is torn down in seconds,
+and CURVE: a manager refuses to bind tcp without its key pair, and its ZAP
+handler (mgm.bus.auth.Guard) admits only the allow-listed client keys.
+ipc endpoints carry no CURVE: RUNDIR's permissions are their gate.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,23 +24,59 @@ HEARTBEAT_TIMEOUT_MS = 6000
 HEARTBEAT_TTL_MS = 6000
 
 
+ZAP_DOMAIN = "mgm"
+"""The ZAP domain of the manager's tcp sockets (its handler answers for this domain only)."""
+
+
+class InsecureEndpoint(ValueError):
+    """A tcp endpoint the manager was asked to bind without a CURVE key pair."""
+
+
 @dataclass(frozen=True, slots=True)
 class Curve:
-    """CURVE keys for tcp endpoints (not implemented yet: a later issue)."""
+    """CURVE keys (z85) for tcp endpoints: our key pair, and either the manager's public key (a client)
+    or the allow-list of client public keys to client names (the manager)."""
 
     public_key: bytes
     secret_key: bytes
     server_key: bytes | None = None
+    clients: Mapping[bytes, str] | None = None
+
+
+def require_curve(endpoint: str, curve: Curve | None, *, server: bool) -> None:
+    """The manager never binds tcp without CURVE: raise InsecureEndpoint (a clear error) where it would."""
+    if server and curve is None and endpoint.startswith("tcp://"):
+        raise InsecureEndpoint(
+            f"refusing to bind {endpoint} without CURVE: a tcp endpoint needs the manager's key pair "
+            "([manager] curve_secret_key in the configuration, or --curve-key FILE; "
+            "`mgm keys generate manager` makes one)")
 
 
 def secure(sock: zmq.Socket[Any], endpoint: str, curve: Curve | None, *, server: bool) -> None:
-    """Apply transport options for `endpoint` to `sock` before it binds or connects."""
-    if curve is not None:
-        raise NotImplementedError("CURVE is not implemented yet; use ipc:// endpoints or plain tcp:// on loopback")
-    if endpoint.startswith("tcp://"):
-        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    """Apply transport options for `endpoint` to `sock` before it binds or connects.
+
+    tcp: ZMTP heartbeats, and CURVE.  The manager's side (`server`) refuses
+    tcp without keys; a client without keys may try (the manager will not
+    answer it).  ipc: nothing, the directory's permissions are the gate.
+    """
+    if not endpoint.startswith("tcp://"):
+        return
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+    if server:
+        require_curve(endpoint, curve, server=True)
+        assert curve is not None
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+    elif curve is not None:
+        if curve.server_key is None:
+            raise ValueError(f"CURVE to {endpoint} needs the manager's public key")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve.server_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret_key)
 
 
 def ipc_path(endpoint: str) -> Path | None:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from mgm.bus.endpoints import default_api, default_events
 
@@ -20,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("mgm.plugins.supervisor", "run the manager and the configured plugins"),
     "show": ("mgm.core.show", "print the manager's protocols, interfaces, groups or MFEs"),
     "monitor": ("mgm.core.monitor", "watch the live bus: events, gaps, resyncs and rates"),
+    "keys": ("mgm.core.keys", "generate and list CURVE key pairs for tcp endpoints"),
 }
 
 
@@ -29,6 +31,12 @@ def _endpoint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="stderr lines as text, or one JSON object each (ts, level, logger, msg, fields)")
+    parser.add_argument("--curve-key", type=Path, default=None, metavar="FILE",
+                        help="our CURVE key pair for tcp endpoints (a NAME.key_secret file from `mgm keys`); "
+                             "for the manager its own, for clients theirs (default: from --config)")
+    parser.add_argument("--server-key", default=None, metavar="KEY",
+                        help="the manager's CURVE public key for tcp endpoints: z85 text, or a NAME.key file "
+                             "(default: [manager] curve_server_public_key from --config)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import zmq
 
 from mgm.bus import topics
-from mgm.bus.server import XPUB_HWM, BusServer, ManagerRunning
-from mgm.bus.sockets import Curve, readable
+from mgm.bus.server import XPUB_HWM, BusServer, Gate, ManagerRunning
+from mgm.bus.sockets import Curve, InsecureEndpoint, readable
 from mgm.bus.status import MgmError, Status
 from mgm.core.logs import fields as log_fields
 from mgm.core.logs import setup_from as setup_logging
@@ -88,6 +88,7 @@ class Manager:
         resolver: Callable[[str], Interface | None] | None = None,
         context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
+        gate: Gate | None = None,
         events_hwm: int = XPUB_HWM,
         clock: Callable[[], float] = time.monotonic,
         metrics: tuple[str, int] | None = None,
@@ -102,7 +103,7 @@ class Manager:
         self.deferred = deferred
         self.clock = clock
         core.wall_offset = time.time() - clock()
-        self.server = BusServer(api, events, context=context, curve=curve, events_hwm=events_hwm)
+        self.server = BusServer(api, events, context=context, curve=curve, gate=gate, events_hwm=events_hwm)
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
         self._kicked = False
@@ -388,9 +389,11 @@ async def serve(
     deferred: object = None,
     metrics: tuple[str, int] | None = None,
     top_mfes: int = DEFAULT_TOP_MFES,
+    curve: Curve | None = None,
+    gate: Gate | None = None,
 ) -> None:
     """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
-    manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred,
+    manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred, curve=curve, gate=gate,
                       question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness,
                       resolver=resolver, events_hwm=events_hwm, metrics=metrics, top_mfes=top_mfes)
     await manager.start()
@@ -454,6 +457,9 @@ RESOLVERS: dict[str, Callable[[], Callable[[str], Interface | None] | None]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None,
+                        help="configuration file: [manager] endpoints, log level, CURVE key and allow-list "
+                             "(default: the embedded default)")
     parser.add_argument("--question-deadline", type=float, default=0.1, metavar="SECONDS",
                         help="how long rpf and creation_alert questions wait for an answer (default 0.1)")
     parser.add_argument("--mfe-timeout", type=float, default=900.0, metavar="SECONDS",
@@ -475,16 +481,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args)
+    from mgm.core.acl import manager_security
+    from mgm.core.config import ConfigError, effective_manager, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        setup_logging(args)
+        log.error("%s", exc)
+        return 2
+    settings = effective_manager(config, args.api, args.events, args.log_level)
+    args.api, args.events = str(settings.api), str(settings.events)
+    setup_logging(args, level=str(settings.log_level))
     try:
         metrics = parse_address(args.metrics) if args.metrics is not None else None
         if args.metrics_top_mfes < 0:
             raise ValueError(f"--metrics-top-mfes must be >= 0, not {args.metrics_top_mfes}")
+        curve, acl = manager_security(config.manager, getattr(args, "curve_key", None))
     except ValueError as exc:
         log.error("%s", exc)
         return 2
     try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
+                          curve=curve, gate=acl.check,
                           metrics=metrics, top_mfes=args.metrics_top_mfes,
                           mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
                           resolver=RESOLVERS[args.resolver](),
@@ -492,6 +511,9 @@ def run(args: argparse.Namespace) -> int:
     except ManagerRunning as exc:
         log.error("%s", exc)
         return 1
+    except InsecureEndpoint as exc:  # a configuration mistake: restarting cannot help
+        log.error("%s", exc)
+        return 2
     except (ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1

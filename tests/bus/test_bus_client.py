@@ -317,12 +317,23 @@ def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     api, events = f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}"
+    # tcp needs CURVE (tests/security has the refusals): the manager's key pair and one allowed client key
+    from mgm.bus.auth import client_curve, generate, load_public_key
+
+    generate(ipc_dir / "keys", "manager")
+    generate(ipc_dir / "keys", "client")
+    client_key = load_public_key(ipc_dir / "keys" / "client.key").decode()
+    config = ipc_dir / "manager.toml"
+    config.write_text(f'[[manager.clients]]\nname = "client"\npublic_key = "{client_key}"\n'
+                      'protocol_ids = [10]\ninterfaces = [1]\n')
+    curve = client_curve(ipc_dir / "keys" / "client.key_secret", load_public_key(ipc_dir / "keys" / "manager.key"))
     log = open(ipc_dir / "manager.log", "wb")  # noqa: SIM115 -- closed below
-    proc = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events],
+    proc = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events,
+                             "--config", str(config), "--curve-key", str(ipc_dir / "keys" / "manager.key_secret")],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     async def main() -> None:
-        async with Client(api, events, connect_timeout=15) as client:
+        async with Client(api, events, connect_timeout=15, curve=curve) as client:
             model = Memberships()
             client.follow("state", model.on_event, model.on_snapshot)
             handle = await registered(client, 10, 1)

@@ -252,13 +252,16 @@ def test_a_live_event_endpoint_is_refused_too(manager: Any, ipc_dir: Path) -> No
     assert not (ipc_dir / "other-api").exists()
 
 
-def test_curve_is_refused_until_it_is_implemented(ipc_dir: Path) -> None:
+def test_curve_keys_do_not_apply_to_ipc(start_manager: Callable[..., Any]) -> None:
+    """ipc is trusted (RUNDIR is 0700): a client's CURVE keys are used on tcp only (tests/security)."""
     from mgm.bus.sockets import Curve
 
+    manager = start_manager()
+
     async def main() -> None:
-        client = Client(f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events", curve=Curve(b"p" * 40, b"s" * 40))
-        with pytest.raises(NotImplementedError, match="CURVE"):
-            await client.start()
+        curve = Curve(b"p" * 40, b"s" * 40, server_key=b"k" * 40)  # not even valid keys: never applied
+        async with Client(manager.api, manager.events, curve=curve) as client:
+            assert (await client.request("ping"))["epoch"] == client.epoch
 
     asyncio.run(main())
 
