@@ -4,7 +4,7 @@
 # ------------------
 # Rule 1: every rule of the Multicast Group Manager lives here.  The helpers
 #   it imports hold no rule: core/args.py checks wire arguments, core/mfe.py
-#   holds a forwarding entry, core/sortedview.py keeps listings in order.  The
+#   holds a forwarding entry, core/sortedview.py keeps listed keys in order.  The
 #   manager process only moves bytes and calls Mgm.
 # Rule 2: no I/O and no clock.  Time comes in as `now` (monotonic seconds);
 #   events go out through take_events(), deferred replies through
@@ -16,8 +16,8 @@
 #   made; where one change fans out (cleanup, a (*,G) change over many MFEs),
 #   the order is registration order, take order, or (group, source) order.
 # Rule 5: one operation costs the same at 1k or 1M memberships: every lookup
-#   goes through an index, and the sorted views used for paging are brought
-#   up to date lazily, only when a listing reads them (core/sortedview.py).
+#   goes through an index, and the keys listings page through are kept in
+#   sorted containers (core/sortedview.py: O(log n) per change and per page).
 #
 # Theory of operation
 # -------------------
@@ -96,7 +96,6 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -118,7 +117,7 @@ from mgm.core.args import (
     req_str,
 )
 from mgm.core.mfe import Mfe, interface_order, sg_key
-from mgm.core.sortedview import SortedView
+from mgm.core.sortedview import SortedKeys
 from mgm.core.types import (
     ANY,
     HOST_MASK,
@@ -357,15 +356,15 @@ class Mgm:
         # memberships
         self._joined: dict[int, _Joined] = {}  # sg key -> who joined where
         self._group_keys: dict[int, int] = {}  # group -> number of sg keys with that group
-        self._sorted_keys = SortedView()  # of _joined, for enumeration
-        self._sorted_groups = SortedView()  # of _group_keys
+        self._sorted_keys = SortedKeys()  # of _joined, for enumeration
+        self._sorted_groups = SortedKeys()  # of _group_keys
 
         # MFEs
         self._mfes: dict[int, Mfe] = {}
         self._mfes_by_group: dict[int, dict[int, Mfe]] = {}
         self._mfes_by_in_iface: dict[Interface, dict[int, Mfe]] = {}
         self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
-        self._sorted_mfes = SortedView()  # of _mfes, for list_mfes
+        self._sorted_mfes = SortedKeys()  # of _mfes, for list_mfes
         self._expiry: list[tuple[float, int]] = []  # heap of (expires, key), one live slot per MFE
         self._pending: dict[int, _Pending] = {}
 
@@ -797,19 +796,19 @@ class Mgm:
         group = key >> 32
         count = self._group_keys.get(group, 0)
         self._group_keys[group] = count + 1
-        self._sorted_keys.added(key)
+        self._sorted_keys.add(key)
         if count == 0:
-            self._sorted_groups.added(group)
+            self._sorted_groups.add(group)
 
     def _gone_key(self, key: int) -> None:
         group = key >> 32
         count = self._group_keys[group] - 1
-        self._sorted_keys.removed(key)
+        self._sorted_keys.remove(key)
         if count:
             self._group_keys[group] = count
         else:
             del self._group_keys[group]
-            self._sorted_groups.removed(group)
+            self._sorted_groups.remove(group)
 
     # --- group enumeration -------------------------------------------------------
 
@@ -835,12 +834,8 @@ class Mgm:
         max_entries = req_int(args, "max_entries", 1)
         if enum is None:
             raise invalid(f"enumeration {args['enum']} is not open for {client.id}")
-        if enum.kind == "all_sources":
-            ordered = self._sorted_keys.get(self._joined)
-        else:
-            ordered = self._sorted_groups.get(self._group_keys)
-        start = bisect_right(ordered, enum.cursor)
-        page = ordered[start : start + max_entries]
+        ordered = self._sorted_keys if enum.kind == "all_sources" else self._sorted_groups
+        page, more = ordered.page_after(enum.cursor, max_entries)
         if not page:
             raise MgmError(Status.ERROR_NO_MORE_ITEMS, "the enumeration has no more entries")
         enum.cursor = page[-1]
@@ -848,7 +843,7 @@ class Mgm:
             entries = [_sg_fields(key) for key in page]
         else:
             entries = [_sg_fields(group << 32) for group in page]
-        return {"entries": entries, "more": start + len(page) < len(ordered)}
+        return {"entries": entries, "more": more}
 
     def _op_group_enumeration_end(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         client = self._client(conn, args)
@@ -950,7 +945,7 @@ class Mgm:
         self._mfes[mfe.key] = mfe
         self._mfes_by_group.setdefault(mfe.key >> 32, {})[mfe.key] = mfe
         self._mfes_by_in_iface.setdefault(mfe.in_iface, {})[mfe.key] = mfe
-        self._sorted_mfes.added(mfe.key)
+        self._sorted_mfes.add(mfe.key)
         self._schedule_expiry(mfe)
 
     def _schedule_expiry(self, mfe: Mfe) -> None:
@@ -970,7 +965,7 @@ class Mgm:
             del by_iface[key]
             if not by_iface:
                 del self._forced_by_iface[iface]
-        self._sorted_mfes.removed(key)
+        self._sorted_mfes.remove(key)
         self._emit(None, "mfe_deleted", {"mfe": mfe.render(self.wall_offset)})
 
     def _unindex_in_iface(self, mfe: Mfe) -> None:
@@ -1102,13 +1097,8 @@ class Mgm:
             after_key = sg_key(req_addr(after, "source"), req_addr(after, "group"))
         max_entries = req_int(args, "max_entries", 1)
         stats = opt_int(args, "stats", 0, 1)
-        ordered = self._sorted_mfes.get(self._mfes)
-        start = bisect_right(ordered, after_key)
-        page = ordered[start : start + max_entries]
-        return {
-            "entries": [self._mfes[key].render(self.wall_offset, stats) for key in page],
-            "more": start + len(page) < len(ordered),
-        }
+        page, more = self._sorted_mfes.page_after(after_key, max_entries)
+        return {"entries": [self._mfes[key].render(self.wall_offset, stats) for key in page], "more": more}
 
     def _op_set_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         client = self._client(conn, args)
