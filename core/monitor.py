@@ -51,6 +51,7 @@ from mgm.core.show import (
     check_timeout,
     iface_label,
     start_client,
+    tool_curve,
     tool_logging,
 )
 
@@ -332,7 +333,7 @@ def _prefixes(topics: list[str] | None) -> list[str]:
 
 async def _monitor(args: argparse.Namespace, mon: Monitor) -> None:
     client = _Client(args.api, args.events, connect_timeout=args.timeout,
-                     request_timeout=max(args.timeout, 1.0))  # fmt: skip
+                     request_timeout=max(args.timeout, 1.0), curve=tool_curve(args))  # fmt: skip
     mon.client = client
     for prefix in _prefixes(args.topic):
         client.follow(prefix, mon.on_event, mon.on_snapshot)

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mgm.bus.client import Client
+from mgm.bus.sockets import Curve
 from mgm.bus.status import MgmError
 from mgm.bus.topics import STATE
 
@@ -52,6 +53,16 @@ class Unreachable(Exception):
 
 class ToolError(Exception):
     """Anything else that ends a tool with exit status 1 and one line (a refusal, a timeout)."""
+
+
+def tool_curve(args: argparse.Namespace) -> Curve | None:
+    """CURVE keys from --curve-key/--server-key for a tcp manager (mgm.core.keys.client_curve)."""
+    from mgm.core.keys import client_curve
+
+    try:
+        return client_curve(args)
+    except ValueError as exc:
+        raise ToolError(str(exc)) from None
 
 
 def unreachable_message(api: str) -> str:
@@ -329,7 +340,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
-    client = Client(args.api, args.events, connect_timeout=args.timeout, request_timeout=args.timeout)
+    client = Client(args.api, args.events, connect_timeout=args.timeout, request_timeout=args.timeout,
+                    curve=tool_curve(args))
     await start_client(client)
     try:
         if args.table == "mfes":

@@ -35,19 +35,23 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pluggy
 
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
 from mgm.core.config import Config, ConfigError, PluginConfig, effective_manager, find_line, load
+from mgm.core.keys import client_curve
 from mgm.core.logs import fields as log_fields
 from mgm.core.logs import setup_from as setup_logging
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
 from mgm.plugins import hookspecs
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import ANSWER_LATER
+
+if TYPE_CHECKING:
+    from mgm.bus.sockets import Curve
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
     setup_logging(args, tag=args.name, level=level)
     try:
-        return asyncio.run(Host(args.name, config, api, events).run())
+        curve = client_curve(args, config, config.plugin(args.name))
+    except ValueError as exc:
+        log.error("plugin %s: %s", args.name, exc)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(Host(args.name, config, api, events, curve).run())
     except PluginLoadError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -202,8 +211,10 @@ def _member(fields: Mapping[str, Any]) -> tuple[str, str, str, str, Interface]:
 class Host:
     """One plugin on the bus: see the module's theory of operation."""
 
-    def __init__(self, name: str, config: Config, api: str, events: str) -> None:
+    def __init__(self, name: str, config: Config, api: str, events: str, curve: Curve | None = None) -> None:
         self.name = name
+        self.curve = curve
+        """CURVE keys for a tcp manager (mgm.core.keys.client_curve)."""
         self.config = config
         self.plugin = config.plugin(name)
         self.api = api
@@ -230,7 +241,7 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        client = Client(api=self.api, events=self.events)
+        client = Client(api=self.api, events=self.events, curve=self.curve)
         log.info("plugin %s: connecting to the manager at %s", self.name, self.api)
         try:
             await self.unless_stopped(client.start())

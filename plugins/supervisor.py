@@ -167,7 +167,7 @@ class Supervisor:
         common = ["--api", api, "--events", events, "--log-level", log_level, "--log-format", log_format]
         self.log_format = log_format
         with_config = ["--config", config_path] if config_path else []
-        self.manager = Child("manager", [*base, "manager", *common])
+        self.manager = Child("manager", [*base, "manager", *common, *with_config])  # its CURVE key and allow-list
         self.plugins = [Child(name, [*base, "plugin", name, *common, *with_config]) for name in config.plugins]
         self.watchers: list[asyncio.Task[None]] = []
 
