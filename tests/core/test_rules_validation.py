@@ -13,7 +13,8 @@ import pytest
 from rules_harness import ANY, IGMP, ONES, PIM, Core, Proto, iff
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.args import format_addr, parse_addr
+from mgm.core import args as core_args
+from mgm.core.args import ADDR_CACHE_MAX, format_addr, parse_addr
 from mgm.core.state import CORE_OPS
 from mgm.core.types import Interface
 
@@ -56,6 +57,27 @@ def test_addresses_round_trip() -> None:
     """Each address has one spelling: parse and format are inverse."""
     for text in ("0.0.0.0", "255.255.255.255", "10.0.0.1", "239.1.2.3", "1.20.100.0"):
         assert format_addr(parse_addr(text, "a")) == text
+
+
+def test_address_caches_cover_a_1m_core_and_stay_bounded() -> None:
+    """[ours] The caches hold the ~200k addresses of a 1M-membership core; beyond the bound they refill, never grow.
+
+    A cached parse must still refuse what the uncached one refuses, and both
+    directions stay inverse whichever filled the cache.
+    """
+    assert ADDR_CACHE_MAX >= 200_000
+    for i in range(ADDR_CACHE_MAX + 1000):
+        n = (10 << 24) | i
+        text = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        if i % 2:
+            assert parse_addr(text, "a") == n
+        else:
+            assert format_addr(n) == text
+        assert len(core_args._PARSED) <= ADDR_CACHE_MAX and len(core_args._FORMATTED) <= ADDR_CACHE_MAX
+    assert format_addr(parse_addr("10.0.0.7", "a")) == "10.0.0.7"
+    assert parse_addr(format_addr(0x0A000008), "a") == 0x0A000008
+    with pytest.raises(MgmError):
+        parse_addr("010.0.0.7", "a")
 
 
 @pytest.mark.parametrize(
