@@ -34,6 +34,8 @@ from netns import (
     wait_until,
 )
 
+from mgm.bus.status import MgmError
+
 pytestmark = pytest.mark.netns
 
 WAIT = 20.0
@@ -282,6 +284,7 @@ downstream = ["r2", "r3"]
 GA, PA = "239.67.1.1", 5671  # allowed on r2 and r3
 GD, PD = "239.67.2.2", 5672  # allowed on r2, denied on r3
 GX, PX = "239.68.0.1", 5673  # outside r2's allow list, denied on r3: joined nowhere
+G_UP, P_UP = "239.72.1.1", 5721  # sent by a downstream host
 
 
 def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(topology: Topology) -> None:  # noqa: F811
@@ -334,6 +337,24 @@ downstream = [
     assert GX not in held, f"a group no downstream may receive was joined upstream: {held}"
     mfe = manager.request("get_mfe", {"source": "10.67.0.2", "group": GD})["mfe"]
     assert {e["if_index"] for e in mfe["oil"]} == {r2}, mfe
+
+    # without forward_upstream, a downstream host's flow does not go up
+    up_rx = snd.receiver(G_UP, P_UP, name="upstream-rx")
+    up_rx.wait_joined()
+    rx1.multicast_route("eth0")
+    rx1.spawn(send_udp, G_UP, P_UP, 300, interval=0.01, source="10.67.1.2", name="send-down")
+    wait_until(lambda: _has_mfe(manager, "10.67.1.2", G_UP), WAIT, "the downstream flow to reach the router")
+    receivers[("hrx1", GD)].wait_count(receivers[("hrx1", GD)].count() + 20, timeout=WAIT)
+    assert up_rx.count() == 0, "a downstream flow went upstream without forward_upstream"
+    assert not manager.request("get_mfe", {"source": "10.67.1.2", "group": G_UP})["mfe"]["oil"]
+
+
+def _has_mfe(manager: ManagerProc, source: str, group: str) -> bool:
+    try:
+        manager.request("get_mfe", {"source": source, "group": group})
+        return True
+    except MgmError:
+        return False
 
 
 GP, PP = "239.69.1.1", 5691  # the proxy's: upstream r1 (no IPv4 address) -> r2
@@ -410,3 +431,35 @@ def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topol
     assert "239.70.0.1" not in after["groups"] and len([g for g in after["groups"] if g.startswith("239.70.")]) == 49
     assert ["232.70.0.1", "10.70.0.1"] not in after["sources"] and len(after["sources"]) == 14
     assert not [g for g in got["after_close"]["groups"] if g.startswith(("239.70.", "232.70."))]
+
+
+def test_proxy_forwards_downstream_sources_upstream_only_when_configured(topology: Topology) -> None:  # noqa: F811
+    """forward_upstream = true: a downstream host's flow reaches a receiver on the upstream link."""
+    ups, rtr, hst = topology.namespaces("ups", "rtr", "hsnd")
+    topology.link(ups, rtr, "10.72.0.2/24", "10.72.0.1/24")
+    down = topology.link(rtr, hst, "10.72.1.1/24", "10.72.1.2/24")
+    hst.multicast_route(down.b_if)
+    start_router(
+        topology,
+        rtr,
+        f"""\
+[plugins.igmp]
+interfaces = ["r2"]
+{IGMP_FAST}
+[plugins.proxy]
+interfaces = ["r1", "r2"]
+upstream = "r1"
+downstream = ["r2"]
+forward_upstream = true
+""",
+    )
+    rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
+    rx.wait_joined()
+    hst.spawn(send_udp, G_UP, P_UP, 2000, interval=0.01, source="10.72.1.2", name="send-down")
+    try:
+        rx.wait_count(10, timeout=WAIT)
+    except TimeoutError:
+        raise fails(rx, topology, "forward_upstream did not forward upstream") from None
+    mfe = probe(topology).request("get_mfe", {"source": "10.72.1.2", "group": G_UP})["mfe"]
+    assert mfe["in_if_index"] == rtr.if_index("r2"), mfe
+    assert {e["if_index"] for e in mfe["oil"]} == {rtr.if_index("r1")}, mfe
