@@ -74,7 +74,11 @@
 #     interface keeps it in the OIL).  Forward-only adds of an interface end
 #     when the interface's owner releases it.
 #   - A creation_alert veto keeps an interface out of that MFE's OIL until a
-#     membership newly appears on that interface for it (or a forward add).
+#     membership is newly added on that interface, by any client, for a key
+#     matching the MFE ((S,G), (*,G) or (*,*)), first there for its key or
+#     not: new receiver interest the vetoing owner may weigh at the next
+#     creation.  A forward-only add naming the interface lifts it too; a
+#     re-add of an existing membership does not (it changes nothing).
 #   - An unanswered rpf keeps the proposed interface (the route towards S, else
 #     the arrival interface); an unanswered creation_alert enables everything;
 #     an unanswered prune_alert keeps the timeout.  Answers are checked against
@@ -364,6 +368,7 @@ class Mgm:
         self._mfes_by_group: dict[int, dict[int, Mfe]] = {}
         self._mfes_by_in_iface: dict[Interface, dict[int, Mfe]] = {}
         self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
+        self._vetoed_by_iface: dict[Interface, dict[int, Mfe]] = {}  # creation_alert vetoes in force
         self._sorted_mfes = SortedKeys()  # of _mfes, for list_mfes
         self._expiry: list[tuple[float, int]] = []  # heap of (expires, key), one live slot per MFE
         self._pending: dict[int, _Pending] = {}
@@ -728,6 +733,10 @@ class Mgm:
         if on_iface == 0:
             for mfe in self._matching_mfes(key):
                 self._oil_add(mfe, iface)
+        else:
+            # the interface is in these OILs already, except where a veto keeps it out: new interest lifts it
+            for mfe in self._vetoed_matching(key, iface):
+                self._oil_add(mfe, iface)
 
     def _delete_membership(self, client: _Client, key: int, iface: Interface) -> None:
         keys = client.members[iface]
@@ -892,8 +901,8 @@ class Mgm:
             return
         was_empty = not mfe.oil
         mfe.oil[iface] = None
-        if mfe.disabled is not None:
-            mfe.disabled.discard(iface)
+        if mfe.disabled is not None and iface in mfe.disabled:
+            self._lift_veto(mfe, iface)
         self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
         if was_empty:
             told = self._told(mfe.in_iface)
@@ -939,6 +948,34 @@ class Mgm:
         if iface in mfe.oil and not self._wanted(mfe, iface):
             self._oil_remove(mfe, iface)
 
+    def _veto(self, mfe: Mfe, iface: Interface) -> None:
+        """A creation_alert answer keeps the interface out of this MFE's OIL (indexed for _vetoed_matching)."""
+        if mfe.disabled is None:
+            mfe.disabled = set()
+        mfe.disabled.add(iface)
+        self._vetoed_by_iface.setdefault(iface, {})[mfe.key] = mfe
+
+    def _lift_veto(self, mfe: Mfe, iface: Interface) -> None:
+        assert mfe.disabled is not None
+        mfe.disabled.discard(iface)
+        if not mfe.disabled:
+            mfe.disabled = None
+        by_iface = self._vetoed_by_iface[iface]
+        del by_iface[mfe.key]
+        if not by_iface:
+            del self._vetoed_by_iface[iface]
+
+    def _vetoed_matching(self, key: int, iface: Interface) -> list[Mfe]:
+        """The MFEs a membership of this (source, group) applies to that keep `iface` out by a veto."""
+        vetoed = self._vetoed_by_iface.get(iface)
+        if not vetoed:
+            return []
+        if key & 0xFFFFFFFF:
+            mfe = vetoed.get(key)
+            return [] if mfe is None else [mfe]
+        group = key >> 32
+        return [vetoed[k] for k in sorted(vetoed) if not group or k >> 32 == group]
+
     # --- MFEs: storing and deleting -----------------------------------------------
 
     def _store_mfe(self, mfe: Mfe) -> None:
@@ -965,6 +1002,11 @@ class Mgm:
             del by_iface[key]
             if not by_iface:
                 del self._forced_by_iface[iface]
+        for iface in mfe.disabled or ():
+            by_iface = self._vetoed_by_iface[iface]
+            del by_iface[key]
+            if not by_iface:
+                del self._vetoed_by_iface[iface]
         self._sorted_mfes.remove(key)
         self._emit(None, "mfe_deleted", {"mfe": mfe.render(self.wall_offset)})
 
@@ -1069,9 +1111,7 @@ class Mgm:
         )
         for iface in self._wanted_interfaces(pending.key, pending.in_iface):
             if iface in pending.disabled:
-                if mfe.disabled is None:
-                    mfe.disabled = set()
-                mfe.disabled.add(iface)
+                self._veto(mfe, iface)
             else:
                 mfe.oil[iface] = None
         self._store_mfe(mfe)
@@ -1274,13 +1314,11 @@ class Mgm:
             iface = self._interface(iface_key)
             if enabled:
                 if mfe.disabled is not None and iface in mfe.disabled:
-                    mfe.disabled.discard(iface)
+                    self._lift_veto(mfe, iface)
                     if self._wanted(mfe, iface):
                         self._oil_add(mfe, iface)
             else:
-                if mfe.disabled is None:
-                    mfe.disabled = set()
-                mfe.disabled.add(iface)
+                self._veto(mfe, iface)
                 if iface in mfe.oil:
                     self._oil_remove(mfe, iface)
 

@@ -199,9 +199,6 @@ class Model:
                     found.setdefault(c.cid, []).append(i)
         return found
 
-    def has_member_on(self, key: SG, iface: Iface) -> bool:
-        return any(key in c.members.get(iface, ()) for c in self.clients.values())
-
     def memberships(self) -> set[tuple[ClientId, SG, Iface]]:
         return {(c.cid, k, i) for c in self.clients.values() for i, ks in c.members.items() for k in ks}
 
@@ -328,18 +325,17 @@ class Model:
             # [ours] a re-add changes nothing but still tells the current owner
             self.local(c, iface, key, "local_join")
             return
-        first_here = not self.has_member_on(key, iface)
         first_of_client = c.cid not in self.members_of(key)
         c.members.setdefault(iface, set()).add(key)
         self.local(c, iface, key, "local_join")
         if first_of_client:
             self.alert(key, "join", c, iface)
-        if first_here:
-            for mfe in self.matching(key):
-                if iface != mfe.in_iface:
-                    # [choice] the first membership of this (S,G)/(*,G) on an interface lifts a creation veto
-                    mfe.disabled.discard(iface)
-                self.refresh(mfe)
+        for mfe in self.matching(key):
+            if iface != mfe.in_iface:
+                # [choice] any new membership matching the MFE on an interface lifts a creation veto there,
+                # whether or not it is the first of its key on that interface
+                mfe.disabled.discard(iface)
+            self.refresh(mfe)
 
     def delete(self, conn: bytes, handle: int, key: SG, iface: Iface, flags: int) -> None:
         c = self.client(conn, handle)

@@ -410,6 +410,49 @@ def test_creation_veto_holds_until_a_new_membership_on_that_interface(core: Core
     assert net.oil() == [2]
 
 
+def vetoed_on_2(core: Core, net: Net) -> None:
+    """PIM has (*,G) on 2 and vetoes 2 in its creation_alert answer: the MFE has an empty OIL."""
+    net.pim.join(ANY, G, 2)
+    net.fwd.packet(S, G, 1)
+    core.tick(0.1)
+    net.pim.answer(2, oil=[{**iff(2), "enabled": False}])
+    assert net.oil() == []
+    core.drop()
+
+
+@pytest.mark.parametrize("source", [ANY, S], ids=["(*,G)", "(S,G)"])
+def test_creation_veto_is_lifted_by_any_new_matching_membership_there(core: Core, net: Net, source: str) -> None:
+    """[ours] A new membership on the vetoed interface lifts the veto, also when its key already has one there.
+
+    IGMP's (*,G) on 2 is not the first (*,G) there (PIM's is), yet it is new
+    receiver interest, just like IGMP's (S,G), the first of its key there.
+    """
+    vetoed_on_2(core, net)
+    net.igmp.join(source, G, 2)
+    events = core.events()
+    assert [e.type for e in events if e.to is None] == ["membership_added", "mfe_updated"]
+    assert ev(net.pim, "join_alert", **sgf(S, G), member_update=False) in events  # the OIL turned non-empty
+    assert net.oil() == [2]
+
+
+def test_creation_veto_is_lifted_by_a_new_wildcard_membership(core: Core, net: Net) -> None:
+    """[ours] (*,*) matches every MFE: IGMP's new (*,*) on the vetoed interface lifts the veto."""
+    vetoed_on_2(core, net)
+    net.igmp.join(ANY, ANY, 2)
+    assert net.oil() == [2]
+
+
+def test_creation_veto_stays_for_memberships_elsewhere_or_of_other_groups(core: Core, net: Net) -> None:
+    """[ours] Only a membership on the vetoed interface matching the MFE lifts it."""
+    vetoed_on_2(core, net)
+    net.igmp.join(ANY, "239.9.9.9", 2)  # another group
+    net.igmp.join("10.0.0.2", G, 2)  # another source
+    net.igmp.join(ANY, G, 3)  # another interface
+    assert net.oil() == [3]
+    net.pim.join(ANY, G, 2)  # a re-add of the vetoing owner's own membership changes nothing
+    assert net.oil() == [3]
+
+
 # --- set_mfe, wrong_if ---------------------------------------------------------------------------
 
 
