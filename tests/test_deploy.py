@@ -81,12 +81,13 @@ def test_target_groups_the_manager() -> None:
     assert target["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_remote_plugin_config_loads_and_names_tcp_endpoints() -> None:
+def test_remote_plugin_config_loads_with_tcp_endpoints_and_curve_keys() -> None:
     config = load(str(ROOT / "deploy" / "remote-plugin.toml"))
     assert config.manager.api is not None and config.manager.api.startswith("tcp://")
     assert config.manager.events is not None and config.manager.events.startswith("tcp://")
     assert [ref.name_or_index for ref in config.plugin("hello").interfaces] == [2, 3, 4]
-    assert "CURVE" in (ROOT / "deploy" / "remote-plugin.toml").read_text()
+    assert config.manager.curve_server_public_key is not None  # tcp needs CURVE: the manager's public key ...
+    assert config.plugin("hello").curve_key is not None  # ... and the plugin's own key pair
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
