@@ -26,7 +26,13 @@
 #   registered it.  A connection that sends nothing for `liveness` seconds, or
 #   that the manager reports lost, is cleaned up as a well-behaved client would
 #   leave: its memberships are deleted one by one, its interfaces released,
-#   then it is deregistered -- each step with all of its usual events.
+#   then it is deregistered -- each step with all of its usual events.  A
+#   client that goes (deregistered, silent, or its connection lost) answers
+#   nothing more: right after protocol_deregistered its open questions take
+#   their defaults (so no MFE waits out a deadline for it), and every
+#   question it was asked is forgotten: a late answer is ERROR_NOT_FOUND, and
+#   a new registration of the same (protocol_id, component_id) starts with
+#   no questions.
 #
 # Owners.  An interface (if_index, next_hop) has at most one routing protocol
 #   (`owner`) and at most one IGMP (`igmp`, protocol 10) beside it.  "The
@@ -222,7 +228,7 @@ ALERTS: Final[dict[tuple[str, str, int], str]] = {
 
 
 class _Client:
-    __slots__ = ("conn", "enums", "handle", "id", "interfaces", "members", "name", "next_enum")
+    __slots__ = ("asked", "conn", "enums", "handle", "id", "interfaces", "members", "name", "next_enum")
 
     def __init__(self, cid: ClientId, handle: int, conn: bytes, name: str) -> None:
         self.id = cid
@@ -233,6 +239,7 @@ class _Client:
         self.members: dict[Interface, set[int]] = {}  # recorded memberships: interface -> sg keys
         self.enums: dict[int, _Enumeration] = {}
         self.next_enum = 1
+        self.asked: set[int] = set()  # ids of the open questions addressed to it
 
     @property
     def is_igmp(self) -> bool:
@@ -568,6 +575,18 @@ class Mgm:
         if not seen.clients:
             del self._conns[client.conn]
         self._emit(None, "protocol_deregistered", _client_fields(client))
+        self._forget_questions(client)
+
+    def _forget_questions(self, client: _Client) -> None:
+        """A client that goes answers nothing more: its open questions take their defaults now, in the
+        order they were asked, and none of its questions is kept for a late answer (they become unknown,
+        so a new registration of the same protocol and component neither sees nor answers them)."""
+        for qid in sorted(client.asked):
+            question = self._questions.pop(qid)
+            self._apply_default(question, self._now)
+        client.asked.clear()
+        for qid in [qid for qid, q in self._closed.items() if q.to == client.id]:
+            del self._closed[qid]
 
     def _op_heartbeat(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         self._client(conn, args)  # the connection's liveness was refreshed by handle()
@@ -1220,12 +1239,14 @@ class Mgm:
         question = _Question(qid, kind, to.id, self._now + self.question_deadline, key, fields)
         question.pending = pending
         self._questions[qid] = question
+        to.asked.add(qid)
         heapq.heappush(self._deadlines, (question.deadline, qid))
         self._emit(to, kind, fields)
         return qid
 
     def _close(self, question: _Question) -> None:
         del self._questions[question.qid]
+        self._clients[question.to].asked.discard(question.qid)
         self._closed[question.qid] = question
         if len(self._closed) > CLOSED_QUESTIONS_KEPT:
             del self._closed[next(iter(self._closed))]

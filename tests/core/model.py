@@ -107,6 +107,7 @@ class Question:
     asked_oil: tuple[Iface, ...] = ()
     qid: int | None = None
     open: bool = True
+    forgotten: bool = False  # its client went: an answer to it is 1168
 
 
 @dataclass
@@ -253,6 +254,14 @@ class Model:
         del self.clients[c.cid]
         if not any(o.conn == c.conn for o in self.clients.values()):
             del self.conn_seen[c.conn]
+        # [choice] a client that goes answers nothing more: its open questions take their defaults at once,
+        # in the order they were asked, and all its questions are forgotten (late answers: 1168)
+        for q in self.questions:
+            if q.to == c.cid and not q.forgotten:
+                q.forgotten = True
+                if q.open:
+                    self.close(q)
+                    self.default(q)
 
     def heartbeat(self, conn: bytes, handle: int) -> None:
         self.client(conn, handle)
@@ -475,7 +484,7 @@ class Model:
 
     def question(self, conn: bytes, handle: int, qid: int) -> tuple[Client, Question]:
         c = self.client(conn, handle)
-        found = [q for q in self.questions if q.qid == qid]
+        found = [q for q in self.questions if q.qid == qid and not q.forgotten]
         if not found:
             raise Refused(1168, "no such question")
         q = found[0]
@@ -570,17 +579,21 @@ class Model:
         due = sorted((q for q in self.questions if q.open and q.deadline <= now), key=lambda q: (q.deadline, q.qid))
         for q in due:
             self.close(q)
-            p = q.pending
-            if p is None or self.pending.get(p.key) is not p:
-                continue
-            if q.kind == "rpf":
-                self.ask_creation(p)  # the default: the proposed incoming interface
-            elif not p.open:
-                self.create(p)  # the default: every interface enabled
+            self.default(q)
         for key in [k for k, m in self.mfes.items() if m.last_activity + m.timeout <= now]:
             del self.mfes[key]
         for conn in [c for c, seen in self.conn_seen.items() if seen + self.liveness <= now]:
             self.connection_lost(conn)
+
+    def default(self, q: Question) -> None:
+        """An unanswered (closed) question takes its default."""
+        p = q.pending
+        if p is None or self.pending.get(p.key) is not p:
+            return
+        if q.kind == "rpf":
+            self.ask_creation(p)  # the default: the proposed incoming interface
+        elif not p.open:
+            self.create(p)  # the default: every interface enabled
 
     def connection_lost(self, conn: bytes) -> None:
         """Leave as a well-behaved client would: memberships, interfaces, registration."""

@@ -137,6 +137,55 @@ def test_questions_to_a_vanished_client_take_their_defaults(core: Core, clients:
     assert [o["if_index"] for o in get(core)["oil"]] == [4]
 
 
+def test_a_vanished_client_s_questions_take_their_defaults_at_once(
+    core: Core, clients: tuple[Proto, Proto, Proto]
+) -> None:
+    """[ours] Right after protocol_deregistered its open rpf takes the default: the creation goes on without a wait."""
+    pim, dvmrp, fwd = clients
+    assert fwd.packet(S, G, 1, token="t") is DEFERRED
+    core.drop()
+    core.mgm.connection_lost(pim.conn, core.now)
+    events = core.events()
+    types = [e.type for e in events]
+    assert types[-2:] == ["protocol_deregistered", "creation_alert"]  # no deadline passed
+    assert events[-1].to == dvmrp.id and [o["if_index"] for o in events[-1].fields["oil"]] == [4]
+    dvmrp.answer(events[-1].fields["question"], oil=[{**iff(4), "enabled": True}])
+    assert [e.type for e in core.events()] == ["mfe_created"]
+    assert [t for t, _ in core.mgm.take_completions()] == ["t"]
+
+
+def test_a_deregistered_client_s_last_open_question_completes_the_mfe(
+    core: Core, clients: tuple[Proto, Proto, Proto]
+) -> None:
+    """[ours] An explicit deregistration closes its open creation_alert with the default (every interface on)."""
+    pim, dvmrp, fwd = clients
+    fwd.packet(S, G, 1, token="t")
+    pim.answer(1, **iff(1), upstream_neighbor=ANY)
+    pim.answer(2, oil=[{**iff(2), "enabled": True}])
+    dvmrp.release(4)  # dvmrp's creation_alert (question 3) is still open
+    dvmrp("deregister_protocol")
+    assert [e.type for e in core.events()][-2:] == ["protocol_deregistered", "mfe_created"]
+    assert [t for t, _ in core.mgm.take_completions()] == ["t"]
+    assert [o["if_index"] for o in get(core)["oil"]] == [2]
+
+
+def test_a_new_registration_neither_sees_nor_answers_its_predecessor_s_questions(
+    core: Core, clients: tuple[Proto, Proto, Proto]
+) -> None:
+    """[ours] Questions are forgotten with the client that was asked: the same ids registered again see none,
+    and an answer to one (open or already answered) is ERROR_NOT_FOUND."""
+    pim, _, fwd = clients
+    fwd.packet(S, G, 1)
+    pim.answer(1, **iff(1), upstream_neighbor=ANY)  # answered: kept for late answers while pim lives
+    assert [q["question"] for q in core.questions(pim)] == [2]
+    core.mgm.connection_lost(pim.conn, core.now)
+    again = core.register(PIM, conn=b"pim-again")
+    again.take(1)
+    assert core.questions(again) == []
+    core.refused(Status.ERROR_NOT_FOUND, again.answer, 2, oil=[{**iff(2), "enabled": False}])
+    core.refused(Status.ERROR_NOT_FOUND, again.answer, 1, **iff(1), upstream_neighbor=ANY)
+
+
 def test_next_deadline_includes_mfe_expiry(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
     """Once no question is open, next_deadline() is the earliest MFE expiry."""
     _, _, fwd = clients
