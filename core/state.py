@@ -60,7 +60,13 @@
 #   interface hears join_alert / prune_alert (member_update / member_delete
 #   false) when the OIL turns non-empty / empty.  The forwarder's counters
 #   (mfe_counters) feed statistics and expiry: an MFE whose in_packets did not
-#   grow for `timeout` seconds is deleted.
+#   grow for `timeout` seconds is deleted.  mfe_counters publishes nothing:
+#   the state stream carries changes of state, not per-counter refreshes, so
+#   an MFE's statistics and its `expires` (last growth + timeout) move
+#   silently; observers that need them read get_mfe / list_mfes.  Apart from
+#   `expires`, the MFE in the `state` snapshot always equals the last
+#   mfe_created / mfe_updated event for it, and expiry itself is published
+#   (mfe_deleted).
 #
 # Who is told what
 #   state stream (to=None): every change of state, for observers.

@@ -582,6 +582,24 @@ def test_traffic_keeps_the_mfe(core: Core, net: Net) -> None:
     assert [e.type for e in core.events()] == ["mfe_deleted"]
 
 
+def test_counters_move_expires_without_an_event_and_nothing_else(core: Core, net: Net) -> None:
+    """[ours] mfe_counters publishes nothing: the `state` snapshot's MFE differs from the last MFE event only in
+    `expires` (observers that need it read get_mfe / list_mfes); expiry itself is published (mfe_deleted)."""
+    net.igmp.join(ANY, G, 2)
+    net.fwd.packet(S, G, 1)
+    core.tick(1.0)
+    core.tick(1.0)
+    (last,) = [e.fields["mfe"] for e in core.events() if e.type in ("mfe_created", "mfe_updated")]
+    core.now += 60.0
+    assert net.fwd("mfe_counters", entries=[counters(10, out=9)]) == {}
+    assert core.events() == []
+    (snap,) = core.mgm.snapshot("state")["mfes"]
+    assert snap["expires"] == last["expires"] + 60.0 == net.mfe()["expires"]
+    assert {k: v for k, v in snap.items() if k != "expires"} == {k: v for k, v in last.items() if k != "expires"}
+    page = core.req(b"observer", "list_mfes", max_entries=1)["entries"]
+    assert page[0]["expires"] == snap["expires"]
+
+
 def test_shorter_timeout_from_prune_answer_expires_sooner(core: Core, net: Net) -> None:
     """A prune_alert answer shortening the timeout brings expiry forward."""
     net.fwd.packet(S, G, 1)

@@ -167,13 +167,16 @@ class StateMirror:
             (cid_of(m), (m["source"], m["group"]), (m["if_index"], m["next_hop"])) for m in snap["memberships"]
         } == self.members
 
-        # "expires" moves with mfe_counters, which publishes nothing: compare the rest
+        # "expires" moves with mfe_counters, which publishes nothing (core/state.py's header): everything else
+        # agrees, and traffic only ever pushes expiry later than the last event said
         def strip(m: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in m.items() if k != "expires"}
 
         assert {(m["source"], m["group"]): strip(m) for m in snap["mfes"]} == {
             k: strip(m) for k, m in self.mfes.items()
         }
+        for m in snap["mfes"]:
+            assert m["expires"] >= self.mfes[(m["source"], m["group"])]["expires"], m
 
 
 # --- the machine ----------------------------------------------------------------------------------
