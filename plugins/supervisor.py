@@ -41,6 +41,7 @@ from mgm.core.config import (
     loads,
     multicast_interfaces,
 )
+from mgm.core.keys import client_curve
 from mgm.core.logs import setup_from as setup_logging
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,17 @@ def run(args: argparse.Namespace) -> int:
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
     setup_logging(args, tag="up", level=level)
+    try:  # our own pings to a tcp manager need a key of the allow-list: the file's curve_client_key
+        curve = client_curve(argparse.Namespace(), config)
+    except ValueError as exc:
+        print(f"mgm up: {exc}", file=sys.stderr)
+        return 2
+    if api.startswith("tcp://") and curve is None:
+        print("mgm up: the manager's api is tcp, which needs CURVE: give [manager] curve_secret_key, "
+              "curve_server_public_key and curve_client_key (docs/security.md)", file=sys.stderr)
+        return 2
     if choice is None:
-        return asyncio.run(Supervisor(config, config_path, api, events, level, args.log_format).run())
+        return asyncio.run(Supervisor(config, config_path, api, events, level, args.log_format, curve).run())
     log.log(logging.WARNING if choice.simulated else logging.INFO, "%s", choice.reason)
     # The children read the same choice from a private copy (a restarted one must not decide anew).
     workdir = tempfile.mkdtemp(prefix="mgm-up-")
@@ -91,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         path = os.path.join(workdir, "default.toml")
         with open(path, "w", encoding="utf-8") as out:
             out.write(choice.text)
-        return asyncio.run(Supervisor(config, path, api, events, level, args.log_format).run())
+        return asyncio.run(Supervisor(config, path, api, events, level, args.log_format, curve).run())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -157,9 +167,12 @@ class Child:
 
 class Supervisor:
     def __init__(
-        self, config: Config, config_path: str | None, api: str, events: str, log_level: str, log_format: str = "text"
+        self, config: Config, config_path: str | None, api: str, events: str, log_level: str, log_format: str = "text",
+        curve: Any = None,
     ) -> None:
         self.config = config
+        self.curve = curve
+        """CURVE keys (mgm.bus.sockets.Curve) for our pings when the manager is on tcp."""
         self.api = api
         self.events = events
         self.stopping = asyncio.Event()
@@ -179,7 +192,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
         if not self.plugins:
             log.info("no [plugins.NAME] table in %s: running the manager alone", self.config.source)
-        if await ping(self.api, 0.5):
+        if await ping(self.api, 0.5, self.curve):
             log.error("a manager already answers on %s; mgm up runs its own (stop that one, or give other "
                       "endpoints in [manager] or with --api/--events)", self.api)  # fmt: skip
             return 1
@@ -217,7 +230,7 @@ class Supervisor:
         wait_exit = asyncio.ensure_future(self.manager.proc.wait())
         try:
             while time.monotonic() < deadline and not self.stopping.is_set():
-                if await ping(self.api, 0.25) and not wait_exit.done():
+                if await ping(self.api, 0.25, self.curve) and not wait_exit.done():
                     log.info("manager answers on %s", self.api)
                     return True
                 if wait_exit.done():
@@ -291,17 +304,19 @@ class Supervisor:
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-async def ping(api: str, timeout: float) -> bool:
-    """One ``ping`` on a fresh DEALER: True when the manager answers within `timeout`."""
+async def ping(api: str, timeout: float, curve: Any = None) -> bool:
+    """One ``ping`` on a fresh DEALER (with CURVE keys for a tcp manager): True when it answers within `timeout`."""
     import zmq
     import zmq.asyncio
 
     from mgm.bus.codec import decode_reply, encode_request
+    from mgm.bus.sockets import secure
 
     ctx = zmq.asyncio.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        secure(sock, api, curve, server=False)
         sock.connect(api)
         await sock.send_multipart([b"", encode_request("up-ping", "ping", {})])
         if not await sock.poll(int(timeout * 1000)):
