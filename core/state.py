@@ -33,6 +33,17 @@
 #   question it was asked is forgotten: a late answer is ERROR_NOT_FOUND, and
 #   a new registration of the same (protocol_id, component_id) starts with
 #   no questions.
+#   Cost of a departure: each membership deleted makes 2-5 events
+#   (membership_deleted, local_leave, alerts, mfe_updated), so a client with
+#   700k memberships makes ~2M events, ~1 GiB held until take_events().  So
+#   the cleanup goes in batches: connection_lost() and each tick() delete at
+#   most `cleanup_batch` (CLEANUP_BATCH, 10,000) memberships, next_deadline()
+#   returns the current time while a cleanup is under way, and the manager's
+#   usual loop (tick when due, then take_events) drains it batch by batch,
+#   serving other requests in between.  The events come out in exactly the
+#   order one pass would give; meanwhile the departing client stays
+#   registered (its ids are taken: 183), its handle is refused (87), and the
+#   memberships it has left keep their effects.
 #
 # Owners.  An interface (if_index, next_hop) has at most one routing protocol
 #   (`owner`) and at most one IGMP (`igmp`, protocol 10) beside it.  "The
@@ -112,7 +123,8 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
 
 from mgm.bus.status import MgmError, Status, invalid
@@ -187,6 +199,7 @@ MAX_COUNTER = (1 << 64) - 1
 MAX_TIMEOUT = 10.0**9  # seconds; anything larger is a client bug, not a wish
 MAX_OPEN_ENUMERATIONS = 1024  # per client: a forgetful client cannot grow the core without end
 CLOSED_QUESTIONS_KEPT = 4096  # answered or expired questions remembered for late answers
+CLEANUP_BATCH = 10_000  # memberships a departing client loses per transition (connection_lost, tick)
 ENUMERATION_TYPES = ("all_sources", "any_source")
 
 _WILDCARD_MASK = ANY
@@ -234,7 +247,7 @@ ALERTS: Final[dict[tuple[str, str, int], str]] = {
 
 
 class _Client:
-    __slots__ = ("asked", "conn", "enums", "handle", "id", "interfaces", "members", "name", "next_enum")
+    __slots__ = ("asked", "conn", "enums", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum")
 
     def __init__(self, cid: ClientId, handle: int, conn: bytes, name: str) -> None:
         self.id = cid
@@ -246,6 +259,7 @@ class _Client:
         self.enums: dict[int, _Enumeration] = {}
         self.next_enum = 1
         self.asked: set[int] = set()  # ids of the open questions addressed to it
+        self.leaving = False  # gone (silent or connection lost), its cleanup under way: its handle is refused
 
     @property
     def is_igmp(self) -> bool:
@@ -349,11 +363,13 @@ class Mgm:
         question_deadline: float = 0.1,
         mfe_timeout: float = 900.0,
         liveness: float = 3.0,
+        cleanup_batch: int = CLEANUP_BATCH,
     ) -> None:
         self.resolver = resolver
         self.question_deadline = question_deadline
         self.mfe_timeout = mfe_timeout
         self.liveness = liveness
+        self.cleanup_batch = cleanup_batch
         self.wall_offset = 0.0
         self._now = 0.0  # the time of the transition being applied (set by every entry point)
 
@@ -365,6 +381,8 @@ class Mgm:
         self._by_handle: dict[int, _Client] = {}
         self._conns: dict[bytes, _Conn] = {}
         self._handle_salt = random.getrandbits(32)
+        # departed clients still being cleaned up, in order, each with its remaining membership deletions
+        self._leaving: deque[tuple[_Client, Iterator[tuple[Interface, int]]]] = deque()
         self._handle_count = 0
 
         # interfaces (the Interface objects here are the interned ones every other index shares)
@@ -440,9 +458,12 @@ class Mgm:
                 self._schedule_expiry(mfe)
         for conn in [c for c, s in self._conns.items() if s.last_seen + self.liveness <= now]:
             log.info("connection %r silent for %.1f s: cleaning up its clients", conn, self.liveness)
-            self.connection_lost(conn, now)
+            self._lose(conn)
+        self._clean_up()
 
     def next_deadline(self) -> float | None:
+        if self._leaving:
+            return self._now  # a cleanup is under way: tick() again at once
         while self._deadlines and self._deadlines[0][1] not in self._questions:
             heapq.heappop(self._deadlines)
         times = [s.last_seen + self.liveness for s in self._conns.values()]
@@ -453,18 +474,55 @@ class Mgm:
         return min(times) if times else None
 
     def connection_lost(self, conn: bytes, now: float) -> None:
-        """Leave on the clients' behalf: memberships, then interfaces, then registration."""
+        """Leave on the clients' behalf: memberships, then interfaces, then registration.
+
+        At most `cleanup_batch` memberships go per call; the rest go in the
+        following tick() calls, which next_deadline() asks for at once.
+        """
         self._now = now
-        seen = self._conns.get(conn)
+        self._lose(conn)
+        self._clean_up()
+
+    def _lose(self, conn: bytes) -> None:
+        """The connection is gone: its clients refuse requests from now on and queue for cleanup."""
+        seen = self._conns.pop(conn, None)
         if seen is None:
             return
-        for client in list(seen.clients.values()):
-            for iface in list(client.interfaces):
-                for key in sorted(client.members.get(iface, ())):
+        for client in seen.clients.values():
+            client.leaving = True
+            self._leaving.append((client, self._leave_steps(client)))
+
+    @staticmethod
+    def _leave_steps(client: _Client) -> Iterator[tuple[Interface, int]]:
+        """The memberships a departing client loses: interfaces in take order, each in (group, source) order."""
+        for iface in list(client.interfaces):
+            yield from ((iface, key) for key in sorted(client.members.get(iface, ())))
+
+    def _clean_up(self) -> None:
+        """Advance the queued cleanups by at most `cleanup_batch` membership deletions.
+
+        The events come out in the same order as one unbounded pass would
+        give them; only the transition they belong to changes.  Bounding the
+        batch bounds the events the manager holds (a client with 700k
+        memberships makes ~2M) and the time one transition takes.
+        """
+        budget = self.cleanup_batch
+        while self._leaving:
+            client, steps = self._leaving[0]
+            if budget <= 0:
+                return
+            for iface, key in steps:
+                keys = client.members.get(iface)
+                if keys is not None and key in keys:
                     self._delete_membership(client, key, iface)
-            for iface in list(client.interfaces):
-                self._release(client, self._owners[iface])
-            self._deregister(client)
+                budget -= 1
+                if budget <= 0:
+                    break
+            else:
+                for iface in list(client.interfaces):
+                    self._release(client, self._owners[iface])
+                self._leaving.popleft()
+                self._deregister(client)
 
     def snapshot(self, stream: str) -> dict[str, Any]:
         if stream == STATE:
@@ -505,6 +563,8 @@ class Mgm:
         client = self._by_handle.get(handle)
         if client is None or client.conn != conn:
             raise invalid(f"handle {handle} is not registered on this connection")
+        if client.leaving:
+            raise invalid(f"handle {handle} belongs to {client.id}, which is being cleaned up (it went silent)")
         return client
 
     def _owned(self, client: _Client, args: Mapping[str, Any]) -> _Owners:
@@ -576,10 +636,11 @@ class Mgm:
     def _deregister(self, client: _Client) -> None:
         del self._clients[client.id]
         del self._by_handle[client.handle]
-        seen = self._conns[client.conn]
-        del seen.clients[client.id]
-        if not seen.clients:
-            del self._conns[client.conn]
+        seen = self._conns.get(client.conn)
+        if seen is not None and seen.clients.get(client.id) is client:  # not when it left with its connection
+            del seen.clients[client.id]
+            if not seen.clients:
+                del self._conns[client.conn]
         self._emit(None, "protocol_deregistered", _client_fields(client))
         self._forget_questions(client)
 

@@ -9,7 +9,7 @@ from rules_harness import ANY, IGMP, PIM, Core, Proto, ev, iff, sgf
 
 from mgm.bus.status import MgmError, Status
 from mgm.core.state import CORE_OPS, DEFERRED
-from mgm.core.types import ClientId, Interface
+from mgm.core.types import ClientId, Event, Interface
 
 
 def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:
@@ -178,3 +178,108 @@ def test_cleanup_deletes_mfes_of_released_incoming_interfaces(core: Core) -> Non
     core.drop()
     core.mgm.connection_lost(pim.conn, core.now)
     assert [t for _, t in core.types()] == ["mfe_deleted", "interface_released", "protocol_deregistered"]
+
+
+# --- cleanup of a departed client in bounded batches -----------------------------------------------------
+
+
+def _big_departure(batch: int) -> tuple[Core, Proto, Proto, Proto]:
+    """IGMP (shared connection with a second client) beside PIM on 1 and 2 with 12 memberships, an MFE per group."""
+    core = Core(liveness=1e9, cleanup_batch=batch)
+    igmp = core.register(IGMP, conn=b"shared")
+    other = core.register(PIM, 2, conn=b"shared")
+    pim = core.register(PIM)
+    fwd = core.register(99)
+    for i in (1, 2):
+        pim.take(i)
+        igmp.take(i)
+    other.take(3)
+    core.routes["10.0.0.1"] = Interface(3)
+    for g in range(3):
+        group = f"239.1.1.{g}"
+        for i in (1, 2):
+            igmp.join(ANY, group, i)
+            igmp.join("10.0.0.1", group, i)
+        fwd.packet("10.0.0.1", group, 3)
+    core.tick(0.2)
+    core.tick(0.2)
+    core.drop()
+    core.mgm.take_completions()
+    return core, igmp, other, fwd
+
+
+def _clean_up_fully(core: Core) -> list[list[Event]]:
+    """Tick while next_deadline() says "now"; the events of each transition."""
+    batches = []
+    while (due := core.mgm.next_deadline()) is not None and due <= core.now:
+        core.mgm.tick(core.now)
+        batches.append(core.events())
+    return batches
+
+
+def test_cleanup_goes_in_bounded_batches_with_the_events_of_one_pass() -> None:
+    """[ours] A departed client loses at most `cleanup_batch` memberships per transition; next_deadline() asks for
+    tick() at once while work remains, and the events come in exactly the order of an unbounded cleanup."""
+    whole, *_ = _big_departure(10_000)
+    whole.mgm.connection_lost(b"shared", whole.now)
+    expected = whole.events()
+    assert _clean_up_fully(whole) == []
+
+    core, *_ = _big_departure(5)
+    core.mgm.connection_lost(b"shared", core.now)
+    batches = [core.events(), *_clean_up_fully(core)]
+    assert [e for batch in batches for e in batch] == expected
+    deletions = [sum(e.type == "membership_deleted" for e in batch) for batch in batches]
+    assert deletions == [5, 5, 2]  # 12 memberships; the last transition also releases and deregisters both
+    assert [e.type for e in batches[-1]][-1] == "protocol_deregistered"
+    assert core.mgm.streams() == whole.mgm.streams() == ["state", "proto/20/1", "proto/99/1"]
+    assert core.whole_state() == whole.whole_state()
+    nd = core.mgm.next_deadline()
+    assert nd is None or nd > core.now
+
+
+def test_a_client_being_cleaned_up_is_gone_for_requests_and_registers_again_once_done() -> None:
+    """[ours] During its cleanup a departed client's handle is refused (also from a connection that comes back
+    after going silent) and its ids are still taken (183); once cleaned up they register again."""
+    core, igmp, other, _fwd = _big_departure(5)
+    core.mgm.connection_lost(b"shared", core.now)
+    core.refused(Status.ERROR_INVALID_PARAMETER, igmp, "heartbeat")
+    core.refused(Status.ERROR_INVALID_PARAMETER, other, "release_interface_ownership", **iff(3))
+    core.refused(Status.ERROR_ALREADY_EXISTS, core.req, b"new", "register_protocol", protocol_id=IGMP, component_id=1)
+    _clean_up_fully(core)
+    again = core.register(IGMP, conn=b"new")
+    again.take(1)
+    assert core.mgm.snapshot("proto/10/1")["interfaces"] == [{**iff(1), "igmp_enabled": True}]
+
+
+def test_other_clients_are_served_between_cleanup_batches() -> None:
+    """[ours] Requests of other clients interleave with a cleanup; each sees the memberships left so far."""
+    core, _igmp, _other, fwd = _big_departure(5)
+    core.mgm.connection_lost(b"shared", core.now)
+    core.drop()
+    def oil(group: str) -> list[int]:
+        mfe = core.req(b"observer", "get_mfe", source="10.0.0.1", group=group)["mfe"]
+        return [o["if_index"] for o in mfe["oil"]]
+
+    # the first 5 of IGMP's memberships on interface 1, in (group, source) order, are gone
+    assert (oil("239.1.1.0"), oil("239.1.1.2")) == ([2], [1, 2])
+    assert fwd("heartbeat") == {}
+    _clean_up_fully(core)
+    # the second client on the connection released interface 3, where the MFEs came in
+    core.refused(Status.ERROR_NOT_FOUND, core.req, b"observer", "get_mfe", source="10.0.0.1", group="239.1.1.2")
+
+
+def test_a_silent_client_is_cleaned_up_in_batches_by_tick() -> None:
+    """[ours] Liveness cleanup in tick() is bounded the same way."""
+    core, *_ = _big_departure(5)
+    core.mgm.liveness = 3.0
+    core.now += 3.0
+    for who in (b"conn-20-1", b"conn-99-1"):
+        with pytest.raises(MgmError):  # refused (no handle), but a sign of life
+            core.mgm.handle(who, "heartbeat", {}, core.now)
+    core.mgm.tick(core.now)
+    first = core.events()
+    assert sum(e.type == "membership_deleted" for e in first) == 5
+    rest = _clean_up_fully(core)
+    assert sum(e.type == "membership_deleted" for batch in rest for e in batch) == 7
+    assert core.mgm.streams() == ["state", "proto/20/1", "proto/99/1"]
