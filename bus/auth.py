@@ -123,7 +123,7 @@ class _AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         name = self.clients.get(key)
         if name is None:
-            self.guard.refused("unknown CURVE key", key.decode("ascii", "replace"))
+            self.guard.refused("unknown_key", "unknown CURVE key", key.decode("ascii", "replace"))
             return False
         log.debug("ZAP: key %s accepted as %r", key.decode("ascii", "replace"), name)
         return True
@@ -146,10 +146,11 @@ class Guard:
     the context terminates.  `refusals` counts refused connections by reason.
     """
 
-    def __init__(self, ctx: zmq.Context[Any], curve: Curve) -> None:
+    def __init__(self, ctx: zmq.Context[Any], curve: Curve, refusals: dict[str, int] | None = None) -> None:
         self.ctx = ctx
         self.curve = curve
-        self.refusals: dict[str, int] = {}
+        self.refusals: dict[str, int] = refusals if refusals is not None else {}
+        """Refused connections by reason: bad_handshake (no CURVE, wrong server key), unknown_key (ZAP)."""
         self._lock = threading.Lock()
         self._auth: _Authenticator | None = None
         self._watch: threading.Thread | None = None
@@ -172,10 +173,10 @@ class Guard:
         self._watch = threading.Thread(target=self._run_watch, name="mgm-curve-watch", daemon=True)
         self._watch.start()
 
-    def refused(self, reason: str, who: str) -> None:
+    def refused(self, reason: str, why: str, who: str) -> None:
         with self._lock:
             self.refusals[reason] = self.refusals.get(reason, 0) + 1
-        log.warning("refused a tcp connection (%s): %s", reason, who, extra={"reason": reason, "peer": who})
+        log.warning("refused a tcp connection (%s): %s", why, who, extra={"reason": reason, "peer": who})
 
     def _run_watch(self) -> None:
         poller = zmq.Poller()
@@ -192,12 +193,14 @@ class Guard:
                 mon.close(linger=0)
 
     def _on_monitor_event(self, msg: dict[str, Any]) -> None:
-        event, endpoint = msg["event"], msg["endpoint"].decode("utf-8", "replace")
-        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            # a client without CURVE (mechanism mismatch), or one whose CURVE hello does not decrypt
-            self.refused("no valid CURVE handshake", f"a client on {endpoint} (ZMTP protocol error {msg['value']:#x})")
-        else:  # ZAP refusals (counted by the allow-list) end here too, as a failed handshake
-            log.debug("handshake failed on %s: event %s value %s", endpoint, event, msg["value"])
+        event, endpoint, value = msg["event"], msg["endpoint"].decode("utf-8", "replace"), msg["value"]
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            log.debug("handshake on %s refused by ZAP (status %s)", endpoint, value)  # counted by the allow-list
+            return
+        # No CURVE at all (mechanism mismatch), a hello that does not decrypt (a wrong server key), or a peer
+        # that hung up during the handshake: which of these libzmq reports depends on who notices first.
+        detail = f"ZMTP protocol error {value:#x}" if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL else f"errno {value}"
+        self.refused("bad_handshake", "CURVE handshake failed", f"a client on {endpoint} ({detail})")
 
     def close(self) -> None:
         """Stop watching and stop the ZAP thread (before the sockets and the context close)."""

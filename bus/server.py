@@ -215,6 +215,8 @@ class BusServer:
     batch: int = 4096
     events_hwm: int = XPUB_HWM
     gate: Gate | None = None
+    refusals: dict[str, int] = field(default_factory=dict)
+    """tcp refusals by reason: bad_handshake and unknown_key (counted by the Guard), access_denied (the gate)."""
 
     def __post_init__(self) -> None:
         self._own_context = self.context is None
@@ -267,7 +269,7 @@ class BusServer:
         if tcp and self.curve is not None:
             from mgm.bus.auth import Guard
 
-            self.guard = Guard(self.ctx, self.curve)
+            self.guard = Guard(self.ctx, self.curve, self.refusals)
             self.guard.start()  # before bind: a CURVE server without a ZAP handler would admit any key
             self.guard.watch(tcp)
             self._gate = self.gate if self.api.startswith("tcp://") else None
@@ -374,6 +376,7 @@ class BusServer:
         try:
             self._gate(conn, user, op, args)
         except MgmError as exc:
+            self.refusals["access_denied"] = self.refusals.get("access_denied", 0) + 1
             self.reply_error(conn, req_id, exc.status, exc.message)
             return False
         return True

@@ -20,6 +20,9 @@ clients_removed_total{reason}       counter  clients the manager removed: ``sile
                                              --liveness seconds: heartbeat misses) or ``connection_lost``
 syncs_total{stream}                 counter  snapshots served (a `sync` without a cursor: a resync), by
                                              stream kind ``state`` / ``proto`` / ``other``
+tcp_refused_total{reason}           counter  tcp refusals (docs/security.md): connections without CURVE
+                                             (``bad_handshake``) or with a key not allowed (``unknown_key``),
+                                             requests claiming what the key is not given (``access_denied``)
 protocols, interfaces, memberships  gauge    registered clients, interfaces with an owner, memberships
 mfes, mfes_pending, questions_open  gauge    stored MFEs, MFEs waiting for rpf/creation answers, open questions
 mfe_in_packets_total{source,group}  counter  packets of each of the `top` busiest MFEs (default 100)
@@ -66,6 +69,8 @@ class Counts:
     events: dict[str, int] = field(default_factory=dict)
     clients_removed: dict[str, int] = field(default_factory=dict)
     syncs: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    """tcp refusals by reason (mgm.bus.server.BusServer.refusals; the CURVE Guard's thread adds to it too)."""
 
 
 class MfeView(Protocol):
@@ -127,6 +132,14 @@ class MgmCollector:
         for kind in ("state", "proto", "other"):
             syncs.add_metric([kind], counts.syncs.get(kind, 0))
         yield syncs
+        refused = CounterMetricFamily(
+            "mgm_tcp_refused",
+            "tcp refusals: bad_handshake and unknown_key connections, access_denied requests",
+            labels=["reason"],
+        )
+        for reason in ("bad_handshake", "unknown_key", "access_denied"):
+            refused.add_metric([reason], counts.refused.get(reason, 0))
+        yield refused
 
         census = self.core.census()
         for key, name, text in (

@@ -103,13 +103,14 @@ class Manager:
         self.deferred = deferred
         self.clock = clock
         core.wall_offset = time.time() - clock()
-        self.server = BusServer(api, events, context=context, curve=curve, gate=gate, events_hwm=events_hwm)
+        self.counts = Counts()
+        self.server = BusServer(api, events, context=context, curve=curve, gate=gate, events_hwm=events_hwm,
+                                refusals=self.counts.refused)
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
         self._kicked = False
         self._new_stream = False
         self._wakeup: asyncio.Future[None] | None = None
-        self.counts = Counts()
         """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
         self._known_ops = core_ops | OWN_OPS
         self.metrics = metrics

@@ -97,18 +97,19 @@ class TcpManager:
         return reply_to(self.api, self.keys.curve(key) if key else None, op, args, timeout)
 
 
-def manager_argv(api: str, events: str, config: Path, curve_key: Path | None) -> list[str]:
-    argv = [*MGM, "manager", "--api", api, "--events", events, "--config", str(config), "--log-level", "debug"]
+def manager_argv(api: str, events: str, config: Path, curve_key: Path | None, *extra: str) -> list[str]:
+    argv = [*MGM, "manager", "--api", api, "--events", events, "--config", str(config), "--log-level", "debug",
+            *extra]
     if curve_key is not None:
         argv += ["--curve-key", str(curve_key)]
     return argv
 
 
-def start_tcp_manager(directory: Path, keys: Keys, config_text: str, procs: list[Any]) -> TcpManager:
+def start_tcp_manager(directory: Path, keys: Keys, config_text: str, procs: list[Any], *extra: str) -> TcpManager:
     config = directory / "manager.toml"
     config.write_text(config_text)
     api, events = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    proc = ManagerProc("manager", manager_argv(api, events, config, keys.secret("manager")),
+    proc = ManagerProc("manager", manager_argv(api, events, config, keys.secret("manager"), *extra),
                        directory / "manager.log", api=api, events=events)
     proc.start()
     procs.append(proc)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
-from sec_support import ALLOWED_INDEX, ROUTING_PROTOCOL, TcpManager, dealer, log_has, reply_to
+from conftest import allow_list
+from sec_support import (
+    ALLOWED_INDEX,
+    ROUTING_PROTOCOL,
+    Keys,
+    TcpManager,
+    dealer,
+    log_has,
+    reply_to,
+    start_tcp_manager,
+)
 
 from mgm.bus.status import Status
+from mgm.plugins.testing import wait_for
 
 SILENCE = 1.5
 """How long a refused client waits for a reply that must not come (bounded; the manager answers in ms)."""
@@ -31,7 +44,7 @@ def protocols(m: TcpManager) -> list[tuple[int, int]]:
 def test_a_client_without_curve_gets_no_answer_and_is_logged(tcp_manager: TcpManager) -> None:
     assert reply_to(tcp_manager.api, None, "ping", timeout=SILENCE) is None
     assert reply_to(tcp_manager.api, None, "register_protocol", register(ROUTING_PROTOCOL), timeout=SILENCE) is None
-    log = log_has(tcp_manager.proc, "refused a tcp connection (no valid CURVE handshake)")
+    log = log_has(tcp_manager.proc, "refused a tcp connection (CURVE handshake failed)")
     assert "WARNING" in log
     assert protocols(tcp_manager) == []
 
@@ -150,3 +163,30 @@ def test_a_known_key_does_what_it_may(tcp_manager: TcpManager, key: str) -> None
         assert protocols(tcp_manager) == [(protocol_id, 1)]
     finally:
         sock.close(0)
+
+
+def test_refusals_are_counted_in_the_metrics(ipc_dir: Path, keys: Keys, procs: list[Any]) -> None:
+    import re
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = start_tcp_manager(ipc_dir, keys, allow_list(keys), procs, "--metrics", "127.0.0.1:0")
+    url = re.search(r"metrics at (http://\S+)", log_has(m.proc, "metrics at http://"))
+    assert url is not None
+    assert reply_to(m.api, None, "ping", timeout=SILENCE) is None
+    assert reply_to(m.api, keys.curve("stranger"), "ping", timeout=SILENCE) is None
+    for _ in range(2):
+        denied = m.request("observer", "register_protocol", register(ROUTING_PROTOCOL))
+        assert denied is not None and denied["status"] == Status.ERROR_ACCESS_DENIED
+
+    def refused() -> dict[str, float]:
+        with urllib.request.urlopen(url.group(1), timeout=5) as page:
+            text = page.read().decode()
+        return {s.labels["reason"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "mgm_tcp_refused" for s in f.samples if s.name.endswith("_total")}
+
+    # a client that retries its handshake is refused (and counted) each time: at least once each
+    counts = wait_for(lambda: refused().get("bad_handshake", 0) >= 1 and refused(), 10, "the bad_handshake count")
+    assert counts["bad_handshake"] >= 1 and counts["unknown_key"] >= 1
+    assert counts["access_denied"] == 2
