@@ -243,10 +243,12 @@ class BusServer:
 
     async def open(self) -> None:
         """Refuse to start over a live manager, remove stale socket files, bind both sockets."""
+        prepared: set[Path] = set()
         for endpoint in (self.api, self.events):
             path = ipc_path(endpoint)  # raises ValueError for a path too long to bind
-            if path is not None:
+            if path is not None and path.parent not in prepared:
                 _prepare_ipc_dir(path.parent)
+                prepared.add(path.parent)
             require_curve(endpoint, self.curve, server=True)  # before any socket exists: nothing to clean up
         await self._refuse_live(self.api, probe_api)
         await self._refuse_live(self.events, probe_events)
@@ -540,6 +542,10 @@ def _prepare_ipc_dir(directory: Path) -> None:
         ensure_rundir(directory)
     elif not directory.is_dir():
         raise FileNotFoundError(f"directory {directory} of the ipc endpoint does not exist")
+    elif (mode := directory.stat().st_mode) & 0o077:
+        # ipc has no CURVE: the directory is the only gate (docs/security.md)
+        log.warning("the directory %s of an ipc endpoint is open to others (mode %o): anyone who can enter it "
+                    "can connect as any protocol; use a 0700 directory such as RUNDIR", directory, mode & 0o7777)
 
 
 async def probe_api(ctx: zmq.Context[Any], endpoint: str, timeout: float = PROBE_TIMEOUT) -> bool:

@@ -109,3 +109,27 @@ def test_the_manager_makes_its_default_rundir_0700(ipc_dir: Path, procs: list[An
     assert proc.alive(), proc.log()
     assert stat.S_IMODE(rundir.stat().st_mode) == 0o700
     assert stat.S_ISSOCK((rundir / "api").stat().st_mode)
+
+
+def test_an_ipc_endpoint_in_a_directory_open_to_others_is_warned_about(ipc_dir: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from mgm.bus.server import BusServer
+
+    async def bind(directory: Path) -> None:
+        server = BusServer(f"ipc://{directory}/api", f"ipc://{directory}/events")
+        await server.open()
+        server.close()
+
+    private, shared = ipc_dir / "private", ipc_dir / "shared"
+    private.mkdir(mode=0o700)
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+    with caplog.at_level("WARNING", logger="mgm.bus.server"):
+        asyncio.run(bind(private))
+        assert not caplog.records
+        asyncio.run(bind(shared))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the directory {shared} of an ipc endpoint is open to others (mode 755): anyone who can enter it can "
+        "connect as any protocol; use a 0700 directory such as RUNDIR"]
