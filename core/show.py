@@ -66,6 +66,9 @@ def tool_curve(args: argparse.Namespace) -> Curve | None:
 
 
 def unreachable_message(api: str) -> str:
+    if api.startswith("tcp://"):  # a refused CURVE handshake looks exactly like silence
+        return (f"no manager answers on {api}: is `mgm manager` running, and is our key (--curve-key) in its "
+                "allow-list and --server-key its public key?")
     return f"no manager answers on {api}: is `mgm manager` running?"
 
 
