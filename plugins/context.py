@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mgm.bus.status import MgmError
+from mgm.core.state import CORE_OPS
 from mgm.core.types import ANY, HOST_MASK, MGM_JOIN_STATE_FLAG, ClientId, Interface
 
 if TYPE_CHECKING:
@@ -28,24 +29,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-HANDLE_OPS = frozenset(
-    {
-        "deregister_protocol",
-        "take_interface_ownership",
-        "release_interface_ownership",
-        "add_group_membership",
-        "delete_group_membership",
-        "group_enumeration_start",
-        "group_enumeration_next",
-        "group_enumeration_end",
-        "set_mfe",
-        "new_packet",
-        "wrong_interface",
-        "mfe_counters",
-        "answer",
-        "heartbeat",
-    }
-)
+HANDLE_OPS = CORE_OPS - {"register_protocol", "get_protocol_on_interface", "get_mfe", "list_mfes"}
 """Operations whose args carry the client's handle; `PluginContext.request` fills it in."""
 
 MembershipKey = tuple[str, str, str, str, Interface, int]
