@@ -203,6 +203,7 @@ CLEANUP_BATCH = 10_000  # memberships a departing client loses per transition (c
 ENUMERATION_TYPES = ("all_sources", "any_source")
 
 _WILDCARD_MASK = ANY
+_SG_ARGS = ("source", "source_mask", "group", "group_mask")
 
 
 # --- the alert table -----------------------------------------------------------
@@ -751,7 +752,7 @@ class Mgm:
             self._forward(key, iface, add=True)
             return {}
         # The addresses were checked to be canonical, so the request's own strings are the event's.
-        sg = {k: args[k] for k in ("source", "source_mask", "group", "group_mask")}
+        sg = {k: args[k] for k in _SG_ARGS}
         keys = client.members.get(iface)
         if keys is not None and key in keys:
             # A re-add changes nothing, but tells the current owner (how a new owner learns receivers).
@@ -775,7 +776,8 @@ class Mgm:
         keys = client.members.get(iface)
         if keys is None or key not in keys:
             raise MgmError(Status.ERROR_NOT_FOUND, f"{client.id} has no such membership on {iface}")
-        self._delete_membership(client, key, iface)
+        # as in add: the addresses were checked to be canonical, so the request's strings are the event's
+        self._delete_membership(client, key, iface, {k: args[k] for k in _SG_ARGS})
         return {}
 
     @staticmethod
@@ -824,7 +826,9 @@ class Mgm:
             for mfe in self._vetoed_matching(key, iface):
                 self._oil_add(mfe, iface)
 
-    def _delete_membership(self, client: _Client, key: int, iface: Interface) -> None:
+    def _delete_membership(
+        self, client: _Client, key: int, iface: Interface, sg: dict[str, Any] | None = None
+    ) -> None:
         keys = client.members[iface]
         keys.discard(key)
         if not keys:
@@ -844,7 +848,8 @@ class Mgm:
             del self._joined[key]
             self._gone_key(key)
 
-        sg = _sg_fields(key)
+        if sg is None:
+            sg = _sg_fields(key)
         self._emit(None, "membership_deleted", {**_client_fields(client), **sg, **_iface_fields(iface), "flags": 1})
         owners = self._owners[(iface.if_index, iface.next_hop)]
         self._local(client, owners, sg, "local_leave")
