@@ -498,6 +498,12 @@ def run(args: argparse.Namespace) -> int:
         metrics = parse_address(args.metrics) if args.metrics is not None else None
         if args.metrics_top_mfes < 0:
             raise ValueError(f"--metrics-top-mfes must be >= 0, not {args.metrics_top_mfes}")
+        for option, seconds in (("--question-deadline", args.question_deadline), ("--mfe-timeout", args.mfe_timeout),
+                                ("--liveness", args.liveness)):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise ValueError(f"{option} must be a number of seconds > 0, not {seconds}")
+        if args.events_hwm < 1:
+            raise ValueError(f"--events-hwm must be >= 1, not {args.events_hwm}")
         curve, acl = manager_security(config.manager, getattr(args, "curve_key", None))
     except ValueError as exc:
         log.error("%s", exc)
