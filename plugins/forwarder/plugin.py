@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.config import ConfigError, PluginTable
+from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
 from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import Upcall
 from mgm.plugins.hookspecs import hookimpl
@@ -50,14 +50,21 @@ class Settings:
     table: int | None = None
 
 
-def read_settings(config: Mapping[str, Any]) -> Settings:
-    """The forwarder's keys, checked; a mistake names the file, key and line."""
+SETTINGS_KEYS = frozenset({"counters_interval", "restart_grace", "wrong_if", "table"})
+
+
+def read_settings(config: Mapping[str, Any], extra_keys: frozenset[str] = frozenset()) -> Settings:
+    """The forwarder's keys, checked; a mistake (a typo too) names the file, key and line."""
 
     def error(key: str, message: str) -> ConfigError:
         if isinstance(config, PluginTable):
             return config.error(key, message)
         return ConfigError("<config>", key, None, message)
 
+    known = SETTINGS_KEYS | PLUGIN_COMMON_KEYS | extra_keys
+    for key in config:
+        if key not in known:
+            raise error(key, f"unknown key for the forwarder (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
     for key in ("counters_interval", "restart_grace"):
         if key in config:
@@ -82,6 +89,8 @@ class ForwarderPlugin:
 
     label = "forwarder"
     log = logging.getLogger(__name__)
+    extra_keys: frozenset[str] = frozenset()
+    """Keys of the table that only this forwarder reads, beside `SETTINGS_KEYS`."""
 
     @property
     def registration_name(self) -> str:
@@ -112,7 +121,7 @@ class ForwarderPlugin:
     @hookimpl
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
         """Check the settings and open the dataplane now, so a failure stops the host before it registers."""
-        self.settings = read_settings(config)
+        self.settings = read_settings(config, self.extra_keys)
         if self.mirror is None:
             self.dataplane = self.open_dataplane(self.settings)
             self.mirror = Mirror(self.dataplane, self.log)

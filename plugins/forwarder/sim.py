@@ -148,6 +148,7 @@ class SimForwarder(ForwarderPlugin):
 
     label = "forwarder (simulated)"
     log = logging.getLogger("mgm.plugins.forwarder.simulated")
+    extra_keys = frozenset({"control"})
 
     def __init__(self) -> None:
         super().__init__()

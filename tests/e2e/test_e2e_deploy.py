@@ -19,6 +19,7 @@ from netns import Topology, send_udp, wait_until
 
 from mgm.core.config import Config, load
 from mgm.plugins.forwarder.plugin import read_settings
+from mgm.plugins.forwarder.sim import SimForwarder
 from mgm.plugins.igmp.plugin import read_parameters
 from mgm.plugins.proxy import settings as proxy_settings
 from mgm.plugins.static.routes import parse as static_routes
@@ -28,7 +29,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CHECKS: dict[str, Callable[[Config, str], Any]] = {
     "igmp": lambda config, name: read_parameters(config.plugins[name].table),
     "forwarder": lambda config, name: read_settings(config.plugins[name].table),
-    "forwarder-sim": lambda config, name: read_settings(config.plugins[name].table),
+    "forwarder-sim": lambda config, name: read_settings(config.plugins[name].table, SimForwarder.extra_keys),
     "static": static_routes,
     "proxy": proxy_settings.parse,
 }

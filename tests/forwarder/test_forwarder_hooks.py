@@ -122,6 +122,19 @@ def test_bad_settings_name_the_file_key_and_line(line: str, key: str) -> None:
     assert str(info.value).startswith(f"fwd.toml:2: plugins.forwarder.{key}:")
 
 
+def test_an_unknown_key_is_refused_with_its_line_and_the_known_ones() -> None:
+    """A typo (counter_interval) would otherwise leave the default in force without a word."""
+    config = loads("[plugins.forwarder]\ncounter_interval = 1\n", "fwd.toml")
+    with pytest.raises(ConfigError) as info:
+        read_settings(config.plugin("forwarder").table)
+    assert str(info.value).startswith("fwd.toml:2: plugins.forwarder.counter_interval: unknown key")
+    assert "counters_interval" in str(info.value)
+    sim = loads('[plugins.forwarder-sim]\ncontrol = "ipc:///tmp/x"\n', "sim.toml")
+    assert read_settings(sim.plugin("forwarder-sim").table, frozenset({"control"})) == read_settings({})
+    with pytest.raises(ConfigError, match="control: unknown key"):
+        read_settings(sim.plugin("forwarder-sim").table)
+
+
 def test_good_settings() -> None:
     config = loads('[plugins.forwarder]\ncounters_interval = 1\nwrong_if = "oil"\ntable = 7\n', "fwd.toml")
     settings = read_settings(config.plugin("forwarder").table)
