@@ -48,12 +48,12 @@ from typing import Any
 
 import pytest
 
+from mgm.plugins.testing import wait_for
+
 PREFIX = "mgmtest"
 IFNAMSIZ = 15
 """Longest interface name the kernel takes."""
 STOP_GRACE = 3.0
-POLL = 0.02
-"""Seconds between two looks while waiting; never below 20 ms."""
 CMD_TIMEOUT = 30.0
 IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
 IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
@@ -75,15 +75,8 @@ def require_root() -> None:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something true; TimeoutError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(POLL)
+    """Poll `predicate` until it returns something true; TimeoutError naming `what` (and the last value) otherwise."""
+    return wait_for(predicate, timeout, what)
 
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT,
