@@ -56,7 +56,8 @@ EXPIRY_SLACK = 0.05
 BURST = 5000
 """Messages read per socket before other tasks get a turn."""
 OWN_OPS = frozenset({"ping", "sync"})
-"""Ops the manager answers itself; they do not count as a sign of life for a registered client."""
+"""Ops the manager answers itself.  The manager counts them as a sign of life too (core/mgmd.py `_touch`),
+but the client does not rely on that: after only these it still sends its heartbeat."""
 
 _PROCESS_TOKEN = secrets.token_hex(4)
 _SLOTS: set[int] = set()
