@@ -99,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("plugin %s: %s", args.name, exc)
         return EXIT_CONFIG
+    if curve is None and any(ep.startswith("tcp://") for ep in (api, events)):
+        # The manager binds tcp only with CURVE: without keys every ping would go unanswered until the timeout.
+        log.error("plugin %s: the manager is on tcp, which needs CURVE: give --curve-key FILE and --server-key KEY, "
+                  "or curve_key in [plugins.%s] (or [manager] curve_client_key) and [manager] "
+                  "curve_server_public_key (docs/security.md)", args.name, args.name)  # fmt: skip
+        return EXIT_CONFIG
     try:
         return asyncio.run(Host(args.name, config, api, events, curve).run())
     except PluginLoadError as exc:

@@ -116,3 +116,14 @@ def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: lis
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(5) == 0  # well before the 10 s connect timeout
     assert "cannot reach the manager" not in proc.log()
+
+
+def test_a_tcp_manager_without_curve_keys_is_refused_at_once_with_status_2(ipc_dir: Path, procs: list[Proc]) -> None:
+    """tcp needs CURVE (docs/security.md): without keys no ping would ever be answered, so say so instead of waiting."""
+    proc = Proc("tcp-nokey", [*MGM, "plugin", "test-igmp", "--api", "tcp://127.0.0.1:1", "--events",
+                              "tcp://127.0.0.1:2"], ipc_dir / "tcp-nokey.log")  # fmt: skip
+    proc.start()
+    procs.append(proc)
+    assert proc.wait(8) == 2  # well before the 10 s connect timeout
+    assert "the manager is on tcp, which needs CURVE: give --curve-key FILE and --server-key KEY" in proc.log()
+    assert "connecting to the manager" not in proc.log()
