@@ -39,12 +39,11 @@ from mgm.bus.client import Client
 from mgm.bus.sockets import Curve
 from mgm.bus.status import MgmError
 from mgm.bus.topics import STATE
+from mgm.core.types import ANY, IGMP_PROTOCOL_ID
 
 TABLES = ("protocols", "interfaces", "groups", "mfes")
-ANY = "0.0.0.0"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PAGE = 500
-IGMP_PROTOCOL_ID = 10  # as mgm.core.types says; not imported so that `show` loads nothing of the core
 
 
 class Unreachable(Exception):
