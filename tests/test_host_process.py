@@ -114,7 +114,7 @@ def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: lis
     procs.append(proc)
     wait_for(lambda: "connecting to the manager" in proc.log(), 20, "the host to start connecting")
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(5) == 0  # well before the 10 s connect timeout
+    assert proc.wait(30) == 0  # status 1 and "cannot reach the manager" if the 10 s connect timeout ended it instead
     assert "cannot reach the manager" not in proc.log()
 
 
