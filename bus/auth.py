@@ -80,12 +80,12 @@ def load_key_pair(path: Path) -> tuple[bytes, bytes]:
         mode = os.stat(path).st_mode
     except OSError as exc:
         raise KeyFileError(f"cannot read the secret key file {path}: {exc.strerror}") from None
+    public, secret = _load(path)
+    if secret is None:  # before the mode: a public NAME.key (mode 644) is the wrong file, not one to chmod
+        raise KeyFileError(f"{path} holds no secret key (give the NAME{SECRET_SUFFIX} file, not NAME{PUBLIC_SUFFIX})")
     if stat.S_IMODE(mode) & 0o077:
         raise KeyFileError(f"secret key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
                         f"chmod 600 it")
-    public, secret = _load(path)
-    if secret is None:
-        raise KeyFileError(f"{path} holds no secret key (give the NAME{SECRET_SUFFIX} file, not NAME{PUBLIC_SUFFIX})")
     return public, secret
 
 
