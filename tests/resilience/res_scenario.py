@@ -276,7 +276,6 @@ class ForwarderRestart:
     """Per receiver, packets lost while no forwarder held the routing socket."""
     gap: float
     """Seconds from the SIGKILL until both receivers get packets again."""
-    vifs_gone: bool
 
 
 def forwarder_restart(flow: Flow) -> ForwarderRestart:
@@ -285,11 +284,11 @@ def forwarder_restart(flow: Flow) -> ForwarderRestart:
     old, killed = flow.kill("forwarder")
     # The restarted forwarder cannot register before the manager has let go of the killed one (3 s),
     # so the kernel is seen without the VIFs in between.
-    vifs_gone = bool(wait_until(lambda: not flow.stack.vifs(), WAIT, "the kernel to drop the killed forwarder's VIFs"))
+    wait_until(lambda: not flow.stack.vifs(), WAIT, "the kernel to drop the killed forwarder's VIFs")
     flow.wait_restarted("forwarder", old)
     base = flow.newest()
     flow.wait_flowing(base, more=1)
     gap = time.monotonic() - killed
     wait_until(flow.converged, WAIT, "the kernel's MFC rebuilt as the manager has it")
     flow.wait_flowing(flow.newest(), more=20)
-    return ForwarderRestart([len(x) for x in flow.lost(since)], gap, vifs_gone)
+    return ForwarderRestart([len(x) for x in flow.lost(since)], gap)

@@ -53,6 +53,6 @@ def test_a_killed_forwarder_is_restarted_rebuilds_the_kernels_table_and_traffic_
     flow = setup(topology)
     result = forwarder_restart(flow)
     print(f"\nforwarder restart: traffic back after {result.gap:.2f} s, lost {result.lost} packets")
-    assert result.vifs_gone
+    # forwarder_restart itself failed unless the kernel dropped the killed forwarder's VIFs (and got them back).
     assert flow.converged()
     flow.stack.alive()
