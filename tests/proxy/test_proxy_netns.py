@@ -242,6 +242,10 @@ downstream = ["r2", "r3"]
     except TimeoutError:
         raise fails(a, topology, "the proxy did not forward") from None
     assert up.alive()
+    # The senders feed the upstream link whatever the proxy joined, so forwarding can start before the
+    # proxy's upstream join is complete: wait for the (S,G) source list there, then read the whole picture.
+    wait_until(lambda: [G_SSM, SRC] in rtr.call(upstream_memberships, "r1")["sources"], WAIT,
+               f"the ({SRC}, {G_SSM}) source list joined upstream")  # fmt: skip
     held = rtr.call(upstream_memberships, "r1")
     assert held["groups"].get(G1) == 1, held  # one membership upstream for two downstream receivers
     assert G_NONE not in held["groups"], held  # nobody downstream wants it
