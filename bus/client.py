@@ -34,7 +34,7 @@ from typing import Any
 
 import zmq
 
-from mgm.bus.codec import encode_request, unpack
+from mgm.bus.codec import BUS_OPS, encode_request, unpack
 from mgm.bus.endpoints import default_api, default_events
 from mgm.bus.sockets import MORE, NOBLOCK, Curve, readable, recv_frame, recv_rest, secure, send_frame
 from mgm.bus.status import MgmError, Status
@@ -55,9 +55,8 @@ EXPIRY_SLACK = 0.05
 """Deadlines this close together are handled by one wakeup: a timeout may fire up to 50 ms late."""
 BURST = 5000
 """Messages read per socket before other tasks get a turn."""
-OWN_OPS = frozenset({"ping", "sync"})
-"""Ops the manager answers itself.  The manager counts them as a sign of life too (core/mgmd.py `_touch`),
-but the client does not rely on that: after only these it still sends its heartbeat."""
+# The manager counts BUS_OPS (ping, sync) as a sign of life too (core/mgmd.py `_touch`), but the
+# client does not rely on that: after only these it still sends its heartbeat.
 
 _PROCESS_TOKEN = secrets.token_hex(4)
 _SLOTS: set[int] = set()
@@ -271,7 +270,7 @@ class Client:
             # A send may consume the FD's edge of a reply that arrived meanwhile: look once this turn.
             self._drain_scheduled = True
             loop.call_soon(self._drain)
-        if op not in OWN_OPS:
+        if op not in BUS_OPS:
             self._last_sent = time.monotonic()
         elif op == "ping":
             fut.add_done_callback(self._on_ping)

@@ -28,6 +28,9 @@ MAX_FRAME = 64 * 1024
 MAX_ID_LEN = 256
 """A string request id longer than this is refused: ids are kept for replay."""
 
+BUS_OPS = frozenset({"ping", "sync"})
+"""Ops the manager's bus layer answers itself; every other op is the MGM's (the core's)."""
+
 ENVELOPE_KEYS = frozenset({"v", "stream", "seq", "epoch", "type"})
 """Keys the manager adds to every event; event fields must not use them."""
 

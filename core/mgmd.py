@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import zmq
 
 from mgm.bus import topics
+from mgm.bus.codec import BUS_OPS
 from mgm.bus.server import XPUB_HWM, BusServer, Gate, ManagerRunning
 from mgm.bus.sockets import Curve, InsecureEndpoint, readable
 from mgm.bus.status import MgmError, Status
@@ -40,8 +41,6 @@ from mgm.core.types import ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
 
-OWN_OPS = frozenset({"ping", "sync"})
-"""Ops mgmd answers itself; everything else goes to the core or is refused with 50."""
 
 HB_INTERVAL = 1.0
 MAX_SLEEP = 1.0
@@ -112,7 +111,7 @@ class Manager:
         self._new_stream = False
         self._wakeup: asyncio.Future[None] | None = None
         """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
-        self._known_ops = core_ops | OWN_OPS
+        self._known_ops = core_ops | BUS_OPS  # the rest are refused with 50
         self.metrics = metrics
         self.top_mfes = top_mfes
         self.metrics_server: Any = None
