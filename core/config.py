@@ -203,6 +203,21 @@ class PluginTable(Mapping[str, Any]):
         """A ConfigError for `key` of this table, with its line."""
         return ConfigError(self.source, self.key_path(key), self.line(key), message)
 
+    def config(self) -> Config:
+        """The whole configuration this table was read from, read again from its text.
+
+        For a plugin whose checks need more than its own table (other plugins'
+        tables, lines of list elements) and that only has what a hook receives.
+        """
+        return loads(self.text, self.source)
+
+
+def plugin_table(table: Mapping[str, Any], plugin: str) -> PluginTable:
+    """`table` as the `PluginTable` the plugin host passes to hooks; TypeError for anything else."""
+    if not isinstance(table, PluginTable):
+        raise TypeError(f"the {plugin} plugin needs the PluginTable the host passes, not {type(table).__name__}")
+    return table
+
 
 @dataclass(frozen=True, slots=True)
 class PluginConfig:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, PluginTable, loads
+from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, PluginTable, plugin_table
 from mgm.core.types import ANY
 from mgm.plugins.proxy.merge import GroupFilter
 
@@ -40,9 +40,8 @@ class Settings:
 
 def read(table: Mapping[str, Any]) -> Settings:
     """Check the table a hook receives (a `PluginTable`, which knows its file and text)."""
-    if not isinstance(table, PluginTable):
-        raise TypeError(f"the proxy plugin needs the PluginTable the host passes, not {type(table).__name__}")
-    return parse(loads(table.text, table.source), table.name)
+    checked = plugin_table(table, "proxy")
+    return parse(checked.config(), checked.name)
 
 
 def parse(config: Config, name: str) -> Settings:

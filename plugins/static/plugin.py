@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.config import ConfigError, InterfaceRef, PluginTable, load, loads
+from mgm.core.config import ConfigError, InterfaceRef, load, plugin_table
 from mgm.core.types import Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
@@ -205,11 +205,10 @@ class StaticPlugin:
     # --- internals ------------------------------------------------------------------------------
 
     def _check(self, config: Mapping[str, Any]) -> None:
-        if not isinstance(config, PluginTable):
-            raise TypeError(f"the static plugin needs the PluginTable the host passes, not {type(config).__name__}")
-        self.name = config.name
-        self.source = config.source
-        self.applied = read(loads(config.text, config.source), config.name)
+        table = plugin_table(config, "static")
+        self.name = table.name
+        self.source = table.source
+        self.applied = read(table.config(), table.name)
 
 
 async def _quiet(fut: asyncio.Future[dict[str, Any]]) -> None:

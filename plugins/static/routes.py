@@ -27,7 +27,7 @@ from typing import Any
 
 from mgm.bus.status import MgmError
 from mgm.core.args import is_multicast, parse_addr
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, PluginTable, find_line, loads
+from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, find_line
 from mgm.core.types import ANY, Interface
 
 ROUTE_KEYS = ("source", "group", "from", "to")
@@ -81,13 +81,6 @@ def _ref_name(ref: InterfaceRef) -> str:
 
 
 # --- parsing ------------------------------------------------------------------------------------
-
-
-def parse_table(table: Mapping[str, Any]) -> RouteTable:
-    """The routes of the table a hook receives (a `PluginTable`: it knows its file and text)."""
-    if not isinstance(table, PluginTable):
-        raise TypeError(f"expected the PluginTable the host passes, not {type(table).__name__}")
-    return parse(loads(table.text, table.source), table.name)
 
 
 def parse(config: Config, name: str) -> RouteTable:

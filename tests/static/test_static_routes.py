@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mgm.core.config import ConfigError, InterfaceRef, loads
+from mgm.core.config import ConfigError, InterfaceRef, loads, plugin_table
 from mgm.core.types import Interface
-from mgm.plugins.static.routes import ReloadPlan, RouteTable, memberships, parse, parse_table, plan_reload, rpf
+from mgm.plugins.static.routes import ReloadPlan, RouteTable, memberships, parse, plan_reload, rpf
 
 GOOD = """\
 [plugins.static]
@@ -80,11 +80,12 @@ def test_a_table_without_routes_has_none() -> None:
     assert table_of("[manager]\n").routes == ()
 
 
-def test_parse_table_reads_what_the_host_passes() -> None:
+def test_the_routes_are_read_again_from_what_the_host_passes() -> None:
     config = loads(GOOD, "static.toml")
-    assert parse_table(config.plugin("static").table).routes == table_of(GOOD).routes
+    table = plugin_table(config.plugin("static").table, "static")
+    assert parse(table.config(), table.name).routes == table_of(GOOD).routes
     with pytest.raises(TypeError, match="PluginTable"):
-        parse_table({"routes": []})
+        plugin_table({"routes": []}, "static")
 
 
 def test_a_quoted_plugin_name_still_gives_lines() -> None:
