@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hello-protocol"
+COPY_IGNORE = (".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis")
 
 
 def run(argv: list[str], cwd: Path, timeout: float) -> str:
@@ -30,7 +31,12 @@ def test_hello_protocol_installs_into_a_fresh_venv_and_its_tests_pass() -> None:
         venv = work / "venv"
         run([sys.executable, "-m", "venv", str(venv)], work, 60)
         python = str(venv / "bin" / "python")
-        run([python, "-m", "pip", "install", "-q", str(ROOT), str(EXAMPLE), "pytest"], work, 240)
+        # Install from a copy: a regular install builds in the source folder (build/, *.egg-info),
+        # and a test must not write into the checkout it tests.
+        src = work / "src"
+        shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+        run([python, "-m", "pip", "install", "-q", str(src), str(src / EXAMPLE.relative_to(ROOT)), "pytest"],
+            work, 240)  # fmt: skip
         # the plugin is found by its entry point, the fixture by pytest11
         names = "from importlib.metadata import entry_points as e; print([x.name for x in e(group='mgm.plugins')], "
         names += "[x.name for x in e(group='pytest11')])"
