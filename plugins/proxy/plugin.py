@@ -13,9 +13,11 @@ How receivers downstream become traffic from upstream:
   upstream interface through the kernel's membership socket options
   (`upstream.UpstreamMemberships`), so the kernel reports it and answers the
   upstream querier, as for any application on a host.
-* Traffic arriving upstream reaches the forwarder as a new flow; the
-  manager asks us (the upstream's owner) for the RPF check, which we agree
-  with whatever the source (no subnet filter), and builds the OIL from
+* Traffic arriving upstream reaches the forwarder as a new flow; its
+  incoming interface is the upstream, whatever the source's subnet (no
+  subnet filter): the plugin has no `mgm_rpf`, so the manager keeps the
+  interface it proposes without asking (one round trip less before the
+  first packet is forwarded), and builds the OIL from
   IGMP's memberships; in `mgm_creation_alert` we disable the downstream
   interfaces whose filter denies the group, downstream interfaces for flows
   entering on another protocol's interface (the proxy's receivers get their
@@ -214,13 +216,6 @@ class ProxyPlugin:
         return sources or None
 
     # --- questions ------------------------------------------------------------------------------
-
-    @hookimpl
-    def mgm_rpf(self, interface: Interface) -> tuple[Interface, str] | None:
-        """Flows from upstream come in on the upstream interface, whatever their source's subnet."""
-        if self.upstream is not None and Interface(*interface) == self.upstream:
-            return self.upstream, ANY
-        return None
 
     @hookimpl
     def mgm_creation_alert(
