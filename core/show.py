@@ -218,11 +218,13 @@ def protocols_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]],
         if i.get("owner"):
             owned[_proto_key(i["owner"])] = owned.get(_proto_key(i["owner"]), 0) + 1
     entries = sorted(state.get("protocols", []), key=_proto_key)
-    table = _table("PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS")
+    table = _table("PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS", "ANSWERS")
     for p in entries:
         key = _proto_key(p)
         label = str(key[0]) + (" (igmp)" if key[0] == IGMP_PROTOCOL_ID else "")
-        table.add_row(label, str(key[1]), str(p.get("name") or "-"), str(owned.get(key, 0)), str(members.get(key, 0)))
+        answers = ",".join(map(str, p.get("questions") or [])) or "-"  # the questions the manager asks it
+        table.add_row(label, str(key[1]), str(p.get("name") or "-"), str(owned.get(key, 0)), str(members.get(key, 0)),
+                      answers)  # fmt: skip
     return table, entries, f"{len(entries)} protocol(s)"
 
 

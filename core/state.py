@@ -64,7 +64,8 @@
 # MFEs.  A forwarder reports a packet of a new (S,G) (new_packet).  The core
 #   opens a *pending* entry and asks questions with deadlines: rpf to the
 #   owner of the interface towards S, then creation_alert to the owner of
-#   each interface of the OIL.  Unanswered questions take their default at
+#   each interface of the OIL (only to clients that answer that question;
+#   with nobody to ask, the MFE is stored within the new_packet request).  Unanswered questions take their default at
 #   the deadline (tick); late answers are applied to the stored MFE as an
 #   update.  Once stored, an MFE follows the memberships: its OIL gains and
 #   loses interfaces at once (mfe_updated), and the owner of its incoming
@@ -102,6 +103,11 @@
 #     not: new receiver interest the vetoing owner may weigh at the next
 #     creation.  A forward-only add naming the interface lifts it too; a
 #     re-add of an existing membership does not (it changes nothing).
+#   - A client may say at registration which questions it answers
+#     (`questions`, a subset of rpf and creation_alert; all when absent), as
+#     an RRAS protocol registers a NULL callback it does not have.  A question
+#     it does not answer is not asked: its default applies at once, so a new
+#     flow waits for no round trip that cannot change it.
 #   - An unanswered rpf keeps the proposed interface (the route towards S, else
 #     the arrival interface); an unanswered creation_alert enables everything;
 #     an unanswered prune_alert keeps the timeout.  Answers are checked against
@@ -159,6 +165,9 @@ from mgm.core.types import (
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Interface | None]
+
+QUESTIONS: Final = frozenset({"rpf", "creation_alert"})
+"""The questions a client may say it answers at registration (all of them when it does not say)."""
 
 
 class _Deferred:
@@ -248,13 +257,18 @@ ALERTS: Final[dict[tuple[str, str, int], str]] = {
 
 
 class _Client:
-    __slots__ = ("asked", "conn", "enums", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum")
+    __slots__ = (
+        "asked", "conn", "enums", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum", "questions",
+    )  # fmt: skip
 
-    def __init__(self, cid: ClientId, handle: int, conn: bytes, name: str) -> None:
+    def __init__(
+        self, cid: ClientId, handle: int, conn: bytes, name: str, questions: frozenset[str] = QUESTIONS
+    ) -> None:
         self.id = cid
         self.handle = handle
         self.conn = conn
         self.name = name
+        self.questions = questions  # the questions it answers; the others take their default unasked
         self.interfaces: dict[Interface, None] = {}  # owned, in take order
         self.members: dict[Interface, set[int]] = {}  # recorded memberships: interface -> sg keys
         self.enums: dict[int, _Enumeration] = {}
@@ -349,6 +363,10 @@ def _sg_fields(key: int) -> dict[str, Any]:
 
 def _client_fields(client: _Client) -> dict[str, Any]:
     return {"protocol_id": client.id.protocol_id, "component_id": client.id.component_id}
+
+
+def _registration_fields(client: _Client) -> dict[str, Any]:
+    return {**_client_fields(client), "name": client.name, "questions": sorted(client.questions)}
 
 
 def _iface_fields(iface: Interface) -> dict[str, Any]:
@@ -603,17 +621,24 @@ class Mgm:
     def _op_register_protocol(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         cid = ClientId(req_int(args, "protocol_id"), req_int(args, "component_id"))
         name = req_str(args, "name") if args.get("name") is not None else ""
+        questions = QUESTIONS
+        if args.get("questions") is not None:
+            asked = req_list(args, "questions", len(QUESTIONS))
+            unknown = [q for q in asked if type(q) is not str or q not in QUESTIONS]
+            if unknown:
+                raise invalid(f"questions: {unknown[0]!r} is not one of {', '.join(sorted(QUESTIONS))}")
+            questions = frozenset(asked)
         if cid in self._clients:
             raise MgmError(Status.ERROR_ALREADY_EXISTS, f"protocol {cid.protocol_id}/{cid.component_id} is registered")
         handle = self._new_handle()
-        client = _Client(cid, handle, conn, name)
+        client = _Client(cid, handle, conn, name, questions)
         self._clients[cid] = client
         self._by_handle[handle] = client
         seen = self._conns.get(conn)
         if seen is None:
             seen = self._conns[conn] = _Conn(now)
         seen.clients[cid] = client
-        self._emit(None, "protocol_registered", {**_client_fields(client), "name": name})
+        self._emit(None, "protocol_registered", _registration_fields(client))
         return {"handle": handle}
 
     def _new_handle(self) -> int:
@@ -1153,7 +1178,7 @@ class Mgm:
         towards = self._towards(source)
         pending = self._pending[key] = _Pending(key, towards if towards is not None else arrival)
         told = self._told(pending.in_iface)
-        if told is not None:
+        if told is not None and "rpf" in told.questions:
             fields = {
                 "source": format_addr(source),
                 "group": format_addr(group),
@@ -1174,7 +1199,7 @@ class Mgm:
         by_owner: dict[_Client, list[Interface]] = {}
         for iface in self._wanted_interfaces(pending.key, pending.in_iface):
             told = self._told(iface)
-            if told is not None:
+            if told is not None and "creation_alert" in told.questions:
                 by_owner.setdefault(told, []).append(iface)
         for told, ifaces in by_owner.items():
             fields = {
@@ -1426,7 +1451,7 @@ class Mgm:
         raise invalid(f"no stream {str(stream)[:60]!r}")
 
     def _state_snapshot(self) -> dict[str, Any]:
-        protocols = [{**_client_fields(c), "name": c.name} for c in self._clients.values()]
+        protocols = [_registration_fields(c) for c in self._clients.values()]
         interfaces = []
         for owners in sorted(self._owners.values(), key=lambda o: interface_order(o.iface)):
             told = owners.told

@@ -223,6 +223,8 @@ def mgm_rpf(
     towards the source, else the arrival interface), which you own.  Return
     ``(incoming_interface, upstream_neighbor)`` to change it, or None to agree.
     `question` is the id ``mgm.answer`` needs after ``ANSWER_LATER``.
+    A plugin without this hook is never asked (the host says so at
+    registration): the manager keeps its choice without a round trip.
     """
 
 
@@ -238,7 +240,8 @@ def mgm_creation_alert(
     """[PMGM_CREATION_ALERT_CALLBACK] A new MFE will forward out of `oil`, your interfaces.
 
     Return ``{interface: enabled}`` to disable some of them (interfaces you
-    leave out stay enabled), or None to enable all.
+    leave out stay enabled), or None to enable all.  A plugin without this
+    hook is never asked: every interface of its own is enabled at once.
     """
 
 

@@ -72,6 +72,10 @@ ANSWERED_KEPT = 4096
 """Question ids remembered so a resync does not answer twice; questions live a deadline (0.1 s), so a few suffice."""
 
 
+QUESTION_HOOKS = {"rpf": "mgm_rpf", "creation_alert": "mgm_creation_alert"}
+"""The manager's questions and the hooks that answer them: a plugin without the hook is not asked."""
+
+
 class Stopped(Exception):
     """SIGTERM or SIGINT arrived while the host was still starting."""
 
@@ -327,8 +331,11 @@ class Host:
         assert self.ctx is not None
         # A plugin object may name itself for the manager's tables (e.g. "forwarder (simulated)").
         name = str(getattr(self.pm.get_plugin(self.name), "registration_name", self.name))
+        # Say which questions we answer: the manager takes the default of the others at once instead
+        # of asking and waiting a round trip for the answer the host would give for a missing hook.
+        questions = [question for question, hook in QUESTION_HOOKS.items() if implements(self.pm, hook)]
         args = {"protocol_id": self.protocol.protocol_id, "component_id": self.protocol.component_id,
-                "name": name}  # fmt: skip
+                "name": name, "questions": questions}  # fmt: skip
         deadline = asyncio.get_running_loop().time() + wait_for_predecessor
         while True:
             try:

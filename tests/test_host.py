@@ -364,3 +364,36 @@ def test_a_broken_mgm_protocol_is_a_load_error(returns: Any, words: str) -> None
     config = loads("[plugins.p]\n")
     with pytest.raises(PluginLoadError, match=re.escape(words)):
         protocol_of(pm, config.plugin("p"), config)
+
+
+class _JoinsOnly:
+    """A plugin that answers no question: it only hears local joins."""
+
+    @hookimpl
+    def mgm_local_join(self, source: str, group: str, interface: Interface) -> None:
+        pass
+
+
+class _RegisteringClient(FakeClient):
+    def request_nowait(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        fut = super().request_nowait(op, args)
+        if op != "register_protocol":
+            return fut
+        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda _: answered.set_result({"handle": 9}))
+        return answered
+
+
+@pytest.mark.parametrize(("plugin", "questions"), [(None, ["rpf", "creation_alert"]), (_JoinsOnly(), [])])
+def test_registration_names_the_questions_the_plugin_answers(plugin: object | None, questions: list[str]) -> None:
+    """The manager skips a question whose hook the plugin lacks, so the host must say which it has."""
+    host, _, _ = make_host()
+    if plugin is not None:
+        host.pm = plugin_manager("test-routing-a", plugin)
+    client = _RegisteringClient()
+    assert host.ctx is not None
+    host.ctx.client = client  # type: ignore[assignment]
+    asyncio.run(host.register())
+    (args,) = client.ops("register_protocol")
+    assert args["questions"] == questions
+    assert host.ctx.handle == 9

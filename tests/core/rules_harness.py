@@ -82,11 +82,16 @@ class Core:
     def req(self, conn: bytes, op: str, **args: Any) -> Any:
         return self.mgm.handle(conn, op, args, self.now)
 
-    def register(self, pid: int, cid: int = 1, conn: bytes | None = None, name: str | None = None) -> Proto:
+    def register(
+        self, pid: int, cid: int = 1, conn: bytes | None = None, name: str | None = None,
+        questions: list[str] | None = None,
+    ) -> Proto:  # fmt: skip
         conn = conn if conn is not None else f"conn-{pid}-{cid}".encode()
         args: dict[str, Any] = {"protocol_id": pid, "component_id": cid}
         if name is not None:
             args["name"] = name
+        if questions is not None:
+            args["questions"] = questions
         handle = self.req(conn, "register_protocol", **args)["handle"]
         return Proto(self, pid, cid, conn, handle)
 

@@ -240,3 +240,76 @@ def test_open_enumerations_are_bounded(core: Core) -> None:
     for _ in range(MAX_OPEN_ENUMERATIONS):
         p("group_enumeration_start", type="all_sources")
     core.refused(Status.ERROR_NOT_ENOUGH_MEMORY, p, "group_enumeration_start", type="all_sources")
+
+
+# --- questions a client says it answers ([ours]: RRAS skips a callback registered as NULL) ----------
+
+
+def declared(core: Core, pim_questions: list[str], dvmrp_questions: list[str]) -> tuple[Proto, Proto, Proto]:
+    """The `clients` topology, with pim and dvmrp registered answering only the given questions."""
+    pim = core.register(PIM, questions=pim_questions)
+    dvmrp = core.register(DVMRP, questions=dvmrp_questions)
+    fwd = core.register(FWD)
+    pim.take(1)
+    pim.take(2)
+    dvmrp.take(4)
+    pim.join(ANY, G, 2)
+    dvmrp.join(ANY, G, 4)
+    core.routes[S] = Interface(1)
+    core.drop()
+    return pim, dvmrp, fwd
+
+
+def test_nobody_answering_creates_the_mfe_within_the_request(core: Core) -> None:
+    """[ours] With no client answering rpf or creation_alert, new_packet replies with the MFE at once."""
+    pim, dvmrp, fwd = declared(core, [], [])
+    result = fwd.packet(S, G, 1, token="t")
+    assert result is not DEFERRED
+    assert [o["if_index"] for o in result["mfe"]["oil"]] == [2, 4]
+    assert result["mfe"]["in_if_index"] == 1
+    assert [e.type for e in core.events()] == ["mfe_created"]
+    for client in (pim, dvmrp):
+        assert core.mgm.snapshot(f"proto/{client.id.protocol_id}/1")["questions"] == []
+
+
+def test_a_client_not_answering_rpf_is_asked_only_creation_alert(core: Core) -> None:
+    """[ours] rpf is skipped for an incoming owner that does not answer it: its creation_alert goes out at once."""
+    pim, _dvmrp, fwd = declared(core, ["creation_alert"], [])
+    assert fwd.packet(S, G, 1, token="t") is DEFERRED
+    (alert,) = core.events()
+    assert (alert.type, alert.to) == ("creation_alert", pim.id)
+    assert [o["if_index"] for o in alert.fields["oil"]] == [2]  # dvmrp, not answering, is not asked about 4
+    pim.answer(alert.fields["question"], oil=[{**iff(2), "enabled": False}])
+    assert [e.type for e in core.events()] == ["mfe_created"]
+    assert [o["if_index"] for o in get(core)["oil"]] == [4]
+    assert [t for t, _ in core.mgm.take_completions()] == ["t"]
+
+
+def test_a_client_not_answering_creation_alert_is_still_asked_rpf(core: Core) -> None:
+    """[ours] Declaring only rpf: the rpf question goes out, creation takes every interface enabled."""
+    pim, _dvmrp, fwd = declared(core, ["rpf"], ["rpf"])
+    fwd.packet(S, G, 1)
+    (rpf,) = core.events()
+    assert (rpf.type, rpf.to) == ("rpf", pim.id)
+    pim.answer(rpf.fields["question"], **iff(1), upstream_neighbor="10.0.1.9")
+    assert [e.type for e in core.events()] == ["mfe_created"]
+    mfe = get(core)
+    assert [o["if_index"] for o in mfe["oil"]] == [2, 4] and mfe["upstream_neighbor"] == "10.0.1.9"
+
+
+@pytest.mark.parametrize("questions", [["rpf", "prune_alert"], ["RPF"], [1], "rpf", [["rpf"]], ["rpf"] * 3])
+def test_questions_must_name_known_questions(core: Core, questions: Any) -> None:
+    """`questions` is a list of at most the known question names; anything else is 87 and registers nothing."""
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.req, b"c", "register_protocol",
+                 protocol_id=PIM, component_id=1, questions=questions)  # fmt: skip
+    assert core.mgm.streams() == ["state"]
+
+
+def test_the_declared_questions_are_published_and_in_the_snapshot(core: Core) -> None:
+    """Observers see which questions each client answers: protocol_registered and the state snapshot."""
+    core.register(PIM, questions=["creation_alert"])
+    core.register(DVMRP)
+    registered = [e.fields["questions"] for e in core.events() if e.type == "protocol_registered"]
+    assert registered == [["creation_alert"], ["creation_alert", "rpf"]]
+    protocols = core.mgm.snapshot("state")["protocols"]
+    assert [p["questions"] for p in protocols] == [["creation_alert"], ["creation_alert", "rpf"]]

@@ -16,7 +16,8 @@ def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:
     """register(protocol_id, component_id) gives a handle; observers see protocol_registered."""
     p = core.register(PIM, 2, name="pim")
     assert isinstance(p.handle, int)
-    assert core.events() == [ev(None, "protocol_registered", protocol_id=PIM, component_id=2, name="pim")]
+    assert core.events() == [ev(None, "protocol_registered", protocol_id=PIM, component_id=2, name="pim",
+                                questions=["creation_alert", "rpf"])]  # fmt: skip
     assert core.mgm.streams() == ["state", "proto/20/2"]
 
 

@@ -78,14 +78,19 @@ def test_show_tables_and_json(manager: ManagerProc, start_plugin: StartPlugin, s
     setup_state(start_plugin)
 
     out = ok(show("protocols"))
-    assert header(out) == ["PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS"]
-    # IGMP alone on FAR+1 is its owner; on lo the routing protocol is (IGMP shows in the interfaces table)
-    assert rows(out) == [["10 (igmp)", "1", "test-igmp", "1", "4"], ["100", "1", "test-routing-a", "2", "0"]]
+    assert header(out) == ["PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS", "ANSWERS"]
+    # IGMP alone on FAR+1 is its owner; on lo the routing protocol is (IGMP shows in the interfaces table);
+    # both test plugins implement mgm_rpf and mgm_creation_alert, so the manager asks them both questions
+    both = "creation_alert,rpf"
+    assert rows(out) == [["10 (igmp)", "1", "test-igmp", "1", "4", both],
+                         ["100", "1", "test-routing-a", "2", "0", both]]  # fmt: skip
     assert out.splitlines()[-1] == "2 protocol(s)"
     doc = as_json(show("protocols", "--json"))
     assert doc["table"] == "protocols" and type(doc["epoch"]) is int and type(doc["seq"]) is int
-    assert doc["entries"] == [{"protocol_id": 10, "component_id": 1, "name": "test-igmp"},
-                              {"protocol_id": 100, "component_id": 1, "name": "test-routing-a"}]  # fmt: skip
+    assert doc["entries"] == [
+        {"protocol_id": 10, "component_id": 1, "name": "test-igmp", "questions": ["creation_alert", "rpf"]},
+        {"protocol_id": 100, "component_id": 1, "name": "test-routing-a", "questions": ["creation_alert", "rpf"]},
+    ]
 
     out = ok(show("interfaces"))
     assert header(out) == ["INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT"]
