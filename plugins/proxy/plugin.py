@@ -12,7 +12,10 @@ How receivers downstream become traffic from upstream:
   of the sources; never a link-local group.  The result is joined on the
   upstream interface through the kernel's membership socket options
   (`upstream.UpstreamMemberships`), so the kernel reports it and answers the
-  upstream querier, as for any application on a host.
+  upstream querier, as for any application on a host.  Because Linux
+  delays a host's first report by a few milliseconds, the proxy also sends
+  one report of its own at once for every join (`report.Reporter`,
+  ``immediate_report``); leaves are the kernel's alone.
 * Traffic arriving upstream reaches the forwarder as a new flow; its
   incoming interface is the upstream, whatever the source's subnet (no
   subnet filter): the plugin has no `mgm_rpf`, so the manager keeps the
@@ -37,7 +40,6 @@ question, as for every routing protocol: the MGM has no later veto.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -46,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.proxy import merge, settings
+from mgm.plugins.proxy.report import Reporter, has_ipv4
 from mgm.plugins.proxy.upstream import UpstreamError, UpstreamMemberships
 
 if TYPE_CHECKING:
@@ -74,22 +77,6 @@ def _if_name(if_index: int) -> str:
         return f"if{if_index}"
 
 
-def _has_ipv4(ifname: str) -> bool:
-    """Whether `ifname` has an IPv4 address (SIOCGIFADDR), for the start log line."""
-    import fcntl
-    import struct
-
-    siocgifaddr = 0x8915
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", ifname.encode()[:15]))
-        except OSError as exc:
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return False
-            raise
-    return True
-
-
 class ProxyPlugin:
     """Entry point ``proxy`` (the host instantiates it without arguments)."""
 
@@ -101,6 +88,7 @@ class ProxyPlugin:
         self.members: dict[str, dict[Interface, set[str]]] = {}  # group -> downstream interface -> sources
         self.joined: dict[str, merge.Upstream] = {}  # group -> what the kernel holds upstream
         self.kernel: UpstreamMemberships | None = None
+        self.reporter: Reporter | None = None  # the immediate reports upstream (None: off)
         self.errors = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -127,11 +115,22 @@ class ProxyPlugin:
             self.filters[iface] = conf.filters.get(name, merge.ALL)
         up_name = _if_name(up_index)
         self.kernel = UpstreamMemberships(up_name, up_index)
-        address = "an IPv4 address" if _has_ipv4(up_name) else "no IPv4 address: reports leave with source 0.0.0.0"
-        log.info("proxy: upstream %s (if_index %d, %s); downstream %s; forwarding upstream: %s",
+        address = "an IPv4 address" if has_ipv4(up_name) else "no IPv4 address: reports leave with source 0.0.0.0"
+        immediate = "off"
+        if conf.immediate_report:
+            try:
+                self.reporter = Reporter.open(up_name, up_index, on_error=self._count_error)
+                immediate = "on"
+            except OSError as exc:  # e.g. no CAP_NET_RAW: the kernel's reports still go
+                self.errors += 1
+                log.warning("proxy: no immediate reports on %s, the raw IGMP socket was refused: %s "
+                            "(the kernel reports the joins alone)", up_name, exc.strerror)  # fmt: skip
+                immediate = "off (refused)"
+        log.info("proxy: upstream %s (if_index %d, %s); downstream %s; forwarding upstream: %s; "
+                 "immediate report of joins: %s",
                  up_name, up_index, address,
                  ", ".join(f"{_if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
-                 "yes" if conf.forward_upstream else "no")  # fmt: skip
+                 "yes" if conf.forward_upstream else "no", immediate)  # fmt: skip
         if mgm is not None and conf.forward_upstream:
             # every flow gets the upstream in its OIL; creation_alert keeps those entering downstream
             mgm.add_membership(ANY, ANY, self.upstream)
@@ -141,6 +140,9 @@ class ProxyPlugin:
         self.stop()
 
     def stop(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
         if self.kernel is not None:
             log.info("proxy: leaving %d upstream membership(s)", len(self.kernel))
             self.kernel.close()
@@ -206,6 +208,8 @@ class ProxyPlugin:
             self.joined.pop(group, None)
         else:
             self.joined[group] = held
+        if self.reporter is not None:
+            self.reporter.change(group, old, held)  # what the kernel holds: a refused join is not reported
 
     def _held(self, group: str) -> merge.Upstream | None:
         """What the kernel sockets hold for `group` now (a refused join is not held)."""
@@ -238,6 +242,9 @@ class ProxyPlugin:
         return verdicts
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _count_error(self) -> None:
+        self.errors += 1
 
     def _filter_text(self, iface: Interface) -> str:
         f = self.filters.get(iface, merge.ALL)

@@ -7,6 +7,7 @@
     upstream = "eth0"
     downstream = ["eth1", { interface = "eth2", allow = ["239.1.0.0/16"], deny = ["239.1.255.0/24"] }]
     forward_upstream = false                 # RFC 4605 allows it; off unless asked for
+    immediate_report = true                  # also report a join upstream at once, not only the kernel's report
 
 The upstream interface must not be one of IGMP's: the proxy is a host
 there, and the upstream querier is someone else's.  Where ``[plugins.igmp]``
@@ -23,7 +24,7 @@ from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, PluginTable
 from mgm.core.types import ANY
 from mgm.plugins.proxy.merge import GroupFilter
 
-KEYS = frozenset({"upstream", "downstream", "forward_upstream"})
+KEYS = frozenset({"upstream", "downstream", "forward_upstream", "immediate_report"})
 DOWNSTREAM_KEYS = frozenset({"interface", "allow", "deny"})
 
 Name = str | int
@@ -36,6 +37,7 @@ class Settings:
     downstream: tuple[Name, ...]
     filters: Mapping[Name, GroupFilter] = field(default_factory=dict)
     forward_upstream: bool = False
+    immediate_report: bool = True
 
 
 def read(table: Mapping[str, Any]) -> Settings:
@@ -86,12 +88,18 @@ def parse(config: Config, name: str) -> Settings:
         if iface in downstream:
             raise config.error(key, f"{iface!r} is listed twice")
         downstream.append(iface)
-    forward = table.get("forward_upstream", False)
-    if not isinstance(forward, bool):
-        raise config.error(f"{prefix}.forward_upstream", f"must be true or false, not {forward!r}")
+    forward = _flag(config, prefix, table, "forward_upstream", False)
+    immediate = _flag(config, prefix, table, "immediate_report", True)
     _check_interfaces(config, name, upstream, downstream)
     _check_igmp(config, name, upstream, downstream)
-    return Settings(upstream, tuple(downstream), filters, forward)
+    return Settings(upstream, tuple(downstream), filters, forward, immediate)
+
+
+def _flag(config: Config, prefix: str, table: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise config.error(f"{prefix}.{key}", f"must be true or false, not {value!r}")
+    return value
 
 
 def _name(config: Config, key: str, value: Any) -> Name:
