@@ -208,7 +208,7 @@ class ProxyPlugin:
             self.joined.pop(group, None)
         else:
             self.joined[group] = held
-        if self.reporter is not None:
+        if self.reporter is not None and held != old:
             self.reporter.change(group, old, held)  # what the kernel holds: a refused join is not reported
 
     def _held(self, group: str) -> merge.Upstream | None:
