@@ -33,7 +33,13 @@ ours spreads them over a pool anyway).  Needs root; installs igmpproxy with
 apt-get when it is missing.  Run time is bounded: every wait has a deadline,
 and a round takes well under a minute.
 
+Our proxy sends its own report upstream at once on a join, besides the
+kernel's (which Linux delays by 8-12 ms); ``--no-immediate-report`` writes
+``immediate_report = false`` into our router's configuration, to measure
+what that report is worth.
+
     /work/venv/bin/python bench/vs_igmpproxy.py [--rounds 2] [--joins 60] [--groups 1000] [--igmp-version 2]
+                                                [--no-immediate-report]
 
 Debugging: BENCH_DEBUG=1 prints each trial and the 1,000-group quantiles;
 BENCH_LOG=debug sets our router's log level, BENCH_KEEP_LOG=PREFIX keeps each
@@ -313,8 +319,9 @@ def start_igmpproxy(topo: Topology, rtr: Namespace) -> NsProcess:
     return rtr.popen([IGMPPROXY, "-n", str(conf)], "igmpproxy")
 
 
-def start_ours(topo: Topology, rtr: Namespace) -> NsProcess:
+def start_ours(topo: Topology, rtr: Namespace, immediate_report: bool = True) -> NsProcess:
     work = topo.workdir
+    immediate = "" if immediate_report else "immediate_report = false\n"
     conf = work / "router.toml"
     conf.write_text(f"""\
 [manager]
@@ -331,7 +338,7 @@ interfaces = ["r2"]
 interfaces = ["r1", "r2"]
 upstream = "r1"
 downstream = ["r2"]
-""")
+{immediate}""")
     return rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(conf)], "mgm-up")
 
 
@@ -341,8 +348,8 @@ def vifs(rtr: Namespace) -> set[str]:
 
 
 def run_once(kind: str, topo: Topology, rtr: Namespace, up: Upstream, rx: Receiver, base: int,
-             joins: int, groups: int) -> dict[str, Any]:  # fmt: skip
-    proc = start_igmpproxy(topo, rtr) if kind == "igmpproxy" else start_ours(topo, rtr)
+             joins: int, groups: int, immediate_report: bool = True) -> dict[str, Any]:  # fmt: skip
+    proc = start_igmpproxy(topo, rtr) if kind == "igmpproxy" else start_ours(topo, rtr, immediate_report)
     try:
 
         def ready() -> bool:
@@ -407,6 +414,9 @@ def main() -> int:
     parser.add_argument("--igmp-version", type=int, choices=(0, 2, 3), default=0,
                         help="force the receiving host's IGMP version (default 0: the kernel's own, v3, falling back "
                              "to v2 where the querier speaks v2, as igmpproxy's does)")  # fmt: skip
+    parser.add_argument("--no-immediate-report", dest="immediate_report", action="store_false",
+                        help="write immediate_report = false into our router's configuration: the kernel's "
+                             "(delayed) reports only, as igmpproxy")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -431,7 +441,8 @@ def main() -> int:
                         rcv.sysctl(f"net.ipv4.conf.{down.b_if}.force_igmp_version", args.igmp_version)
                     rx = Receiver(rcv, down.b_if)
                     try:
-                        result = run_once(kind, topo, rtr, up, rx, base, args.joins, args.groups)
+                        result = run_once(kind, topo, rtr, up, rx, base, args.joins, args.groups,
+                                          args.immediate_report)  # fmt: skip
                     finally:
                         rx.close()
                         topo.namespaces_.remove(rcv)
