@@ -60,7 +60,7 @@ DEFAULT_RATE_INTERVAL = 10.0
 EVENT_TYPES = frozenset({
     # state stream
     "protocol_registered", "protocol_deregistered", "interface_owned", "interface_released",
-    "membership_added", "membership_deleted", "mfe_created", "mfe_updated", "mfe_deleted",
+    "membership_added", "membership_deleted", "mfe_created", "mfe_updated", "mfe_deleted", "boundaries_set",
     # proto/P/C streams
     "enable_igmp", "disable_igmp", "local_join", "local_leave", "join_alert", "prune_alert",
     "wrong_if", "rpf", "creation_alert",

@@ -36,6 +36,10 @@ class SortedKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def between(self, lo: int, hi: int) -> list[int]:
+        """The keys from `lo` to `hi`, both included, in order."""
+        return list(self._keys.irange(lo, hi))
+
     def page_after(self, after: int, max_entries: int) -> tuple[list[int], bool]:
         """Up to `max_entries` keys greater than `after`, in order, and whether more keys follow them."""
         found: list[int] = list(islice(self._keys.irange(minimum=after, inclusive=(False, True)), max_entries + 1))

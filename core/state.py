@@ -65,12 +65,13 @@
 #   opens a *pending* entry and asks questions with deadlines: rpf to the
 #   owner of the interface towards S, then creation_alert to the owner of
 #   each interface of the OIL (only to clients that answer that question;
-#   with nobody to ask, the MFE is stored within the new_packet request).  Unanswered questions take their default at
-#   the deadline (tick); late answers are applied to the stored MFE as an
-#   update.  Once stored, an MFE follows the memberships: its OIL gains and
-#   loses interfaces at once (mfe_updated), and the owner of its incoming
-#   interface hears join_alert / prune_alert (member_update / member_delete
-#   false) when the OIL turns non-empty / empty.  The forwarder's counters
+#   with nobody to ask, the MFE is stored within the new_packet request).
+#   Unanswered questions take their default at the deadline (tick); late
+#   answers are applied to the stored MFE as an update.  Once stored, an MFE
+#   follows the memberships: its OIL gains and loses interfaces at once
+#   (mfe_updated; never one whose boundaries cover the group), and the owner
+#   of its incoming interface hears join_alert / prune_alert (member_update /
+#   member_delete false) when the OIL turns non-empty / empty.  The forwarder's counters
 #   (mfe_counters) feed statistics and expiry: an MFE whose in_packets did not
 #   grow for `timeout` seconds is deleted.  mfe_counters publishes nothing:
 #   the state stream carries changes of state, not per-counter refreshes, so
@@ -103,6 +104,15 @@
 #     not: new receiver interest the vetoing owner may weigh at the next
 #     creation.  A forward-only add naming the interface lifts it too; a
 #     re-add of an existing membership does not (it changes nothing).
+#   - Boundaries (after RRAS's per-interface multicast boundaries): an owner
+#     of an interface may set group ranges (any prefix inside 224.0.0.0/4, or
+#     0.0.0.0/0 for every group) that are never forwarded out of it.  The
+#     interface leaves, and stays out of, the OIL of every MFE whose group is
+#     in a range, whatever memberships or forward-state adds it has; the
+#     memberships themselves are recorded as usual.  set_boundaries replaces
+#     that client's ranges on that interface (boundaries_set on `state`); they
+#     go when it releases the interface.  Its cost grows with the MFEs in the
+#     ranges that changed (a sorted range read), an administrative act.
 #   - A client may say at registration which questions it answers
 #     (`questions`, a subset of rpf and creation_alert; all when absent), as
 #     an RRAS protocol registers a NULL callback it does not have.  A question
@@ -196,6 +206,7 @@ CORE_OPS: Final = frozenset(
         "get_mfe",
         "list_mfes",
         "set_mfe",
+        "set_boundaries",
         "new_packet",
         "wrong_interface",
         "mfe_counters",
@@ -207,6 +218,7 @@ CORE_OPS: Final = frozenset(
 MAX_COUNTER = (1 << 64) - 1
 MAX_TIMEOUT = 10.0**9  # seconds; anything larger is a client bug, not a wish
 MAX_OPEN_ENUMERATIONS = 1024  # per client: a forgetful client cannot grow the core without end
+MAX_BOUNDARIES = 256  # group ranges per client and interface
 CLOSED_QUESTIONS_KEPT = 4096  # answered or expired questions remembered for late answers
 CLEANUP_BATCH = 10_000  # memberships a departing client loses per transition (connection_lost, tick)
 ENUMERATION_TYPES = ("all_sources", "any_source")
@@ -420,6 +432,8 @@ class Mgm:
         self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
         self._vetoed_by_iface: dict[Interface, dict[int, Mfe]] = {}  # creation_alert vetoes in force
         self._sorted_mfes = SortedKeys()  # of _mfes, for list_mfes
+        # group ranges never forwarded out of an interface, set by its owners: iface -> client -> prefixes
+        self._boundaries: dict[Interface, dict[_Client, tuple[tuple[int, int], ...]]] = {}
         self._expiry: list[tuple[float, int]] = []  # heap of (expires, key), one live slot per MFE
         self._pending: dict[int, _Pending] = {}
 
@@ -738,6 +752,8 @@ class Mgm:
             self._emit(igmp_beside, "disable_igmp", _iface_fields(iface))
         for key in sorted(client.members.get(iface, ())):
             self._delete_membership(client, key, iface)
+        if iface in self._boundaries and client in self._boundaries[iface]:
+            self._set_boundaries(client, iface, ())  # they go with the ownership: what IGMP keeps may flow again
         if was_told:
             for mfe in sorted(self._forced_by_iface.get(iface, {}).values(), key=lambda m: m.key):
                 self._unforce(mfe, iface)
@@ -994,7 +1010,7 @@ class Mgm:
 
     def _wanted(self, mfe: Mfe, iface: Interface) -> bool:
         """Does a membership (or a forward-only add) put this interface in the MFE's OIL?"""
-        if iface == mfe.in_iface:
+        if iface == mfe.in_iface or (self._boundaries and self._bounded(iface, mfe.key >> 32)):
             return False
         for key in (mfe.key, mfe.key & ~0xFFFFFFFF, 0):
             joined = self._joined.get(key)
@@ -1010,10 +1026,12 @@ class Mgm:
             if joined is not None:
                 found.update(joined.ifaces)
         found.discard(in_iface)
+        if self._boundaries:
+            found = {iface for iface in found if not self._bounded(iface, key >> 32)}
         return sorted(found, key=interface_order)
 
     def _oil_add(self, mfe: Mfe, iface: Interface) -> None:
-        if iface in mfe.oil or iface == mfe.in_iface:
+        if iface in mfe.oil or iface == mfe.in_iface or (self._boundaries and self._bounded(iface, mfe.key >> 32)):
             return
         was_empty = not mfe.oil
         mfe.oil[iface] = None
@@ -1162,6 +1180,67 @@ class Mgm:
             self._ask_prune(mfe)
 
     # --- MFE operations -------------------------------------------------------------
+
+    # --- boundaries ----------------------------------------------------------------
+
+    def _op_set_boundaries(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client = self._client(conn, args)
+        owners = self._owned(client, args)
+        prefixes: list[tuple[int, int]] = []
+        for i, raw in enumerate(req_list(args, "boundaries", MAX_BOUNDARIES)):
+            entry = req_map(raw, f"boundaries[{i}]")
+            group, mask = req_addr(entry, "group"), req_addr(entry, "group_mask")
+            length = mask.bit_count()
+            if mask != (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF:
+                raise invalid(f"boundaries[{i}]: group_mask {format_addr(mask)} is not a prefix mask")
+            if group & ~mask:
+                raise invalid(f"boundaries[{i}]: {format_addr(group)} has bits outside {format_addr(mask)}")
+            if length and (length < 4 or group >> 28 != 0xE):
+                raise invalid(f"boundaries[{i}]: {format_addr(group)}/{length} is not inside 224.0.0.0/4 "
+                              "(0.0.0.0/0.0.0.0 is every group)")  # fmt: skip
+            prefixes.append((group, mask))
+        self._set_boundaries(client, owners.iface, tuple(sorted(set(prefixes))))
+        return {}
+
+    def _bounded(self, iface: Interface, group: int) -> bool:
+        """Is `group` inside a boundary of `iface` (never forwarded out of it)?"""
+        by_client = self._boundaries.get(iface)
+        if by_client is not None:
+            for prefixes in by_client.values():
+                for net, mask in prefixes:
+                    if group & mask == net:
+                        return True
+        return False
+
+    def _set_boundaries(self, client: _Client, iface: Interface, prefixes: tuple[tuple[int, int], ...]) -> None:
+        """Replace the client's boundaries on `iface`, then bring the OILs of the MFEs in the ranges it
+        gained or lost in line: out where a boundary now covers the group, in where one was lifted and
+        a membership wants the interface (a creation_alert veto stays in force)."""
+        by_client = self._boundaries.setdefault(iface, {})
+        old = by_client.get(client, ())
+        if prefixes:
+            by_client[client] = prefixes
+        else:
+            by_client.pop(client, None)
+            if not by_client:
+                del self._boundaries[iface]
+        if prefixes == old:
+            return
+        self._emit(None, "boundaries_set", {
+            **_client_fields(client), **_iface_fields(iface),
+            "boundaries": [{"group": format_addr(n), "group_mask": format_addr(m)} for n, m in prefixes],
+        })  # fmt: skip
+        keys: set[int] = set()
+        for net, mask in set(old) ^ set(prefixes):
+            last = net | (~mask & 0xFFFFFFFF)
+            keys.update(self._sorted_mfes.between(net << 32, (last << 32) | 0xFFFFFFFF))
+        for key in sorted(keys):
+            mfe = self._mfes[key]
+            if iface in mfe.oil:
+                if self._bounded(iface, key >> 32):
+                    self._oil_remove(mfe, iface)
+            elif self._wanted(mfe, iface) and not (mfe.disabled is not None and iface in mfe.disabled):
+                self._oil_add(mfe, iface)
 
     def _op_new_packet(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> Any:
         self._client(conn, args)
@@ -1460,6 +1539,11 @@ class Mgm:
                     **_iface_fields(owners.iface),
                     "owner": None if told is None else _client_fields(told),
                     "igmp": owners.igmp is not None,
+                    "boundaries": [
+                        {**_client_fields(c), "group": format_addr(n), "group_mask": format_addr(m)}
+                        for c, prefixes in self._boundaries.get(owners.iface, {}).items()
+                        for n, m in prefixes
+                    ],
                 }
             )
         memberships = []

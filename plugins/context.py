@@ -6,8 +6,8 @@ future (a refusal is logged with the plugin's name either way) or hand it to a
 coroutine started with `spawn` that awaits it; a hook never awaits it
 itself, because hooks are plain functions that must return quickly.
 
-The context keeps a ledger of the interfaces the plugin took and the
-memberships it added through it.  When the manager restarts, the host
+The context keeps a ledger of the interfaces the plugin took, the
+boundaries it set and the memberships it added through it.  When the manager restarts, the host
 registers again and replays that ledger, so a plugin that only uses these
 methods needs no restart logic of its own (``mgm_replay`` is for the rest).
 """
@@ -71,6 +71,7 @@ class PluginContext:
         self.log = logging.getLogger(f"mgm.plugin.{name}")
         self._interfaces: dict[Interface, None] = {}  # insertion-ordered set
         self._memberships: dict[MembershipKey, None] = {}
+        self._boundaries: dict[Interface, tuple[tuple[str, str], ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- requests ---------------------------------------------------------------------
@@ -147,9 +148,28 @@ class PluginContext:
     def release_interface(self, interface: Interface) -> asyncio.Future[dict[str, Any]]:
         """[MgmReleaseInterfaceOwnership] Give `interface` up; the manager deletes your memberships on it."""
         self._interfaces.pop(interface, None)
+        self._boundaries.pop(interface, None)
         for key in [k for k in self._memberships if k[4] == interface]:
             del self._memberships[key]
         return self.request("release_interface_ownership", _interface_args(interface))
+
+    def set_boundaries(
+        self, interface: Interface, ranges: tuple[tuple[str, str], ...] | list[tuple[str, str]]
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Never forward the groups in `ranges` ((group, group_mask) prefixes) out of `interface`, yours.
+
+        Replaces the ranges you set there before (an empty list lifts them);
+        they go when you release the interface.  The manager keeps the
+        interface out of every OIL of a group in a range, whoever joined it
+        there: an administrative filter that also holds for receivers that
+        join after a flow exists, which a creation_alert veto cannot.
+        """
+        ranges = tuple(ranges)
+        if ranges:
+            self._boundaries[interface] = ranges
+        else:
+            self._boundaries.pop(interface, None)
+        return self.request("set_boundaries", _boundary_args(interface, ranges))
 
     def answer(self, question: int, **fields: Any) -> asyncio.Future[dict[str, Any]]:
         """Answer a question yourself, for a hook that returned ``ANSWER_LATER``.
@@ -188,12 +208,14 @@ class PluginContext:
         return tuple(self._memberships)
 
     async def replay(self) -> None:
-        """After a manager restart: take every ledger interface, then add every ledger membership.
+        """After a manager restart: take every ledger interface, set its boundaries, then add every membership.
 
         Refusals are logged, not raised: one refused entry must not stop the others.
         """
         for interface in self.interfaces:
             await _logged(self.request("take_interface_ownership", _interface_args(interface)))
+        for interface, ranges in list(self._boundaries.items()):  # before the members they keep out
+            await _logged(self.request("set_boundaries", _boundary_args(interface, ranges)))
         replies = [self.request("add_group_membership", _membership_args(key)) for key in self.memberships]
         for reply in replies:
             await _logged(reply)
@@ -244,6 +266,10 @@ class PluginContext:
 
 def _interface_args(interface: Interface) -> dict[str, Any]:
     return {"if_index": interface[0], "next_hop": interface[1]}
+
+
+def _boundary_args(interface: Interface, ranges: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {**_interface_args(interface), "boundaries": [{"group": g, "group_mask": m} for g, m in ranges]}
 
 
 def _membership_args(key: MembershipKey) -> dict[str, Any]:

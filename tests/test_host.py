@@ -285,6 +285,8 @@ def test_the_ledger_keeps_what_is_in_force_and_replays_it() -> None:
         await ctx.add_membership("0.0.0.0", "239.1.1.1", Interface(3))
         await ctx.add_membership("0.0.0.0", "239.2.2.2", Interface(3))
         await ctx.add_membership("0.0.0.0", "239.3.3.3", Interface(4))
+        await ctx.set_boundaries(Interface(3), [("239.7.0.0", "255.255.0.0")])
+        await ctx.set_boundaries(Interface(4), [("239.8.0.0", "255.255.0.0")])  # released below: not replayed
         await ctx.delete_membership("0.0.0.0", "239.2.2.2", Interface(3))
         await ctx.release_interface(Interface(4))  # takes 239.3.3.3 with it
         client.refuse["add_group_membership"] = MgmError(Status.ERROR_INVALID_PARAMETER, "no")
@@ -301,6 +303,8 @@ def test_the_ledger_keeps_what_is_in_force_and_replays_it() -> None:
     assert [m[2] for m in ctx.memberships] == ["239.1.1.1"]
     assert client.sent == [
         ("take_interface_ownership", {"if_index": 3, "next_hop": "0.0.0.0", "handle": 8}),
+        ("set_boundaries", {"if_index": 3, "next_hop": "0.0.0.0", "handle": 8,
+                            "boundaries": [{"group": "239.7.0.0", "group_mask": "255.255.0.0"}]}),
         ("add_group_membership", {"source": "0.0.0.0", "source_mask": "0.0.0.0", "group": "239.1.1.1",
                                   "group_mask": "255.255.255.255", "if_index": 3, "next_hop": "0.0.0.0",
                                   "flags": 1, "handle": 8}),

@@ -693,7 +693,8 @@ def test_state_snapshot_has_everything(core: Core, net: Net) -> None:
     net.create()
     snap = core.mgm.snapshot("state")
     assert [p["protocol_id"] for p in snap["protocols"]] == [IGMP, PIM, DVMRP, FWD]
-    assert snap["interfaces"][1] == {**iff(2), "owner": {"protocol_id": PIM, "component_id": 1}, "igmp": True}
+    assert snap["interfaces"][1] == {**iff(2), "owner": {"protocol_id": PIM, "component_id": 1}, "igmp": True,
+                                     "boundaries": []}  # fmt: skip
     assert len(snap["memberships"]) == 1 and snap["mfes"] == [net.mfe()]
 
 
