@@ -47,6 +47,7 @@ from typing import NamedTuple
 from mgm.plugins.igmp.packet import (
     ALL_IGMPV3_ROUTERS,
     ALLOW_NEW_SOURCES,
+    BLOCK_OLD_SOURCES,
     CHANGE_TO_EXCLUDE_MODE,
     IGMP_PROTOCOL,
     ROUTER_ALERT_OPTION,
@@ -55,7 +56,7 @@ from mgm.plugins.igmp.packet import (
     build_report,
     build_v3_report,
 )
-from mgm.plugins.proxy.merge import ASM, Upstream
+from mgm.plugins.proxy.merge import ASM, Upstream, is_link_local
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,18 @@ def pack_v3(records: Iterable[GroupRecord], mtu: int) -> list[bytes]:
 def _split(record: GroupRecord, max_sources: int) -> list[GroupRecord]:
     if len(record.sources) <= max_sources:
         return [record]
-    if record.type != ALLOW_NEW_SOURCES and record.type != 6:  # BLOCK_OLD_SOURCES
+    if record.type not in (ALLOW_NEW_SOURCES, BLOCK_OLD_SOURCES):
         raise ValueError(f"a {record.name} record with {len(record.sources)} sources cannot be split")
     return [GroupRecord(record.type, record.group, record.sources[i : i + max_sources])
             for i in range(0, len(record.sources), max_sources)]  # fmt: skip
 
 
 def packets(changes: Mapping[str, Change], version: int, mtu: int) -> list[tuple[str, bytes]]:
-    """(destination, IGMP message) pairs announcing `changes` in IGMP `version` (1, 2 or 3)."""
+    """(destination, IGMP message) pairs announcing `changes` in IGMP `version` (1, 2 or 3).
+
+    Link-local groups are left out (merge never joins them; no report may name them either).
+    """
+    changes = {group: c for group, c in changes.items() if not is_link_local(group)}
     if version == 3:
         records = [r for group, c in changes.items() for r in v3_records(group, c.old, c.new)]
         return [(ALL_IGMPV3_ROUTERS, p) for p in pack_v3(records, mtu)]

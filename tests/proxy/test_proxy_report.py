@@ -70,6 +70,11 @@ def test_changes_that_add_nothing_are_not_reported(old: Any, new: Any) -> None:
     assert packets({G: Change(old, new)}, 2, MTU) == []
 
 
+def test_link_local_groups_are_never_reported() -> None:
+    changes = {"224.0.0.251": Change(None, ASM), "224.0.0.22": Change(None, frozenset({S1}))}
+    assert packets(changes, 3, MTU) == [] and packets(changes, 2, MTU) == []
+
+
 def test_changes_of_one_turn_go_in_one_v3_report() -> None:
     changes = {G: Change(None, ASM), G2: Change(frozenset({S1}), frozenset({S1, S2})), "239.9.9.9": Change(ASM, None)}
     out = packets(changes, 3, MTU)
