@@ -63,6 +63,30 @@ class GroupFilter:
 ALL = GroupFilter()
 
 
+def boundary_ranges(group_filter: GroupFilter) -> list[tuple[str, str]]:
+    """The groups `group_filter` refuses, as (group, group_mask) prefixes for the manager's boundaries.
+
+    The deny list, plus everything in 224.0.0.0/4 outside the allow list when
+    there is one, in as few prefixes as cover exactly that (an allow list of
+    one /16 costs 12 prefixes).  Empty when the filter permits every group.
+    """
+    refused: list[ipaddress.IPv4Network] = list(group_filter.deny)
+    if group_filter.allow:
+        rest = [MULTICAST]
+        for allowed in ipaddress.collapse_addresses(group_filter.allow):
+            rest = [piece for net in rest for piece in _without(net, allowed)]
+        refused += rest
+    return [(str(net.network_address), str(net.netmask)) for net in ipaddress.collapse_addresses(refused)]
+
+
+def _without(net: ipaddress.IPv4Network, hole: ipaddress.IPv4Network) -> list[ipaddress.IPv4Network]:
+    if hole.subnet_of(net):
+        return list(net.address_exclude(hole))
+    if net.subnet_of(hole):
+        return []
+    return [net]
+
+
 def parse_prefix(text: str) -> ipaddress.IPv4Network:
     """A multicast prefix; ValueError with a sentence saying what is wrong."""
     try:
@@ -133,14 +157,16 @@ def creation_verdicts(
 ) -> dict[K, bool]:
     """Which of our interfaces in a new MFE's OIL may forward `group` (keys as given).
 
-    A downstream interface forwards the groups its filter permits, of
-    flows entering on the upstream or another downstream interface (RFC 4605
-    section 4.2); flows entering on another protocol's interface are that
-    protocol's business, not the proxy's receivers' (they get theirs through
-    the upstream).  The
-    upstream interface forwards only where configured (`forward_upstream`),
-    only traffic that came in on one of our downstream interfaces and whose
-    group that interface's filter permits, and never a link-local group.
+    A downstream interface forwards flows entering on the upstream or
+    another downstream interface (RFC 4605 section 4.2); flows entering on
+    another protocol's interface are that protocol's business, not the
+    proxy's receivers' (they get theirs through the upstream).  The groups
+    a downstream filter refuses never get here: they are the interface's
+    boundaries in the manager (`boundary_ranges`), which also hold for
+    receivers joining after the MFE exists.  The upstream interface forwards
+    only where configured (`forward_upstream`), only traffic that came in on
+    one of our downstream interfaces and whose group that interface's
+    filter permits, and never a link-local group.
     """
     ours = set(downstream)
     verdicts: dict[K, bool] = {}
@@ -153,8 +179,7 @@ def creation_verdicts(
                 and filters.get(in_interface, ALL).permits(group)
             )
         elif iface in ours:
-            from_proxy = in_interface == upstream or in_interface in ours
-            verdicts[iface] = from_proxy and filters.get(iface, ALL).permits(group)
+            verdicts[iface] = in_interface == upstream or in_interface in ours
         else:
             verdicts[iface] = True
     return verdicts

@@ -21,21 +21,22 @@ How receivers downstream become traffic from upstream:
   subnet filter): the plugin has no `mgm_rpf`, so the manager keeps the
   interface it proposes without asking (one round trip less before the
   first packet is forwarded), and builds the OIL from
-  IGMP's memberships; in `mgm_creation_alert` we disable the downstream
-  interfaces whose filter denies the group, downstream interfaces for flows
-  entering on another protocol's interface (the proxy's receivers get their
-  traffic through the upstream, RFC 4605 section 4.2), and the upstream
-  interface unless ``forward_upstream`` is set.
+  IGMP's memberships; in `mgm_creation_alert` we disable downstream
+  interfaces for flows entering on another protocol's interface (the
+  proxy's receivers get their traffic through the upstream, RFC 4605
+  section 4.2), and the upstream interface unless ``forward_upstream`` is
+  set.
+* A downstream interface's allow/deny filter is its boundaries in the
+  manager (`merge.boundary_ranges`, set in `mgm_start`): the manager keeps
+  the interface out of every OIL of a refused group, also for receivers
+  that join after the flow already forwards elsewhere, which a
+  creation_alert veto (asked only when an MFE is created) could not stop.
+  The proxy also never joins a group upstream for receivers whose
+  interface refuses it.
 * ``forward_upstream = true`` (RFC 4605 section 4.2) adds a (*,*) membership
   on the upstream interface, so flows from downstream sources also go up;
   `mgm_creation_alert` keeps that to flows entering on our downstream
   interfaces.
-
-Known limit: these vetoes apply when an MFE is created (and a filter also
-by never joining a denied group upstream).  A receiver joining a denied
-group on one interface after the flow already forwards to another interface
-where the group is allowed is added to the OIL by the manager without a
-question, as for every routing protocol: the MGM has no later veto.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ class ProxyPlugin:
                  up_name, up_index, address,
                  ", ".join(f"{_if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
                  "yes" if conf.forward_upstream else "no", immediate)  # fmt: skip
+        if mgm is not None:
+            for iface, group_filter in self.filters.items():
+                ranges = merge.boundary_ranges(group_filter)
+                if ranges:  # the manager keeps the interface out of these groups' OILs, later joins included
+                    mgm.set_boundaries(iface, ranges)
         if mgm is not None and conf.forward_upstream:
             # every flow gets the upstream in its OIL; creation_alert keeps those entering downstream
             mgm.add_membership(ANY, ANY, self.upstream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -68,18 +69,35 @@ def test_plan_joins_before_it_drops() -> None:
     assert plan(G, frozenset({S1}), None) == [Op(False, G, S1)]
 
 
-def test_creation_alert_disables_denied_downstreams_and_the_upstream() -> None:
+def test_filters_become_boundaries_covering_exactly_the_refused_groups() -> None:
+    """The manager keeps a downstream out of OILs by boundary: the ranges must refuse what the filter does."""
+    assert merge.boundary_ranges(merge.ALL) == []
+    assert merge.boundary_ranges(GroupFilter.of(deny=["239.1.0.0/16", "239.1.2.3"])) == [
+        ("239.1.0.0", "255.255.0.0")
+    ]
+    allow_one = GroupFilter.of(allow=["239.2.0.0/16"], deny=["239.2.9.0/24"])
+    ranges = merge.boundary_ranges(allow_one)
+    assert len(ranges) == 13  # 224/4 minus a /16: 12 prefixes; plus the denied /24 inside it
+    nets = [ipaddress.IPv4Network(f"{g}/{m}") for g, m in ranges]
+    for group in ("224.0.0.1", "239.1.255.255", "239.2.9.7", "239.3.0.0", "239.255.255.255", "232.1.1.1"):
+        refused = any(ipaddress.IPv4Address(group) in net for net in nets)
+        assert refused == (not allow_one.permits(group)), group
+    assert not any(ipaddress.IPv4Address("239.2.3.4") in net for net in nets)
+    assert merge.boundary_ranges(GroupFilter.of(allow=["224.0.0.0/4"])) == []
+
+
+def test_creation_alert_keeps_other_protocols_flows_and_the_upstream_out() -> None:
     filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
 
     def creation_verdicts(group: str, in_if: str, oil: list[str], *, forward_upstream: bool) -> dict[str, bool]:
         return merge.creation_verdicts(group, in_if, oil, upstream="eth0", filters=filters,
                                        downstream=["eth1", "eth2"], forward_upstream=forward_upstream)  # fmt: skip
 
-    got = creation_verdicts(G, "eth0", ["eth1", "eth2"], forward_upstream=False)
-    assert got == {"eth1": True, "eth2": False}
+    got = creation_verdicts(G, "eth0", ["eth1"], forward_upstream=False)
+    assert got == {"eth1": True}  # eth2's filter is its boundary in the manager: never in the OIL asked about
     # the upstream in an OIL: vetoed unless forward_upstream, and then only for flows from our downstream
-    got = creation_verdicts(G, "eth1", ["eth0", "eth2"], forward_upstream=False)
-    assert got == {"eth0": False, "eth2": False}
+    got = creation_verdicts("239.2.0.1", "eth1", ["eth0", "eth2"], forward_upstream=False)
+    assert got == {"eth0": False, "eth2": True}
     got = creation_verdicts(G, "eth1", ["eth0"], forward_upstream=True)
     assert got == {"eth0": True}
     got = creation_verdicts(G, "eth2", ["eth0"], forward_upstream=True)
@@ -232,6 +250,5 @@ def test_the_plugin_ignores_link_local_foreign_interfaces_and_remembers_refusals
     proxy.local(True, ANY, "239.9.9.9", Interface(2))
     assert proxy.errors == 1 and "239.9.9.9" not in proxy.joined  # not held: a later change tries again
     assert not hasattr(proxy, "mgm_rpf")  # the manager keeps the incoming interface it proposes, unasked
-    verdicts = proxy.mgm_creation_alert(group="239.5.1.1", in_interface=Interface(1),
-                                        oil=[Interface(2), Interface(3)])  # fmt: skip
-    assert verdicts == {Interface(2): True, Interface(3): False}
+    verdicts = proxy.mgm_creation_alert(group="239.5.1.1", in_interface=Interface(1), oil=[Interface(2)])
+    assert verdicts == {Interface(2): True}  # d2 (3) refuses 239.5/16 by boundary: the manager never offers it

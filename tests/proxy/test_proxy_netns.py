@@ -288,6 +288,7 @@ downstream = ["r2", "r3"]
 GA, PA = "239.67.1.1", 5671  # allowed on r2 and r3
 GD, PD = "239.67.2.2", 5672  # allowed on r2, denied on r3
 GX, PX = "239.68.0.1", 5673  # outside r2's allow list, denied on r3: joined nowhere
+GL, PL = "239.67.2.9", 5674  # allowed on r2, denied on r3, and joined on r3 after it already forwards to r2
 G_UP, P_UP = "239.72.1.1", 5721  # sent by a downstream host
 
 
@@ -351,6 +352,20 @@ downstream = [
     receivers[("hrx1", GD)].wait_count(receivers[("hrx1", GD)].count() + 20, timeout=WAIT)
     assert up_rx.count() == 0, "a downstream flow went upstream without forward_upstream"
     assert not manager.request("get_mfe", {"source": "10.67.1.2", "group": G_UP})["mfe"]["oil"]
+
+    # a receiver joining a denied group after its flow already forwards elsewhere gets nothing either:
+    # the filter is r3's boundary in the manager, not only a veto when the MFE was created
+    early = rx1.receiver(GL, PL, name="hrx1-late-group")
+    early.wait_joined()
+    snd.spawn(send_udp, GL, PL, 3000, interval=0.01, source="10.67.0.2", name=f"send-{GL}")
+    early.wait_count(10, timeout=WAIT)
+    late = rx2.receiver(GL, PL, name="hrx2-late-group")
+    late.wait_joined()
+    wait_until(lambda: ("0.0.0.0", GL, r3) in igmp_members(manager), WAIT, "IGMP's membership of the late receiver")
+    early.wait_count(early.count() + 30, timeout=WAIT)  # the flow went on past the late join
+    assert late.count() == 0, "a late receiver got a group its interface's filter denies"
+    mfe = manager.request("get_mfe", {"source": "10.67.0.2", "group": GL})["mfe"]
+    assert {e["if_index"] for e in mfe["oil"]} == {r2}, mfe
 
 
 def _has_mfe(manager: ManagerProc, source: str, group: str) -> bool:
