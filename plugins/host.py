@@ -331,9 +331,7 @@ class Host:
         assert self.ctx is not None
         # A plugin object may name itself for the manager's tables (e.g. "forwarder (simulated)").
         name = str(getattr(self.pm.get_plugin(self.name), "registration_name", self.name))
-        # Say which questions we answer: the manager takes the default of the others at once instead
-        # of asking and waiting a round trip for the answer the host would give for a missing hook.
-        questions = [question for question, hook in QUESTION_HOOKS.items() if implements(self.pm, hook)]
+        questions = self.questions()
         args = {"protocol_id": self.protocol.protocol_id, "component_id": self.protocol.component_id,
                 "name": name, "questions": questions}  # fmt: skip
         deadline = asyncio.get_running_loop().time() + wait_for_predecessor
@@ -350,6 +348,19 @@ class Host:
         self.ctx.handle = result["handle"]
         self.ctx.client.heartbeat_handle = result["handle"]
         self.registered = True
+
+    def questions(self) -> list[str]:
+        """The questions we answer: the manager takes the default of the others at once, instead of
+        asking and waiting a round trip for the answer the host would give for a missing hook.
+
+        Those whose hooks the plugin implements, narrowed by its ``questions`` attribute if it has one
+        (a plugin that learns from its configuration that it would only return the default).
+        """
+        implemented = [question for question, hook in QUESTION_HOOKS.items() if implements(self.pm, hook)]
+        narrowed = getattr(self.pm.get_plugin(self.name), "questions", None)
+        if narrowed is None:
+            return implemented
+        return [question for question in implemented if question in narrowed]
 
     async def shutdown(self, *, call_stop: bool) -> None:
         ctx = self.ctx

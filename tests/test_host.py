@@ -388,7 +388,28 @@ class _RegisteringClient(FakeClient):
         return answered
 
 
-@pytest.mark.parametrize(("plugin", "questions"), [(None, ["rpf", "creation_alert"]), (_JoinsOnly(), [])])
+class _NarrowedToCreation:
+    """Implements both hooks but, configured as it is, would only ever return the default to rpf."""
+
+    questions = frozenset({"creation_alert"})
+
+    @hookimpl
+    def mgm_rpf(self) -> None:
+        return None
+
+    @hookimpl
+    def mgm_creation_alert(self) -> None:
+        return None
+
+
+class _NarrowedBeyondItsHooks(_JoinsOnly):
+    questions = frozenset({"rpf"})  # no mgm_rpf: an attribute cannot add a question the plugin cannot answer
+
+
+@pytest.mark.parametrize(("plugin", "questions"), [
+    (None, ["rpf", "creation_alert"]), (_JoinsOnly(), []), (_NarrowedToCreation(), ["creation_alert"]),
+    (_NarrowedBeyondItsHooks(), []),
+])  # fmt: skip
 def test_registration_names_the_questions_the_plugin_answers(plugin: object | None, questions: list[str]) -> None:
     """The manager skips a question whose hook the plugin lacks, so the host must say which it has."""
     host, _, _ = make_host()
