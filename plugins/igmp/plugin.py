@@ -27,7 +27,21 @@ Configuration (``[plugins.igmp]``, seconds; defaults are RFC 3376's):
 ``query_interval`` (125), ``query_response_interval`` (10),
 ``last_member_query_interval`` (1), ``last_member_query_count``
 (robustness), ``startup_query_interval`` (query_interval / 4),
-``startup_query_count`` (robustness).  Any other key is an error.
+``startup_query_count`` (robustness), ``ssm_range`` (a list of prefixes
+inside 224.0.0.0/4, default ``["232.0.0.0/8"]``, ``[]`` for none),
+``require_local_source`` (true).  Any other key is an error.
+
+What is received is checked before it touches any state, each drop
+counted under its reason (`Counters`): a query, report or leave whose IP
+TTL is not 1 (``bad_ttl``); a v3 report without the Router Alert option
+(``no_router_alert``; v1/v2 messages without it are accepted and counted
+in ``no_router_alert_accepted``); with ``require_local_source``, a report
+or leave whose source is neither 0.0.0.0 nor on one of the interface's
+subnets (``foreign_source``; an interface without an address accepts
+every source); a v1/v2 report or leave, or an IS_EX/TO_EX record, for a
+group in ``ssm_range`` (``ignored_ssm_asm``, RFC 4604: those groups are
+joined per source only).  Each reason is logged at info at most once a
+minute per interface, the rest at debug.
 """
 
 from __future__ import annotations
@@ -145,10 +159,10 @@ class IgmpPlugin:
         # pyroute2 logs every netlink message at debug level; the address refresh would drown our own lines.
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
         try:
-            primary, every = await interface_addresses()
+            primary, every, subnets = await interface_addresses()
         except OSError as exc:
             log.error("igmp: cannot read the interfaces' addresses (retrying every %g s): %s", ADDRESS_REFRESH, exc)
-            primary, every = {}, set()
+            primary, every, subnets = {}, set(), {}
         if self.stopped:
             return
         for interface in interfaces:
@@ -158,8 +172,9 @@ class IgmpPlugin:
                 continue
             name = _if_name(interface.if_index)
             self.routers[interface.if_index] = Router(
-                interface, params, primary.get(interface.if_index), every, name=name
-            )
+                interface, params, primary.get(interface.if_index), every, name=name,
+                subnets=subnets.get(interface.if_index, ()),
+            )  # fmt: skip
             self.applied[interface.if_index] = set()
         if not self.routers:
             log.warning("igmp: no interface to run on (configure [plugins.igmp] interfaces)")
@@ -178,6 +193,10 @@ class IgmpPlugin:
             router.start(now)
             log.info("igmp: running IGMPv%d on %s (if_index %d, address %s)", params.version, router.name,
                      router.interface.if_index, router.address or "none")  # fmt: skip
+        log.info("igmp: SSM range %s (any-source joins there are ignored); reports and leaves %s",
+                 ", ".join(map(str, params.ssm_range)) or "none",
+                 "only from the interfaces' subnets" if params.require_local_source
+                 else "from any source (require_local_source = false)")  # fmt: skip
         mgm.spawn(self._refresh_addresses())
         self._flush()
 
@@ -216,7 +235,9 @@ class IgmpPlugin:
                 router.counters.malformed_dropped += 1
                 log.debug("igmp: %s: malformed datagram dropped: %s", router.name, exc)
                 continue
-            router.receive(now, header.source, header.destination, payload)
+            router.receive(
+                now, header.source, header.destination, payload, ttl=header.ttl, router_alert=header.router_alert
+            )
         self._flush()
 
     def _on_timer(self) -> None:
@@ -281,13 +302,14 @@ class IgmpPlugin:
         while not self.stopped:
             await asyncio.sleep(ADDRESS_REFRESH)
             try:
-                primary, every = await interface_addresses()
+                primary, every, subnets = await interface_addresses()
             except OSError as exc:
                 log.warning("igmp: cannot read the interfaces' addresses: %s", exc)
                 continue
             now = self._now()
             for if_index, router in self.routers.items():
                 router.own_addresses = every
+                router.set_subnets(subnets.get(if_index, ()))
                 router.set_address(now, primary.get(if_index))
             self._flush()
 

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import socket
 import struct
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 from mgm.plugins.igmp import packet
 
@@ -142,18 +144,34 @@ class IgmpSocket:
         self.sock.close()
 
 
-async def interface_addresses() -> tuple[dict[int, str], set[str]]:
-    """({if_index: primary IPv4 address}, every IPv4 address of this machine), from netlink."""
+class Addresses(NamedTuple):
+    """This machine's IPv4 addresses as the routers need them."""
+
+    primary: dict[int, str]
+    """{if_index: primary address}: the address a router queries from."""
+    every: set[str]
+    """Every address of this machine: messages from them are our own."""
+    subnets: dict[int, tuple[ipaddress.IPv4Network, ...]]
+    """{if_index: the subnets of its addresses (and of their peers)}: where hosts on the link send from."""
+
+
+async def interface_addresses() -> Addresses:
+    """The addresses of every interface, from netlink."""
     from pyroute2 import AsyncIPRoute
 
     primary: dict[int, str] = {}
     every: set[str] = set()
+    subnets: dict[int, set[ipaddress.IPv4Network]] = {}
     async with AsyncIPRoute() as ipr:
         async for msg in await ipr.addr("dump", family=socket.AF_INET):
             address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
             if not address:
                 continue
+            index = int(msg["index"])
             every.add(str(address))
             if not msg["flags"] & IFA_F_SECONDARY:
-                primary.setdefault(int(msg["index"]), str(address))
-    return primary, every
+                primary.setdefault(index, str(address))
+            # IFA_ADDRESS differs from IFA_LOCAL on a point-to-point address: it is the peer's (prefix).
+            for end in {str(address), str(msg.get("IFA_ADDRESS") or address)}:
+                subnets.setdefault(index, set()).add(ipaddress.IPv4Network(f"{end}/{msg['prefixlen']}", strict=False))
+    return Addresses(primary, every, {i: tuple(sorted(nets)) for i, nets in subnets.items()})

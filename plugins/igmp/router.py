@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import ipaddress
 import logging
 import math
 import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mgm.core.types import ANY, Interface
 from mgm.plugins.igmp import packet
@@ -65,6 +66,7 @@ from mgm.plugins.igmp.packet import (
     Unknown,
     V3Report,
 )
+from mgm.plugins.proxy.merge import parse_prefix
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ STOPPED = -math.inf
 MAX_SOURCES_PER_QUERY = 366
 """Sources that fit one query in a 1500-octet frame (IP header with Router Alert: 24; query header: 12)."""
 MAX_V2_TENTHS = 0xFF
+DEFAULT_SSM_RANGE = (ipaddress.IPv4Network("232.0.0.0/8"),)
+"""The SSM range of RFC 4607: groups joined per source only (RFC 4604 section 2.2.1)."""
+DROP_LOG_INTERVAL = 60.0
+"""Seconds between two info lines about one kind of dropped message on one interface (the rest go to debug)."""
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -107,6 +113,8 @@ class Parameters:
     last_member_query_count: int = 2
     startup_query_interval: float = 31.25
     startup_query_count: int = 2
+    ssm_range: tuple[ipaddress.IPv4Network, ...] = DEFAULT_SSM_RANGE
+    require_local_source: bool = True
 
     KEYS = (
         "version",
@@ -117,6 +125,8 @@ class Parameters:
         "last_member_query_count",
         "startup_query_interval",
         "startup_query_count",
+        "ssm_range",
+        "require_local_source",
     )
 
     @classmethod
@@ -137,7 +147,11 @@ class Parameters:
         lmqc = _integer(config, "last_member_query_count", robustness, 1, 255)
         sqi = _seconds(config, "startup_query_interval", qi / 4, 0.1, float(MAX_CODE_VALUE))
         sqc = _integer(config, "startup_query_count", robustness, 1, 255)
-        return cls(version, robustness, qi, qri, lmqi, lmqc, sqi, sqc)
+        ssm = _prefixes(config, "ssm_range", [str(n) for n in DEFAULT_SSM_RANGE])
+        local = config.get("require_local_source", True)
+        if not isinstance(local, bool):
+            raise ParameterError("require_local_source", f"must be true or false, not {local!r}")
+        return cls(version, robustness, qi, qri, lmqi, lmqc, sqi, sqc, ssm, local)
 
 
 def _integer(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
@@ -145,6 +159,28 @@ def _integer(config: Mapping[str, Any], key: str, default: int, low: int, high: 
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ParameterError(key, f"must be an integer from {low} to {high}, not {value!r}")
     return value
+
+
+def _prefixes(config: Mapping[str, Any], key: str, default: list[str]) -> tuple[ipaddress.IPv4Network, ...]:
+    """A list of multicast prefixes (one prefix alone may be written as a string; [] is none)."""
+    value = config.get(key, default)
+    if isinstance(value, str):
+        items, keys = [value], [key]
+    elif isinstance(value, list | tuple):
+        items, keys = list(value), [f"{key}[{i}]" for i in range(len(value))]
+    else:
+        raise ParameterError(key, f'must be a list of multicast prefixes like ["232.0.0.0/8"], or [] for none, '
+                                  f"not {value!r}")  # fmt: skip
+    out = []
+    for item, where in zip(items, keys, strict=True):
+        if not isinstance(item, str):
+            raise ParameterError(where, f'must be a multicast prefix written as a string like "232.0.0.0/8", '
+                                        f"not {item!r}")  # fmt: skip
+        try:
+            out.append(parse_prefix(item))
+        except ValueError as exc:
+            raise ParameterError(where, str(exc)) from None
+    return tuple(out)
 
 
 def _seconds(config: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -173,9 +209,23 @@ class Change(NamedTuple):
     group: str
 
 
+DropReason = Literal["ignored_ssm_asm", "bad_ttl", "no_router_alert", "foreign_source"]
+
+
 @dataclass(slots=True)
 class Counters:
-    """What happened on one interface, for operators (the plugin logs them and exposes them)."""
+    """What happened on one interface, for operators (the plugin logs them and exposes them).
+
+    ``*_received`` count every well-formed message of the kind, also those
+    dropped afterwards.  A dropped message (or v3 group record) counts once,
+    under the first reason that applies: ``bad_ttl`` (IP TTL not 1),
+    ``no_router_alert`` (a v3 report without the Router Alert option),
+    ``foreign_source`` (a report or leave from outside the interface's
+    subnets), ``ignored_ssm_asm`` (an any-source join or leave for a group
+    in the SSM range), ``ignored`` (everything else a router skips: unknown
+    types, non-routable groups, v3 in v2 mode...).  ``no_router_alert_accepted``
+    counts v1/v2 messages without Router Alert that were processed anyway.
+    """
 
     general_queries_sent: int = 0
     group_queries_sent: int = 0
@@ -186,6 +236,11 @@ class Counters:
     ignored: int = 0
     own_ignored: int = 0
     send_errors: int = 0
+    ignored_ssm_asm: int = 0
+    bad_ttl: int = 0
+    no_router_alert: int = 0
+    foreign_source: int = 0
+    no_router_alert_accepted: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -209,6 +264,16 @@ def is_valid_source(source: str) -> bool:
     """A unicast source a membership can name (not 0.0.0.0, loopback, multicast or reserved)."""
     value = _int(source)
     return value != 0 and value >> 24 != 127 and value < 0xE0000000
+
+
+def _ranges(networks: Iterable[ipaddress.IPv4Network]) -> tuple[tuple[int, int], ...]:
+    """(network, mask) as integers: membership tests without building address objects per message."""
+    return tuple((int(n.network_address), int(n.netmask)) for n in networks)
+
+
+def _in_ranges(address: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    value = _int(address)
+    return any(value & mask == network for network, mask in ranges)
 
 
 # --- the group record -----------------------------------------------------------------------------
@@ -246,7 +311,9 @@ class Router:
     what the querier election compares); None until the interface has one,
     meanwhile the router listens but never queries.  `own_addresses` are
     every address of this machine: messages from them are ours (the
-    kernel's own reports) and are ignored.
+    kernel's own reports) and are ignored.  `subnets` are the networks of
+    the interface's addresses: with ``require_local_source`` reports and
+    leaves from elsewhere are dropped (none: every source is accepted).
     """
 
     def __init__(
@@ -256,12 +323,18 @@ class Router:
         address: str | None = None,
         own_addresses: Iterable[str] = (),
         name: str = "",
+        subnets: Iterable[ipaddress.IPv4Network] = (),
     ) -> None:
         self.interface = interface
         self.params = params or Parameters()
         self.address = address
         self.own_addresses = set(own_addresses)
         self.name = name or str(interface.if_index)
+        self.subnets: tuple[ipaddress.IPv4Network, ...] = ()
+        self._subnet_ranges: tuple[tuple[int, int], ...] = ()
+        self.set_subnets(subnets)
+        self._ssm_ranges = _ranges(self.params.ssm_range)
+        self._drop_log: dict[DropReason, tuple[float, int]] = {}
         self.counters = Counters()
         self.querier = False
         self.querier_address: str | None = None
@@ -319,6 +392,17 @@ class Router:
         elif self.querier or self.other_querier_until is None:
             self._become_querier(now, startup=old is None)
 
+    def set_subnets(self, subnets: Iterable[ipaddress.IPv4Network]) -> None:
+        """The networks of the interface's addresses (they may change while we run)."""
+        subnets = tuple(subnets)
+        if subnets != self.subnets:
+            log.debug("igmp %s: local subnets: %s", self.name, ", ".join(map(str, subnets)) or "none (any source)")
+            self.subnets, self._subnet_ranges = subnets, _ranges(subnets)
+
+    def is_ssm(self, group: str) -> bool:
+        """`group` is in the configured SSM range: only source-specific joins count for it."""
+        return _in_ranges(group, self._ssm_ranges)
+
     def next_deadline(self) -> float | None:
         """When `tick` has something to do next (None: nothing scheduled)."""
         times = [t for t in (self.next_general, self.other_querier_until) if t is not None]
@@ -340,8 +424,15 @@ class Router:
                 g.wake = math.inf
                 self._expire(g, now)
 
-    def receive(self, now: float, source: str, destination: str, payload: bytes) -> None:
-        """One IGMP message (the IP payload) from `source`, sent to `destination`, arrived on our interface."""
+    def receive(
+        self, now: float, source: str, destination: str, payload: bytes, *, ttl: int = 1, router_alert: bool = True
+    ) -> None:
+        """One IGMP message (the IP payload) from `source`, sent to `destination`, arrived on our interface.
+
+        `ttl` and `router_alert` are the IP header's (the defaults are what
+        every conforming sender puts there): messages that could have come
+        from beyond the link are dropped before they touch any state.
+        """
         if source in self.own_addresses or source == self.address:
             self.counters.own_ignored += 1
             return
@@ -352,20 +443,70 @@ class Router:
             log.debug("igmp %s: malformed packet from %s dropped: %s", self.name, source, exc)
             return
         if isinstance(message, Query):
+            self.counters.queries_received += 1
+            if ttl != 1:  # RFC 3376 4.1 / RFC 2236 2: a query is never routed; it cannot speak for this link
+                self._drop(now, "bad_ttl", "v%d query from %s with TTL %d", message.version, source, ttl)
+                return
             self._on_query(now, source, message)
-        elif isinstance(message, Report):
-            self.counters.reports_received += 1
-            self._on_old_report(now, source, message)
-        elif isinstance(message, Leave):
-            self.counters.leaves_received += 1
-            self._on_leave(now, source, message)
-        elif isinstance(message, V3Report):
-            self.counters.reports_received += 1
-            self._on_v3_report(now, source, message)
+        elif isinstance(message, Report | Leave | V3Report):
+            if isinstance(message, Leave):
+                self.counters.leaves_received += 1
+            else:
+                self.counters.reports_received += 1
+            if not self._from_this_link(now, source, message, ttl, router_alert):
+                return
+            if isinstance(message, Report):
+                self._on_old_report(now, source, message)
+            elif isinstance(message, Leave):
+                self._on_leave(now, source, message)
+            else:
+                self._on_v3_report(now, source, message)
         else:
             assert isinstance(message, Unknown)
             self.counters.ignored += 1
             log.debug("igmp %s: message type 0x%02x from %s ignored", self.name, message.type, source)
+
+    def _from_this_link(
+        self, now: float, source: str, message: Report | Leave | V3Report, ttl: int, router_alert: bool
+    ) -> bool:
+        """The checks of RFC 3376 section 9 and RFC 2236 section 9 on a report or leave; False: dropped (counted)."""
+        if isinstance(message, V3Report):
+            what = "v3 report"
+        elif isinstance(message, Leave):
+            what = f"leave for {message.group}"
+        else:
+            what = f"v{message.version} report for {message.group}"
+        if ttl != 1:
+            self._drop(now, "bad_ttl", "%s from %s with TTL %d", what, source, ttl)
+            return False
+        if not router_alert:
+            if isinstance(message, V3Report):  # RFC 3376 9.2: SHOULD ignore a v3 report without it
+                self._drop(now, "no_router_alert", "%s from %s without the Router Alert option", what, source)
+                return False
+            self.counters.no_router_alert_accepted += 1  # old hosts may omit it; the kernel accepts them too
+        if (
+            self.params.require_local_source
+            and self._subnet_ranges
+            and source != ANY  # RFC 3376 4.2.13: a host without an address yet reports from 0.0.0.0
+            and not _in_ranges(source, self._subnet_ranges)
+        ):
+            self._drop(now, "foreign_source", "%s from %s, outside the interface's subnets %s", what, source,
+                       ", ".join(map(str, self.subnets)))  # fmt: skip
+            return False
+        return True
+
+    def _drop(self, now: float, reason: DropReason, text: str, *args: object) -> None:
+        """Count a dropped message under `reason`; say so at info at most once per `DROP_LOG_INTERVAL`."""
+        setattr(self.counters, reason, getattr(self.counters, reason) + 1)
+        last, suppressed = self._drop_log.get(reason, (-math.inf, 0))
+        if now - last >= DROP_LOG_INTERVAL:
+            more = f"; {suppressed} more since the last such line" if suppressed else ""
+            log.info("igmp %s: " + text + " ignored (counter %s; such lines at most once a minute, the rest at "
+                     "debug%s)", self.name, *args, reason, more)  # fmt: skip
+            self._drop_log[reason] = (now, 0)
+        else:
+            self._drop_log[reason] = (last, suppressed + 1)
+            log.debug("igmp %s: " + text + " ignored (counter %s)", self.name, *args, reason)
 
     def take_packets(self) -> list[Outgoing]:
         """The messages decided since the last call, in order."""
@@ -419,7 +560,6 @@ class Router:
             g.gq_left, g.sq_left = 0, {}
 
     def _on_query(self, now: float, source: str, query: Query) -> None:
-        self.counters.queries_received += 1
         if query.version != self.params.version and (source, query.version) not in self._warned_versions:
             self._warned_versions.add((source, query.version))
             log.warning("igmp %s: IGMPv%d query from %s while we run v%d: configure every router on the link alike "
@@ -476,8 +616,23 @@ class Router:
         log.debug("igmp %s: %s for %s from %s ignored (not a routable multicast group)", self.name, what, group, source)
         return False
 
+    def _ssm_asm(self, now: float, group: str, source: str, what: str) -> bool:
+        """True (and counted) when `what`, an any-source message, is for a group in the SSM range (RFC 4604 2.2.1).
+
+        It is dropped whole: no (*,G) state, and no older-host-present timer
+        either, which would make the group's v3 hosts' BLOCK records ignored.
+        """
+        if not self.is_ssm(group):
+            return False
+        self._drop(now, "ignored_ssm_asm", "%s for %s from %s (an any-source %s for a group in the SSM range %s)",
+                   what, group, source, "leave" if what == "leave" else "join",
+                   ", ".join(map(str, self.params.ssm_range)))  # fmt: skip
+        return True
+
     def _on_old_report(self, now: float, source: str, report: Report) -> None:
         if not self._accept_group(report.group, source, f"v{report.version} report"):
+            return
+        if self._ssm_asm(now, report.group, source, f"v{report.version} report"):
             return
         g = self._group(report.group)
         if report.version == 1:
@@ -488,6 +643,8 @@ class Router:
 
     def _on_leave(self, now: float, source: str, leave: Leave) -> None:
         if not self._accept_group(leave.group, source, "leave"):
+            return
+        if self._ssm_asm(now, leave.group, source, "leave"):
             return
         g = self._groups.get(leave.group)
         if g is None:
@@ -509,6 +666,10 @@ class Router:
                 log.debug("igmp %s: record of unknown type %d from %s ignored", self.name, record.type, source)
                 continue
             if not self._accept_group(record.group, source, f"{record.name} record"):
+                continue
+            if record.type in (MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE_MODE) and self._ssm_asm(
+                now, record.group, source, f"{record.name} record"
+            ):
                 continue
             sources = {s for s in record.sources if is_valid_source(s)}
             if len(sources) != len(set(record.sources)):
