@@ -490,7 +490,7 @@ class Router:
             and source != ANY  # RFC 3376 4.2.13: a host without an address yet reports from 0.0.0.0
             and not _in_ranges(source, self._subnet_ranges)
         ):
-            self._drop(now, "foreign_source", "%s from %s, outside the interface's subnets %s", what, source,
+            self._drop(now, "foreign_source", "%s from %s (not on the interface's subnets %s)", what, source,
                        ", ".join(map(str, self.subnets)))  # fmt: skip
             return False
         return True
@@ -624,9 +624,10 @@ class Router:
         """
         if not self.is_ssm(group):
             return False
-        self._drop(now, "ignored_ssm_asm", "%s for %s from %s (an any-source %s for a group in the SSM range %s)",
-                   what, group, source, "leave" if what == "leave" else "join",
-                   ", ".join(map(str, self.params.ssm_range)))  # fmt: skip
+        ranges = ", ".join(map(str, self.params.ssm_range))
+        kind = "leave" if what == "leave" else "join"
+        self._drop(now, "ignored_ssm_asm", "%s for %s from %s (an any-source %s for a group in the SSM range %s, "
+                   "RFC 4604)", what, group, source, kind, ranges)  # fmt: skip
         return True
 
     def _on_old_report(self, now: float, source: str, report: Report) -> None:
