@@ -27,6 +27,13 @@ What it implements (RFC 3376, with RFC 2236 as its compatibility mode):
 * ``version = 2`` (RFC 2236 router): v2 queries, v3 reports ignored (a v2
   router does not know them); reports and leaves take the same paths, which
   is exactly RFC 2236's last-member behaviour.
+* What may not change state (each drop counted by reason in `Counters`):
+  messages with an IP TTL other than 1, v3 reports without Router Alert,
+  reports and leaves from outside the interface's subnets
+  (``require_local_source``), and, for groups in ``ssm_range`` (RFC 4604
+  2.2.1), every any-source join or leave: v1/v2 reports, v2 leaves, IS_EX
+  and TO_EX records.  The caller passes the IP header's TTL and Router
+  Alert flag to `Router.receive`.
 
 Membership for the MGM: a group in EXCLUDE mode is one (*,G) membership; a
 group in INCLUDE mode is one (S,G) membership per source.  **Limitation:**
