@@ -1,7 +1,9 @@
 """mgmd, the manager process: the sans-I/O core (mgm.core.state.Mgm) on the bus.
 
-One asyncio loop, one thread.  Each turn: wait until the ROUTER or the XPUB
-is readable or the next deadline comes (at most one second away), then
+One asyncio loop, one thread.  A turn runs straight from the callback that
+found work to do: the ROUTER's or the XPUB's reader, the one timer (the next
+heartbeat or core deadline, at most one second away), or a continuation
+queued with call_soon when a turn left work behind.  Each turn:
 - drain a batch of requests without awaiting per message; each goes to the
   core (`ping` and `sync` are answered here), and every request gets its one
   reply, also when the core raises something it should not have (1003);
@@ -103,14 +105,19 @@ class Manager:
         self.clock = clock
         core.wall_offset = time.time() - clock()
         self.counts = Counts()
+        """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
         self.server = BusServer(api, events, context=context, curve=curve, gate=gate, events_hwm=events_hwm,
                                 refusals=self.counts.refused)
         self._topics: dict[ClientId, str] = {}
         self._stopping = asyncio.Event()
-        self._kicked = False
         self._new_stream = False
-        self._wakeup: asyncio.Future[None] | None = None
-        """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
+        # the loop's state between turns (see _loop)
+        self._failed: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._again: asyncio.Handle | None = None
+        self._next_hb = 0.0
+        self._core_due: float | None = None
         self._known_ops = core_ops | BUS_OPS  # the rest are refused with 50
         self.metrics = metrics
         self.top_mfes = top_mfes
@@ -162,55 +169,90 @@ class Manager:
     # --- the loop -------------------------------------------------------------
 
     async def _loop(self) -> None:
-        server, clock = self.server, self.clock
+        """Run turns from the sockets' reader callbacks and the timer until cancelled or a turn fails.
+
+        A turn runs inside the callback that found the work: waking a task
+        through a future instead would cost a pass of the event loop per
+        request, about a tenth of a ping's round trip.  Other callbacks, tasks
+        and signal handlers run between turns: a turn that leaves work behind
+        queues the next one with call_soon instead of looping.
+        """
+        server = self.server
         router, xpub = server.router, server.xpub
         assert router is not None and xpub is not None
         loop = asyncio.get_running_loop()
+        self._failed = loop.create_future()
+        self._next_hb = self.clock()
+        self._core_due = None
         # ZeroMQ's FD only says "look at EVENTS"; it is edge-like, so after each turn we ask EVENTS
         # ourselves (which also re-arms the FD) instead of trusting the FD alone.
-        self._kicked = True
-        loop.add_reader(router.FD, self._kick)
-        loop.add_reader(xpub.FD, self._kick)
+        loop.add_reader(router.FD, self._on_ready)
+        loop.add_reader(xpub.FD, self._on_ready)
+        self._again = loop.call_soon(self._on_again)  # what came before the readers, and the first hb
         try:
-            next_hb = clock()
-            turns = 0
-            while True:
-                now = clock()
-                core_due = self._next_deadline()
-                wake = min(next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
-                if not self._kicked and wake > now:
-                    self._wakeup = wakeup = loop.create_future()
-                    timer = loop.call_later(wake - now, self._kick)
-                    await wakeup
-                    timer.cancel()
-                    now = clock()
-                    turns = 0
-                else:
-                    turns += 1
-                    if turns >= 16:  # under sustained load, let signal handlers and other tasks in now and then
-                        turns = 0
-                        await asyncio.sleep(0)
-                self._kicked = False
-                self._serve_batch(now)
-                if server.drain_subscriptions() or self._new_stream:
-                    # a newcomer learns at once that its subscription is live, a new client's
-                    # follower that its stream exists
-                    self._new_stream = False
-                    server.heartbeat(self._streams())
-                if core_due is not None and now >= core_due:
-                    self._tick(now)
-                if now >= next_hb:
-                    next_hb = now + HB_INTERVAL
-                    server.heartbeat(self._streams())
-                    server.replay.prune(now)
-                server.send_replies()
-                if server.lost:
-                    self._connections_lost(now)
-                if readable(router) or readable(xpub):
-                    self._kicked = True
+            await self._failed
         finally:
             loop.remove_reader(router.FD)
             loop.remove_reader(xpub.FD)
+            for handle in (self._timer, self._again):
+                if handle is not None:
+                    handle.cancel()
+            self._timer, self._timer_at, self._again = None, math.inf, None
+
+    def _on_ready(self) -> None:
+        if self._again is None:  # else the queued turn drains both sockets anyway
+            self._run_turn()
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        if self._again is None:
+            self._run_turn()
+
+    def _on_again(self) -> None:
+        self._again = None
+        self._run_turn()
+
+    def _run_turn(self) -> None:
+        failed = self._failed
+        if failed is None or failed.done():
+            return
+        try:
+            self._turn()
+        except Exception as exc:  # a bug in the loop itself: run() surfaces it
+            failed.set_exception(exc)
+
+    def _turn(self) -> None:
+        """Serve a batch, publish, tick when due, heartbeat, send replies; then say when to come back."""
+        server = self.server
+        router, xpub = server.router, server.xpub
+        assert router is not None and xpub is not None
+        now = self.clock()
+        self._serve_batch(now)
+        if server.drain_subscriptions() or self._new_stream:
+            # a newcomer learns at once that its subscription is live, a new client's
+            # follower that its stream exists
+            self._new_stream = False
+            server.heartbeat(self._streams())
+        core_due = self._core_due
+        if core_due is not None and now >= core_due:
+            self._tick(now)
+        if now >= self._next_hb:
+            self._next_hb = now + HB_INTERVAL
+            server.heartbeat(self._streams())
+            server.replay.prune(now)
+        server.send_replies()
+        if server.lost:
+            self._connections_lost(now)
+        self._core_due = core_due = self._next_deadline()
+        wake = min(self._next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
+        loop = asyncio.get_running_loop()
+        if wake <= now or readable(router) or readable(xpub):
+            self._again = loop.call_soon(self._on_again)
+        elif wake < self._timer_at:  # else the timer comes earlier than needed, and sets itself again then
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = wake
+            self._timer = loop.call_later(wake - now, self._on_timer)
 
     def _next_deadline(self) -> float | None:
         try:
@@ -225,11 +267,6 @@ class Manager:
         except Exception:
             log.exception("core.streams failed; the heartbeat lists only streams with events")
             return []
-
-    def _kick(self) -> None:
-        self._kicked = True
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
 
     def _serve_batch(self, now: float) -> None:
         server = self.server
