@@ -37,18 +37,51 @@ How receivers downstream become traffic from upstream:
   on the upstream interface, so flows from downstream sources also go up;
   `mgm_creation_alert` keeps that to flows entering on our downstream
   interfaces.
+
+The upstream going and coming back (PPPoE, VLANs; `links`): a netlink
+watcher (pyroute2, ``RTMGRP_LINK``, on the host's loop) follows the links.
+
+* Upstream deleted: a warning; the membership sockets and the reporter are
+  closed (the kernel dropped the memberships with the device) and the
+  interface is released in the manager (which deletes the MFEs coming in
+  on it; the forwarder drops its VIF).  The downstream memberships are
+  kept.
+* An interface with the configured upstream name appears (any if_index;
+  an upstream configured by index only comes back under that index): the
+  proxy takes it, opens the sockets again, joins upstream every group the
+  downstream wants, adds the forward_upstream (*,*) membership again, and
+  logs one line with the number of groups joined again.
+* Link down and up keep the if_index, and the kernel keeps the sockets'
+  memberships and reports them again at link up: only logged.
+* The upstream may be left out of ``interfaces``: then the host does not
+  take it, the proxy starts also while it does not exist yet (PPPoE not up
+  at boot), and takes it itself whenever it exists.
+
+SIGHUP reads the configuration file again (`reload`): a bad file is logged
+with its file, line and key and the settings in force stay.  Changed
+filters (the downstream interfaces' boundaries in the manager, and the
+upstream membership of every group whose merge changed, joins before
+drops), ``forward_upstream`` and ``immediate_report`` are applied; a change
+of the upstream or of the set of downstream interfaces refuses the whole
+reload (restart the proxy to change its interfaces).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from mgm.bus.status import MgmError
+from mgm.core.config import ConfigError, load, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
-from mgm.plugins.proxy import merge, settings
+from mgm.plugins.proxy import links, merge, settings
+from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
 from mgm.plugins.proxy.upstream import UpstreamError, UpstreamMemberships
 
@@ -60,6 +93,9 @@ log = logging.getLogger(__name__)
 PROXY_PROTOCOL_ID = 65002
 """Outside the RRAS protocol ids (RRAS has its proxy inside IGMP, whose id 10 is taken by our IGMP router)."""
 PROXY_COMPONENT_ID = 1
+NO_ADDRESS = "no IPv4 address: reports leave with source 0.0.0.0"
+NO_UPSTREAM = Interface(0, ANY)
+"""Stands for the upstream in creation alerts while there is none (if_index 0 is never an interface)."""
 
 
 def _if_index(name: settings.Name, table: Mapping[str, Any], key: str) -> int:
@@ -71,6 +107,16 @@ def _if_index(name: settings.Name, table: Mapping[str, Any], key: str) -> int:
         raise settings.as_error(table, key, f"no interface named {name!r} here") from None
 
 
+def _find_upstream(name: settings.Name) -> links.Link | None:
+    """The upstream interface if it exists now (its up flag is left to the link watcher)."""
+    try:
+        if isinstance(name, int):
+            return links.Link(name, socket.if_indextoname(name), True)
+        return links.Link(socket.if_nametoindex(name), name, True)
+    except OSError:
+        return None
+
+
 def _if_name(if_index: int) -> str:
     try:
         return socket.if_indextoname(if_index)
@@ -78,12 +124,17 @@ def _if_name(if_index: int) -> str:
         return f"if{if_index}"
 
 
+def _shown(name: settings.Name) -> str:
+    return name if isinstance(name, str) else f"if_index {name}"
+
+
 class ProxyPlugin:
     """Entry point ``proxy`` (the host instantiates it without arguments)."""
 
     def __init__(self) -> None:
         self.settings: settings.Settings | None = None
-        self.upstream: Interface | None = None
+        self.upstream: Interface | None = None  # None: the upstream does not exist (now)
+        self.up_link: links.Link | None = None  # the upstream as netlink last described it
         self.downstream: dict[Interface, settings.Name] = {}
         self.filters: dict[Interface, merge.GroupFilter] = {}
         self.members: dict[str, dict[Interface, set[str]]] = {}  # group -> downstream interface -> sources
@@ -91,6 +142,9 @@ class ProxyPlugin:
         self.kernel: UpstreamMemberships | None = None
         self.reporter: Reporter | None = None  # the immediate reports upstream (None: off)
         self.errors = 0
+        self.name = "proxy"
+        self.source: str | None = None  # the configuration file, read again on SIGHUP
+        self.reloads = 0  # reloads applied
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -98,51 +152,64 @@ class ProxyPlugin:
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
         """Check the table now: a mistake stops the host at load, with the file and line."""
         self.settings = settings.read(config)
+        table = plugin_table(config, "proxy")
+        self.name, self.source = table.name, table.source
+        conf = self.settings
+        if conf.upstream_listed and isinstance(conf.upstream, str) and _find_upstream(conf.upstream) is None:
+            # the host would refuse it next, without saying that the proxy can wait for it
+            raise settings.as_error(
+                config, "upstream",
+                f"no interface named {conf.upstream!r} here, and it is in `interfaces`, which the host takes at "
+                "start; to start the proxy before its upstream exists (PPPoE at boot), leave the upstream out of "
+                "`interfaces`: the proxy then takes it itself whenever it appears",
+            )  # fmt: skip
         return PROXY_PROTOCOL_ID, PROXY_COMPONENT_ID
 
     @hookimpl
     def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
         self.start(config, mgm)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
+        mgm.spawn(self.watch_links(mgm))
 
     def start(self, config: Mapping[str, Any], mgm: PluginContext | None = None) -> None:
         """Resolve the interfaces and open the upstream membership sockets (`mgm` None: without the bus)."""
         conf = self.settings or settings.read(config)
         self.settings = conf
-        up_index = _if_index(conf.upstream, config, "upstream")
-        self.upstream = Interface(up_index, ANY)
         for i, name in enumerate(conf.downstream):
             iface = Interface(_if_index(name, config, f"downstream[{i}]"), ANY)
             self.downstream[iface] = name
             self.filters[iface] = conf.filters.get(name, merge.ALL)
-        up_name = _if_name(up_index)
-        self.kernel = UpstreamMemberships(up_name, up_index)
-        address = "an IPv4 address" if has_ipv4(up_name) else "no IPv4 address: reports leave with source 0.0.0.0"
-        immediate = "off"
-        if conf.immediate_report:
-            try:
-                self.reporter = Reporter.open(up_name, up_index, on_error=self._count_error)
-                immediate = "on"
-            except OSError as exc:  # e.g. no CAP_NET_RAW: the kernel's reports still go
-                self.errors += 1
-                log.warning("proxy: no immediate reports on %s, the raw IGMP socket was refused: %s "
-                            "(the kernel reports the joins alone)", up_name, exc.strerror)  # fmt: skip
-                immediate = "off (refused)"
-        log.info("proxy: upstream %s (if_index %d, %s); downstream %s; forwarding upstream: %s; "
-                 "immediate report of joins: %s",
-                 up_name, up_index, address,
+        found = _find_upstream(conf.upstream)
+        if found is None and conf.upstream_listed and isinstance(conf.upstream, str):
+            raise settings.as_error(config, "upstream", f"no interface named {conf.upstream!r} here")
+        upstream_text = f"{_shown(conf.upstream)} does not exist yet: nothing is joined upstream until it appears"
+        immediate = "on" if conf.immediate_report else "off"
+        if found is not None:
+            immediate = self._open_upstream(found)
+            address = "an IPv4 address" if has_ipv4(found.name) else NO_ADDRESS
+            upstream_text = f"{found.name} (if_index {found.index}, {address})"
+        log.info("proxy: upstream %s; downstream %s; forwarding upstream: %s; immediate report of joins: %s",
+                 upstream_text,
                  ", ".join(f"{_if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
                  "yes" if conf.forward_upstream else "no", immediate)  # fmt: skip
-        if mgm is not None:
-            for iface, group_filter in self.filters.items():
-                ranges = merge.boundary_ranges(group_filter)
-                if ranges:  # the manager keeps the interface out of these groups' OILs, later joins included
-                    mgm.set_boundaries(iface, ranges)
-        if mgm is not None and conf.forward_upstream:
-            # every flow gets the upstream in its OIL; creation_alert keeps those entering downstream
-            mgm.add_membership(ANY, ANY, self.upstream)
+        if mgm is None:
+            return
+        for iface, group_filter in self.filters.items():
+            ranges = merge.boundary_ranges(group_filter)
+            if ranges:  # the manager keeps the interface out of these groups' OILs, later joins included
+                mgm.set_boundaries(iface, ranges)
+        if self.upstream is not None:
+            if not conf.upstream_listed:  # the host did not take it: we do
+                mgm.spawn(self._take(mgm, self.upstream))
+            if conf.forward_upstream:
+                # every flow gets the upstream in its OIL; creation_alert keeps those entering downstream
+                mgm.add_membership(ANY, ANY, self.upstream)
 
     @hookimpl
     def mgm_stop(self, mgm: PluginContext) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop: a direct call
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.stop()
 
     def stop(self) -> None:
@@ -154,6 +221,194 @@ class ProxyPlugin:
             self.kernel.close()
             self.kernel = None
         self.joined.clear()
+
+    # --- the upstream interface going and coming back --------------------------------------------
+
+    async def watch_links(self, mgm: PluginContext) -> None:
+        """Follow the links (subscribed before the dump, so nothing falls in between) until cancelled."""
+        from pyroute2 import AsyncIPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+        logging.getLogger("pyroute2").setLevel(logging.INFO)  # it logs every message at debug
+        conf = self.settings
+        assert conf is not None
+        events = AsyncIPRoute()
+        try:
+            await events.bind(groups=RTMGRP_LINK)
+            async with AsyncIPRoute() as ipr:
+                dump = {link.index: link for link in [links.link_of(m) async for m in await ipr.link("dump")]}
+            action, link = links.reconcile(conf.upstream, self.up_link, dump)
+            if link is not None:
+                await self.on_link(mgm, action, link)
+            while True:
+                async for msg in events.get():
+                    event = str(msg.get("event"))
+                    if event in (links.NEWLINK, links.DELLINK):
+                        link = links.link_of(msg)
+                        await self.on_link(mgm, links.upstream_event(conf.upstream, self.up_link, event, link), link)
+        finally:
+            events.close()
+
+    async def on_link(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
+        """Apply what `links` decided about the upstream."""
+        if action is links.Action.GONE:
+            self.upstream_gone(mgm)
+        elif action is links.Action.BACK:
+            await self.upstream_back(mgm, link)
+        elif action in (links.Action.DOWN, links.Action.UP):
+            self.up_link = link
+            count = len(self.kernel) if self.kernel is not None else 0
+            if action is links.Action.DOWN:
+                log.warning("proxy: upstream %s (if_index %d) is down: nothing arrives on it now; the kernel keeps "
+                            "its %d upstream membership(s) and reports them again when it comes up",
+                            link.name, link.index, count)  # fmt: skip
+            else:
+                log.info("proxy: upstream %s (if_index %d) is up: the kernel reports its %d upstream "
+                         "membership(s) there again", link.name, link.index, count)  # fmt: skip
+        elif action is links.Action.RENAMED:
+            old = self.up_link.name if self.up_link is not None else "?"
+            log.warning("proxy: upstream %s (if_index %d) was renamed %s: the proxy goes on using it by if_index "
+                        "(a new interface named %s would not be taken while this one exists)",
+                        old, link.index, link.name, old)  # fmt: skip
+            self.up_link = link
+            for holder in (self.kernel, self.reporter):
+                if holder is not None:
+                    holder.ifname = link.name
+
+    def upstream_gone(self, mgm: PluginContext) -> None:
+        """The upstream interface was deleted: drop what was on it, keep what the downstream wants."""
+        assert self.settings is not None
+        old, link = self.upstream, self.up_link
+        if old is None:
+            return
+        name = link.name if link is not None else _if_name(old.if_index)
+        configured = self.settings.upstream
+        if isinstance(configured, int):
+            back = (f"it is configured by if_index, so only an interface with if_index {configured} can take its "
+                    "place, and a re-created interface gets a new index: configure the upstream by name")  # fmt: skip
+        else:
+            back = f"they are joined again when an interface named {configured} appears"
+        log.warning("proxy: upstream %s (if_index %d) was deleted: its %d upstream membership(s) went with it and "
+                    "the flows coming in on it stop; the %d group(s) wanted downstream are kept: %s",
+                    name, old.if_index, len(self.joined), len(self.members), back)  # fmt: skip
+        self._close_upstream()  # the kernel dropped the memberships with the device: only the sockets are left
+        mgm.release_interface(old)  # the manager deletes the MFEs coming in on it and our (*,*) there
+
+    async def upstream_back(self, mgm: PluginContext, link: links.Link) -> None:
+        """An interface the configuration names as the upstream appeared: take it and join everything again."""
+        assert self.settings is not None
+        iface = Interface(link.index, ANY)
+        if not await self._take(mgm, iface):
+            return
+        self._open_upstream(link)
+        for group in sorted(self.members):
+            self.sync(group)
+        if self.settings.forward_upstream:
+            mgm.add_membership(ANY, ANY, iface)
+        log.info("proxy: upstream %s is back (if_index %d): %d group(s) joined upstream again%s",
+                 link.name, link.index, len(self.joined),
+                 "" if has_ipv4(link.name) else f" ({NO_ADDRESS} until it has one)")  # fmt: skip
+
+    async def _take(self, mgm: PluginContext, iface: Interface) -> bool:
+        """Own the upstream in the manager; False (logged) where refused."""
+        try:
+            await mgm.take_interface(iface)
+        except (MgmError, TimeoutError) as exc:
+            log.error("proxy: the manager refused the upstream %s (if_index %d): %s; nothing is joined upstream "
+                      "(the proxy tries again at the interface's next link change, or restart it)",
+                      _if_name(iface.if_index), iface.if_index, exc)  # fmt: skip
+            if self.upstream == iface:
+                self._close_upstream()
+            return False
+        return True
+
+    def _close_upstream(self) -> None:
+        """Forget the upstream: close its sockets; the downstream memberships stay for the next one."""
+        if self.reporter is not None:
+            self.reporter.close()
+            self.reporter = None
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
+        self.joined.clear()
+        self.upstream = None
+        self.up_link = None
+
+    def _open_upstream(self, link: links.Link) -> str:
+        """Open the membership sockets and the reporter on `link`; what the start line says of immediate reports."""
+        assert self.settings is not None
+        self.upstream = Interface(link.index, ANY)
+        self.up_link = link
+        self.kernel = UpstreamMemberships(link.name, link.index)
+        return self._open_reporter() if self.settings.immediate_report else "off"
+
+    def _open_reporter(self) -> str:
+        assert self.kernel is not None
+        try:
+            self.reporter = Reporter.open(self.kernel.ifname, self.kernel.if_index, on_error=self._count_error)
+        except OSError as exc:  # e.g. no CAP_NET_RAW: the kernel's reports still go
+            self.errors += 1
+            log.warning("proxy: no immediate reports on %s, the raw IGMP socket was refused: %s "
+                        "(the kernel reports the joins alone)", self.kernel.ifname, exc.strerror)  # fmt: skip
+            return "off (refused)"
+        return "on"
+
+    # --- SIGHUP: reading the configuration again ---------------------------------------------------
+
+    def on_sighup(self, mgm: PluginContext) -> None:
+        log.info("proxy: SIGHUP: reading %s again", self.source)
+        self.reload(mgm)
+
+    def reload(self, mgm: PluginContext) -> bool:
+        """Read the file again and apply the difference; False (settings in force kept) where it is refused."""
+        old = self.settings
+        assert old is not None
+        if self.source is None or self.source.startswith("<"):
+            log.error("proxy: reload refused: the configuration did not come from a file (%s)", self.source)
+            return False
+        try:
+            config = load(self.source)
+            new = settings.parse(config, self.name)
+        except ConfigError as exc:
+            log.error("proxy: reload refused, the settings in force stay: %s", exc)
+            return False
+        plan = plan_reload(old, new, self.name)
+        if plan.refused:
+            for refusal in plan.refused:
+                error = config.error(refusal.key, refusal.message)
+                log.error("proxy: reload refused, the settings in force stay: %s", error)
+            return False
+        changed = self.apply(mgm, new, plan)
+        self.reloads += 1
+        log.info("proxy: reloaded %s: %s; %d group(s) changed upstream", self.source, plan.summary(), changed)
+        return True
+
+    def apply(self, mgm: PluginContext, new: settings.Settings, plan: ReloadPlan) -> int:
+        """Put `new` in force (as `plan` says it differs); the number of groups whose upstream membership changed."""
+        self.settings = new
+        by_name = {name: iface for iface, name in self.downstream.items()}
+        for name, group_filter in plan.filters.items():
+            iface = by_name[name]
+            self.filters[iface] = group_filter
+            mgm.set_boundaries(iface, merge.boundary_ranges(group_filter))  # an empty list lifts them
+        if plan.forward_upstream is not None and self.upstream is not None:
+            if plan.forward_upstream:
+                mgm.add_membership(ANY, ANY, self.upstream)
+            else:
+                mgm.delete_membership(ANY, ANY, self.upstream)
+        if plan.immediate_report is not None and self.kernel is not None:
+            if plan.immediate_report and self.reporter is None:
+                self._open_reporter()
+            elif not plan.immediate_report and self.reporter is not None:
+                self.reporter.close()
+                self.reporter = None
+        changed = 0
+        if plan.filters:
+            for group in sorted(set(self.members) | set(self.joined)):
+                before = self.joined.get(group)
+                self.sync(group)
+                changed += self.joined.get(group) != before
+        return changed
 
     # --- downstream memberships -----------------------------------------------------------------
 
@@ -214,8 +469,9 @@ class ProxyPlugin:
             self.joined.pop(group, None)
         else:
             self.joined[group] = held
-        if self.reporter is not None and held != old:
-            self.reporter.change(group, old, held)  # what the kernel holds: a refused join is not reported
+        if self.reporter is not None and held != old and (self.up_link is None or self.up_link.up):
+            # what the kernel holds: a refused join is not reported; on a link down the kernel reports at link up
+            self.reporter.change(group, old, held)
 
     def _held(self, group: str) -> merge.Upstream | None:
         """What the kernel sockets hold for `group` now (a refused join is not held)."""
@@ -231,13 +487,13 @@ class ProxyPlugin:
     def mgm_creation_alert(
         self, group: str, in_interface: Interface, oil: Sequence[Interface]
     ) -> Mapping[Interface, bool] | None:
-        if self.settings is None or self.upstream is None:
+        if self.settings is None:
             return None
         verdicts = merge.creation_verdicts(
             group,
             Interface(*in_interface),
             [Interface(*i) for i in oil],
-            upstream=self.upstream,
+            upstream=self.upstream or NO_UPSTREAM,
             filters=self.filters,
             downstream=self.downstream,
             forward_upstream=self.settings.forward_upstream,

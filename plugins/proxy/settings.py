@@ -3,11 +3,17 @@
 ::
 
     [plugins.proxy]
-    interfaces = ["eth0", "eth1", "eth2"]   # exactly the upstream and the downstream ones (the host takes them)
+    interfaces = ["eth0", "eth1", "eth2"]   # the downstream ones and (optionally) the upstream: the host takes them
     upstream = "eth0"
     downstream = ["eth1", { interface = "eth2", allow = ["239.1.0.0/16"], deny = ["239.1.255.0/24"] }]
     forward_upstream = false                 # RFC 4605 allows it; off unless asked for
     immediate_report = true                  # also report a join upstream at once, not only the kernel's report
+
+``interfaces`` must list every downstream interface and nothing else but
+the upstream.  Listing the upstream there makes the host take it at start
+(and refuse to start while it does not exist); leaving it out lets the
+proxy start before it exists (PPPoE not up yet at boot) and take it itself
+whenever it appears.
 
 The upstream interface must not be one of IGMP's: the proxy is a host
 there, and the upstream querier is someone else's.  Where ``[plugins.igmp]``
@@ -38,6 +44,8 @@ class Settings:
     filters: Mapping[Name, GroupFilter] = field(default_factory=dict)
     forward_upstream: bool = False
     immediate_report: bool = True
+    upstream_listed: bool = True
+    """The upstream is in ``interfaces`` (the host takes it); else the proxy takes it when it exists."""
 
 
 def read(table: Mapping[str, Any]) -> Settings:
@@ -90,9 +98,9 @@ def parse(config: Config, name: str) -> Settings:
         downstream.append(iface)
     forward = _flag(config, prefix, table, "forward_upstream", False)
     immediate = _flag(config, prefix, table, "immediate_report", True)
-    _check_interfaces(config, name, upstream, downstream)
+    listed = _check_interfaces(config, name, upstream, downstream)
     _check_igmp(config, name, upstream, downstream)
-    return Settings(upstream, tuple(downstream), filters, forward, immediate)
+    return Settings(upstream, tuple(downstream), filters, forward, immediate, listed)
 
 
 def _flag(config: Config, prefix: str, table: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -108,22 +116,26 @@ def _name(config: Config, key: str, value: Any) -> Name:
     return value
 
 
-def _check_interfaces(config: Config, name: str, upstream: Name, downstream: list[Name]) -> None:
-    """`interfaces` (what the host takes) must be exactly the upstream and downstream interfaces."""
+def _check_interfaces(config: Config, name: str, upstream: Name, downstream: list[Name]) -> bool:
+    """`interfaces` (what the host takes): every downstream interface, the upstream or not, nothing else.
+
+    Returns whether the upstream is listed.
+    """
     plugin = config.plugin(name)
     wanted = [upstream, *downstream]
     shown = ", ".join(repr(w) if isinstance(w, str) else str(w) for w in wanted)
-    hint = f"write interfaces = [{shown}]"
+    hint = f"write interfaces = [{shown}], or leave the upstream out for the proxy to take it when it exists"
     for ref in plugin.interfaces:
         if ref.next_hop != ANY:
             raise config.error(ref.key_path, "the proxy works on whole interfaces: no next_hop")
         if ref.name_or_index not in wanted:
             raise config.error(ref.key_path, f"{ref.name_or_index!r} is neither upstream nor downstream ({hint})")
     listed = {ref.name_or_index for ref in plugin.interfaces}
-    missing = [w for w in wanted if w not in listed]
+    missing = [w for w in downstream if w not in listed]
     if missing:
         key = f"plugins.{name}.interfaces" if "interfaces" in plugin.table else f"plugins.{name}"
         raise config.error(key, f"the interfaces the proxy owns must list {missing[0]!r} too ({hint})")
+    return upstream in listed
 
 
 def _check_igmp(config: Config, name: str, upstream: Name, downstream: list[Name]) -> None:

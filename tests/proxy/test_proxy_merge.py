@@ -72,9 +72,7 @@ def test_plan_joins_before_it_drops() -> None:
 def test_filters_become_boundaries_covering_exactly_the_refused_groups() -> None:
     """The manager keeps a downstream out of OILs by boundary: the ranges must refuse what the filter does."""
     assert merge.boundary_ranges(merge.ALL) == []
-    assert merge.boundary_ranges(GroupFilter.of(deny=["239.1.0.0/16", "239.1.2.3"])) == [
-        ("239.1.0.0", "255.255.0.0")
-    ]
+    assert merge.boundary_ranges(GroupFilter.of(deny=["239.1.0.0/16", "239.1.2.3"])) == [("239.1.0.0", "255.255.0.0")]
     allow_one = GroupFilter.of(allow=["239.2.0.0/16"], deny=["239.2.9.0/24"])
     ranges = merge.boundary_ranges(allow_one)
     assert len(ranges) == 13  # 224/4 minus a /16: 12 prefixes; plus the denied /24 inside it
