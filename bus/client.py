@@ -11,10 +11,14 @@ not live when the snapshot was taken, and it syncs again.  The manager's `hb`
 (every second, and at once for a new subscriber) names the last seq of every
 stream, which reveals streams we have not met yet and losses at the tail.
 
-Receiving is a callback on the loop (add_reader on each socket's FD) that
-drains both sockets without blocking, so a burst of thousands of messages
-costs one wakeup, not one await each; callbacks (on_event, on_snapshot,
-on_new_epoch, on_manager_lost) are plain functions called from it.
+Receiving is a callback on the loop per socket (add_reader on its FD) that
+drains it without blocking, so a burst of thousands of messages costs one
+wakeup, not one await each; callbacks (on_event, on_snapshot, on_new_epoch,
+on_manager_lost) are plain functions called from it.  ZeroMQ's FD is
+edge-like: it fires again only after the socket's pending commands were
+processed, which every recv, every EVENTS read and also every send does.  So
+a drain reads until zmq.Again, and a send that finds a reply waiting
+(EVENTS) queues a drain itself.
 """
 
 from __future__ import annotations
@@ -190,8 +194,10 @@ class Client:
         sub.connect(self.events)
         loop = asyncio.get_running_loop()
         self._last_hb = time.monotonic()
-        loop.add_reader(dealer.FD, self._drain)
-        loop.add_reader(sub.FD, self._drain)
+        loop.add_reader(dealer.FD, self._drain_dealer)
+        loop.add_reader(sub.FD, self._drain_sub)
+        loop.call_soon(self._drain_sub)  # connecting processed commands too: look once
+        self._drain_soon(loop)
         self._tasks = [loop.create_task(self._timers())]
 
     async def _first_ping(self) -> dict[str, Any]:
@@ -266,10 +272,7 @@ class Client:
             except zmq.Again:  # our queue towards the manager is full: keep order, send when there is room
                 self._outbox.append(payload)
                 self._spawn(self._flush_outbox())
-        if not self._drain_scheduled:
-            # A send may consume the FD's edge of a reply that arrived meanwhile: look once this turn.
-            self._drain_scheduled = True
-            loop.call_soon(self._drain)
+            self._after_send(loop)
         if op not in BUS_OPS:
             self._last_sent = time.monotonic()
         elif op == "ping":
@@ -472,29 +475,43 @@ class Client:
     # --- I/O ------------------------------------------------------------------
 
     async def _flush_outbox(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._outbox and self._d is not None:
             try:
                 self._d.send_multipart((b"", self._outbox[0]), zmq.NOBLOCK)
             except zmq.Again:
                 await asyncio.sleep(0.005)
                 continue
+            finally:
+                self._after_send(loop)
             self._outbox.popleft()
 
-    def _drain(self) -> None:
-        """Read everything queued on both sockets (an add_reader callback, also scheduled after sends)."""
+    def _after_send(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A send processes the DEALER's commands and may take the FD's edge of a reply that came meanwhile:
+        ask EVENTS (cheaper than a pass of the loop) and drain when one is waiting."""
+        if not self._drain_scheduled and self._d is not None and readable(self._d):
+            self._drain_soon(loop)
+
+    def _drain_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain_scheduled = True
+        loop.call_soon(self._drain_dealer)
+
+    def _drain_dealer(self) -> None:
+        """Read the replies queued on the DEALER (its add_reader callback, also queued after a send)."""
         self._drain_scheduled = False
-        d, s = self._d, self._s
-        if d is None or s is None or self._closed:
+        d = self._d
+        if d is None or self._closed:
             return
-        while True:
-            more = self._drain_replies(d) | self._drain_events(s)
-            if more:  # a long burst: let other tasks run, then continue
-                self._drain_scheduled = True
-                asyncio.get_running_loop().call_soon(self._drain)
-                return
-            # Reading EVENTS re-arms the FD; callbacks above may have sent and consumed its edge.
-            if not (readable(d) or readable(s)):
-                return
+        if self._drain_replies(d):  # a long burst: let other tasks run, then continue
+            self._drain_soon(asyncio.get_running_loop())
+
+    def _drain_sub(self) -> None:
+        """Read the events queued on the SUB (its add_reader callback); nothing else reads or sends on it."""
+        s = self._s
+        if s is None or self._closed:
+            return
+        if self._drain_events(s):
+            asyncio.get_running_loop().call_soon(self._drain_sub)
 
     def _drain_replies(self, d: zmq.Socket[bytes]) -> bool:
         pending = self._pending
