@@ -54,6 +54,15 @@ class GroupFilter:
             return False
         return not self.allow or any(address in net for net in self.allow)
 
+    def describe(self) -> str:
+        """The filter as the logs show it: "allow P...; deny P...", or "every group"."""
+        parts = []
+        if self.allow:
+            parts.append("allow " + " ".join(map(str, self.allow)))
+        if self.deny:
+            parts.append("deny " + " ".join(map(str, self.deny)))
+        return "; ".join(parts) or "every group"
+
     @classmethod
     def of(cls, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> GroupFilter:
         """From prefix strings ("239.1.0.0/16", or an address for one group); ValueError if one is bad."""

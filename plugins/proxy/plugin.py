@@ -394,6 +394,9 @@ class ProxyPlugin:
         if plan.forward_upstream is not None and self.upstream is not None:
             if plan.forward_upstream:
                 mgm.add_membership(ANY, ANY, self.upstream)
+                log.warning("proxy: forward_upstream on: the flows that already exist go upstream too, whatever "
+                            "interface they came in on, until they expire (the manager asks no creation alert "
+                            "for an existing flow); new flows go upstream only from downstream")  # fmt: skip
             else:
                 mgm.delete_membership(ANY, ANY, self.upstream)
         if plan.immediate_report is not None and self.kernel is not None:
@@ -510,9 +513,4 @@ class ProxyPlugin:
 
     def _filter_text(self, iface: Interface) -> str:
         f = self.filters.get(iface, merge.ALL)
-        parts = []
-        if f.allow:
-            parts.append("allow " + " ".join(map(str, f.allow)))
-        if f.deny:
-            parts.append("deny " + " ".join(map(str, f.deny)))
-        return f" ({'; '.join(parts)})" if parts else ""
+        return "" if f == merge.ALL else f" ({f.describe()})"

@@ -44,7 +44,7 @@ class ReloadPlan:
         return not self.filters and self.forward_upstream is None and self.immediate_report is None
 
     def summary(self) -> str:
-        parts = [f"filter of {_shown(name)} changed" for name in self.filters]
+        parts = [f"filter of {_shown(name)} now {f.describe()}" for name, f in self.filters.items()]
         if self.forward_upstream is not None:
             parts.append(f"forward_upstream {'on' if self.forward_upstream else 'off'}")
         if self.immediate_report is not None:
