@@ -59,17 +59,21 @@ def proxy_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
             if m["protocol_id"] == PROXY_PROTOCOL_ID}  # fmt: skip
 
 
-def sniffer_on(snd: Namespace, ifname: str, name: str) -> NsProcess:
-    sniffer = snd.spawn(sniff_reports, ifname, name=name)
-    wait_until(lambda: '"ready"' in sniffer.log(), WAIT, f"the upstream sniffer {name}")
-    return sniffer
+def upstream_link(snd: Namespace, rtr: Namespace, sniffer_name: str) -> NsProcess:
+    """The veth snd eth0 <-> rtr r1 (again), a sniffer on eth0 ready before r1 comes up, then a sender of G.
 
-
-def upstream_link(topology: Topology, snd: Namespace, rtr: Namespace) -> None:  # noqa: F811
-    """The veth snd eth0 <-> rtr r1 (again), the sender's route for multicast and a sender of G on it."""
-    topology.link(snd, rtr, f"{SRC}/24", f"{UP_RTR}/24", a_if="eth0", b_if="r1")
+    The router's kernel reports its memberships the moment r1 comes up (the
+    proxy may have joined while r1 was down), so the sniffer must listen
+    before that.  The namespaces' teardown deletes the veth.
+    """
+    snd.ip("link", "add", "eth0", "type", "veth", "peer", "name", "r1", "netns", rtr.name)
+    snd.sh(f"ip addr add {SRC}/24 dev eth0\nip link set dev eth0 up\n")
     snd.multicast_route("eth0")
+    sniffer = snd.spawn(sniff_reports, "eth0", name=sniffer_name)
+    wait_until(lambda: '"ready"' in sniffer.log(), WAIT, f"the upstream sniffer {sniffer_name}")
+    rtr.sh(f"echo 0 > /proc/sys/net/ipv4/conf/r1/rp_filter\nip addr add {UP_RTR}/24 dev r1\nip link set dev r1 up\n")
     snd.spawn(send_udp, G, P, SENDS, interval=0.01, source=SRC, name="send-g")
+    return sniffer
 
 
 def logged(up: NsProcess, pattern: str) -> Any:
@@ -78,9 +82,8 @@ def logged(up: NsProcess, pattern: str) -> Any:
 
 def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(topology: Topology) -> None:  # noqa: F811
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
-    upstream_link(topology, snd, rtr)
-    topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24")
-    first = sniffer_on(snd, "eth0", "sniff-first")
+    first = upstream_link(snd, rtr, "sniff-first")
+    topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
     up = start_router(
         topology,
         rtr,
@@ -122,10 +125,9 @@ forward_upstream = true
     assert ("0.0.0.0", G, rtr.if_index("r2")) in igmp_members(manager)  # the receiver is still known downstream
 
     # created again under the same name: a new if_index, taken, joined, forwarded
-    upstream_link(topology, snd, rtr)
+    second = upstream_link(snd, rtr, "sniff-second")
     new = rtr.if_index("r1")
     assert new != old, "the kernel gave the re-created interface its old if_index"
-    second = sniffer_on(snd, "eth0", "sniff-second")
     wait_until(lambda: owners(manager).get(new) == PROXY_PROTOCOL_ID, WAIT, f"the proxy to own if_index {new}")
     wait_until(lambda: logged(up, rf"upstream r1 is back \(if_index {new}\): 1 group\(s\) joined upstream again"),
                WAIT, "the proxy to log r1 back")  # fmt: skip
@@ -162,8 +164,7 @@ downstream = ["r2"]
     rx.wait_joined()
     wait_until(lambda: ("0.0.0.0", G, rtr.if_index("r2")) in igmp_members(manager), WAIT, "IGMP's membership")
 
-    upstream_link(topology, snd, rtr)
-    sniffer = sniffer_on(snd, "eth0", "sniff")
+    sniffer = upstream_link(snd, rtr, "sniff")
     r1 = rtr.if_index("r1")
     wait_until(lambda: owners(manager).get(r1) == PROXY_PROTOCOL_ID, WAIT, f"the proxy to own r1 ({r1})")
     wait_until(lambda: G in rtr.call(upstream_memberships, "r1")["groups"], WAIT, f"{G} joined upstream")
