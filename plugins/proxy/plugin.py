@@ -145,6 +145,7 @@ class ProxyPlugin:
         self.name = "proxy"
         self.source: str | None = None  # the configuration file, read again on SIGHUP
         self.reloads = 0  # reloads applied
+        self.stopped = False  # mgm_stop ran: a link event still in flight must not open sockets again
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -213,6 +214,7 @@ class ProxyPlugin:
         self.stop()
 
     def stop(self) -> None:
+        self.stopped = True
         if self.reporter is not None:
             self.reporter.close()
             self.reporter = None
@@ -251,6 +253,8 @@ class ProxyPlugin:
 
     async def on_link(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
         """Apply what `links` decided about the upstream."""
+        if self.stopped:
+            return
         if action is links.Action.GONE:
             self.upstream_gone(mgm)
         elif action is links.Action.BACK:
@@ -298,7 +302,7 @@ class ProxyPlugin:
         """An interface the configuration names as the upstream appeared: take it and join everything again."""
         assert self.settings is not None
         iface = Interface(link.index, ANY)
-        if not await self._take(mgm, iface):
+        if not await self._take(mgm, iface) or self.stopped:
             return
         self._open_upstream(link)
         for group in sorted(self.members):

@@ -212,3 +212,12 @@ def test_an_upstream_left_out_of_interfaces_may_not_exist_yet(caplog: pytest.Log
     assert f"proxy: upstream {MISSING} does not exist yet" in caplog.text
     proxy.local(True, ANY, G1, Interface(1))  # remembered for when it appears
     assert proxy.members == {G1: {Interface(1): {ANY}}}
+
+
+def test_a_link_event_after_mgm_stop_opens_nothing(fakes: dict[str, list[Any]]) -> None:
+    proxy = running_proxy()
+    mgm = FakeContext()
+    asyncio.run(proxy.on_link(mgm, Action.GONE, UP))
+    proxy.stop()  # the host cancels the watcher after mgm_stop; an event may still be handled in between
+    asyncio.run(proxy.on_link(mgm, Action.BACK, Link(12, "ppp0", True)))
+    assert len(fakes["kernels"]) == 1 and proxy.kernel is None and mgm.calls == [("release", Interface(5))]
