@@ -8,6 +8,13 @@ outgoing VIF), and on it the kernel reports what it cannot decide alone
 (upcalls: a packet of an unknown (S,G), a packet on the wrong VIF).  When
 the socket closes the kernel removes every VIF and MFC entry it added.
 
+VIFs and entries added through another raw IGMP socket of a process with
+CAP_NET_ADMIN are *static* instead (VIFF_STATIC, MFC_STATIC): they outlive
+the routing socket, forward nothing while no routing socket is open, and
+forward again from the next MRT_INIT on, with nothing added again.  A
+forwarder that crashes and is restarted therefore loses only the time
+without a routing socket (`MrouteSocket` with ``static=True``).
+
 Everything here is synchronous and small; the struct layouts are those of
 the 64-bit and 32-bit Linux ABIs (native alignment, checked by the tests).
 """
@@ -48,6 +55,10 @@ MAXVIFS = 32
 VIFF_TUNNEL = 0x1
 VIFF_REGISTER = 0x4
 VIFF_USE_IFINDEX = 0x8
+VIFF_STATIC = 0x8000
+"""Set by the kernel on a VIF added from a socket other than the routing socket (shown in /proc/net/ip_mr_vif)."""
+RT_TABLE_DEFAULT = 253
+"""The multicast routing table of a socket without MRT_TABLE, the only one /proc/net/ip_mr_* show."""
 
 IGMPMSG_NOCACHE = 1
 IGMPMSG_WRONGVIF = 2
@@ -193,6 +204,18 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+DROP_ALL_FILTER = [(_BPF_RET_K, 0, 0, 0)]
+"""For the socket that only adds static entries: the IGMP packets a raw socket receives are never read."""
+
+
+def _raw_igmp_socket() -> socket.socket:
+    try:
+        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    except PermissionError as exc:
+        raise MrouteError(exc.errno, "cannot open a raw IGMP socket: multicast routing needs root "
+                                     "(or CAP_NET_RAW and CAP_NET_ADMIN)") from exc  # fmt: skip
+
+
 # --- the socket ---------------------------------------------------------------------------------
 
 
@@ -206,17 +229,22 @@ class MrouteSocket:
     incoming one, at most one per entry every 3 s), ``"oil"`` (MRT_ASSERT:
     only packets on a VIF of the output list, the PIM assert case) or
     ``"none"``.
+
+    With `static`, VIFs and entries are added through a second raw IGMP
+    socket, so the kernel keeps them when this process goes away, however
+    it goes (see the module doc): the owner removes them itself on a clean
+    stop, and a successor finds them in /proc/net/ip_mr_vif and ip_mr_cache.
     """
 
-    def __init__(self, *, table: int | None = None, wrong_vif: str = "all", upcall_filter: bool = True) -> None:
+    def __init__(self, *, table: int | None = None, wrong_vif: str = "all", upcall_filter: bool = True,
+                 static: bool = False) -> None:  # fmt: skip
         if wrong_vif not in ("all", "oil", "none"):
             raise ValueError(f"wrong_vif must be all, oil or none, not {wrong_vif!r}")
         self.table = table
-        try:
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
-        except PermissionError as exc:
-            raise MrouteError(exc.errno, "cannot open a raw IGMP socket: multicast routing needs root "
-                                         "(or CAP_NET_RAW and CAP_NET_ADMIN)") from exc  # fmt: skip
+        self.static = static
+        self.sock = _raw_igmp_socket()
+        self.ctl = self.sock
+        """The socket VIFs and entries are added through: the routing socket itself unless `static`."""
         try:
             if table is not None:
                 self.sock.setsockopt(socket.IPPROTO_IP, MRT_TABLE, struct.pack("@I", table))
@@ -228,7 +256,14 @@ class MrouteSocket:
             elif wrong_vif == "oil":
                 self.sock.setsockopt(socket.IPPROTO_IP, MRT_ASSERT, 1)
             self.sock.setblocking(False)
+            if static:
+                self.ctl = _raw_igmp_socket()
+                _attach_filter(self.ctl, DROP_ALL_FILTER)
+                if table is not None:
+                    self.ctl.setsockopt(socket.IPPROTO_IP, MRT_TABLE, struct.pack("@I", table))
         except BaseException:
+            if self.ctl is not self.sock:
+                self.ctl.close()
             self.sock.close()
             raise
         self.closed = False
@@ -258,7 +293,7 @@ class MrouteSocket:
         return self.sock.fileno()
 
     def close(self) -> None:
-        """MRT_DONE and close: the kernel removes this socket's VIFs and MFC entries."""
+        """MRT_DONE and close: the kernel removes this socket's VIFs and MFC entries (static ones stay)."""
         if self.closed:
             return
         self.closed = True
@@ -267,6 +302,8 @@ class MrouteSocket:
         except OSError as exc:
             log.warning("MRT_DONE failed (the socket closes anyway): %s", exc)
         self.sock.close()
+        if self.ctl is not self.sock:
+            self.ctl.close()
 
     def __enter__(self) -> MrouteSocket:
         return self
@@ -293,7 +330,7 @@ class MrouteSocket:
 
     def _setsockopt(self, option: int, data: bytes, what: str) -> None:
         try:
-            self.sock.setsockopt(socket.IPPROTO_IP, option, data)
+            self.ctl.setsockopt(socket.IPPROTO_IP, option, data)
         except OSError as exc:
             raise MrouteError(exc.errno, f"{what}: {exc.strerror}") from exc
 
@@ -345,7 +382,7 @@ class MrouteSocket:
 
 @dataclass(frozen=True, slots=True)
 class ProcVif:
-    """One line of /proc/net/ip_mr_vif."""
+    """One line of /proc/net/ip_mr_vif; `local` is the if_index for a VIFF_USE_IFINDEX VIF (else an address)."""
 
     vif: int
     name: str
@@ -354,6 +391,7 @@ class ProcVif:
     out_bytes: int
     out_packets: int
     flags: int
+    local: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +424,8 @@ def parse_ip_mr_vif(text: str) -> list[ProcVif]:
     out = []
     for line in text.splitlines()[1:]:
         f = line.split()
-        out.append(ProcVif(int(f[0]), f[1], int(f[2]), int(f[3]), int(f[4]), int(f[5]), int(f[6], 16)))
+        local = int(f[7], 16) if len(f) > 7 else 0
+        out.append(ProcVif(int(f[0]), f[1], int(f[2]), int(f[3]), int(f[4]), int(f[5]), int(f[6], 16), local))
     return out
 
 

@@ -12,7 +12,7 @@ import errno
 from dataclasses import dataclass
 
 import pytest
-from mroute_agent import Agent, AgentError
+from mroute_agent import Agent, AgentError, proc_tables
 from netns import Link, Namespace, Receiver, Topology, send_udp, wait_until
 
 from mgm.plugins.forwarder import mroute
@@ -132,3 +132,28 @@ def test_a_second_mrt_init_names_the_likely_cause(net: Net) -> None:
     message = str(info.value)
     assert "MRT_INIT" in message and "pimd" in message and "smcroute" in message and "igmpproxy" in message
     first.call("add_vif", vif=0, if_index=net.r1)  # the first one is unaffected
+
+
+def test_static_entries_outlive_the_routing_socket_and_forward_again_at_the_next_mrt_init(net: Net) -> None:
+    first = Agent.start(net.router, static=True)
+    _vifs(first, net)
+    first.call("add_mfc", source=SENDER, group="239.1.1.8", parent=0, oifs={1: 1})
+    rx = _join(net, "239.1.1.8", 6005)
+    net.sender.call(send_udp, "239.1.1.8", 6005, 2, interval=0)
+    rx.wait_count(2)
+    first.stdin.close()  # the agent closes its routing socket (MRT_DONE) and exits
+    first.proc.popen.wait(10)
+    tables = net.router.call(proc_tables)  # no process holds the routing socket now
+    assert [(v["vif"], v["name"], v["flags"]) for v in tables["vif"]] == [
+        (0, "r1", mroute.VIFF_USE_IFINDEX | mroute.VIFF_STATIC),
+        (1, "r2", mroute.VIFF_USE_IFINDEX | mroute.VIFF_STATIC),
+    ]
+    assert [(m["group"], m["parent"], m["oifs"]) for m in tables["mfc"]] == [("239.1.1.8", 0, {"1": 1})]
+    second = Agent.start(net.router, static=True)  # MRT_INIT only: nothing added
+    net.sender.call(send_udp, "239.1.1.8", 6005, 3, interval=0)
+    assert rx.wait_count(5) == 5
+    assert second.call("sg_count", source=SENDER, group="239.1.1.8")["packets"] == 5
+    second.call("del_mfc", source=SENDER, group="239.1.1.8")
+    second.call("del_vif", vif=0)
+    second.call("del_vif", vif=1)
+    assert second.call("proc") == {"vif": [], "mfc": []}
