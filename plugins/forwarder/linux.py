@@ -7,6 +7,13 @@ mgmbus forwards through it.  Upcalls are read from the event loop
 through netlink (pyroute2): a dump at start, then link and address events;
 a VIF is added when an owned interface's link appears and forgotten when
 it goes away (the kernel removes the VIF with the link).
+
+VIFs and entries are static (added through a second socket, see `mroute`):
+when this process dies they stay in the kernel, and forward again as soon
+as the next forwarder has done MRT_INIT, which it does first of all and then
+adopts them from /proc (`adopt_from_proc`).  A clean stop removes them.  In
+a routing table other than the default one /proc shows nothing, so there
+the entries belong to the routing socket and go with it, as before.
 """
 
 from __future__ import annotations
@@ -14,10 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mgm.plugins.forwarder.mirror import Dataplane, Link
-from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
+from mgm.plugins.forwarder.mirror import Dataplane, Link, Mirror
+from mgm.plugins.forwarder.mroute import (
+    RT_TABLE_DEFAULT,
+    MrouteError,
+    MrouteSocket,
+    read_ip_mr_cache,
+    read_ip_mr_vif,
+)
 from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
 
 if TYPE_CHECKING:
@@ -25,6 +39,27 @@ if TYPE_CHECKING:
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
+
+
+PROC_VIF = Path("/proc/net/ip_mr_vif")
+PROC_MFC = Path("/proc/net/ip_mr_cache")
+
+
+def adopt_from_proc(mirror: Mirror, vif_path: Path = PROC_VIF, mfc_path: Path = PROC_MFC) -> bool:
+    """Give `mirror` the VIFs and entries the kernel holds (a crashed predecessor's); False if /proc is unreadable.
+
+    Read after MRT_INIT, when only static entries can be left: the kernel
+    flushed those of any earlier routing socket when it closed.
+    """
+    try:
+        vifs, entries = read_ip_mr_vif(vif_path), read_ip_mr_cache(mfc_path)
+    except (OSError, ValueError, IndexError) as exc:
+        mirror.log.error("cannot read what the kernel forwards (%s, %s): %r; VIFs and entries a previous forwarder "
+                         "left are not adopted, their VIF numbers will be skipped as another process's",
+                         vif_path, mfc_path, exc)  # fmt: skip
+        return False
+    mirror.adopt(vifs, entries)
+    return True
 
 
 def link_of(msg: Any) -> Link:
@@ -47,13 +82,19 @@ class LinuxForwarder(ForwarderPlugin):
     def open_dataplane(self, settings: Settings) -> Dataplane:
         from mgm.plugins.host import PluginLoadError
 
+        static = settings.table in (None, RT_TABLE_DEFAULT)  # where /proc lets a successor adopt them
         try:
-            self.sock = MrouteSocket(table=settings.table, wrong_vif=settings.wrong_if)
+            self.sock = MrouteSocket(table=settings.table, wrong_vif=settings.wrong_if, static=static)
         except MrouteError as exc:
             raise PluginLoadError(f"forwarder cannot start: {exc}") from exc
-        self.log.info("multicast routing socket open (MRT_INIT done%s; wrong-interface upcalls: %s)",
-                      "" if settings.table is None else f", table {settings.table}", settings.wrong_if)  # fmt: skip
+        self.log.info("multicast routing socket open (MRT_INIT done%s; wrong-interface upcalls: %s; entries %s)",
+                      "" if settings.table is None else f", table {settings.table}", settings.wrong_if,
+                      "static, kept over a crash" if static else "go with the socket")  # fmt: skip
         return self.sock
+
+    def adopt_installed(self, mirror: Mirror) -> None:
+        if self.sock is not None and self.sock.static:
+            adopt_from_proc(mirror)
 
     def start_io(self, mgm: PluginContext) -> None:
         assert self.sock is not None
@@ -67,7 +108,7 @@ class LinuxForwarder(ForwarderPlugin):
         if self._reading:
             asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self._reading = False
-        self.sock.close()  # MRT_DONE: the kernel drops our VIFs and entries
+        self.sock.close()  # MRT_DONE (mgm_stop has withdrawn the static VIFs and entries)
 
     def _readable(self) -> None:
         assert self.sock is not None

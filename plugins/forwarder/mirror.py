@@ -15,6 +15,15 @@ flushes: entries that are right stay untouched and keep forwarding.
 The dataplane is the kernel (`mroute.MrouteSocket`) for the Linux forwarder
 and an in-memory one for the simulated forwarder; both satisfy `Dataplane`.
 
+A restarted forwarder.  The Linux forwarder's VIFs and entries are static
+(`mroute`): a forwarder that crashed leaves them in the kernel, where they
+forward again as soon as its successor has done MRT_INIT.  The successor
+`adopt`s them before it even reaches the manager: they count as installed,
+so nothing is flushed and added again while the manager is unreachable, and
+they stay untouched until the first resync, which reconciles them like any
+other (entries that are right stay, the others are updated or deleted).  A
+clean stop `withdraw`s everything, since the kernel would not.
+
 Counters.  The kernel counts per MFC entry (packets, bytes, wrong
 interface) and per VIF, but not per (entry, outgoing VIF).  The per-OIL
 ``out_packets`` we report are derived: the packets that matched the entry
@@ -38,7 +47,11 @@ from mgm.plugins.forwarder.mroute import (
     IGMPMSG_NOCACHE,
     IGMPMSG_WRONGVIF,
     MAXVIFS,
+    VIFF_STATIC,
+    VIFF_USE_IFINDEX,
     MrouteError,
+    ProcMfc,
+    ProcVif,
     SgCount,
     Upcall,
     VifCount,
@@ -116,7 +129,80 @@ class Mirror:
         self.stale: set[SgKey] = set()  # installed, unknown to the manager, deletion deferred
         self.kept_vifs: set[int] = set()  # if_indexes whose VIF outlives a manager restart until the grace ends
         self.foreign_vifs: set[int] = set()  # VIF numbers in use by another process
+        self.adopted: set[SgKey] = set()  # taken over from a previous forwarder, untouched until the first resync
+        self.resynced = False
         self._warned: set[tuple[str, object]] = set()
+
+    # --- a predecessor's entries, and leaving ------------------------------------------------------------------
+
+    def adopt(self, vifs: Iterable[ProcVif], entries: Iterable[ProcMfc]) -> None:
+        """Take what a previous forwarder left in the kernel (/proc/net/ip_mr_vif and ip_mr_cache) as installed.
+
+        Ours are the VIFs added the way `_add_vif` adds them (by if_index,
+        static: flags VIFF_USE_IFINDEX | VIFF_STATIC) and the resolved
+        entries that use no other VIF; any other VIF is another process's
+        and only its number is avoided.  Until the first resync the adopted
+        VIFs stay wanted and the adopted entries are left alone (the manager's
+        picture is not known yet); the resync then reconciles them.  The
+        per-interface ``out_packets`` of an adopted entry start from its
+        whole packet count, as if its output list had never changed.
+        """
+        assert not self.resynced, "adopt before the first resync"
+        ours: dict[int, int] = {}  # if_index -> vif
+        names = []
+        for proc in sorted(vifs, key=lambda v: v.vif):
+            if proc.flags != VIFF_USE_IFINDEX | VIFF_STATIC or proc.local <= 0:
+                self.foreign_vifs.add(proc.vif)
+                self.log.info("VIF %d on %s (flags %#x) is another process's: its number is not used",
+                              proc.vif, proc.name, proc.flags)  # fmt: skip
+            elif proc.local in ours:
+                self.foreign_vifs.add(proc.vif)
+                self.log.warning("VIF %d on %s: a second VIF on if_index %d (VIF %d adopted); left alone",
+                                 proc.vif, proc.name, proc.local, ours[proc.local])  # fmt: skip
+            else:
+                ours[proc.local] = proc.vif
+                names.append(f"{proc.vif} on {proc.name}")
+        self.vifs.update(ours)
+        self.kept_vifs |= set(ours)
+        for entry in entries:
+            if not entry.resolved:
+                continue
+            key = (entry.source, entry.group)
+            used = {entry.parent, *entry.oifs}
+            if used & self.foreign_vifs:
+                self.log.info("MFC (%s, %s) uses another process's VIF(s) %s: left alone", *key,
+                              sorted(used & self.foreign_vifs))  # fmt: skip
+                continue
+            self.installed[key] = Entry(entry.parent, frozenset(entry.oifs))
+            self.counts[key] = _Counts()
+            self.adopted.add(key)
+        if ours or self.adopted:
+            self.log.info("adopted what a previous forwarder left in the kernel: %d VIF(s) (%s), %d MFC entr(ies); "
+                          "they forward as they are until the manager's picture arrives",
+                          len(ours), ", ".join(names), len(self.adopted))  # fmt: skip
+
+    def withdraw(self) -> None:
+        """Delete every entry and VIF this forwarder holds: on a clean stop (the kernel keeps static ones)."""
+        entries, vifs = len(self.installed), len(self.vifs)
+        for key in sorted(self.installed):
+            try:
+                self.dataplane.del_mfc(*key)
+            except MrouteError as exc:
+                if exc.errno != errno.ENOENT:
+                    self.log.warning("MFC (%s, %s): %s", *key, exc)
+        for if_index, vif in sorted(self.vifs.items()):
+            try:
+                self.dataplane.del_vif(vif)
+            except MrouteError as exc:
+                self.log.warning("VIF %d of %s: %s", vif, self.name(if_index), exc)
+        self.installed.clear()
+        self.counts.clear()
+        self.vifs.clear()
+        self.stale.clear()
+        self.adopted.clear()
+        self.kept_vifs = set()
+        if entries or vifs:
+            self.log.info("withdrawn: %d MFC entr(ies) and %d VIF(s) removed from the kernel", entries, vifs)
 
     # --- the manager's side ---------------------------------------------------------------------
 
@@ -140,6 +226,8 @@ class Mirror:
                 self.owners[iface] = owners
         self.mfes = {sg_of(m): m for m in state.get("mfes", [])}
         self.requested.clear()  # the kernel upcalls again for what is still unresolved
+        self.resynced = True
+        self.adopted.clear()  # reconciled below like everything else
         stale = set(self.installed) - set(self.mfes)
         self.stale = stale if defer_stale else set()
         # The new manager's first snapshot may come before the owners took their interfaces again:
@@ -194,11 +282,13 @@ class Mirror:
             self.mfes[key] = mfe
             self.requested.discard(key)
             self.stale.discard(key)
+            self.adopted.discard(key)
             self._sync_entry(key)
         elif etype == "mfe_deleted":
             key = sg_of(event["mfe"])
             self.mfes.pop(key, None)
             self.stale.discard(key)
+            self.adopted.discard(key)
             self._sync_entry(key)
         elif etype in ("interface_owned", "interface_released"):
             iface = Interface(int(event["if_index"]), str(event.get("next_hop", ANY)))
@@ -385,7 +475,7 @@ class Mirror:
 
     def _sync_all(self) -> None:
         for key in sorted(set(self.installed) | set(self.mfes)):
-            if key not in self.stale:
+            if key not in self.stale and key not in self.adopted:
                 self._sync_entry(key)
 
     def _wanted(self, key: SgKey) -> Entry | None:

@@ -110,6 +110,9 @@ class ForwarderPlugin:
     def open_dataplane(self, settings: Settings) -> Dataplane:
         raise NotImplementedError
 
+    def adopt_installed(self, mirror: Mirror) -> None:
+        """Give `mirror` what a previous forwarder left on the dataplane (nothing survives a simulated one)."""
+
     def start_io(self, mgm: PluginContext) -> None:
         """Start reading upcalls (and whatever else the dataplane needs)."""
 
@@ -120,11 +123,18 @@ class ForwarderPlugin:
 
     @hookimpl
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
-        """Check the settings and open the dataplane now, so a failure stops the host before it registers."""
+        """Check the settings and open the dataplane now, the first thing the host asks of a plugin.
+
+        A failure stops the host before it registers; and a restarted
+        forwarder's kernel entries forward again from here on, seconds
+        before the manager lets it register (a crashed predecessor's
+        registration lingers until its liveness runs out).
+        """
         self.settings = read_settings(config, self.extra_keys)
         if self.mirror is None:
             self.dataplane = self.open_dataplane(self.settings)
             self.mirror = Mirror(self.dataplane, self.log)
+            self.adopt_installed(self.mirror)
         return FORWARDER_PROTOCOL_ID, FORWARDER_COMPONENT_ID
 
     @hookimpl
@@ -140,6 +150,8 @@ class ForwarderPlugin:
     def mgm_stop(self, mgm: PluginContext) -> None:
         if self._grace is not None:
             self._grace.cancel()
+        if self.mirror is not None:
+            self.mirror.withdraw()  # a stop, not a crash: leave nothing forwarding behind
         self.stop_io()
         self.log.info("%s stopped", self.label)
 

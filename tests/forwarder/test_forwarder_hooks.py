@@ -105,6 +105,21 @@ def test_the_counters_task_reports_on_its_interval() -> None:
     asyncio.run(scenario())
 
 
+def test_a_stop_withdraws_every_vif_and_entry() -> None:
+    """The Linux forwarder's entries outlive its routing socket (static), so a clean stop removes them itself."""
+
+    async def scenario() -> None:
+        plugin, ctx = await _started()
+        plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
+        assert plugin.sim is not None and plugin.sim.vifs and plugin.sim.mfc
+        plugin.mgm_stop(mgm=ctx)  # type: ignore[arg-type]
+        assert (plugin.sim.vifs, plugin.sim.mfc) == ({}, {})
+        for task in ctx.tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("line", "key"),
     [

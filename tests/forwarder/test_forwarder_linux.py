@@ -11,6 +11,7 @@ to the manager over ipc (the filesystem is shared).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,41 @@ def test_traffic_follows_the_memberships(net: Net, manager: ManagerProc, ipc_dir
     assert stats["in_bytes"] == entry.bytes
     assert {o["if_index"]: o["out_packets"] for o in stats["oil"]} == {net.r3: 10}
 
-    # Stopping the forwarder hands the routing socket back: the kernel drops its VIFs and entries.
+    # Stopping the forwarder removes its VIFs and entries (static ones, which the kernel would keep).
     assert fwd.stop() == 0
+    assert net.vifs() == {} and net.entry() is None
+
+
+def test_a_killed_forwarders_entries_forward_again_under_its_successor_which_adopts_them(
+    net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]
+) -> None:
+    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
+    fwd = start_forwarder(net.router, manager, ipc_dir, procs)
+    _wait_vifs(net, fwd)
+    net.send(1)
+    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
+    net.rx1.wait_count(1)
+    vifs = {name: v.vif for name, v in net.vifs().items()}
+
+    fwd.send_signal(signal.SIGKILL)
+    fwd.wait(10)
+    # Static: the kernel keeps them without a routing socket (and forwards nothing until the next MRT_INIT).
+    assert {name: v.vif for name, v in net.vifs().items()} == vifs and net.out_vifs() == {"r2"}
+
+    second = start_forwarder(net.router, manager, ipc_dir, procs, name="fwd2")
+    wait_until(lambda: "adopted what a previous forwarder left in the kernel: 3 VIF(s)" in second.log(), 15,
+               "the new forwarder to adopt the kernel's VIFs and entry")  # fmt: skip
+    out = net.vifs()["r2"].out_packets
+    net.send(5)
+    net.rx1.wait_count(6)
+    wait_until(lambda: net.vifs()["r2"].out_packets >= out + 5, 10, "r2's VIF counting the 5 packets")
+    wait_until(lambda: "resync:" in second.log(), 15, "the new forwarder to register (once the old one's lapsed)")
+    assert {name: v.vif for name, v in net.vifs().items()} == vifs
+    assert f"MFC ({S}, {G}) installed" not in second.log() and f"MFC ({S}, {G}) deleted" not in second.log()
+    assert " added on " not in second.log()  # no VIF added again
+    net.send(5)
+    net.rx1.wait_count(11)
+    assert second.stop() == 0
     assert net.vifs() == {} and net.entry() is None
 
 

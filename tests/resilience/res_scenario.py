@@ -276,19 +276,43 @@ class ForwarderRestart:
     """Per receiver, packets lost while no forwarder held the routing socket."""
     gap: float
     """Seconds from the SIGKILL until both receivers get packets again."""
+    vifs_before: dict[str, int]
+    """The kernel's VIFs (interface name -> VIF number) before the kill."""
+    vifs_after: dict[str, int]
+    """The same once the restarted forwarder has had its first resync."""
+    log: str
+    """What `mgm up` logged from the restarted forwarder's start to its first resync (and a little beyond)."""
+    killed_wall: float
+    """time.time() of the SIGKILL, to place the log's timestamps (bench/restart_gaps.py)."""
 
 
 def forwarder_restart(flow: Flow) -> ForwarderRestart:
-    """SIGKILL the forwarder: the kernel drops its VIFs and MFC; the restarted one rebuilds them."""
+    """SIGKILL the forwarder: its static VIFs and entries stay in the kernel, forward again once the restarted
+    forwarder has done MRT_INIT (the first thing it does), and are adopted, then reconciled at its first resync."""
+    vifs_before = {name: v.vif for name, v in flow.stack.vifs().items()}
     since = [s + 1 for s in flow.newest()]
+    killed_wall = time.time()
     old, killed = flow.kill("forwarder")
-    # The restarted forwarder cannot register before the manager has let go of the killed one (3 s),
-    # so the kernel is seen without the VIFs in between.
-    wait_until(lambda: not flow.stack.vifs(), WAIT, "the kernel to drop the killed forwarder's VIFs")
-    flow.wait_restarted("forwarder", old)
-    base = flow.newest()
+    new = flow.wait_restarted("forwarder", old)
+    base, out = flow.newest(), flow.stack.packets_out()
     flow.wait_flowing(base, more=1)
     gap = time.monotonic() - killed
-    wait_until(flow.converged, WAIT, "the kernel's MFC rebuilt as the manager has it")
+
+    def moving() -> bool:
+        now = flow.stack.packets_out()
+        return all(now.get(name, 0) >= out.get(name, 0) + 20 for name in ("r2", "r3"))
+
+    wait_until(moving, WAIT, "the output VIFs r2 and r3 counting packets again (/proc/net/ip_mr_vif)")
+    marker = f"forwarder started (pid {new})"
+
+    def restarted_log() -> str:
+        log = flow.stack.up.log()
+        return log[log.rfind("\n", 0, log.index(marker)) + 1 :]  # from the start of the marker's line
+
+    wait_until(lambda: "[forwarder] mgm.plugins.forwarder.linux: resync:" in restarted_log(), WAIT,
+               "the restarted forwarder to register and have its first resync")  # fmt: skip
+    wait_until(flow.converged, WAIT, "the kernel's MFC as the manager has it")
     flow.wait_flowing(flow.newest(), more=20)
-    return ForwarderRestart([len(x) for x in flow.lost(since)], gap)
+    vifs_after = {name: v.vif for name, v in flow.stack.vifs().items()}
+    return ForwarderRestart([len(x) for x in flow.lost(since)], gap, vifs_before, vifs_after, restarted_log(),
+                            killed_wall)  # fmt: skip
