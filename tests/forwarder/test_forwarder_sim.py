@@ -83,7 +83,7 @@ def test_new_packet_becomes_an_mfe_and_an_entry_that_forwards(manager: ManagerPr
     assert stats["oil"][0]["out_packets"] == 10
     assert "forwarder (simulated)" in proc.log() and "mgm.plugins.forwarder.simulated" in proc.log()
     protocols = manager.request("sync", {"stream": "state"})["state"]["protocols"]
-    assert {"protocol_id": 65001, "component_id": 1, "name": "forwarder (simulated)"} in protocols
+    assert (65001, 1, "forwarder (simulated)") in {(p["protocol_id"], p["component_id"], p["name"]) for p in protocols}
 
 
 def test_membership_deleted_empties_the_entry_and_wrong_interface_reaches_the_owner(
