@@ -2,11 +2,12 @@
 
 Order: start ``mgm manager``, wait until it answers ``ping``, then start one
 ``mgm plugin NAME`` per ``[plugins.NAME]`` table.  A child that exits is
-started again after a backoff (0.5 s doubling to 30 s, back to 0.5 s once it
-has run a minute); one that exits with status 2 (a configuration or plugin
-mistake, which a restart cannot fix) is left stopped and reported.  SIGTERM
-or Ctrl-C stops the plugins first, then the manager, each with SIGTERM and,
-after a grace period, SIGKILL.
+started again after a backoff (0.1 s doubling to 30 s, back to 0.1 s once it
+has run a minute: one crash costs little, a crash loop soon waits long); one
+that exits with status 2 (a configuration or plugin mistake, which a restart
+cannot fix) is left stopped and reported.  SIGTERM or Ctrl-C stops the
+plugins first, then the manager, each with SIGTERM and, after a grace period,
+SIGKILL.
 
 Children run in their own process groups, so the terminal's Ctrl-C reaches
 only the supervisor, which then stops them in order; each child also gets
@@ -46,7 +47,8 @@ from mgm.core.logs import setup_from as setup_logging
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST = 0.5
+BACKOFF_FIRST = 0.1
+"""The first restart is prompt: e.g. a crashed forwarder's kernel entries forward again once its successor runs."""
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 """A child that ran this long before exiting starts again after BACKOFF_FIRST."""

@@ -13,7 +13,7 @@ import pytest
 from mgm_testplugins.control import Control, wait_for
 from mgm_testplugins.processes import MGM, ManagerProc, Proc, pids_gone, toml_config
 
-from mgm.plugins.supervisor import next_backoff
+from mgm.plugins.supervisor import BACKOFF_FIRST, next_backoff
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_up_refuses_a_plugin_name_nobody_installed(ipc_dir: Path, procs: list[Pr
         (0.5, 1.0, 0.5, 1.0),  # a crash right away: the delay doubles
         (8.0, 3.0, 8.0, 16.0),
         (30.0, 10.0, 30.0, 30.0),  # capped
-        (16.0, 60.0, 0.5, 1.0),  # it ran a stable minute: start over
+        (16.0, 60.0, BACKOFF_FIRST, BACKOFF_FIRST * 2),  # it ran a stable minute: start over
     ],
 )
 def test_backoff_doubles_to_a_cap_and_resets_after_a_stable_minute(
