@@ -2,8 +2,8 @@
 
 How receivers downstream become traffic from upstream:
 
-* The host takes the configured interfaces: one upstream, N downstream.
-  IGMP runs on the downstream ones too (its own ``[plugins.igmp]``), and the
+* The host takes the configured interfaces: N downstream and the upstream
+  (unless it is left out of ``interfaces``: see below).  IGMP runs on the downstream ones too (its own ``[plugins.igmp]``), and the
   manager tells us each receiver IGMP records there as a local join
   (`mgm_local_join` / `mgm_local_leave`; after a loss on our stream the host
   resyncs and delivers the difference).
@@ -73,7 +73,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
@@ -201,8 +201,8 @@ class ProxyPlugin:
             if ranges:  # the manager keeps the interface out of these groups' OILs, later joins included
                 mgm.set_boundaries(iface, ranges)
         if self.upstream is not None:
-            if not conf.upstream_listed:  # the host did not take it: we do
-                mgm.spawn(self._take(mgm, self.upstream))
+            if not conf.upstream_listed:  # the host did not take it: we do, before the (*,*) below
+                mgm.spawn(self._taken(mgm, self.upstream, mgm.take_interface(self.upstream)))
             if conf.forward_upstream:
                 # every flow gets the upstream in its OIL; creation_alert keeps those entering downstream
                 mgm.add_membership(ANY, ANY, self.upstream)
@@ -315,8 +315,12 @@ class ProxyPlugin:
 
     async def _take(self, mgm: PluginContext, iface: Interface) -> bool:
         """Own the upstream in the manager; False (logged) where refused."""
+        return await self._taken(mgm, iface, mgm.take_interface(iface))
+
+    async def _taken(self, mgm: PluginContext, iface: Interface, reply: Awaitable[Any]) -> bool:
+        """Whether the manager gave us the upstream (the request already sent); a refusal is logged."""
         try:
-            await mgm.take_interface(iface)
+            await reply
         except (MgmError, TimeoutError) as exc:
             log.error("proxy: the manager refused the upstream %s (if_index %d): %s; nothing is joined upstream "
                       "(the proxy tries again at the interface's next link change, or restart it)",

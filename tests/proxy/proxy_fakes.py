@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
 from typing import Any
 
 from mgm.bus.status import MgmError, Status
@@ -74,6 +74,11 @@ class FakeContext:
     def __init__(self, refuse_take: bool = False) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse_take = refuse_take
+        self.spawned: list[Coroutine[Any, Any, Any]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Kept for the test to run (``asyncio.run``) or close."""
+        self.spawned.append(coro)
 
     @staticmethod
     def _done(error: Exception | None = None) -> Reply:

@@ -221,3 +221,25 @@ def test_a_link_event_after_mgm_stop_opens_nothing(fakes: dict[str, list[Any]]) 
     proxy.stop()  # the host cancels the watcher after mgm_stop; an event may still be handled in between
     asyncio.run(proxy.on_link(mgm, Action.BACK, Link(12, "ppp0", True)))
     assert len(fakes["kernels"]) == 1 and proxy.kernel is None and mgm.calls == [("release", Interface(5))]
+
+
+@pytest.mark.parametrize("refused", [False, True])
+def test_an_upstream_left_out_of_interfaces_but_present_is_taken_before_its_forward_membership(
+    fakes: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, refused: bool
+) -> None:
+    monkeypatch.setattr(proxy_plugin, "_find_upstream", lambda name: Link(9, "ppp0", True))
+    proxy = proxy_plugin.ProxyPlugin()
+    conf = table('[plugins.proxy]\ninterfaces = ["lo"]\nupstream = "ppp0"\ndownstream = ["lo"]\n'
+                 "forward_upstream = true\n")  # fmt: skip
+    proxy.mgm_protocol(conf)
+    mgm = FakeContext(refuse_take=refused)
+    proxy.start(conf, mgm)
+    assert mgm.calls == [("take", Interface(9)), ("add", ANY, ANY, Interface(9))]  # in this order on the wire
+    (check,) = mgm.spawned
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(check) is not refused
+    if refused:  # nothing joined upstream on an interface the manager did not give us
+        assert proxy.upstream is None and fakes["kernels"][0].closed
+        assert "the manager refused the upstream" in caplog.text
+    else:
+        assert proxy.upstream == Interface(9) and proxy.kernel is fakes["kernels"][0]
