@@ -57,7 +57,7 @@ def templates(handle: int, victim: int) -> dict[str, dict[str, Any]]:
     return {
         "ping": {},
         "sync": {"stream": "state"},
-        "register_protocol": {"protocol_id": 300, "component_id": 1, "name": "fuzz"},
+        "register_protocol": {"protocol_id": 300, "component_id": 1, "name": "fuzz", "questions": ["rpf"]},
         "deregister_protocol": {"handle": victim},
         "take_interface_ownership": {"handle": handle, **iface},
         "release_interface_ownership": {"handle": victim, "if_index": VICTIM_IFACE, "next_hop": "0.0.0.0"},
@@ -70,6 +70,8 @@ def templates(handle: int, victim: int) -> dict[str, dict[str, Any]]:
         "get_mfe": {**sg, "stats": 1},
         "list_mfes": {"max_entries": 10, "after": sg},
         "set_mfe": {"handle": handle, **sg, "upstream_neighbor": "10.0.0.9", **iface},
+        "set_boundaries": {"handle": handle, **iface,
+                           "boundaries": [{"group": "239.1.0.0", "group_mask": "255.255.0.0"}]},
         "new_packet": {"handle": handle, **sg, **iface},
         "wrong_interface": {"handle": handle, **sg, **iface},
         "mfe_counters": {"handle": handle, "entries": [{**sg, "in_packets": 1, "in_bytes": 1, "wrong_if_packets": 0,
