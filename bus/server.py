@@ -235,6 +235,9 @@ class BusServer:
         self.now = 0.0
         self._outbox: list[tuple[bytes, bytes]] = []
         self.lost: set[bytes] = set()
+        self.xpub_sent = False
+        """Set by every send on the XPUB: it may have taken the FD's edge of a subscription, so the owner
+        asks EVENTS (`readable`) before it waits again, and clears this."""
         """Connections a reply could not reach (ROUTER_MANDATORY said the peer is gone)."""
         self.guard: Any = None
         """mgm.bus.auth.Guard (ZAP and handshake watch) while a tcp endpoint is bound."""
@@ -450,6 +453,7 @@ class BusServer:
         topic = self._topics.get(stream)
         if topic is None:
             topic = self._topics[stream] = stream.encode()
+        self.xpub_sent = True
         with contextlib.suppress(zmq.Again):  # XPUB drops at its HWM anyway; subscribers resync from seq gaps
             send_frame(self.xpub, topic, MORE)
             send_frame(self.xpub, payload, NOBLOCK)
@@ -474,6 +478,7 @@ class BusServer:
         last = dict(self.seqs)
         for s in streams:
             last.setdefault(s, 0)
+        self.xpub_sent = True
         with contextlib.suppress(zmq.Again):
             self.xpub.send_multipart((b"hb", encode_heartbeat(self.epoch, last)), zmq.NOBLOCK)
 

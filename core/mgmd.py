@@ -116,6 +116,8 @@ class Manager:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._again: asyncio.Handle | None = None
+        self._xpub_due = True
+        """The XPUB's FD fired, or a send on it may have taken the FD's edge of a subscription: read it."""
         self._next_hb = 0.0
         self._core_due: float | None = None
         self._known_ops = core_ops | BUS_OPS  # the rest are refused with 50
@@ -186,8 +188,9 @@ class Manager:
         self._core_due = None
         # ZeroMQ's FD only says "look at EVENTS"; it is edge-like, so after each turn we ask EVENTS
         # ourselves (which also re-arms the FD) instead of trusting the FD alone.
-        loop.add_reader(router.FD, self._on_ready)
-        loop.add_reader(xpub.FD, self._on_ready)
+        self._xpub_due = True
+        loop.add_reader(router.FD, self._on_router)
+        loop.add_reader(xpub.FD, self._on_xpub)
         self._again = loop.call_soon(self._on_again)  # what came before the readers, and the first hb
         try:
             await self._failed
@@ -199,8 +202,13 @@ class Manager:
                     handle.cancel()
             self._timer, self._timer_at, self._again = None, math.inf, None
 
-    def _on_ready(self) -> None:
-        if self._again is None:  # else the queued turn drains both sockets anyway
+    def _on_router(self) -> None:
+        if self._again is None:  # else the queued turn drains it anyway
+            self._run_turn()
+
+    def _on_xpub(self) -> None:
+        self._xpub_due = True
+        if self._again is None:
             self._run_turn()
 
     def _on_timer(self) -> None:
@@ -228,7 +236,11 @@ class Manager:
         assert router is not None and xpub is not None
         now = self.clock()
         self._serve_batch(now)
-        if server.drain_subscriptions() or self._new_stream:
+        fresh = False
+        if self._xpub_due:  # a turn that did not touch the XPUB since need not read it
+            self._xpub_due = False
+            fresh = server.drain_subscriptions()
+        if fresh or self._new_stream:
             # a newcomer learns at once that its subscription is live, a new client's
             # follower that its stream exists
             self._new_stream = False
@@ -246,7 +258,11 @@ class Manager:
         self._core_due = core_due = self._next_deadline()
         wake = min(self._next_hb, now + MAX_SLEEP, core_due if core_due is not None else math.inf)
         loop = asyncio.get_running_loop()
-        if wake <= now or readable(router) or readable(xpub):
+        if server.xpub_sent:
+            server.xpub_sent = False
+            if readable(xpub):
+                self._xpub_due = True
+        if wake <= now or self._xpub_due or readable(router):
             self._again = loop.call_soon(self._on_again)
         elif wake < self._timer_at:  # else the timer comes earlier than needed, and sets itself again then
             if self._timer is not None:
