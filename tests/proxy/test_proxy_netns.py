@@ -81,28 +81,57 @@ def sniff_reports(ifname: str) -> None:
                                   "sources": sources}), flush=True)  # fmt: skip
 
 
+PROBE_GROUP, PROBE_SOURCE = "232.255.255.254", "192.0.2.254"
+"""A source membership `upstream_memberships` holds while it reads /proc/net/mcfilter (see there)."""
+
+
 def upstream_memberships(ifname: str) -> dict[str, Any]:
-    """{"groups": {group: users}, "sources": [[group, source], ...]} of `ifname`, from /proc/net/igmp and mcfilter."""
+    """{"groups": {group: users}, "sources": [[group, source], ...]} of `ifname`, from /proc/net/igmp and mcfilter.
+
+    /proc/net/mcfilter lists a device's source lists only when the group the
+    device joined last has one (checked on Linux 6: the kernel's iterator
+    looks at the head of the device's group list only), so a (*,G) joined
+    after an (S,G) hides every source of that device.  A source membership
+    of our own, joined just before reading, is that head; it is left out of
+    the result (and the kernel reports it upstream: tests filter reports by
+    group).
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    try:
+        request = struct.pack("=I4x", socket.if_nametoindex(ifname))
+        request += _sockaddr_in(PROBE_GROUP) + _sockaddr_in(PROBE_SOURCE)
+        probe.setsockopt(socket.IPPROTO_IP, 46, request)  # MCAST_JOIN_SOURCE_GROUP
+        with open("/proc/net/igmp") as f:
+            igmp = f.read()
+        with open("/proc/net/mcfilter") as f:
+            mcfilter = f.read()
+    finally:
+        probe.close()
     groups: dict[str, int] = {}
     device = None
-    with open("/proc/net/igmp") as f:
-        for line in f.read().splitlines()[1:]:
-            if not line.startswith("\t"):
-                device = line.split()[1]
-                continue
-            if device != ifname:
-                continue
-            fields = line.split()
-            groups[socket.inet_ntoa(bytes.fromhex(fields[0])[::-1])] = int(fields[1])
+    for line in igmp.splitlines()[1:]:
+        if not line.startswith("\t"):
+            device = line.split()[1]
+            continue
+        if device != ifname:
+            continue
+        fields = line.split()
+        groups[socket.inet_ntoa(bytes.fromhex(fields[0])[::-1])] = int(fields[1])
+    groups.pop(PROBE_GROUP, None)
     sources = []
-    with open("/proc/net/mcfilter") as f:
-        for line in f.read().splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 4 and fields[1] == ifname:
-                sources.append(
-                    [socket.inet_ntoa(bytes.fromhex(fields[2][2:])), socket.inet_ntoa(bytes.fromhex(fields[3][2:]))]
-                )
+    for line in mcfilter.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == ifname:
+            pair = [socket.inet_ntoa(bytes.fromhex(fields[2][2:])), socket.inet_ntoa(bytes.fromhex(fields[3][2:]))]
+            if pair != [PROBE_GROUP, PROBE_SOURCE]:
+                sources.append(pair)
     return {"groups": groups, "sources": sources}
+
+
+def _sockaddr_in(address: str) -> bytes:
+    """A struct sockaddr_storage holding an IPv4 address (for group_source_req)."""
+    head = struct.pack("=H2x4s", socket.AF_INET, socket.inet_aton(address))
+    return head + bytes(128 - len(head))
 
 
 def pool_in_namespace(ifname: str, groups: int, sources: int) -> dict[str, Any]:
