@@ -3,10 +3,11 @@
 How receivers downstream become traffic from upstream:
 
 * The host takes the configured interfaces: N downstream and the upstream
-  (unless it is left out of ``interfaces``: see below).  IGMP runs on the downstream ones too (its own ``[plugins.igmp]``), and the
-  manager tells us each receiver IGMP records there as a local join
-  (`mgm_local_join` / `mgm_local_leave`; after a loss on our stream the host
-  resyncs and delivers the difference).
+  (unless it is left out of ``interfaces``: see below).  IGMP runs on the
+  downstream ones too (its own ``[plugins.igmp]``), and the manager tells us
+  each receiver IGMP records there as a local join (`mgm_local_join` /
+  `mgm_local_leave`; after a loss on our stream the host resyncs and
+  delivers the difference).
 * Per group, the downstream memberships the interfaces' filters allow are
   merged (`merge.upstream_membership`): (*,G) anywhere wins, else the union
   of the sources; never a link-local group.  The result is joined on the
@@ -236,9 +237,14 @@ class ProxyPlugin:
         assert conf is not None
         events = AsyncIPRoute()
         try:
-            await events.bind(groups=RTMGRP_LINK)
-            async with AsyncIPRoute() as ipr:
-                dump = {link.index: link for link in [links.link_of(m) async for m in await ipr.link("dump")]}
+            try:
+                await events.bind(groups=RTMGRP_LINK)
+                async with AsyncIPRoute() as ipr:
+                    dump = {link.index: link for link in [links.link_of(m) async for m in await ipr.link("dump")]}
+            except OSError as exc:
+                log.error("proxy: cannot watch the links (netlink: %s): an upstream deleted and created again "
+                          "will not be followed until the proxy restarts", exc)  # fmt: skip
+                return
             action, link = links.reconcile(conf.upstream, self.up_link, dump)
             if link is not None:
                 await self.on_link(mgm, action, link)
