@@ -84,7 +84,7 @@ from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.proxy import links, merge, settings
 from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
-from mgm.plugins.proxy.upstream import UpstreamError, UpstreamMemberships
+from mgm.plugins.proxy.upstream import UpstreamMemberships
 
 if TYPE_CHECKING:
     from mgm.plugins.context import PluginContext
@@ -247,15 +247,24 @@ class ProxyPlugin:
                 return
             action, link = links.reconcile(conf.upstream, self.up_link, dump)
             if link is not None:
-                await self.on_link(mgm, action, link)
+                await self._on_link_logged(mgm, action, link)
             while True:
                 async for msg in events.get():
                     event = str(msg.get("event"))
                     if event in (links.NEWLINK, links.DELLINK):
                         link = links.link_of(msg)
-                        await self.on_link(mgm, links.upstream_event(conf.upstream, self.up_link, event, link), link)
+                        action = links.upstream_event(conf.upstream, self.up_link, event, link)
+                        await self._on_link_logged(mgm, action, link)
         finally:
             events.close()
+
+    async def _on_link_logged(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
+        """`on_link`, a failure logged: the watcher must outlive one bad event."""
+        try:
+            await self.on_link(mgm, action, link)
+        except Exception:
+            self.errors += 1
+            log.exception("proxy: handling %s of %s (if_index %d) failed", action.value, link.name, link.index)
 
     async def on_link(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
         """Apply what `links` decided about the upstream."""
@@ -315,9 +324,12 @@ class ProxyPlugin:
             self.sync(group)
         if self.settings.forward_upstream:
             mgm.add_membership(ANY, ANY, iface)
+        try:
+            address = "" if has_ipv4(link.name) else f" ({NO_ADDRESS} until it has one)"
+        except OSError:  # gone again already: its RTM_DELLINK follows
+            address = ""
         log.info("proxy: upstream %s is back (if_index %d): %d group(s) joined upstream again%s",
-                 link.name, link.index, len(self.joined),
-                 "" if has_ipv4(link.name) else f" ({NO_ADDRESS} until it has one)")  # fmt: skip
+                 link.name, link.index, len(self.joined), address)  # fmt: skip
 
     async def _take(self, mgm: PluginContext, iface: Interface) -> bool:
         """Own the upstream in the manager; False (logged) where refused."""
@@ -476,7 +488,7 @@ class ProxyPlugin:
                     self.kernel.join(op.group, op.source)
                 else:
                     self.kernel.leave(op.group, op.source)
-            except UpstreamError as exc:
+            except OSError as exc:  # UpstreamError, or the interface gone before its RTM_DELLINK reached us
                 self.errors += 1
                 log.error("proxy: upstream %s refused: %s", what, exc)
                 continue

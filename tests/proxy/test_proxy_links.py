@@ -243,3 +243,32 @@ def test_an_upstream_left_out_of_interfaces_but_present_is_taken_before_its_forw
         assert "the manager refused the upstream" in caplog.text
     else:
         assert proxy.upstream == Interface(9) and proxy.kernel is fakes["kernels"][0]
+
+
+def test_a_join_on_an_upstream_deleted_before_its_event_arrived_is_logged_not_raised(
+    fakes: dict[str, list[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = running_proxy()
+
+    def gone(group: str, source: str | None) -> None:
+        raise OSError(19, "No such device")  # SO_BINDTODEVICE on a new socket of the pool
+
+    proxy.kernel.join = gone
+    with caplog.at_level(logging.ERROR):
+        proxy.local(True, ANY, G3, Interface(2))
+    assert proxy.errors == 1 and G3 in proxy.members and G3 not in proxy.joined  # joined again when it is back
+    assert f"upstream (*,{G3}) refused: [Errno 19] No such device" in caplog.text
+
+
+def test_the_link_watcher_outlives_a_failing_event(
+    fakes: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = running_proxy()
+
+    async def broken(mgm: Any, action: Action, link: Link) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(proxy, "on_link", broken)
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(proxy._on_link_logged(FakeContext(), Action.BACK, Link(12, "ppp0", True)))
+    assert proxy.errors == 1 and "handling back of ppp0 (if_index 12) failed" in caplog.text
