@@ -166,16 +166,17 @@ def creation_verdicts(
 ) -> dict[K, bool]:
     """Which of our interfaces in a new MFE's OIL may forward `group` (keys as given).
 
-    A downstream interface forwards flows entering on the upstream or
-    another downstream interface (RFC 4605 section 4.2); flows entering on
-    another protocol's interface are that protocol's business, not the
-    proxy's receivers' (they get theirs through the upstream).  The groups
-    a downstream filter refuses never get here: they are the interface's
-    boundaries in the manager (`boundary_ranges`), which also hold for
-    receivers joining after the MFE exists.  The upstream interface forwards
-    only where configured (`forward_upstream`), only traffic that came in on
-    one of our downstream interfaces and whose group that interface's
-    filter permits, and never a link-local group.
+    Only the upstream interface is ever disabled.  It forwards only where
+    configured (`forward_upstream`), only traffic that came in on one of our
+    downstream interfaces and whose group that interface's filter permits,
+    and never a link-local group.  A downstream interface forwards whatever
+    its receivers joined, wherever the flow enters (the upstream, another
+    downstream interface as RFC 4605 section 4.2 asks, or another
+    protocol's interface: the MFE has one incoming interface, so a veto
+    there would leave those receivers without the flow at all); the groups
+    its filter refuses never get here, they are its boundaries in the
+    manager (`boundary_ranges`).  So without ``forward_upstream`` nothing
+    is ever disabled and the proxy is not asked (`ProxyPlugin.questions`).
     """
     ours = set(downstream)
     verdicts: dict[K, bool] = {}
@@ -187,8 +188,6 @@ def creation_verdicts(
                 and not is_link_local(group)
                 and filters.get(in_interface, ALL).permits(group)
             )
-        elif iface in ours:
-            verdicts[iface] = in_interface == upstream or in_interface in ours
         else:
             verdicts[iface] = True
     return verdicts

@@ -21,12 +21,12 @@ How receivers downstream become traffic from upstream:
   incoming interface is the upstream, whatever the source's subnet (no
   subnet filter): the plugin has no `mgm_rpf`, so the manager keeps the
   interface it proposes without asking (one round trip less before the
-  first packet is forwarded), and builds the OIL from
-  IGMP's memberships; in `mgm_creation_alert` we disable downstream
-  interfaces for flows entering on another protocol's interface (the
-  proxy's receivers get their traffic through the upstream, RFC 4605
-  section 4.2), and the upstream interface unless ``forward_upstream`` is
-  set.
+  first packet is forwarded), and builds the OIL from IGMP's memberships
+  (downstream receivers get a group's flow wherever it enters, as RFC 4605
+  section 4.2 asks for flows from other downstream interfaces).  Without
+  ``forward_upstream`` the proxy is asked no question at all (`questions`
+  is empty), so the MFE is made within the forwarder's one round trip to
+  the manager.
 * A downstream interface's allow/deny filter is its boundaries in the
   manager (`merge.boundary_ranges`, set in `mgm_start`): the manager keeps
   the interface out of every OIL of a refused group, also for receivers
@@ -36,8 +36,8 @@ How receivers downstream become traffic from upstream:
   interface refuses it.
 * ``forward_upstream = true`` (RFC 4605 section 4.2) adds a (*,*) membership
   on the upstream interface, so flows from downstream sources also go up;
-  `mgm_creation_alert` keeps that to flows entering on our downstream
-  interfaces.
+  `mgm_creation_alert`, asked only then, keeps that to flows entering on
+  our downstream interfaces (whose filter permits the group).
 
 The upstream going and coming back (PPPoE, VLANs; `links`): a netlink
 watcher (pyroute2, ``RTMGRP_LINK``, on the host's loop) follows the links.
@@ -64,7 +64,9 @@ filters (the downstream interfaces' boundaries in the manager, and the
 upstream membership of every group whose merge changed, joins before
 drops), ``forward_upstream`` and ``immediate_report`` are applied; a change
 of the upstream or of the set of downstream interfaces refuses the whole
-reload (restart the proxy to change its interfaces).
+reload (restart the proxy to change its interfaces), and so does turning
+``forward_upstream`` on in a proxy started without it (it registered
+answering no creation alert).
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class ProxyPlugin:
 
     def __init__(self) -> None:
         self.settings: settings.Settings | None = None
+        self.questions: frozenset[str] = frozenset({"creation_alert"})
+        """The questions the host declares for us at registration (narrowed by `mgm_protocol`)."""
         self.upstream: Interface | None = None  # None: the upstream does not exist (now)
         self.up_link: links.Link | None = None  # the upstream as netlink last described it
         self.downstream: dict[Interface, settings.Name] = {}
@@ -154,6 +158,10 @@ class ProxyPlugin:
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
         """Check the table now: a mistake stops the host at load, with the file and line."""
         self.settings = settings.read(config)
+        # Without forward_upstream no creation alert could disable anything: the manager need not ask,
+        # and a new flow's MFE is made in the forwarder's one round trip.  (The host reads this once,
+        # at registration: a reload cannot turn forward_upstream on later.)
+        self.questions = frozenset({"creation_alert"}) if self.settings.forward_upstream else frozenset()
         table = plugin_table(config, "proxy")
         self.name, self.source = table.name, table.source
         conf = self.settings
@@ -398,7 +406,7 @@ class ProxyPlugin:
         except ConfigError as exc:
             log.error("proxy: reload refused, the settings in force stay: %s", exc)
             return False
-        plan = plan_reload(old, new, self.name)
+        plan = plan_reload(old, new, self.name, creation_alerts="creation_alert" in self.questions)
         if plan.refused:
             for refusal in plan.refused:
                 error = config.error(refusal.key, refusal.message)

@@ -52,10 +52,19 @@ class ReloadPlan:
         return "; ".join(parts) or "nothing changed"
 
 
-def plan_reload(old: Settings, new: Settings, name: str = "proxy") -> ReloadPlan:
-    """What to apply to go from `old` to `new`; `refused` non-empty when the reload must not apply at all."""
+def plan_reload(old: Settings, new: Settings, name: str = "proxy", *, creation_alerts: bool = True) -> ReloadPlan:
+    """What to apply to go from `old` to `new`; `refused` non-empty when the reload must not apply at all.
+
+    `creation_alerts`: whether the manager asks this proxy creation alerts (it registered with
+    ``forward_upstream`` on); without them ``forward_upstream`` cannot be turned on by a reload.
+    """
     refused: list[Refusal] = []
     prefix = f"plugins.{name}"
+    if new.forward_upstream and not old.forward_upstream and not creation_alerts:
+        refused.append(Refusal(f"{prefix}.forward_upstream",
+                               "turning forward_upstream on needs a restart of the proxy: it started without it, "
+                               "so it told the manager it answers no creation alert, and those keep the flows "
+                               "of other protocols' interfaces out of the upstream"))  # fmt: skip
     if new.upstream != old.upstream:
         refused.append(Refusal(f"{prefix}.upstream",
                                f"the upstream changed from {_shown(old.upstream)} to {_shown(new.upstream)}: "

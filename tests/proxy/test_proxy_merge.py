@@ -84,7 +84,7 @@ def test_filters_become_boundaries_covering_exactly_the_refused_groups() -> None
     assert merge.boundary_ranges(GroupFilter.of(allow=["224.0.0.0/4"])) == []
 
 
-def test_creation_alert_keeps_other_protocols_flows_and_the_upstream_out() -> None:
+def test_creation_alert_disables_only_the_upstream() -> None:
     filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
 
     def creation_verdicts(group: str, in_if: str, oil: list[str], *, forward_upstream: bool) -> dict[str, bool]:
@@ -104,11 +104,12 @@ def test_creation_alert_keeps_other_protocols_flows_and_the_upstream_out() -> No
     assert got == {"eth0": False}  # not from one of our downstream interfaces
     got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True)
     assert got == {"eth0": False}
-    # downstream to downstream is allowed (RFC 4605 4.2); from another protocol's interface it is not
+    # downstream to downstream is allowed (RFC 4605 4.2), and so are flows entering on another protocol's
+    # interface: the MFE has that one incoming interface, a veto would keep its receivers from the flow
     got = creation_verdicts("239.2.0.1", "eth2", ["eth1"], forward_upstream=False)
     assert got == {"eth1": True}
-    got = creation_verdicts("239.2.0.1", "eth7", ["eth1"], forward_upstream=False)
-    assert got == {"eth1": False}
+    got = creation_verdicts("239.2.0.1", "eth7", ["eth1", "eth8"], forward_upstream=False)
+    assert got == {"eth1": True, "eth8": True}
 
 
 # --- settings ------------------------------------------------------------------------------------

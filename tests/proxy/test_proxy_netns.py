@@ -449,18 +449,23 @@ routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
     try:
         receivers[("hrx1", GP)].wait_count(10, timeout=WAIT)
         receivers[("hrx2", GS)].wait_count(10, timeout=WAIT)
+        # a receiver behind the proxy gets static's flow too: the flow has one incoming interface (r3), and
+        # the proxy vetoes nothing (without forward_upstream it is asked no question)
+        receivers[("hrx1", GS)].wait_count(10, timeout=WAIT)
     except TimeoutError:
         raise AssertionError(f"the proxy and static did not both forward:\n{topology.logs()}") from None
     assert up.alive()
     wait_until(lambda: joins_seen(sniffer, GP), WAIT, f"the proxy's report for {GP} upstream")
     assert {r["source"] for r in joins_seen(sniffer, GP)} == {"0.0.0.0"}
     assert receivers[("hrx2", GP)].count() == 0  # r4 is static's, which has no route for GP
-    assert receivers[("hrx1", GS)].count() == 0  # the proxy's r2 is not in static's route
     manager = probe(topology)
     mfe_p = manager.request("get_mfe", {"source": "10.69.0.2", "group": GP})["mfe"]
     assert (mfe_p["in_if_index"], mfe_p["in_protocol_id"]) == (rtr.if_index("r1"), 65002), mfe_p
     mfe_s = manager.request("get_mfe", {"source": SRC_S, "group": GS})["mfe"]
     assert (mfe_s["in_if_index"], mfe_s["in_protocol_id"]) == (rtr.if_index("r3"), 10006), mfe_s
+    assert {o["if_index"] for o in mfe_s["oil"]} == {rtr.if_index("r2"), rtr.if_index("r4")}, mfe_s
+    protocols = manager.request("sync", {"stream": "state"})["state"]["protocols"]
+    assert {p["name"]: p["questions"] for p in protocols}["proxy"] == []  # so its flows need no question
 
 
 def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topology) -> None:  # noqa: F811

@@ -74,9 +74,19 @@ def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
     Receivers want GA and GB on lo, so only GA is joined upstream.
     """
+    return make_proxy(tmp_path, monkeypatch, forward="false")
+
+
+@pytest.fixture
+def forwarding_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The same, started with forward_upstream on (so it answers creation alerts)."""
+    return make_proxy(tmp_path, monkeypatch, forward="true")
+
+
+def make_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forward: str) -> Any:
     monkeypatch.setattr(proxy_plugin.Reporter, "open", staticmethod(lambda n, i, on_error=None: FakeReporter(n, i)))
     path = tmp_path / "router.toml"
-    write(path)
+    write(path, forward=forward)
     proxy = proxy_plugin.ProxyPlugin()
     table = load(path).plugin("proxy").table
     proxy.mgm_protocol(table)
@@ -114,18 +124,35 @@ def test_a_source_list_and_star_g_on_one_group_change_joins_before_drops(proxy: 
     assert ("join", "239.2.9.9", None) in proxy.kernel.ops and ("join", "239.2.9.9", "10.0.0.1") not in proxy.kernel.ops
 
 
-def test_forward_upstream_and_immediate_report_follow_the_file(proxy: Any) -> None:
+def test_forward_upstream_and_immediate_report_follow_the_file(forwarding_proxy: Any) -> None:
+    proxy = forwarding_proxy
+    assert proxy.questions == {"creation_alert"}
     mgm = FakeContext()
     reporter = proxy.reporter
-    write(proxy.path, forward="true", immediate="false")
+    write(proxy.path, forward="false", immediate="false")
     assert proxy.reload(mgm)
-    assert mgm.calls == [("add", ANY, ANY, Interface(9))]
+    assert mgm.calls == [("delete", ANY, ANY, Interface(9))]
     assert reporter.closed and proxy.reporter is None
-    write(proxy.path, forward="false", immediate="true")
+    write(proxy.path, forward="true", immediate="true")  # still asked creation alerts: it may come back
     assert proxy.reload(mgm)
-    assert mgm.calls[1:] == [("delete", ANY, ANY, Interface(9))]
+    assert mgm.calls[1:] == [("add", ANY, ANY, Interface(9))]
     assert isinstance(proxy.reporter, FakeReporter) and not proxy.reporter.closed
     assert proxy.kernel.ops == [("join", GA, None)]  # no filter changed: no membership moved
+
+
+def test_forward_upstream_cannot_be_turned_on_in_a_proxy_started_without_it(
+    proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It registered answering no creation alert, and those are what keep other flows out of the upstream."""
+    assert proxy.questions == frozenset()
+    write(proxy.path, forward="true", immediate="false")
+    mgm = FakeContext()
+    with caplog.at_level(logging.ERROR):
+        assert not proxy.reload(mgm)
+    assert f"{proxy.path}:5: plugins.proxy.forward_upstream: turning forward_upstream on needs a restart" in (
+        caplog.text
+    )
+    assert mgm.calls == [] and not proxy.settings.forward_upstream and proxy.reporter is not None
 
 
 def test_a_broken_file_is_logged_with_its_line_and_the_settings_in_force_stay(
@@ -154,10 +181,13 @@ def test_an_interface_change_is_refused_naming_the_key_and_line(proxy: Any, capl
     assert mgm.calls == [] and set(proxy.kernel.where) == {(GA, None)}  # the filter change did not apply either
 
 
-def test_a_reload_while_the_upstream_is_gone_applies_when_it_comes_back(proxy: Any) -> None:
+def test_a_reload_while_the_upstream_is_gone_applies_when_it_comes_back(forwarding_proxy: Any) -> None:
+    proxy = forwarding_proxy
     mgm = FakeContext()
+    write(proxy.path, forward="false")
+    assert proxy.reload(mgm)
     proxy.upstream_gone(mgm)
     write(proxy.path, forward="true")
     assert proxy.reload(mgm)
-    assert mgm.calls == [("release", Interface(9))]  # no upstream: nothing to add the (*,*) on yet
+    assert mgm.calls == [("delete", ANY, ANY, Interface(9)), ("release", Interface(9))]  # nothing to add it on
     assert proxy.settings.forward_upstream  # upstream_back adds it (test_proxy_links)
