@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import json
 import re
 import tomllib
@@ -64,6 +65,20 @@ log_level = "info"
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFF_MULTICAST = 0x1000
+
+MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+
+
+def multicast_prefix(text: str) -> ipaddress.IPv4Network:
+    """A group prefix from a configuration ("239.1.0.0/16", or an address for one group): the one parser
+    every plugin's group lists use; ValueError with a sentence saying what is wrong."""
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an IPv4 prefix like 239.1.0.0/16 ({exc})") from None
+    if not net.subnet_of(MULTICAST):
+        raise ValueError(f"{text!r} is not inside 224.0.0.0/4 (multicast groups)")
+    return net
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from mgm.core.config import multicast_prefix
 from mgm.core.types import ANY, Interface
 from mgm.plugins.igmp import packet
 from mgm.plugins.igmp.packet import (
@@ -73,7 +74,6 @@ from mgm.plugins.igmp.packet import (
     Unknown,
     V3Report,
 )
-from mgm.plugins.proxy.merge import parse_prefix
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _prefixes(config: Mapping[str, Any], key: str, default: list[str]) -> tuple[
             raise ParameterError(where, f'must be a multicast prefix written as a string like "232.0.0.0/8", '
                                         f"not {item!r}")  # fmt: skip
         try:
-            out.append(parse_prefix(item))
+            out.append(multicast_prefix(item))
         except ValueError as exc:
             raise ParameterError(where, str(exc)) from None
     return tuple(out)

@@ -22,10 +22,10 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
+from mgm.core.config import MULTICAST, multicast_prefix
 from mgm.core.types import ANY
 
 LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
-MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 
 ASM = "asm"
 """The upstream membership of a group some downstream wants from every source: (*,G)."""
@@ -66,7 +66,7 @@ class GroupFilter:
     @classmethod
     def of(cls, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> GroupFilter:
         """From prefix strings ("239.1.0.0/16", or an address for one group); ValueError if one is bad."""
-        return cls(tuple(parse_prefix(p) for p in allow), tuple(parse_prefix(p) for p in deny))
+        return cls(tuple(multicast_prefix(p) for p in allow), tuple(multicast_prefix(p) for p in deny))
 
 
 ALL = GroupFilter()
@@ -94,17 +94,6 @@ def _without(net: ipaddress.IPv4Network, hole: ipaddress.IPv4Network) -> list[ip
     if net.subnet_of(hole):
         return []
     return [net]
-
-
-def parse_prefix(text: str) -> ipaddress.IPv4Network:
-    """A multicast prefix; ValueError with a sentence saying what is wrong."""
-    try:
-        net = ipaddress.IPv4Network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not an IPv4 prefix like 239.1.0.0/16 ({exc})") from None
-    if not net.subnet_of(MULTICAST):
-        raise ValueError(f"{text!r} is not inside 224.0.0.0/4 (multicast groups)")
-    return net
 
 
 def upstream_membership(
