@@ -137,6 +137,7 @@ def mgm_receiver(api: str, events: str) -> None:
         print("ready", flush=True)
         await done.wait()
         print(json.dumps(got), flush=True)
+        client.heartbeat_handle = None
         await client.close()
 
     asyncio.run(main())
@@ -294,6 +295,7 @@ async def measure(a: argparse.Namespace, d: str) -> dict[str, list[float]]:
         return out
     finally:
         if client is not None:
+            client.heartbeat_handle = None  # no heartbeat in flight when it closes (it would be logged as failed)
             await client.close()
         for p in reversed(procs):
             _kill(p)
