@@ -123,7 +123,7 @@ def test_a_repeated_id_gets_the_first_reply_and_is_applied_once(manager: Any, ct
     assert call(sock, 41, "register_protocol", args) == first
     state = call(sock, 43, "sync", {"stream": "state"})["result"]["state"]
     assert [p for p in state["protocols"] if p["protocol_id"] == 200] == [
-        {"protocol_id": 200, "component_id": 1, "name": "replayed"}
+        {"protocol_id": 200, "component_id": 1, "name": "replayed", "questions": ["creation_alert", "rpf"]}
     ]
     other = dealer(ctx, manager.api, b"replay-test-2")  # ids are per connection
     assert call(other, 41, "register_protocol", args)["status"] == 183
@@ -218,8 +218,8 @@ def test_sync_pages_a_large_state_from_a_frozen_snapshot(manager: Any, ctx: zmq.
     groups = [m["group"] for p in pages for m in p["memberships"]]
     assert len(groups) == n and len(set(groups)) == n
     assert membership(handle, n)["group"] not in groups
-    assert [p["protocols"] for p in pages if p["protocols"]] == [[{"protocol_id": 10, "component_id": 1,
-                                                                    "name": ""}]]
+    igmp = {"protocol_id": 10, "component_id": 1, "name": "", "questions": ["creation_alert", "rpf"]}
+    assert [p["protocols"] for p in pages if p["protocols"]] == [[igmp]]
     assert call(sock, "done", "sync", {"stream": "state", "cursor": cursor})["status"] == 1168  # used up
 
     async def via_client() -> tuple[int, int, dict[str, Any]]:
