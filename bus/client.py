@@ -257,12 +257,8 @@ class Client:
         loop = asyncio.get_running_loop()
         req_id = next(_REQUEST_IDS)
         payload = encode_request(req_id, op, args if args is not None else {})
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[req_id] = (fut, op, timeout)
-        deadline = loop.time() + timeout
-        heapq.heappush(self._deadlines, (deadline, req_id))
-        if deadline < self._expiry_at:
-            self._schedule_expiry(loop, deadline)
+        # Sent before the bookkeeping: a reply is read only by a callback of the loop, after this
+        # returns, so making the future and the deadline need not delay the request.
         if self._outbox:
             self._outbox.append(payload)
         else:
@@ -273,6 +269,12 @@ class Client:
                 self._outbox.append(payload)
                 self._spawn(self._flush_outbox())
             self._after_send(loop)
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[req_id] = (fut, op, timeout)
+        deadline = loop.time() + timeout
+        heapq.heappush(self._deadlines, (deadline, req_id))
+        if deadline < self._expiry_at:
+            self._schedule_expiry(loop, deadline)
         if op not in BUS_OPS:
             self._last_sent = time.monotonic()
         elif op == "ping":
