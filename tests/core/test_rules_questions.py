@@ -26,7 +26,16 @@ def core() -> Core:
 @pytest.fixture
 def clients(core: Core) -> tuple[Proto, Proto, Proto]:
     """pim owns 1 (towards S) and 2, dvmrp owns 4, each with a (*,G) member downstream."""
-    pim, dvmrp, fwd = core.register(PIM), core.register(DVMRP), core.register(FWD)
+    return declared(core, None, None)
+
+
+def declared(
+    core: Core, pim_questions: list[str] | None, dvmrp_questions: list[str] | None
+) -> tuple[Proto, Proto, Proto]:
+    """The `clients` topology, pim and dvmrp registered answering the given questions (None: all)."""
+    pim = core.register(PIM, questions=pim_questions)
+    dvmrp = core.register(DVMRP, questions=dvmrp_questions)
+    fwd = core.register(FWD)
     pim.take(1)
     pim.take(2)
     dvmrp.take(4)
@@ -243,21 +252,6 @@ def test_open_enumerations_are_bounded(core: Core) -> None:
 
 
 # --- questions a client says it answers ([ours]: RRAS skips a callback registered as NULL) ----------
-
-
-def declared(core: Core, pim_questions: list[str], dvmrp_questions: list[str]) -> tuple[Proto, Proto, Proto]:
-    """The `clients` topology, with pim and dvmrp registered answering only the given questions."""
-    pim = core.register(PIM, questions=pim_questions)
-    dvmrp = core.register(DVMRP, questions=dvmrp_questions)
-    fwd = core.register(FWD)
-    pim.take(1)
-    pim.take(2)
-    dvmrp.take(4)
-    pim.join(ANY, G, 2)
-    dvmrp.join(ANY, G, 4)
-    core.routes[S] = Interface(1)
-    core.drop()
-    return pim, dvmrp, fwd
 
 
 def test_nobody_answering_creates_the_mfe_within_the_request(core: Core) -> None:

@@ -42,7 +42,7 @@ class FakeKernel:
 class FakeReporter:
     """Records the changes the plugin would report upstream at once."""
 
-    def __init__(self, ifname: str, if_index: int) -> None:
+    def __init__(self, ifname: str = "up0", if_index: int = 1) -> None:
         self.ifname = ifname
         self.if_index = if_index
         self.changes: list[tuple[str, Any, Any]] = []

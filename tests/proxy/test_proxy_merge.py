@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 import pytest
+from proxy_fakes import FakeKernel
 
 from mgm.core.config import ConfigError, loads
 from mgm.plugins.proxy import merge, settings
@@ -173,33 +174,6 @@ def test_is_link_local() -> None:
 
 
 # --- the plugin's bookkeeping, with a kernel stand-in ---------------------------------------------
-
-
-class FakeKernel:
-    """Records the operations the plugin sends to the upstream sockets; refuses the groups in `refuse`."""
-
-    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
-        self.where: dict[tuple[str, str | None], None] = {}
-        self.ops: list[tuple[str, str, str | None]] = []
-        self.refuse = refuse
-
-    def join(self, group: str, source: str | None) -> None:
-        from mgm.plugins.proxy.upstream import UpstreamError
-
-        if group in self.refuse:
-            raise UpstreamError(105, "no buffer space")
-        self.where[(group, source)] = None
-        self.ops.append(("join", group, source))
-
-    def leave(self, group: str, source: str | None) -> None:
-        del self.where[(group, source)]
-        self.ops.append(("leave", group, source))
-
-    def __len__(self) -> int:
-        return len(self.where)
-
-    def close(self) -> None:
-        self.where.clear()
 
 
 def proxy_with(kernel: FakeKernel, **filters: GroupFilter) -> Any:

@@ -276,25 +276,14 @@ def test_multicast_mac() -> None:
 # --- the plugin reports what the kernel holds ------------------------------------------------------------
 
 
-class RecordingReporter:
-    def __init__(self) -> None:
-        self.changes: list[tuple[str, Any, Any]] = []
-        self.closed = False
-
-    def change(self, group: str, old: Any, new: Any) -> None:
-        self.changes.append((group, old, new))
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def test_the_plugin_reports_the_held_change_and_never_a_refused_join() -> None:
-    from test_proxy_merge import FakeKernel, proxy_with
+    from proxy_fakes import FakeKernel, FakeReporter
+    from test_proxy_merge import proxy_with
 
     from mgm.core.types import Interface
 
     proxy = proxy_with(FakeKernel(refuse=frozenset({"239.9.9.9"})))
-    rec = RecordingReporter()
+    rec = FakeReporter()
     proxy.reporter = rec
     d1 = Interface(2)
     proxy.local(True, S1, G, d1)
