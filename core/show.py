@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -243,7 +244,7 @@ def interfaces_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]]
             k = (o.get("if_index"), o.get("next_hop"))
             mfes_out[k] = mfes_out.get(k, 0) + 1
     entries = list(state.get("interfaces", []))
-    table = _table("INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT")
+    table = _table("INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT", "BOUNDARIES")
     for i in entries:
         k = (i.get("if_index"), i.get("next_hop"))
         owner = i.get("owner")
@@ -254,8 +255,22 @@ def interfaces_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]]
             str(members.get(k, 0)),
             str(mfes_in.get(k, 0)),
             str(mfes_out.get(k, 0)),
+            _boundaries_text(i.get("boundaries") or []),
         )
     return table, entries, f"{len(entries)} interface(s)"
+
+
+def _boundaries_text(boundaries: list[dict[str, Any]]) -> str:
+    """The group ranges kept off an interface, as prefixes (the first two and a count past that; --json has all)."""
+    prefixes = []
+    for b in boundaries:
+        try:
+            prefixes.append(str(ipaddress.IPv4Network(f"{b['group']}/{b['group_mask']}")))
+        except (KeyError, ValueError):
+            prefixes.append("?")
+    if len(prefixes) > 2:
+        return f"{','.join(prefixes[:2])},+{len(prefixes) - 2}"
+    return ",".join(prefixes) or "-"
 
 
 def _membership_order(m: dict[str, Any]) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ the one-line answer when no manager is there.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
@@ -93,11 +94,11 @@ def test_show_tables_and_json(manager: ManagerProc, start_plugin: StartPlugin, s
     ]
 
     out = ok(show("interfaces"))
-    assert header(out) == ["INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT"]
+    assert header(out) == ["INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT", "BOUNDARIES"]
     assert rows(out) == [
-        [f"{LO}(lo)", "100/1 test-routing-a", "yes", "3", "0", "2"],
-        [str(FAR), "100/1 test-routing-a", "no", "0", "2", "0"],
-        [str(FAR + 1), "10/1 test-igmp", "yes", "1", "0", "2"],
+        [f"{LO}(lo)", "100/1 test-routing-a", "yes", "3", "0", "2", "-"],
+        [str(FAR), "100/1 test-routing-a", "no", "0", "2", "0", "-"],
+        [str(FAR + 1), "10/1 test-igmp", "yes", "1", "0", "2", "-"],
     ]
     doc = as_json(show("interfaces", "--json"))
     assert [(i["if_index"], i["owner"], i["igmp"]) for i in doc["entries"]] == [
@@ -215,3 +216,25 @@ def test_show_sees_changes(manager: ManagerProc, start_plugin: StartPlugin, show
     ctl(igmp).call("release", if_index=FAR)
     assert as_json(show("groups", "--json"))["entries"] == []
     assert as_json(show("interfaces", "--json"))["entries"] == []
+
+
+def test_the_interfaces_table_shows_boundaries_as_prefixes() -> None:
+    """Each interface's boundaries (from any owner) as prefixes, the first two and a count past that."""
+    from mgm.core.show import interfaces_table
+
+    def ranges(*prefixes: str) -> list[dict[str, Any]]:
+        out = []
+        for p in prefixes:
+            net = ipaddress.IPv4Network(p)
+            out.append({"protocol_id": 65002, "component_id": 1, "group": str(net.network_address),
+                        "group_mask": str(net.netmask)})  # fmt: skip
+        return out
+
+    state = {"interfaces": [
+        {"if_index": 7001, "next_hop": "0.0.0.0", "owner": None, "igmp": True, "boundaries": ranges("239.5.0.0/16")},
+        {"if_index": 7002, "next_hop": "0.0.0.0", "owner": None, "igmp": True,
+         "boundaries": ranges("224.0.0.0/5", "232.0.0.0/6", "236.0.0.0/7")},
+        {"if_index": 7003, "next_hop": "0.0.0.0", "owner": None, "igmp": False},  # an older manager: no key
+    ]}  # fmt: skip
+    table, _, _ = interfaces_table(state)
+    assert list(table.columns[-1].cells) == ["239.5.0.0/16", "224.0.0.0/5,232.0.0.0/6,+1", "-"]
