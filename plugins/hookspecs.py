@@ -124,7 +124,12 @@ def mgm_replay(mgm: PluginContext) -> None:
 def mgm_stop(mgm: PluginContext) -> None:
     """The host is stopping (SIGTERM, Ctrl-C): close sockets, cancel timers.
 
-    After it returns the host releases the interfaces and deregisters.
+    After it returns the host releases the interfaces and deregisters.  Also
+    called when the stop comes before `mgm_start` (while the host connects
+    or registers), so that what `mgm_protocol` opened is released: be ready
+    for a plugin that never started.  Not called when the host exits on a
+    failure (the manager unreachable, the registration refused), where a
+    restart follows.
     """
 
 

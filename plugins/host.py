@@ -252,6 +252,7 @@ class Host:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         client = Client(api=self.api, events=self.events, curve=self.curve)
+        ctx = self.ctx = PluginContext(name=self.name, client=client, protocol=self.protocol, config=self.plugin.table)
         log.info("plugin %s: connecting to the manager at %s", self.name, self.api)
         try:
             await self.unless_stopped(client.start())
@@ -260,9 +261,10 @@ class Host:
             await client.close()
             return EXIT_FAILURE
         except Stopped:
-            await client.close()
+            # stopped for good before the start: let the plugin release what mgm_protocol opened (the
+            # forwarder's kernel VIFs); a failure above keeps it, for the restart the supervisor makes
+            await self.shutdown(call_stop=True)
             return 0
-        ctx = self.ctx = PluginContext(name=self.name, client=client, protocol=self.protocol, config=self.plugin.table)
         client.on_new_epoch = self._on_new_epoch
         client.on_manager_lost = lambda: log.warning("plugin %s: no heartbeat from the manager", self.name)
         try:
@@ -272,7 +274,7 @@ class Host:
             await self.shutdown(call_stop=False)
             return EXIT_FAILURE
         except Stopped:
-            await self.shutdown(call_stop=False)
+            await self.shutdown(call_stop=True)
             return 0
         log.info(
             "plugin %s registered as protocol %d component %d, owns %s",

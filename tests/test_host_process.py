@@ -108,14 +108,17 @@ def test_sigterm_releases_deregisters_and_exits_0(manager: ManagerProc, start_pl
 
 def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: list[Proc]) -> None:
     absent = f"ipc://{ipc_dir}/nobody"
-    proc = Proc("waiting", [*MGM, "plugin", "test-igmp", "--api", absent, "--events", absent + "-ev"],
-                ipc_dir / "waiting.log")  # fmt: skip
+    proc = Proc("waiting", [*MGM, "plugin", "test-igmp", "--api", absent, "--events", absent + "-ev",
+                            "--log-level", "debug"], ipc_dir / "waiting.log")  # fmt: skip
     proc.start()
     procs.append(proc)
     wait_for(lambda: "connecting to the manager" in proc.log(), 20, "the host to start connecting")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0  # status 1 and "cannot reach the manager" if the 10 s connect timeout ended it instead
     assert "cannot reach the manager" not in proc.log()
+    # stopped for good before mgm_start: the plugin still hears mgm_stop, to release what mgm_protocol opened
+    assert "plugin test-igmp: mgm_stop on stop" in proc.log()
+    assert "mgm_start" not in proc.log()
 
 
 def test_a_tcp_manager_without_curve_keys_is_refused_at_once_with_status_2(ipc_dir: Path, procs: list[Proc]) -> None:
