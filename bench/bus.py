@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+
+from children import read_line, spawn, stop
 
 HERE = os.path.abspath(__file__)
 
@@ -227,27 +227,10 @@ def mgm_requester(api: str, events: str, n: int, window: int) -> None:
 # --- orchestration ------------------------------------------------------------------
 
 
-def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
-def _wait_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise RuntimeError(f"{proc.args} exited ({proc.wait()}) before saying anything")
-    return line.strip()
 
 
 def _rate(req: dict[str, float], sub: dict[str, float], n: int) -> float:
@@ -260,20 +243,20 @@ def run_raw(d: str, n: int, window: int) -> float:
     api, events = f"ipc://{d}/raw-api", f"ipc://{d}/raw-events"
     procs = []
     try:
-        server = _spawn(HERE, "--role", "raw-server", "--api", api, "--events", events)
+        server = spawn(HERE, "--role", "raw-server", "--api", api, "--events", events)
         procs.append(server)
-        _wait_line(server)
-        sub = _spawn(HERE, "--role", "raw-sub", "--events", events, "--requests", str(n))
+        read_line(server)
+        sub = spawn(HERE, "--role", "raw-sub", "--events", events, "--requests", str(n))
         procs.append(sub)
-        _wait_line(sub)
-        req = _spawn(HERE, "--role", "raw-req", "--api", api, "--requests", str(n), "--window", str(window))
+        read_line(sub)
+        req = spawn(HERE, "--role", "raw-req", "--api", api, "--requests", str(n), "--window", str(window))
         procs.append(req)
-        r = json.loads(_wait_line(req))
-        s = json.loads(_wait_line(sub))
+        r = json.loads(read_line(req))
+        s = json.loads(read_line(sub))
         return _rate(r, s, n)
     finally:
         for p in reversed(procs):
-            _kill(p)
+            stop(p)
 
 
 def run_mgm(d: str, n: int, window: int) -> float:
@@ -285,18 +268,18 @@ def run_mgm(d: str, n: int, window: int) -> float:
         manager = subprocess.Popen([sys.executable, *profile, "-m", "mgm.core.cli", "manager", "--api", api,
                                     "--events", events, "--log-level", "warning"], start_new_session=True, text=True)
         procs.append(manager)
-        sub = _spawn(HERE, "--role", "mgm-sub", "--api", api, "--events", events, "--requests", str(n))
+        sub = spawn(HERE, "--role", "mgm-sub", "--api", api, "--events", events, "--requests", str(n))
         procs.append(sub)
-        _wait_line(sub)
-        req = _spawn(HERE, "--role", "mgm-req", "--api", api, "--events", events, "--requests", str(n),
+        read_line(sub)
+        req = spawn(HERE, "--role", "mgm-req", "--api", api, "--events", events, "--requests", str(n),
                      "--window", str(window))
         procs.append(req)
-        r = json.loads(_wait_line(req))
-        s = json.loads(_wait_line(sub))
+        r = json.loads(read_line(req))
+        s = json.loads(read_line(sub))
         return _rate(r, s, n)
     finally:
         for p in reversed(procs):
-            _kill(p)  # type: ignore[arg-type]
+            stop(p)  # type: ignore[arg-type]
 
 
 def main() -> int:

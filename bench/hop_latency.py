@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
+
+from children import has_line, read_line, spawn, stop
 
 HERE = os.path.abspath(__file__)
 ROUTING = (2, 1)
@@ -146,33 +145,12 @@ def mgm_receiver(api: str, events: str) -> None:
 # --- process handling -----------------------------------------------------------------
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
-def _line(proc: subprocess.Popen[str], timeout: float = START_TIMEOUT) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        raise RuntimeError(f"{proc.args} said nothing within {timeout} s (exit status {proc.poll()})")
-    return line.strip()
 
 
-def _has_line(proc: subprocess.Popen[str]) -> bool:
-    assert proc.stdout is not None
-    return bool(select.select([proc.stdout], [], [], 0)[0])
 
 
 # --- the measuring side (this process) ------------------------------------------------
@@ -223,23 +201,23 @@ async def measure(a: argparse.Namespace, d: str) -> dict[str, list[float]]:
         manager = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events,
                                     "--log-level", "warning"], start_new_session=True, text=True)
         procs.append(manager)  # type: ignore[arg-type]
-        relay = _spawn([HERE, "--role", "raw-relay", "--api", raw_api, "--events", raw_events])
+        relay = spawn(HERE, "--role", "raw-relay", "--api", raw_api, "--events", raw_events)
         procs.append(relay)
-        _line(relay)
-        b_mgm = _spawn([HERE, "--role", "mgm-recv", "--api", api, "--events", events])
+        read_line(relay)
+        b_mgm = spawn(HERE, "--role", "mgm-recv", "--api", api, "--events", events)
         procs.append(b_mgm)
-        _line(b_mgm)
-        b_raw = _spawn([HERE, "--role", "raw-recv", "--events", raw_events])
+        read_line(b_mgm)
+        b_raw = spawn(HERE, "--role", "raw-recv", "--events", raw_events)
         procs.append(b_raw)
 
         raw = Raw(raw_api)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _has_line(b_raw):  # PUB drops until the SUB's subscription arrived: send until one gets through
+        while not has_line(b_raw):  # PUB drops until the SUB's subscription arrived: send until one gets through
             if time.monotonic() > deadline:
                 raise RuntimeError("the raw receiver never got an event")
             raw.call("publish", membership(None, "239.0.0.1"))
             time.sleep(0.02)
-        _line(b_raw)
+        read_line(b_raw)
 
         client = Client(api, events)
         await client.start()
@@ -280,8 +258,8 @@ async def measure(a: argparse.Namespace, d: str) -> dict[str, list[float]]:
                 time.sleep(gap)
         await client.request("add_group_membership", membership(handle, STOP_GROUP))
         raw.call("publish", membership(None, STOP_GROUP))
-        got_mgm = json.loads(_line(b_mgm))
-        got_raw = json.loads(_line(b_raw))
+        got_mgm = json.loads(read_line(b_mgm))
+        got_raw = json.loads(read_line(b_raw))
         for sent, got, key in ((sent_mgm, got_mgm, "oneway"), (sent_raw, got_raw, "raw_oneway")):
             missing = [grp for grp in sent if grp not in got]
             if missing:
@@ -298,7 +276,7 @@ async def measure(a: argparse.Namespace, d: str) -> dict[str, list[float]]:
             client.heartbeat_handle = None  # no heartbeat in flight when it closes (it would be logged as failed)
             await client.close()
         for p in reversed(procs):
-            _kill(p)
+            stop(p)
 
 
 async def throughput_mgm(client: Any, window: int, n: int) -> float:
