@@ -183,6 +183,20 @@ def leaves_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
     return found
 
 
+def r1_up_r2_down(*proxy_keys: str, after: str = "") -> str:
+    """The router tables most tests use: IGMP on r2, the proxy from upstream r1 to downstream r2."""
+    keys = "".join(f"{key}\n" for key in proxy_keys)
+    return f"""\
+[plugins.igmp]
+interfaces = ["r2"]
+{IGMP_FAST}
+[plugins.proxy]
+interfaces = ["r1", "r2"]
+upstream = "r1"
+downstream = ["r2"]
+{keys}{after}"""
+
+
 def start_router(topology: Topology, rtr: Namespace, tables: str) -> NsProcess:  # noqa: F811
     work = topology.workdir
     config = work / "router.toml"
@@ -422,23 +436,12 @@ def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_ro
     snd2.multicast_route(s_link.a_if)
     sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
-    up = start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2"]
-upstream = "r1"
-downstream = ["r2"]
-
+    static = f"""
 [plugins.static]
 interfaces = ["r3", "r4"]
 routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
-""",
-    )
+"""
+    up = start_router(topology, rtr, r1_up_r2_down(after=static))
     assert "no IPv4 address: reports leave with source 0.0.0.0" in up.log()
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
@@ -492,20 +495,7 @@ def test_proxy_forwards_downstream_sources_upstream_only_when_configured(topolog
     topology.link(ups, rtr, "10.72.0.2/24", "10.72.0.1/24")
     down = topology.link(rtr, hst, "10.72.1.1/24", "10.72.1.2/24")
     hst.multicast_route(down.b_if)
-    start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2"]
-upstream = "r1"
-downstream = ["r2"]
-forward_upstream = true
-""",
-    )
+    start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"))
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
     hst.spawn(send_udp, G_UP, P_UP, 2000, interval=0.01, source="10.72.1.2", name="send-down")

@@ -27,7 +27,7 @@ from netns import (
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
-from test_proxy_netns import IGMP_FAST, WAIT, start_router
+from test_proxy_netns import WAIT, r1_up_r2_down, start_router
 
 from mgm.plugins.igmp import packet
 
@@ -86,20 +86,7 @@ def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0
         rtr.sysctl(f"net.ipv4.conf.{up_link.b_if}.force_igmp_version", force_version)
     sniffer = ups.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
-    up = start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2"]
-upstream = "r1"
-downstream = ["r2"]
-immediate_report = {"true" if immediate else "false"}
-""",
-    )
+    up = start_router(topology, rtr, r1_up_r2_down(f"immediate_report = {'true' if immediate else 'false'}"))
     assert f"immediate report of joins: {'on' if immediate else 'off'}" in up.log(), up.log()
     return hrx, sniffer, up
 

@@ -32,6 +32,7 @@ from test_proxy_netns import (
     igmp_members,
     joins_seen,
     probe,
+    r1_up_r2_down,
     sniff_reports,
     start_router,
     upstream_memberships,
@@ -84,20 +85,7 @@ def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(to
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     first = upstream_link(snd, rtr, "sniff-first")
     topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
-    up = start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2"]
-upstream = "r1"
-downstream = ["r2"]
-forward_upstream = true
-""",
-    )
+    up = start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"))
     manager = probe(topology)
     old = rtr.if_index("r1")
     rx = hrx.receiver(G, P, name="rx-g")
