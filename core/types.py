@@ -6,6 +6,7 @@ core may keep integers internally where that is cheaper.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -16,6 +17,13 @@ ANY = "0.0.0.0"
 """Wildcard source or group (with mask 0.0.0.0), and next_hop of broadcast links."""
 
 HOST_MASK = "255.255.255.255"
+
+LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
+"""Groups that never leave their link (RFC 5771): never forwarded, never joined upstream."""
+
+
+def is_link_local(group: str) -> bool:
+    return ipaddress.IPv4Address(group) in LINK_LOCAL
 
 MGM_JOIN_STATE_FLAG = 1
 MGM_FORWARD_STATE_FLAG = 2

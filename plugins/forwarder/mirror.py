@@ -36,13 +36,12 @@ threshold (1), which the kernel counts but does not forward.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
+from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface, is_link_local
 from mgm.plugins.forwarder.mroute import (
     IGMPMSG_NOCACHE,
     IGMPMSG_WRONGVIF,
@@ -60,8 +59,6 @@ from mgm.plugins.forwarder.mroute import (
 SgKey = tuple[str, str]
 """(source, group) as dotted strings: the key of an MFE and of an MFC entry."""
 
-LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
-"""Groups that never leave their link: no upcall for them becomes a request, no entry forwards them."""
 
 
 class Dataplane(Protocol):
@@ -102,10 +99,6 @@ class _Owners:
 class _Counts:
     last: SgCount = field(default_factory=lambda: SgCount(0, 0, 0))
     out: dict[int, int] = field(default_factory=dict)  # if_index -> packets attributed
-
-
-def is_link_local(group: str) -> bool:
-    return ipaddress.IPv4Address(group) in LINK_LOCAL
 
 
 def sg_of(mfe: Mapping[str, Any]) -> SgKey:

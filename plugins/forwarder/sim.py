@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mgm.plugins.forwarder.mirror import Dataplane, SgKey, is_link_local
+from mgm.core.types import is_link_local
+from mgm.plugins.forwarder.mirror import Dataplane, SgKey
 from mgm.plugins.forwarder.mroute import (
     IGMPMSG_NOCACHE,
     IGMPMSG_WRONGVIF,

@@ -23,9 +23,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from mgm.core.config import MULTICAST, multicast_prefix
-from mgm.core.types import ANY
-
-LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
+from mgm.core.types import ANY, is_link_local
 
 ASM = "asm"
 """The upstream membership of a group some downstream wants from every source: (*,G)."""
@@ -35,10 +33,6 @@ K = TypeVar("K", bound=Hashable)
 
 Upstream = str | frozenset[str]
 """One group's upstream membership: `ASM`, or the frozenset of sources to include."""
-
-
-def is_link_local(group: str) -> bool:
-    return ipaddress.IPv4Address(group) in LINK_LOCAL
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
+from mgm.core.types import is_link_local
 from mgm.plugins.igmp.packet import (
     ALL_IGMPV3_ROUTERS,
     ALLOW_NEW_SOURCES,
@@ -56,7 +57,7 @@ from mgm.plugins.igmp.packet import (
     build_report,
     build_v3_report,
 )
-from mgm.plugins.proxy.merge import ASM, Upstream, is_link_local
+from mgm.plugins.proxy.merge import ASM, Upstream
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,9 @@ from typing import Any
 from mgm.bus.status import MgmError
 from mgm.core.args import is_multicast, parse_addr
 from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, find_line
-from mgm.core.types import ANY, Interface
+from mgm.core.types import ANY, Interface, is_link_local
 
 ROUTE_KEYS = ("source", "group", "from", "to")
-LINK_LOCAL_NET = 0xE0000000  # 224.0.0.0/24: never routed (RFC 5771)
-LINK_LOCAL_MASK = 0xFFFFFF00
 LOOPBACK_NET, LOOPBACK_MASK = 0x7F000000, 0xFF000000
 CLASS_D_E_NET, CLASS_D_E_MASK = 0xE0000000, 0xE0000000  # 224.0.0.0/3: multicast, reserved and broadcast
 
@@ -144,7 +142,7 @@ def _route(config: Config, key: str, index: int, item: Any, owned: tuple[Interfa
     g = parse_addr(group, "group")
     if not is_multicast(g):
         raise error("group", f"{group} is not a multicast group (224.0.0.0/4)")
-    if g & LINK_LOCAL_MASK == LINK_LOCAL_NET:
+    if is_link_local(group):
         raise error("group", f"{group} is link-local (224.0.0.0/24), which is never forwarded")
     source = ANY
     if "source" in item:

@@ -170,7 +170,10 @@ def test_no_upstream_or_downstream_is_an_error() -> None:
 
 
 def test_is_link_local() -> None:
-    assert merge.is_link_local("224.0.0.1") and not merge.is_link_local("239.0.0.1")
+    from mgm.core.types import is_link_local
+
+    assert is_link_local("224.0.0.1") and is_link_local("224.0.0.255") and not is_link_local("224.0.1.1")
+    assert not is_link_local("239.0.0.1")
 
 
 # --- the plugin's bookkeeping, with a kernel stand-in ---------------------------------------------
