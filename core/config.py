@@ -96,33 +96,39 @@ def multicast_interfaces(flags: Mapping[str, int]) -> list[str]:
     return sorted(name for name, f in flags.items() if f & wanted == wanted and not f & IFF_LOOPBACK)
 
 
-def default_config(is_root: bool, mrt_error: str | None, interfaces: Sequence[str]) -> DefaultChoice:
+def default_config(is_root: bool, backend: str | None, why: str | None, interfaces: Sequence[str]) -> DefaultChoice:
     """The embedded default for this machine: IGMP and the Linux forwarder, or the simulated forwarder.
 
-    Real forwarding needs all three: root (raw sockets), the kernel's multicast
-    routing socket (`mrt_error` is None when MRT_INIT worked, else why not) and
-    at least one interface from `multicast_interfaces`.  Without any of them
-    the simulated forwarder runs alone, no IGMP: IGMP queriers on links
-    where nothing can be forwarded would only mislead the hosts (and, where
-    another daemon holds the socket, fight its querier).
+    Real forwarding needs all three: root (raw sockets), a forwarding backend
+    the kernel offers (`backend`: "mrt", the multicast routing socket, or
+    "nft", nftables where the kernel has no multicast routing; `why` says
+    why MRT was not taken, or why neither works when `backend` is None) and
+    at least one interface from `multicast_interfaces`.  The backend is
+    written into the text, so a restarted forwarder does not decide anew.
+    Without any of them the simulated forwarder runs alone, no IGMP: IGMP
+    queriers on links where nothing can be forwarded would only mislead the
+    hosts (and, where another daemon holds the socket, fight its querier).
     """
     if not is_root:
-        why = "not root (raw IGMP sockets and the multicast routing socket need root)"
-    elif mrt_error is not None:
-        why = f"the kernel's multicast routing socket is not available: {mrt_error}"
+        why = "not root (raw IGMP sockets and the kernel's forwarding need root)"
+    elif backend is None:
+        why = f"the kernel offers no forwarding backend: {why}"
     elif not interfaces:
         why = "no interface is up, multicast-capable and not loopback"
     else:
         names = ", ".join(json.dumps(name) for name in interfaces)
+        how = ("the kernel's multicast routing table (MRT)" if backend == "mrt"
+               else f"nftables ({' '.join((why or 'chosen').split())})")  # fmt: skip
         text = (
             f"{DEFAULT_CONFIG}\n"
-            "# root, MRT_INIT works, and these interfaces are up and multicast-capable:\n"
+            f"# root, forwarding through {how}, and these interfaces are up and multicast-capable:\n"
             f"[plugins.igmp]\ninterfaces = [{names}]\n\n"
-            "[plugins.forwarder]\n"
+            f'[plugins.forwarder]\nbackend = "{backend}"\n'
         )
-        reason = f"default configuration: IGMP and the Linux kernel forwarder on {', '.join(interfaces)}"
+        reason = (f"default configuration: IGMP and the Linux kernel forwarder on {', '.join(interfaces)}, "
+                  f"forwarding through {how}")  # fmt: skip
         return DefaultChoice(text, reason, simulated=False)
-    comment = " ".join(why.split())  # one line, whatever the error message holds
+    comment = " ".join(str(why).split())  # one line, whatever the error message holds
     text = f"{DEFAULT_CONFIG}\n# {comment}: the simulated forwarder only, nothing is forwarded\n"
     text += "[plugins.forwarder-sim]\n"
     reason = f"default configuration: the SIMULATED forwarder, nothing is really forwarded: {why}"

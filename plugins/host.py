@@ -60,6 +60,9 @@ ENTRY_POINT_GROUP = "mgm.plugins"
 EXIT_CONFIG = 2
 """Exit status for a mistake the operator must fix (config, plugin, entry point): restarting will not help."""
 EXIT_FAILURE = 1
+EXIT_UNSUPPORTED = 3
+"""Exit status for a machine that lacks what the plugin needs (a kernel feature, a library): not a config mistake,
+and a restart will not help either."""
 REGISTER_PATIENCE = 5.0
 """Seconds to keep trying to register while a crashed predecessor's registration lingers (liveness is 3 s)."""
 REGISTER_RETRY = 0.25
@@ -82,6 +85,10 @@ class Stopped(Exception):
 
 class PluginLoadError(Exception):
     """The plugin cannot be loaded or does not fit the hook specs."""
+
+
+class PluginUnsupported(PluginLoadError):
+    """This machine lacks what the plugin needs (e.g. a kernel built without a feature): `EXIT_UNSUPPORTED`."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         return asyncio.run(Host(args.name, config, api, events, curve).run())
+    except PluginUnsupported as exc:
+        log.error("%s", exc)
+        return EXIT_UNSUPPORTED
     except PluginLoadError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -166,8 +176,8 @@ def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) 
     """Config keys win over the mgm_protocol hook; one of them must say both ids."""
     try:
         from_hook = pm.hook.mgm_protocol(config=plugin.table)
-    except ConfigError:
-        raise  # the plugin checked its own keys (PluginTable.error): file, key and line, as the host's own errors
+    except (ConfigError, PluginLoadError):
+        raise  # the plugin's own words: its keys (file, key, line), or what it cannot run on
     except Exception as exc:
         raise PluginLoadError(f"plugin {plugin.name!r}: mgm_protocol raised {exc!r}") from exc
     if from_hook is not None and not (

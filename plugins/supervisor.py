@@ -57,6 +57,8 @@ GRACE = 5.0
 MANAGER_READY_TIMEOUT = 10.0
 EXIT_NO_RESTART = 2
 """A child exiting with this status made a mistake a restart cannot fix (config, plugin code)."""
+EXIT_UNSUPPORTED = 3
+"""A child exiting with this status runs on a machine that lacks what it needs (mgm.plugins.host)."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -108,18 +110,28 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def probe_machine() -> tuple[bool, str | None, list[str]]:
-    """(root?, why MRT_INIT fails or None, multicast interfaces that are up): what `default_config` decides on."""
+def probe_machine() -> tuple[bool, str | None, str | None, list[str]]:
+    """(root?, the forwarding backend that works or None, why MRT was not taken (or why nothing works),
+    multicast interfaces that are up): what `default_config` decides on."""
     is_root = os.geteuid() == 0
-    mrt_error: str | None = None
+    backend = why = None
     if is_root:
+        from mgm.plugins.forwarder.linux import KERNEL_LACKS
         from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
+        from mgm.plugins.forwarder.nftables import nf_tables_error
 
         try:
             MrouteSocket(upcall_filter=False).close()  # MRT_INIT then MRT_DONE: nothing left behind
+            backend = "mrt"
         except (MrouteError, OSError) as exc:
-            mrt_error = str(exc)
-    return is_root, mrt_error, multicast_interfaces(read_interface_flags())
+            why = str(exc)
+            if exc.errno in KERNEL_LACKS:
+                nft_error = nf_tables_error()
+                if nft_error is None:
+                    backend, why = "nft", "the kernel has no multicast routing table (CONFIG_IP_MROUTE)"
+                else:
+                    why = f"{exc}; and nftables cannot be used: {nft_error}"
+    return is_root, backend, why, multicast_interfaces(read_interface_flags())
 
 
 def read_interface_flags(sysfs: str = "/sys/class/net") -> dict[str, int]:
@@ -258,10 +270,10 @@ class Supervisor:
             code = await child.proc.wait()
             child.exits.append(code)
             ran = time.monotonic() - child.started
-            if code == EXIT_NO_RESTART:
+            if code in (EXIT_NO_RESTART, EXIT_UNSUPPORTED):
                 child.state = "failed"
-                log.error("%s exited with status %d (a mistake a restart cannot fix, see its log); not restarting",
-                          child.name, code)  # fmt: skip
+                why = {EXIT_UNSUPPORTED: "this machine lacks what it needs"}.get(code, "a mistake a restart cannot fix")
+                log.error("%s exited with status %d (%s, see its log); not restarting", child.name, code, why)
                 self.show()
                 return
             delay, child.backoff = next_backoff(child.backoff, ran)

@@ -169,3 +169,9 @@ def _close_controls(procs: list[Proc]) -> Iterator[None]:
     for proc in procs:
         if isinstance(proc, PluginProc) and proc.control is not None:
             proc.control.close()
+
+
+@pytest.fixture(params=[pytest.param("mrt", marks=pytest.mark.mroute), "nft"])
+def forwarder_backend(request: pytest.FixtureRequest) -> str:
+    """Each forwarding test once per Linux forwarder backend; "mrt" needs IP_MROUTE (marked `mroute`)."""
+    return str(request.param)

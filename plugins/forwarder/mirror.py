@@ -46,14 +46,9 @@ from mgm.plugins.forwarder.mroute import (
     IGMPMSG_NOCACHE,
     IGMPMSG_WRONGVIF,
     MAXVIFS,
-    VIFF_STATIC,
-    VIFF_USE_IFINDEX,
     MrouteError,
-    ProcMfc,
-    ProcVif,
     SgCount,
     Upcall,
-    VifCount,
 )
 
 SgKey = tuple[str, str]
@@ -69,7 +64,6 @@ class Dataplane(Protocol):
     def add_mfc(self, source: str, group: str, parent: int, oifs: Mapping[int, int] | Iterable[int] = ()) -> None: ...
     def del_mfc(self, source: str, group: str) -> None: ...
     def sg_count(self, source: str, group: str) -> SgCount | None: ...
-    def vif_count(self, vifi: int) -> VifCount | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +102,11 @@ def sg_of(mfe: Mapping[str, Any]) -> SgKey:
 class Mirror:
     """The manager's MFEs and interfaces, mirrored onto a `Dataplane` (see the module doc)."""
 
-    def __init__(self, dataplane: Dataplane, log: logging.Logger, *, max_vifs: int = MAXVIFS) -> None:
+    def __init__(self, dataplane: Dataplane, log: logging.Logger, *, max_vifs: int | None = MAXVIFS) -> None:
         self.dataplane = dataplane
         self.log = log
         self.max_vifs = max_vifs
+        """How many VIF numbers the dataplane has; None: it has no VIF numbers and takes the if_index as one."""
         self.owners: dict[Interface, _Owners] = {}
         self.mfes: dict[SgKey, Mapping[str, Any]] = {}
         self.vifs: dict[int, int] = {}  # if_index -> vif
@@ -128,51 +123,31 @@ class Mirror:
 
     # --- a predecessor's entries, and leaving ------------------------------------------------------------------
 
-    def adopt(self, vifs: Iterable[ProcVif], entries: Iterable[ProcMfc]) -> None:
-        """Take what a previous forwarder left in the kernel (/proc/net/ip_mr_vif and ip_mr_cache) as installed.
+    def adopt(self, vifs: Mapping[int, int], entries: Mapping[SgKey, Entry], foreign_vifs: Iterable[int] = ()) -> None:
+        """Take what a previous forwarder left on the dataplane as installed: `vifs` (if_index -> VIF) and
+        `entries`; `foreign_vifs` are VIF numbers another process holds, never to be used.
 
-        Ours are the VIFs added the way `_add_vif` adds them (by if_index,
-        static: flags VIFF_USE_IFINDEX | VIFF_STATIC) and the resolved
-        entries that use no other VIF; any other VIF is another process's
-        and only its number is avoided.  Until the first resync the adopted
-        VIFs stay wanted and the adopted entries are left alone (the manager's
-        picture is not known yet); the resync then reconciles them.  The
-        per-interface ``out_packets`` of an adopted entry start from its
-        whole packet count, as if its output list had never changed.
+        Until the first resync the adopted VIFs stay wanted and the adopted
+        entries are left alone (the manager's picture is not known yet); the
+        resync then reconciles them.  The per-interface ``out_packets`` of an
+        adopted entry start from its whole packet count, as if its output
+        list had never changed.
         """
         assert not self.resynced, "adopt before the first resync"
-        ours: dict[int, int] = {}  # if_index -> vif
-        names = []
-        for proc in sorted(vifs, key=lambda v: v.vif):
-            if proc.flags != VIFF_USE_IFINDEX | VIFF_STATIC or proc.local <= 0:
-                self.foreign_vifs.add(proc.vif)
-                self.log.info("VIF %d on %s (flags %#x) is another process's: its number is not used",
-                              proc.vif, proc.name, proc.flags)  # fmt: skip
-            elif proc.local in ours:
-                self.foreign_vifs.add(proc.vif)
-                self.log.warning("VIF %d on %s: a second VIF on if_index %d (VIF %d adopted); left alone",
-                                 proc.vif, proc.name, proc.local, ours[proc.local])  # fmt: skip
-            else:
-                ours[proc.local] = proc.vif
-                names.append(f"{proc.vif} on {proc.name}")
-        self.vifs.update(ours)
-        self.kept_vifs |= set(ours)
-        for entry in entries:
-            if not entry.resolved:
-                continue
-            key = (entry.source, entry.group)
-            used = {entry.parent, *entry.oifs}
-            if used & self.foreign_vifs:
-                self.log.info("MFC (%s, %s) uses another process's VIF(s) %s: left alone", *key,
-                              sorted(used & self.foreign_vifs))  # fmt: skip
-                continue
-            self.installed[key] = Entry(entry.parent, frozenset(entry.oifs))
+        self.foreign_vifs |= set(foreign_vifs)
+        self.vifs.update(vifs)
+        self.kept_vifs |= set(vifs)
+        for key, entry in entries.items():
+            self.installed[key] = entry
             self.counts[key] = _Counts()
             self.adopted.add(key)
-        if ours or self.adopted:
-            self.log.info("adopted what a previous forwarder left in the kernel: %d VIF(s) (%s), %d MFC entr(ies); "
-                          "they forward as they are until the manager's picture arrives",
-                          len(ours), ", ".join(names), len(self.adopted))  # fmt: skip
+        if vifs or self.adopted:
+            names = ", ".join(
+                self.name(i) if vif == i else f"{vif} on {self.name(i)}" for i, vif in sorted(vifs.items())
+            )
+            self.log.info("adopted what a previous forwarder left on the dataplane: %d interface(s) (%s), "
+                          "%d entr(ies); they forward as they are until the manager's picture arrives",
+                          len(vifs), names, len(self.adopted))  # fmt: skip
 
     def withdraw(self) -> None:
         """Delete every entry and VIF this forwarder holds: on a clean stop (the kernel keeps static ones)."""
@@ -379,15 +354,6 @@ class Mirror:
                             "oil": oil})  # fmt: skip
         return entries
 
-    def vif_counters(self) -> dict[int, VifCount]:
-        """if_index -> SIOCGETVIFCNT of its VIF (for `show` and logs)."""
-        out = {}
-        for if_index, vif in sorted(self.vifs.items()):
-            count = self.dataplane.vif_count(vif)
-            if count is not None:
-                out[if_index] = count
-        return out
-
     def _settle(self, key: SgKey) -> _Counts | None:
         """Read the entry's counters and attribute the new packets to its current output list."""
         entry = self.installed.get(key)
@@ -448,9 +414,12 @@ class Mirror:
 
     def _add_vif(self, if_index: int) -> int | None:
         """Add a VIF on the lowest free number; numbers another process holds (static VIFs) are skipped."""
-        for vif in range(self.max_vifs):
-            if vif in self.vifs.values() or vif in self.foreign_vifs:
-                continue
+        if self.max_vifs is None:
+            candidates: Iterable[int] = (if_index,)
+        else:
+            used = set(self.vifs.values()) | self.foreign_vifs
+            candidates = (vif for vif in range(self.max_vifs) if vif not in used)
+        for vif in candidates:
             try:
                 self.dataplane.add_vif(vif, if_index)
                 return vif
@@ -462,8 +431,9 @@ class Mirror:
                 level = logging.WARNING if exc.errno == errno.ENODEV else logging.ERROR
                 self.log.log(level, "VIF for %s not added: %s", self.name(if_index), exc)
                 return None
-        self._warn_once("full", if_index, "no free VIF for %s: the kernel has %d at most",
-                        self.name(if_index), self.max_vifs)  # fmt: skip
+        if self.max_vifs is not None:
+            self._warn_once("full", if_index, "no free VIF for %s: the kernel has %d at most",
+                            self.name(if_index), self.max_vifs)  # fmt: skip
         return None
 
     def _sync_all(self) -> None:
@@ -525,6 +495,20 @@ class Mirror:
         self.log.info("MFC (%s, %s) %s: in %s, out %s", *key, "updated" if have else "installed",
                       self.name(by_vif[wanted.parent]),
                       ", ".join(self.name(by_vif[v]) for v in sorted(wanted.oifs)) or "nothing (negative)")  # fmt: skip
+
+    def dataplane_failed(self, key: SgKey, have: Entry | None) -> None:
+        """A deferred change of `key` did not reach the dataplane, which holds `have`: believe it.
+
+        For dataplanes that apply changes in batches after the call
+        returned (nftables).  The next change of the entry, or a resync,
+        tries again.
+        """
+        if have is None:
+            self.installed.pop(key, None)
+            self.counts.pop(key, None)
+        else:
+            self.installed[key] = have
+            self.counts.setdefault(key, _Counts())
 
     def _reinstall(self, key: SgKey) -> None:
         """Add the entry again as we believe it is installed (an update where it is; counters kept)."""

@@ -15,7 +15,13 @@ Configuration keys of ``[plugins.forwarder]`` (all optional):
   kernel entries it does not know yet keep forwarding before they are removed;
 * ``wrong_if`` (``"all"``, ``"oil"``, ``"none"``; Linux only, default all):
   which wrong-interface packets the kernel reports (see `mroute.MrouteSocket`);
-* ``table`` (int; Linux only): a multicast routing table other than the default.
+* ``backend`` (``"auto"``, ``"mrt"``, ``"nft"``; Linux only, default auto): the
+  kernel's multicast routing table (MRT), or nftables (`nftables`); auto takes
+  MRT where the kernel has it, else nftables;
+* ``table`` (int; MRT only): a multicast routing table other than the default;
+* ``nft_table`` (name, default "mgmbus") and ``nflog_group`` (0-65535, default
+  28007; nftables only): what a second forwarder in the same network
+  namespace must choose differently.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
 from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
-from mgm.plugins.forwarder.mroute import Upcall
+from mgm.plugins.forwarder.mroute import MAXVIFS, Upcall
+from mgm.plugins.forwarder.nftables import DEFAULT_NFLOG_GROUP, DEFAULT_TABLE, TABLE_NAME
 from mgm.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -48,9 +55,14 @@ class Settings:
     restart_grace: float = 5.0
     wrong_if: str = "all"
     table: int | None = None
+    backend: str = "auto"
+    nft_table: str = DEFAULT_TABLE
+    nflog_group: int = DEFAULT_NFLOG_GROUP
 
 
-SETTINGS_KEYS = frozenset({"counters_interval", "restart_grace", "wrong_if", "table"})
+SETTINGS_KEYS = frozenset({"counters_interval", "restart_grace", "wrong_if", "table", "backend", "nft_table",
+                           "nflog_group"})  # fmt: skip
+BACKENDS = ("auto", "mrt", "nft")
 
 
 def read_settings(config: Mapping[str, Any], extra_keys: frozenset[str] = frozenset()) -> Settings:
@@ -81,6 +93,23 @@ def read_settings(config: Mapping[str, Any], extra_keys: frozenset[str] = frozen
         if isinstance(table, bool) or not isinstance(table, int) or not 0 <= table < 2**32:
             raise error("table", f"must be a routing table number, not {table!r}")
         values["table"] = table
+    if "backend" in config:
+        if config["backend"] not in BACKENDS:
+            raise error("backend", f'must be "auto", "mrt" or "nft", not {config["backend"]!r}')
+        values["backend"] = config["backend"]
+    if "nft_table" in config:
+        name = config["nft_table"]
+        if not isinstance(name, str) or not TABLE_NAME.match(name):
+            raise error("nft_table", f"must be a name of letters, digits and _ (at most 31, a letter first), "
+                                     f"not {name!r}")  # fmt: skip
+        values["nft_table"] = name
+    if "nflog_group" in config:
+        group = config["nflog_group"]
+        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group <= 0xFFFF:
+            raise error("nflog_group", f"must be an NFLOG group number 0-65535, not {group!r}")
+        values["nflog_group"] = group
+    if values.get("backend") == "nft" and "table" in values:
+        raise error("table", 'is a multicast routing table number, which backend = "nft" does not use')
     return Settings(**values)
 
 
@@ -91,6 +120,8 @@ class ForwarderPlugin:
     log = logging.getLogger(__name__)
     extra_keys: frozenset[str] = frozenset()
     """Keys of the table that only this forwarder reads, beside `SETTINGS_KEYS`."""
+    max_vifs: int | None = MAXVIFS
+    """The dataplane's VIF numbers (see `Mirror`); None where an interface's VIF is its if_index."""
 
     @property
     def registration_name(self) -> str:
@@ -119,6 +150,9 @@ class ForwarderPlugin:
     def stop_io(self) -> None:
         """Stop reading and close the dataplane."""
 
+    async def read_counters(self) -> None:
+        """Bring the dataplane's counters up to date before a report (the kernel's are read per entry)."""
+
     # --- hooks ------------------------------------------------------------------------------------------
 
     @hookimpl
@@ -133,7 +167,7 @@ class ForwarderPlugin:
         self.settings = read_settings(config, self.extra_keys)
         if self.mirror is None:
             self.dataplane = self.open_dataplane(self.settings)
-            self.mirror = Mirror(self.dataplane, self.log)
+            self.mirror = Mirror(self.dataplane, self.log, max_vifs=self.max_vifs)
             self.adopt_installed(self.mirror)
         return FORWARDER_PROTOCOL_ID, FORWARDER_COMPONENT_ID
 
@@ -215,4 +249,5 @@ class ForwarderPlugin:
     async def _report_counters(self, mgm: PluginContext) -> None:
         while True:
             await asyncio.sleep(self.settings.counters_interval)
+            await self.read_counters()
             self.report_counters(mgm)

@@ -32,7 +32,6 @@ from mgm.plugins.forwarder.mroute import (
     MrouteError,
     SgCount,
     Upcall,
-    VifCount,
 )
 from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
 
@@ -99,10 +98,6 @@ class SimDataplane:
     def sg_count(self, source: str, group: str) -> SgCount | None:
         entry = self.mfc.get((source, group))
         return None if entry is None else SgCount(entry.packets, entry.bytes, entry.wrong_if)
-
-    def vif_count(self, vifi: int) -> VifCount | None:
-        vif = self.vifs.get(vifi)
-        return None if vif is None else VifCount(vif.counts[0], vif.counts[1], vif.counts[2], vif.counts[3])
 
     # --- packets ------------------------------------------------------------------------------------
 

@@ -1,5 +1,8 @@
 """One router running the whole stack (`mgm up`: manager, igmp, Linux forwarder) between namespaces.
 
+The forwarder runs the backend the test asks for (`build(..., backend=)`,
+"mrt" or "nft"), and the kernel's side is read through `KernelView`.
+
     snd (eth0: S1, S2) --- r1 [rtr] r2 --- eth0 h1
                                     r3 --- eth0 h2
                                     r4 --- eth0 h3   (and so on: one host per receiver)
@@ -19,10 +22,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernel_view import KernelEntry, KernelView
 from mgm_testplugins.processes import toml_config
 from netns import Namespace, NsProcess, Receiver, Topology, wait_until
-
-from mgm.plugins.forwarder.mroute import ProcMfc, ProcVif, parse_ip_mr_cache, parse_ip_mr_vif
 
 IGMP_PROTOCOL_ID = 10
 FORWARDER_PROTOCOL_ID = 65001
@@ -58,6 +60,7 @@ class Stack:
     hosts: list[Namespace]
     up: NsProcess
     api: str
+    kernel: KernelView
     router_ifs: list[str] = field(default_factory=list)
 
     # --- the manager, as an operator sees it ---------------------------------------------------
@@ -84,25 +87,15 @@ class Stack:
 
     # --- the kernel ------------------------------------------------------------------------------
 
-    def vifs(self) -> dict[str, ProcVif]:
-        return {v.name: v for v in parse_ip_mr_vif(self.router.run("cat", "/proc/net/ip_mr_vif").stdout)}
-
-    def mfc(self) -> list[ProcMfc]:
-        return list(parse_ip_mr_cache(self.router.run("cat", "/proc/net/ip_mr_cache").stdout))
-
-    def kernel_entry(self, source: str, group: str) -> ProcMfc | None:
-        return next((m for m in self.mfc() if (m.source, m.group) == (source, group) and m.resolved), None)
+    def kernel_entry(self, source: str, group: str) -> KernelEntry | None:
+        return self.kernel.entry(source, group)
 
     def kernel_oil(self, source: str, group: str) -> set[str] | None:
-        """Names of the output VIFs of the kernel's resolved MFC entry (S,G); None without one."""
-        entry = self.kernel_entry(source, group)
-        if entry is None:
-            return None
-        by_vif = {v.vif: name for name, v in self.vifs().items()}
-        return {by_vif[vif] for vif in entry.oifs}
+        """Names of the outgoing interfaces of the kernel's entry (S,G); None without one."""
+        return self.kernel.oil(source, group)
 
     def packets_out(self) -> dict[str, int]:
-        return {name: v.out_packets for name, v in self.vifs().items()}
+        return self.kernel.out_packets()
 
     # --- hosts -------------------------------------------------------------------------------------
 
@@ -115,9 +108,10 @@ class Stack:
         assert self.up.alive(), f"mgm up exited:\n{self.up.log()}"
 
 
-def build(topology: Topology, receivers: int = 2, *, igmp: dict[str, Any] | None = None,
+def build(topology: Topology, receivers: int = 2, *, backend: str, igmp: dict[str, Any] | None = None,
           forwarder: dict[str, Any] | None = None, log_level: str = "debug") -> Stack:  # fmt: skip
-    """The topology above with `receivers` hosts, `mgm up` running, IGMP querying and every VIF in place."""
+    """The topology above with `receivers` hosts, `mgm up` running, IGMP querying and every interface installed
+    in the kernel by the forwarder's `backend`."""
     sender, router = topology.namespaces("snd", "rtr")
     up_link = topology.link(sender, router, f"{S1}/24", f"{ROUTER_UP}/24")
     sender.ip("addr", "add", f"{S2}/24", "dev", up_link.a_if)
@@ -131,13 +125,14 @@ def build(topology: Topology, receivers: int = 2, *, igmp: dict[str, Any] | None
     router_ifs = [f"r{n + 1}" for n in range(receivers + 1)]
     workdir = str(topology.workdir)
     config = topology.workdir / "router.toml"
+    forwarder = {"backend": backend, **(forwarder or {})}
     config.write_text(router_config(workdir, router_ifs, igmp=igmp, forwarder=forwarder, log_level=log_level))
     up = router.popen([*MGM, "up", "--config", str(config)], "mgm-up")
-    stack = Stack(topology, sender, router, hosts, up, f"ipc://{workdir}/api", router_ifs)
+    stack = Stack(topology, sender, router, hosts, up, f"ipc://{workdir}/api", KernelView(router, backend), router_ifs)
 
     def ready() -> bool:
         stack.alive()
-        return set(stack.vifs()) == set(router_ifs) and up.log().count("igmp: running IGMPv") >= len(router_ifs)
+        return stack.kernel.interfaces() == set(router_ifs) and up.log().count("igmp: running IGMPv") >= len(router_ifs)
 
-    wait_until(ready, START_WAIT, "mgm up: igmp running and a VIF for every router interface")
+    wait_until(ready, START_WAIT, f"mgm up: igmp running and every router interface installed ({backend})")
     return stack

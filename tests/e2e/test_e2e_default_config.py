@@ -33,27 +33,40 @@ UP_MC = IFF_UP | IFF_MULTICAST
 
 
 def test_root_with_the_routing_socket_runs_igmp_and_the_linux_forwarder_on_the_interfaces() -> None:
-    choice = default_config(True, None, ["eth1", "eth2"])
+    choice = default_config(True, "mrt", None, ["eth1", "eth2"])
     config = loads(choice.text, DEFAULT_SOURCE)
     assert sorted(config.plugins) == ["forwarder", "igmp"]
     assert [ref.name_or_index for ref in config.plugins["igmp"].interfaces] == ["eth1", "eth2"]
     assert config.plugins["forwarder"].interfaces == ()  # the forwarder owns nothing: VIFs follow the manager
+    assert config.plugins["forwarder"].table["backend"] == "mrt"  # pinned: a restarted forwarder does not decide anew
     assert not choice.simulated
     assert "eth1, eth2" in choice.reason and "Linux kernel forwarder" in choice.reason
+    assert "multicast routing table (MRT)" in choice.reason
+
+
+def test_a_kernel_without_multicast_routing_forwards_through_nftables_and_says_why() -> None:
+    choice = default_config(True, "nft", "the kernel has no multicast routing table (CONFIG_IP_MROUTE)", ["eth1"])
+    config = loads(choice.text, DEFAULT_SOURCE)
+    assert sorted(config.plugins) == ["forwarder", "igmp"]
+    assert config.plugins["forwarder"].table["backend"] == "nft"
+    assert not choice.simulated
+    assert "nftables (the kernel has no multicast routing table (CONFIG_IP_MROUTE))" in choice.reason
 
 
 @pytest.mark.parametrize(
-    ("is_root", "mrt_error", "interfaces", "why"),
+    ("is_root", "backend", "mrt_error", "interfaces", "why"),
     [
-        (False, None, ["eth1"], "not root"),
-        (True, "MRT_INIT failed: another process already holds it", ["eth1"], "another process already holds it"),
-        (True, None, [], "no interface is up, multicast-capable and not loopback"),
+        (False, None, None, ["eth1"], "not root"),
+        (True, None, "MRT_INIT failed: another process already holds it", ["eth1"], "another process already holds it"),
+        (True, "mrt", None, [], "no interface is up, multicast-capable and not loopback"),
+        (True, None, "no IP_MROUTE; and nftables cannot be used: libnftables is not installed", ["eth1"],
+         "libnftables is not installed"),
     ],
 )
 def test_otherwise_the_simulated_forwarder_alone_and_the_reason(
-    is_root: bool, mrt_error: str | None, interfaces: list[str], why: str
+    is_root: bool, backend: str | None, mrt_error: str | None, interfaces: list[str], why: str
 ) -> None:
-    choice = default_config(is_root, mrt_error, interfaces)
+    choice = default_config(is_root, backend, mrt_error, interfaces)
     config = loads(choice.text, DEFAULT_SOURCE)
     assert list(config.plugins) == ["forwarder-sim"]
     assert choice.simulated
@@ -61,12 +74,12 @@ def test_otherwise_the_simulated_forwarder_alone_and_the_reason(
 
 
 def test_a_multi_line_reason_stays_a_toml_comment() -> None:
-    choice = default_config(True, "line one\n[plugins.igmp]\nline three", ["eth1"])
+    choice = default_config(True, None, "line one\n[plugins.igmp]\nline three", ["eth1"])
     assert list(loads(choice.text).plugins) == ["forwarder-sim"]
 
 
 def test_interface_names_that_need_quoting_survive() -> None:
-    choice = default_config(True, None, ['we"ird', "vlan.10"])
+    choice = default_config(True, "mrt", None, ['we"ird', "vlan.10"])
     assert [r.name_or_index for r in loads(choice.text).plugins["igmp"].interfaces] == ['we"ird', "vlan.10"]
 
 
