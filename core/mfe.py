@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mgm.core.args import format_addr, parse_addr
-from mgm.core.types import Interface
+from mgm.core.types import ClientId, Interface
 
 
 def sg_key(source: int, group: int) -> int:
@@ -94,8 +94,8 @@ class Mfe:
         self.oil: dict[Interface, None] = {}
         # Interfaces an owner vetoed in its creation_alert answer; None while there are none.
         self.disabled: set[Interface] | None = None
-        # Interfaces added with MGM_FORWARD_STATE_FLAG only (no membership behind them).
-        self.forced: set[Interface] | None = None
+        # Interfaces added with MGM_FORWARD_STATE_FLAG, each with the clients whose add it is; None while none.
+        self.forced: dict[Interface, set[ClientId]] | None = None
         self.created = now
         self.last_activity = now
         self.timeout = timeout

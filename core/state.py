@@ -59,7 +59,7 @@
 #   prune_alert when the set of clients with receivers for a (source, group)
 #   changes is the ALERTS table below.  MGM_FORWARD_STATE_FLAG adds or removes
 #   an interface in the OIL of existing matching MFEs without recording a
-#   membership.
+#   membership; that forward state is the adding client's own (client.forwards).
 #
 # MFEs.  A forwarder reports a packet of a new (S,G) (new_packet).  The core
 #   opens a *pending* entry and asks questions with deadlines: rpf to the
@@ -94,10 +94,13 @@
 #     (*,*); (S,*) and multicast sources are 87.  new_packet, get_mfe, set_mfe,
 #     wrong_interface and counters name an exact (S,G).
 #   - Alerts never go to the client whose own change caused them.
-#   - MGM_FORWARD_STATE_FLAG with no matching MFE is a no-op (NO_ERROR); its
-#     delete removes only a forward-only add (a membership behind the
-#     interface keeps it in the OIL).  Forward-only adds of an interface end
-#     when the interface's owner releases it.
+#   - MGM_FORWARD_STATE_FLAG with no matching MFE is a no-op (NO_ERROR).
+#     Forward state belongs to the client that added it, as a membership
+#     does: its delete removes only that client's own add (NO_ERROR when it
+#     has none there), and it ends when that client releases the interface
+#     (or goes), never when another owner of the interface does.  The
+#     interface stays in the OIL while a membership or another client's add
+#     wants it.
 #   - A creation_alert veto keeps an interface out of that MFE's OIL until a
 #     membership is newly added on that interface, by any client, for a key
 #     matching the MFE ((S,G), (*,G) or (*,*)), first there for its key or
@@ -270,7 +273,8 @@ ALERTS: Final[dict[tuple[str, str, int], str]] = {
 
 class _Client:
     __slots__ = (
-        "asked", "conn", "enums", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum", "questions",
+        "asked", "conn", "enums", "forwards", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum",
+        "questions",
     )  # fmt: skip
 
     def __init__(
@@ -283,6 +287,7 @@ class _Client:
         self.questions = questions  # the questions it answers; the others take their default unasked
         self.interfaces: dict[Interface, None] = {}  # owned, in take order
         self.members: dict[Interface, set[int]] = {}  # recorded memberships: interface -> sg keys
+        self.forwards: dict[Interface, dict[int, Mfe]] = {}  # its MGM_FORWARD_STATE_FLAG adds: interface -> MFEs
         self.enums: dict[int, _Enumeration] = {}
         self.next_enum = 1
         self.asked: set[int] = set()  # ids of the open questions addressed to it
@@ -429,7 +434,6 @@ class Mgm:
         self._mfes: dict[int, Mfe] = {}
         self._mfes_by_group: dict[int, dict[int, Mfe]] = {}
         self._mfes_by_in_iface: dict[Interface, dict[int, Mfe]] = {}
-        self._forced_by_iface: dict[Interface, dict[int, Mfe]] = {}
         self._vetoed_by_iface: dict[Interface, dict[int, Mfe]] = {}  # creation_alert vetoes in force
         self._sorted_mfes = SortedKeys()  # of _mfes, for list_mfes
         # group ranges never forwarded out of an interface, set by its owners: iface -> client -> prefixes
@@ -744,7 +748,7 @@ class Mgm:
         return {}
 
     def _release(self, client: _Client, owners: _Owners) -> None:
-        """Delete the client's memberships here and, if it was the owner, the MFEs coming in here."""
+        """Delete the client's memberships and forward state here and, if it was the owner, the MFEs coming in here."""
         iface = owners.iface
         was_told = owners.told is client
         igmp_beside = owners.igmp if owners.owner is client else None
@@ -754,9 +758,9 @@ class Mgm:
             self._delete_membership(client, key, iface)
         if iface in self._boundaries and client in self._boundaries[iface]:
             self._set_boundaries(client, iface, ())  # they go with the ownership: what IGMP keeps may flow again
+        for mfe in sorted(client.forwards.get(iface, {}).values(), key=lambda m: m.key):
+            self._unforce(client, mfe, iface)  # its own forward state only: another owner's add stays
         if was_told:
-            for mfe in sorted(self._forced_by_iface.get(iface, {}).values(), key=lambda m: m.key):
-                self._unforce(mfe, iface)
             for mfe in sorted(self._mfes_by_in_iface.get(iface, {}).values(), key=lambda m: m.key):
                 self._delete_mfe(mfe)
         if owners.owner is client:
@@ -790,7 +794,7 @@ class Mgm:
         key = (group << 32) | source
         iface = owners.iface
         if flags == MGM_FORWARD_STATE_FLAG:
-            self._forward(key, iface, add=True)
+            self._forward(client, key, iface, add=True)
             return {}
         # The addresses were checked to be canonical, so the request's own strings are the event's.
         sg = {k: args[k] for k in _SG_ARGS}
@@ -812,7 +816,7 @@ class Mgm:
         key = (group << 32) | source
         iface = owners.iface
         if flags == MGM_FORWARD_STATE_FLAG:
-            self._forward(key, iface, add=False)
+            self._forward(client, key, iface, add=False)
             return {}
         keys = client.members.get(iface)
         if keys is None or key not in keys:
@@ -1056,29 +1060,33 @@ class Mgm:
             fields = {**_sg_fields(mfe.key), **_iface_fields(mfe.in_iface), "member_delete": False}
             self._ask(told, "prune_alert", mfe.key, fields)
 
-    def _forward(self, key: int, iface: Interface, add: bool) -> None:
-        """MGM_FORWARD_STATE_FLAG: change the OIL of existing matching MFEs, record no membership."""
+    def _forward(self, client: _Client, key: int, iface: Interface, add: bool) -> None:
+        """MGM_FORWARD_STATE_FLAG: the client's own forward state in existing matching MFEs, no membership."""
         for mfe in self._matching_mfes(key):
             if iface == mfe.in_iface:
                 continue
             if add:
                 if mfe.forced is None:
-                    mfe.forced = set()
-                mfe.forced.add(iface)
-                self._forced_by_iface.setdefault(iface, {})[mfe.key] = mfe
+                    mfe.forced = {}
+                mfe.forced.setdefault(iface, set()).add(client.id)
+                client.forwards.setdefault(iface, {})[mfe.key] = mfe
                 self._oil_add(mfe, iface)
-            elif mfe.forced is not None and iface in mfe.forced:
-                self._unforce(mfe, iface)
+            elif mfe.forced is not None and client.id in mfe.forced.get(iface, ()):
+                self._unforce(client, mfe, iface)
 
-    def _unforce(self, mfe: Mfe, iface: Interface) -> None:
+    def _unforce(self, client: _Client, mfe: Mfe, iface: Interface) -> None:
+        """End one client's forward state; the interface leaves the OIL unless something else wants it."""
         assert mfe.forced is not None
-        mfe.forced.discard(iface)
-        if not mfe.forced:
-            mfe.forced = None
-        by_iface = self._forced_by_iface[iface]
-        del by_iface[mfe.key]
-        if not by_iface:
-            del self._forced_by_iface[iface]
+        adders = mfe.forced[iface]
+        adders.discard(client.id)
+        if not adders:
+            del mfe.forced[iface]
+            if not mfe.forced:
+                mfe.forced = None
+        mine = client.forwards[iface]
+        del mine[mfe.key]
+        if not mine:
+            del client.forwards[iface]
         if iface in mfe.oil and not self._wanted(mfe, iface):
             self._oil_remove(mfe, iface)
 
@@ -1131,11 +1139,12 @@ class Mgm:
         if not by_group:
             del self._mfes_by_group[key >> 32]
         self._unindex_in_iface(mfe)
-        for iface in mfe.forced or ():
-            by_iface = self._forced_by_iface[iface]
-            del by_iface[key]
-            if not by_iface:
-                del self._forced_by_iface[iface]
+        for iface, adders in (mfe.forced or {}).items():
+            for cid in adders:  # an adder is registered: its forward state goes when it releases, before it goes
+                mine = self._clients[cid].forwards[iface]
+                del mine[key]
+                if not mine:
+                    del self._clients[cid].forwards[iface]
         for iface in mfe.disabled or ():
             by_iface = self._vetoed_by_iface[iface]
             del by_iface[key]

@@ -119,12 +119,16 @@ class Mfe:
     last_activity: float
     timeout: float
     disabled: set[Iface] = field(default_factory=set)
-    forced: set[Iface] = field(default_factory=set)
+    forced: set[tuple[Iface, ClientId]] = field(default_factory=set)  # forward-only adds: (interface, adder)
     oil: tuple[Iface, ...] = ()
     in_packets: int = 0
     in_bytes: int = 0
     wrong_if_packets: int = 0
     out: dict[Iface, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def forced_ifaces(self) -> set[Iface]:
+        return {i for i, _ in self.forced}
 
 
 class Model:
@@ -211,7 +215,7 @@ class Model:
         return {i for c in self.clients.values() for i, ks in c.members.items() if ks & keys}
 
     def expected_oil(self, mfe: Mfe) -> tuple[Iface, ...]:
-        oil = (self.wanted(mfe.key) | mfe.forced) - mfe.disabled - {mfe.in_iface}
+        oil = (self.wanted(mfe.key) | mfe.forced_ifaces) - mfe.disabled - {mfe.in_iface}
         return tuple(sorted(oil, key=iface_order))
 
     def refresh(self, mfe: Mfe) -> None:
@@ -295,12 +299,13 @@ class Model:
             self.emit(beside, "disable_igmp", if_fields(iface))
         for key in sorted(c.members.get(iface, ()), key=sg_order):
             self._delete_membership(c, key, iface)
+        # [choice] its own forward-only adds there go, whoever else owns the interface; another's stay
+        for mfe in sorted(self.mfes.values(), key=lambda m: sg_order(m.key)):
+            if (iface, c.cid) in mfe.forced:
+                mfe.forced.discard((iface, c.cid))
+                self.refresh(mfe)
         if was_told:
-            # the MFE state kept on the owner's behalf goes: forward-only adds there, MFEs coming in there
-            for mfe in sorted(self.mfes.values(), key=lambda m: sg_order(m.key)):
-                if iface in mfe.forced:
-                    mfe.forced.discard(iface)
-                    self.refresh(mfe)
+            # the MFEs kept on the owner's behalf go: those coming in there
             for key in [k for k, m in self.mfes.items() if m.in_iface == iface]:
                 del self.mfes[key]
         if self.routing.get(iface) == c.cid:
@@ -326,7 +331,7 @@ class Model:
         if flags == 2:
             for mfe in self.matching(key):
                 if iface != mfe.in_iface:
-                    mfe.forced.add(iface)
+                    mfe.forced.add((iface, c.cid))
                     mfe.disabled.discard(iface)  # an explicit add overrides an earlier veto
                     self.refresh(mfe)
             return
@@ -352,8 +357,8 @@ class Model:
             raise Refused(87, "not its interface")
         if flags == 2:
             for mfe in self.matching(key):
-                if iface in mfe.forced:
-                    mfe.forced.discard(iface)
+                if (iface, c.cid) in mfe.forced:  # [choice] only the caller's own add; none there is 0
+                    mfe.forced.discard((iface, c.cid))
                     self.refresh(mfe)
             return
         if key not in c.members.get(iface, ()):

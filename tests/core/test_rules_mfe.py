@@ -397,6 +397,51 @@ def test_forward_flag_adds_and_removes_oil_of_an_existing_mfe(core: Core, net: N
     assert net.oil() == []
 
 
+def test_forward_state_of_igmp_stays_when_the_routing_owner_releases(core: Core, net: Net) -> None:
+    """[ours] Forward state is its adder's: PIM releasing 2, which IGMP shares, leaves IGMP's add there."""
+    net.create()
+    net.igmp.join(S, G, 2, flags=2)
+    assert net.oil() == [2]
+    net.pim.release(2)
+    assert net.oil() == [2]
+    net.igmp.leave(S, G, 2, flags=2)
+    assert net.oil() == []
+
+
+@pytest.mark.parametrize("how", ["release", "connection lost"])
+def test_forward_state_goes_with_the_client_that_added_it(core: Core, net: Net, how: str) -> None:
+    """[ours] IGMP releasing 2 (or going) takes its forward state there along; PIM's own add stays."""
+    net.create()
+    net.create(S, "239.2.2.2")
+    net.igmp.join(S, G, 2, flags=2)
+    net.igmp.join(ANY, "239.2.2.2", 3, flags=2)
+    net.pim.join(S, "239.2.2.2", 3, flags=2)
+    assert (net.oil(), net.oil(S, "239.2.2.2")) == ([2], [3])
+    if how == "release":
+        net.igmp.release(2)
+        net.igmp.release(3)
+    else:
+        core.mgm.connection_lost(net.igmp.conn, core.now)
+    assert (net.oil(), net.oil(S, "239.2.2.2")) == ([], [3])
+    net.pim.leave(S, "239.2.2.2", 3, flags=2)
+    assert net.oil(S, "239.2.2.2") == []
+
+
+def test_a_forward_state_delete_removes_only_the_callers_own(core: Core, net: Net) -> None:
+    """[ours] Two clients forwarding out of 2: each delete ends only its own add; one not there answers 0."""
+    net.create()
+    net.pim.join(S, G, 2, flags=2)
+    net.igmp.join(S, G, 2, flags=2)
+    core.drop()
+    assert net.pim.leave(S, G, 2, flags=2) == {}
+    assert net.oil() == [2]
+    assert core.events() == []
+    assert net.pim.leave(S, G, 2, flags=2) == {}  # not there (any more): 0, and nothing changes
+    assert net.oil() == [2]
+    net.igmp.leave(S, G, 2, flags=2)
+    assert net.oil() == []
+
+
 def test_creation_veto_holds_until_a_new_membership_on_that_interface(core: Core, net: Net) -> None:
     """[ours] An interface vetoed in creation_alert stays out until a membership newly appears on it."""
     net.igmp.join(ANY, G, 2)

@@ -25,7 +25,7 @@ MGM_STATEFUL_NOSHRINK=1 reports the first failing example as found (shrinking
 a 50-step failure can take minutes).  Hunt, e.g.:
 
     cd tests/core && MGM_STATEFUL_RANDOM=1 MGM_STATEFUL_EXAMPLES=3000 \
-        /work/venv/bin/pytest -q test_stateful.py --hypothesis-show-statistics
+        ../../.venv/bin/python -m pytest -q test_stateful.py --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -381,7 +381,7 @@ class CoreMachine(RuleBasedStateMachine):
             mfe = m.mfes[(x["source"], x["group"])]
             s, g = mfe.key
             implied = {i for _, k, i in members if k in ((s, g), (ANY, g), (ANY, ANY))}
-            want = sorted((implied | mfe.forced) - mfe.disabled - {mfe_iface(x)}, key=iface_order)
+            want = sorted((implied | mfe.forced_ifaces) - mfe.disabled - {mfe_iface(x)}, key=iface_order)
             assert oil_of(x) == want, f"OIL of {mfe.key}: {x['oil']}, memberships imply {want}"
             self.check_mfe(x, mfe)
         # per client: owned interfaces in take order, local receivers, open questions
