@@ -25,6 +25,7 @@ class KernelEntry:
     oifs: frozenset[str]
     packets: int
     bytes: int
+    wrong_if: int
 
 
 class KernelView:
@@ -35,7 +36,7 @@ class KernelView:
         self.ns, self.backend, self.table = ns, backend, table
 
     def entries(self) -> dict[tuple[str, str], KernelEntry]:
-        return {tuple(k): KernelEntry(e[0], frozenset(e[1]), e[2], e[3])  # type: ignore[misc]
+        return {tuple(k): KernelEntry(e[0], frozenset(e[1]), e[2], e[3], e[4])  # type: ignore[misc]
                 for k, e in self._read()["entries"]}  # fmt: skip
 
     def entry(self, source: str, group: str) -> KernelEntry | None:
@@ -57,7 +58,8 @@ class KernelView:
         if self.backend == "mrt":
             vifs = parse_ip_mr_vif(self.ns.run("cat", "/proc/net/ip_mr_vif").stdout)
             names = {v.vif: v.name for v in vifs}
-            entries = [((e.source, e.group), (names[e.parent], sorted(names[o] for o in e.oifs), e.packets, e.bytes))
+            entries = [((e.source, e.group),
+                        (names[e.parent], sorted(names[o] for o in e.oifs), e.packets, e.bytes, e.wrong_if))
                        for e in parse_ip_mr_cache(self.ns.run("cat", "/proc/net/ip_mr_cache").stdout)
                        if e.resolved]  # fmt: skip
             return {"entries": entries, "interfaces": sorted(names.values()),
@@ -90,11 +92,16 @@ def read_nft(table: str) -> dict[str, Any]:
     out: dict[str, int] = {}
     interfaces: list[str] = []
     sg = []
+    wrong_if: dict[tuple[str, str], int] = {}
     for item in data:
         if "set" in item and item["set"]["name"] == "ifs":
             interfaces = sorted(name(v) for v in item["set"].get("elem", []))
         elif "map" in item and item["map"]["name"] == "sg":
             sg = item["map"].get("elem", [])
+        elif "map" in item and item["map"]["name"] == "known":
+            for element, _verdict in item["map"].get("elem", []):
+                source, group = element["elem"]["val"]["concat"]
+                wrong_if[(source, group)] = element["elem"].get("counter", {}).get("packets", 0)
         elif "rule" in item and item["rule"]["chain"].startswith("oil_"):
             exprs = item["rule"]["expr"]
             dev = next(name(e["dup"]["dev"]) for e in exprs if "dup" in e)
@@ -108,5 +115,6 @@ def read_nft(table: str) -> dict[str, Any]:
         iif, source, group = element["elem"]["val"]["concat"]
         counter = element["elem"].get("counter", {})
         oifs = sorted(chains.get(verdict["goto"]["target"], [])) if "goto" in verdict else []
-        entries.append(((source, group), (name(iif), oifs, counter.get("packets", 0), counter.get("bytes", 0))))
+        counts = counter.get("packets", 0), counter.get("bytes", 0), wrong_if.get((source, group), 0)
+        entries.append(((source, group), (name(iif), oifs, *counts)))
     return {"entries": entries, "interfaces": interfaces, "out": out}

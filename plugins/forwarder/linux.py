@@ -232,6 +232,15 @@ class LinuxForwarder(ForwarderPlugin):
                 await asyncio.get_running_loop().run_in_executor(None, self.nft.read_counters)
             except NftError as exc:
                 self.log.warning("nftables counters not read: %s", exc)
+                return
+            self.nft.use_snapshot = True  # for the report that follows in this turn, not for later changes
+
+    def report_counters(self, mgm: PluginContext) -> int:
+        try:
+            return super().report_counters(mgm)
+        finally:
+            if self.nft is not None:
+                self.nft.use_snapshot = False
 
     async def _apply_batches(self) -> None:
         """Apply queued changes: one transaction per burst, in a worker thread, so the loop keeps serving."""

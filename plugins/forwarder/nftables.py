@@ -16,7 +16,7 @@ locally only.  This module keeps one table per forwarder instance::
       chain oil_<hash> { counter dup to ip daddr device N; ... }  # one per distinct OIL, shared by its entries
       chain wrong_if   { ... log group N prefix "mgm-wrongif" }
       chain pre        { prerouting, priority raw:
-                         unicast, 224.0.0.0/24, TTL <= 1: accept (never forwarded)
+                         unicast, 224.0.0.0/24, looped back, TTL <= 1: accept (never forwarded)
                          iif . saddr . daddr vmap @sg          # established flows: one lookup
                          saddr . daddr vmap @known             # a known (S,G) on the wrong interface
                          iif not in @ifs: accept
@@ -74,6 +74,9 @@ WRONG_IF_HOLD = 3
 REPORT_RATE = 2000
 """New-flow reports per second at most, whatever arrives (a burst of 1,000 passes at once)."""
 SEEN_SIZE = 65536
+PACKET_LOOPBACK = 5
+"""The pkttype of a multicast copy the kernel loops back to this host when it sends one out (our own duplicates
+among them): seen in prerouting on the outgoing interface, it is neither a new flow nor a wrong interface."""
 NFT_CTX_OUTPUT_JSON = 1 << 4
 _COMMENT = "mgmbus forwarder, NFLOG group {group}"
 _MARK = "mgmbus_nflog_"
@@ -200,6 +203,8 @@ class NftDataplane:
         self.pending_ifs: dict[int, bool] = {}
         self.pending: dict[SgKey, Entry | None] = {}
         self.counts: dict[SgKey, SgCount] = {}  # the last counters read
+        self.use_snapshot = False
+        """Set by the owner between `read_counters` and the report that uses them."""
         self.on_pending: Callable[[], None] | None = None
         """Called when a change is queued and none was before: the owner schedules a batch."""
 
@@ -224,6 +229,7 @@ class NftDataplane:
         pre_rules = [
             "ip daddr != 224.0.0.0/4 accept",
             "ip daddr 224.0.0.0/24 accept",
+            f"meta pkttype {PACKET_LOOPBACK} accept",
             "ip ttl <= 1 accept",
             f"{flow} vmap @sg",
             "ip saddr . ip daddr vmap @known",
@@ -325,8 +331,23 @@ class NftDataplane:
         self._queue((source, group), None)
 
     def sg_count(self, source: str, group: str) -> SgCount | None:
-        """The entry's counters as last read (`read_counters`); None when it has none."""
-        return self.counts.get((source, group))
+        """The entry's counters: from the last `read_counters` while `use_snapshot` (a periodic report), else
+        read now (the mirror settles an entry's counters before its output list changes); None without one."""
+        key = (source, group)
+        if self.use_snapshot:
+            return self.counts.get(key)
+        have = self.entries.get(key)
+        if have is None:
+            return None
+        try:
+            text = self.nft.run(f"get element ip {self.table} sg {{ {_key(have.parent, key)} }}")
+        except NftError:
+            return self.counts.get(key)
+        for _if, s, g, packets, nbytes in _SG_COUNTER.findall(text):
+            if (s, g) == key:
+                wrong_if = self.counts.get(key, SgCount(0, 0, 0)).wrong_if
+                self.counts[key] = SgCount(int(packets), int(nbytes), wrong_if)
+        return self.counts.get(key)
 
     def _queue_if(self, if_index: int, present: bool) -> None:
         self.pending_ifs[if_index] = present
