@@ -2,9 +2,11 @@
 
 Topology (tests/e2e/e2e_stack.py, the end-to-end tests' own): a sender
 namespace sending UDP to the group every `--interval` seconds, a router
-namespace running `mgm up` (manager, igmp, Linux forwarder), a receiver
-host.  The sender starts before any receiver, so the router holds a
-negative MFE (empty OIL) for the flow when the joins come, as in the field.
+namespace running `mgm up` (manager, igmp, Linux forwarder on the backend
+`--backend` names: auto takes MRT where the kernel has IP_MROUTE, else
+nftables, as the forwarder's own "auto" does), a receiver host.  The
+sender starts before any receiver, so the router holds a negative MFE
+(empty OIL) for the flow when the joins come, as in the field.
 
 Each join: a fresh socket joins the group (the host's kernel sends an
 IGMPv3 report at once), and the time to its first datagram is recorded;
@@ -13,12 +15,21 @@ the group has crossed its link for `--silence` seconds (a packet socket
 watches), so the next join starts from a router that has stopped
 forwarding.  The report gives p50 and p99 over `--joins` joins.
 
+Where a join's time goes: a packet socket on the host's link (ETH_P_ALL,
+kernel timestamps) sees the host's IGMPv3 join report leave and the first
+datagram come in, so the report splits each join into the host kernel's
+delay before it reports (Linux sends the first report two jiffies after
+the join: 4-8 ms at HZ=250, more on a loaded machine) and the router's
+reaction, report on the wire to the first datagram on the wire, which is
+what `mgm up` controls.  `--keep-log FILE --log-level debug` keeps the log
+of `mgm up` for a timeline inside the router.
+
 Baseline, measured in the same run: the same join while another socket on
 the host keeps the group joined, so the router already forwards; that is
 the floor set by the send interval and the host's own stack, and the report
 gives the ratio of the medians.
 
-    sudo /work/venv/bin/python bench/join_latency.py [--joins 60] [--interval 0.001]
+    sudo .venv/bin/python bench/join_latency.py [--joins 60] [--interval 0.001] [--backend auto|mrt|nft]
 
 Needs root (network namespaces); everything it creates is removed at the end,
 also on Ctrl-C or failure.  Run time: about a second per join.
@@ -45,7 +56,9 @@ from e2e_stack import IGMP_FAST, S1, build  # noqa: E402
 from netns import Topology, send_udp, wait_until  # noqa: E402
 
 GROUP, PORT = "239.92.0.1", 6092
-ETH_P_IP = 0x0800
+ETH_P_IP, ETH_P_ALL = 0x0800, 0x0003
+SO_TIMESTAMPNS = 35  # Linux; not in Python's socket module
+IPPROTO_IGMP, IGMPV3_REPORT, MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE = 2, 0x22, 2, 4
 RECV_TIMEOUT = 10.0
 """Seconds a join may wait for its first packet before the run is declared broken."""
 
@@ -58,10 +71,10 @@ def _group_frames(sniffer: socket.socket, group: bytes) -> int:
     seen = 0
     while True:
         try:
-            data = sniffer.recv(2048, socket.MSG_DONTWAIT)
+            data, address = sniffer.recvfrom(2048, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return seen
-        if len(data) >= 20 and data[16:20] == group:
+        if address[1] == ETH_P_IP and len(data) >= 20 and data[16:20] == group:
             seen += 1
 
 
@@ -78,13 +91,15 @@ def _wait_silence(sniffer: socket.socket, group: bytes, silence: float, timeout:
     raise TimeoutError(f"forwarding did not stop within {timeout} s of a leave")
 
 
-def _join_and_wait(group: str, port: int, if_index: int) -> tuple[float, socket.socket]:
-    """Seconds from IP_ADD_MEMBERSHIP to the first datagram, and the (still joined) socket."""
+def _join_and_wait(group: str, port: int, if_index: int) -> tuple[float, socket.socket, int]:
+    """Seconds from IP_ADD_MEMBERSHIP to the first datagram, the (still joined) socket, and the join's
+    CLOCK_REALTIME in ns (the clock of the packet socket's timestamps)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((group, port))
     sock.settimeout(RECV_TIMEOUT)
     mreq = struct.pack("=4s4si", socket.inet_aton(group), bytes(4), if_index)
+    wall = time.time_ns()
     start = time.perf_counter()
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
     try:
@@ -92,34 +107,90 @@ def _join_and_wait(group: str, port: int, if_index: int) -> tuple[float, socket.
     except TimeoutError:
         sock.close()
         raise TimeoutError(f"no datagram within {RECV_TIMEOUT} s of a join") from None
-    return time.perf_counter() - start, sock
+    return time.perf_counter() - start, sock, wall
+
+
+def _is_join_report(data: bytes, group: bytes) -> bool:
+    """An IGMPv3 report with an exclude-mode record (a join) for `group`."""
+    ihl = (data[0] & 0x0F) * 4
+    if len(data) < ihl + 8 or data[9] != IPPROTO_IGMP or data[ihl] != IGMPV3_REPORT:
+        return False
+    at, records = ihl + 8, struct.unpack("!H", data[ihl + 6 : ihl + 8])[0]
+    for _ in range(records):
+        if len(data) < at + 8:
+            return False
+        rtype, aux, nsrc = data[at], data[at + 1], struct.unpack("!H", data[at + 2 : at + 4])[0]
+        if data[at + 4 : at + 8] == group and rtype in (MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE):
+            return True
+        at += 8 + 4 * nsrc + 4 * aux
+    return False
+
+
+def _split(sniffer: socket.socket, group: bytes, joined_ns: int) -> tuple[float, float] | None:
+    """(join -> the host's report on the wire, that report -> the first datagram back on the wire) in seconds,
+    from the packet socket's kernel timestamps; None when either frame is missing."""
+    report = first = None
+    while True:
+        try:
+            data, ancillary, _flags, address = sniffer.recvmsg(2048, 256, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        stamp = next((struct.unpack("=qq", d[:16]) for lvl, kind, d in ancillary
+                      if lvl == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS), None)  # fmt: skip
+        if stamp is None or address[1] != ETH_P_IP or len(data) < 20:
+            continue
+        at = stamp[0] * 1_000_000_000 + stamp[1]
+        if at < joined_ns:
+            continue
+        if report is None and address[2] == socket.PACKET_OUTGOING and _is_join_report(data, group):
+            report = at
+        elif first is None and address[2] != socket.PACKET_OUTGOING and data[16:20] == group:
+            first = at
+    if report is None or first is None:
+        return None
+    return (report - joined_ns) / 1e9, (first - report) / 1e9
 
 
 def measure(group: str, port: int, joins: int, baseline: int, silence: float, leave_timeout: float) -> dict[str, Any]:
     """Run in the receiver host: `joins` timed joins from a stopped router, then `baseline` joins with it on."""
     ifname = "eth0"
     if_index = socket.if_nametoindex(ifname)
-    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-    sniffer.bind((ifname, ETH_P_IP))
+    # ETH_P_ALL: only such packet sockets see the frames the host sends (its reports) as well
+    sniffer = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sniffer.bind((ifname, ETH_P_ALL))
+    sniffer.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     packed = socket.inet_aton(group)
     cold: list[float] = []
+    host_report: list[float] = []  # join -> the host's report leaves (the host kernel's delay)
+    router: list[float] = []  # the report leaves -> the first datagram arrives (the router's reaction)
     for _ in range(joins):
         _wait_silence(sniffer, packed, silence, leave_timeout)
-        latency, sock = _join_and_wait(group, port, if_index)
+        latency, sock, joined_ns = _join_and_wait(group, port, if_index)
         cold.append(latency)
+        split = _split(sniffer, packed, joined_ns)
+        if split is not None:
+            host_report.append(split[0])
+            router.append(split[1])
         sock.close()  # the last socket of the group on this host: the kernel sends a leave
     keeper = _join_and_wait(group, port, if_index)[1]
     warm: list[float] = []
     for _ in range(baseline):
-        latency, sock = _join_and_wait(group, port, if_index)
+        latency, sock, _ = _join_and_wait(group, port, if_index)
         warm.append(latency)
         sock.close()  # the keeper stays joined: no leave, the router goes on forwarding
     keeper.close()
     sniffer.close()
-    return {"cold": cold, "warm": warm}
+    return {"cold": cold, "warm": warm, "host_report": host_report, "router": router}
 
 
 # --- the run ----------------------------------------------------------------------------------
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend ("mrt" or "nft") for `backend`: auto is MRT where the kernel has it, else nft."""
+    if backend != "auto":
+        return backend
+    return "mrt" if Path("/proc/net/ip_mr_vif").exists() else "nft"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -142,6 +213,11 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.001, help="seconds between two sent datagrams")
     parser.add_argument("--silence", type=float, default=0.2,
                         help="seconds without a datagram on the link that mean forwarding stopped")  # fmt: skip
+    parser.add_argument("--backend", default="auto", choices=("auto", "mrt", "nft"),
+                        help="the forwarder's backend (auto: MRT where the kernel has it, else nftables)")  # fmt: skip
+    parser.add_argument("--keep-log", type=Path, default=None, metavar="FILE",
+                        help="copy the log of `mgm up` here before the namespaces go (with --log-level debug: "
+                             "a timeline of each join)")  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args()
     if args.joins < 50:
@@ -149,10 +225,11 @@ def main() -> int:
     if os.geteuid() != 0:
         print("join_latency: needs root (network namespaces)", file=sys.stderr)
         return 2
+    backend = resolve_backend(args.backend)
     budget = 30.0 + args.joins * 3.0 + args.baseline * 0.5
     started = time.monotonic()
     with Topology(prefix="mgmbench") as topology:
-        stack = build(topology, receivers=1, log_level=args.log_level)
+        stack = build(topology, receivers=1, backend=backend, log_level=args.log_level)
         count = int(budget / args.interval)  # more than the run can use: the topology's end stops it
         stack.sender.spawn(send_udp, GROUP, PORT, count, interval=args.interval, source=S1, name="send")
         wait_until(lambda: stack.kernel_oil(S1, GROUP) == set(), 10, "a negative MFE before the first join")
@@ -160,15 +237,21 @@ def main() -> int:
         result = stack.hosts[0].call(measure, GROUP, PORT, args.joins, args.baseline, args.silence, leave_timeout,
                                      timeout=budget)  # fmt: skip
         stack.alive()
+        if args.keep_log is not None:
+            args.keep_log.write_text(stack.up.log())
     cold, warm = result["cold"], result["warm"]
     print("join latency: IP_ADD_MEMBERSHIP on a host to its first datagram through a router running `mgm up`")
-    print(f"  setup: sender -> router (igmp v3 + Linux forwarder) -> host, veth links, one datagram every "
-          f"{args.interval * 1000:g} ms; igmp {IGMP_FAST}; forwarder counters 0.2 s; log level {args.log_level}; "
-          f"leave then {args.silence:g} s of silence between joins")  # fmt: skip
+    print(f"  setup: sender -> router (igmp v3 + Linux forwarder, backend {backend}) -> host, veth links, "
+          f"one datagram every {args.interval * 1000:g} ms; igmp {IGMP_FAST}; forwarder counters 0.2 s; "
+          f"log level {args.log_level}; leave then {args.silence:g} s of silence between joins")  # fmt: skip
     print(f"  machine: Linux {platform.release()}, Python {platform.python_version()}, {os.cpu_count()} CPU(s); "
           f"run {time.monotonic() - started:.0f} s")  # fmt: skip
     print("  " + report("join (router not forwarding)", cold))
     print("  " + report("baseline (router already forwarding)", warm))
+    if result["router"]:
+        print("  where a join's time goes, from the host's packet socket (kernel timestamps):")
+        print("    " + report("join -> host's report leaves", result["host_report"]))
+        print("    " + report("report leaves -> first datagram in", result["router"]))
     print(f"  ratio of medians join/baseline: {statistics.median(cold) / statistics.median(warm):.1f}")
     return 0
 
