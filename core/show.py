@@ -40,7 +40,7 @@ from mgm.bus.client import Client
 from mgm.bus.sockets import Curve
 from mgm.bus.status import MgmError
 from mgm.bus.topics import STATE
-from mgm.core.types import ANY, IGMP_PROTOCOL_ID
+from mgm.core.types import ANY, FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID
 
 TABLES = ("protocols", "interfaces", "groups", "mfes")
 DEFAULT_TIMEOUT = 5.0
@@ -55,21 +55,34 @@ class ToolError(Exception):
     """Anything else that ends a tool with exit status 1 and one line (a refusal, a timeout)."""
 
 
-def tool_curve(args: argparse.Namespace) -> Curve | None:
-    """CURVE keys from --curve-key/--server-key for a tcp manager (mgm.core.keys.client_curve)."""
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="configuration file to take the manager's endpoints ([manager] api, events) and, for "
+                             "tcp, the CURVE keys (curve_client_key, curve_server_public_key) from; the command line "
+                             "wins (default: none)")  # fmt: skip
+
+
+def tool_connection(args: argparse.Namespace) -> tuple[str, str, Curve | None]:
+    """(api, events, CURVE keys): the command line's, else --config's (as `mgm plugin` takes them)."""
+    from mgm.core.config import ConfigError, effective_manager, load
     from mgm.core.keys import client_curve
 
+    api, events, config = args.api, args.events, None
     try:
-        return client_curve(args)
-    except ValueError as exc:
+        if args.config is not None:
+            config = load(args.config)
+            settings = effective_manager(config, api, events, args.log_level)
+            api, events = str(settings.api), str(settings.events)
+        return api, events, client_curve(args, config)
+    except (ConfigError, ValueError) as exc:
         raise ToolError(str(exc)) from None
 
 
 def unreachable_message(api: str) -> str:
     if api.startswith("tcp://"):  # a refused CURVE handshake looks exactly like silence
-        return (f"no manager answers on {api}: is `mgm manager` running, and is our key (--curve-key) in its "
-                "allow-list and --server-key its public key?")
-    return f"no manager answers on {api}: is `mgm manager` running?"
+        return (f"no manager answers on {api}: is `mgm up` (or `mgm manager`) running, and is our key (--curve-key) "
+                "in its allow-list and --server-key its public key?")
+    return f"no manager answers on {api}: is `mgm up` (or `mgm manager`) running?"
 
 
 class _NotYetLost(logging.Filter):
@@ -257,7 +270,18 @@ def interfaces_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]]
             str(mfes_out.get(k, 0)),
             _boundaries_text(i.get("boundaries") or []),
         )
-    return table, entries, f"{len(entries)} interface(s)"
+    return table, entries, f"{len(entries)} interface(s); {forwarding(state)}"
+
+
+def forwarding(state: dict[str, Any]) -> str:
+    """Who forwards, as the forwarder registered itself: its backend ("forwarder (nft)"), or that nothing does."""
+    names = [str(p.get("name") or "forwarder") for p in state.get("protocols", [])
+             if int(p.get("protocol_id", -1)) == FORWARDER_PROTOCOL_ID]  # fmt: skip
+    if not names:
+        return "no forwarder is registered: nothing is forwarded"
+    if any("simulated" in name for name in names):
+        return f"{', '.join(names)}: SIMULATED, nothing is really forwarded"
+    return f"forwarded by {', '.join(names)}"
 
 
 def _boundaries_text(boundaries: list[dict[str, Any]]) -> str:
@@ -355,12 +379,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE, metavar="N",
                         help=f"mfes: entries per list_mfes request (default {DEFAULT_PAGE})")
     add_timeout_option(parser)
+    add_config_option(parser)
     parser.set_defaults(_parser=parser)
 
 
 async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
-    client = Client(args.api, args.events, connect_timeout=args.timeout, request_timeout=args.timeout,
-                    curve=tool_curve(args))
+    api, events, curve = tool_connection(args)
+    client = Client(api, events, connect_timeout=args.timeout, request_timeout=args.timeout, curve=curve)
     await start_client(client)
     try:
         if args.table == "mfes":

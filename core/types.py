@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 IGMP_PROTOCOL_ID = 10
 """RRAS PROTO_IP_IGMP: the one client that may share an interface."""
+FORWARDER_PROTOCOL_ID = 65001
+"""The forwarder (mgm.plugins.forwarder): ours, outside the RRAS protocol ids; it owns no interface."""
 
 ANY = "0.0.0.0"
 """Wildcard source or group (with mask 0.0.0.0), and next_hop of broadcast links."""

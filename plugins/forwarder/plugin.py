@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
+from mgm.core.types import FORWARDER_PROTOCOL_ID
 from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import MAXVIFS, Upcall
 from mgm.plugins.forwarder.nftables import DEFAULT_NFLOG_GROUP, DEFAULT_TABLE, TABLE_NAME
@@ -42,8 +43,6 @@ from mgm.plugins.hookspecs import hookimpl
 if TYPE_CHECKING:
     from mgm.plugins.context import PluginContext
 
-FORWARDER_PROTOCOL_ID = 65001
-"""Outside the RRAS protocol ids: the forwarder is ours, not a routing protocol."""
 FORWARDER_COMPONENT_ID = 1
 COUNTERS_BATCH = 256
 """Entries per mfe_counters request: keeps each frame far below the manager's 64 KiB limit."""

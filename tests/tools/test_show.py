@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mgm_testplugins.control import Control
-from mgm_testplugins.processes import MGM, ManagerProc, PluginProc
+from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, toml_config
 from tool_procs import RawClient
 
 Show = Callable[..., subprocess.CompletedProcess[str]]
@@ -196,7 +196,22 @@ def test_show_without_a_manager(ipc_dir: Path) -> None:
         assert result.stdout == ""
         lines = result.stderr.splitlines()
         assert len(lines) == 1, result.stderr
-        assert lines[0].startswith(f"mgm show: no manager answers on {api}: is `mgm manager` running?")
+        assert lines[0].startswith(f"mgm show: no manager answers on {api}: is `mgm up` (or `mgm manager`) running?")
+
+
+def test_show_and_monitor_take_the_manager_from_config(manager: ManagerProc, ipc_dir: Path) -> None:
+    """--config gives the [manager] endpoints (and, over tcp, the keys) as for `mgm up`; --api wins over it."""
+    config = ipc_dir / "router.toml"
+    config.write_text(toml_config({}, {"api": manager.api, "events": manager.events}))
+    shown = subprocess.run([*MGM, "show", "protocols", "--json", "--config", str(config)], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+    assert as_json(shown)["entries"] == []
+    nothing = f"ipc://{ipc_dir}/nothing"
+    for tool in ("show", "monitor"):
+        argv = [*MGM, tool, *(["protocols"] if tool == "show" else []), "--config", str(config), "--api", nothing,
+                "--timeout", "0.5"]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 1 and f"no manager answers on {nothing}" in result.stderr, result.stderr
 
 
 def test_show_refuses_bad_options(manager: ManagerProc, show: Show) -> None:
@@ -238,3 +253,16 @@ def test_the_interfaces_table_shows_boundaries_as_prefixes() -> None:
     ]}  # fmt: skip
     table, _, _ = interfaces_table(state)
     assert list(table.columns[-1].cells) == ["239.5.0.0/16", "224.0.0.0/5,232.0.0.0/6,+1", "-"]
+
+
+def test_the_interfaces_table_says_who_forwards_and_whether_anything_is() -> None:
+    from mgm.core.show import interfaces_table
+
+    def footer(*names: str) -> str:
+        protocols = [{"protocol_id": 65001, "component_id": 1, "name": name} for name in names]
+        return interfaces_table({"protocols": protocols, "interfaces": []})[2]
+
+    assert footer("forwarder (nft)") == "0 interface(s); forwarded by forwarder (nft)"
+    assert footer("forwarder (mrt)").endswith("forwarded by forwarder (mrt)")
+    assert "SIMULATED, nothing is really forwarded" in footer("forwarder (simulated)")
+    assert footer().endswith("no forwarder is registered: nothing is forwarded")
