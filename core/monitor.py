@@ -46,12 +46,13 @@ from mgm.bus.client import Client
 from mgm.core.show import (
     ToolError,
     Unreachable,
+    add_config_option,
     add_timeout_option,
     addr_or_star,
     check_timeout,
     iface_label,
     start_client,
-    tool_curve,
+    tool_connection,
     tool_logging,
 )
 
@@ -332,8 +333,8 @@ def _prefixes(topics: list[str] | None) -> list[str]:
 
 
 async def _monitor(args: argparse.Namespace, mon: Monitor) -> None:
-    client = _Client(args.api, args.events, connect_timeout=args.timeout,
-                     request_timeout=max(args.timeout, 1.0), curve=tool_curve(args))  # fmt: skip
+    api, events, curve = tool_connection(args)
+    client = _Client(api, events, connect_timeout=args.timeout, request_timeout=max(args.timeout, 1.0), curve=curve)
     mon.client = client
     for prefix in _prefixes(args.topic):
         client.follow(prefix, mon.on_event, mon.on_snapshot)
@@ -382,6 +383,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=None, metavar="N",
                         help="stop after showing N events (with the summary), e.g. to wait for one event in a script")
     add_timeout_option(parser)
+    add_config_option(parser)
     parser.set_defaults(_parser=parser)
 
 

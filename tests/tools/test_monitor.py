@@ -265,5 +265,5 @@ def test_monitor_without_a_manager(start_monitor: StartMonitor, ipc_dir: Any) ->
     assert mon.wait(60) == 1
     assert mon.output() == ""
     err = mon.log().split("--- stderr ---\n", 1)[1]
-    assert err.splitlines() == [f"mgm monitor: no manager answers on {api}: is `mgm manager` running? "
+    assert err.splitlines() == [f"mgm monitor: no manager answers on {api}: is `mgm up` (or `mgm manager`) running? "
                                 f"(there is no socket {ipc_dir}/nothing)"]  # fmt: skip
