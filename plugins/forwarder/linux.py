@@ -34,6 +34,7 @@ import asyncio
 import errno
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ from mgm.plugins.forwarder.mroute import (
     read_ip_mr_vif,
 )
 from mgm.plugins.forwarder.nflog import NflogError, NflogSocket
-from mgm.plugins.forwarder.nftables import NftDataplane, NftError
+from mgm.plugins.forwarder.nftables import HeldPackets, NftDataplane, NftError
 from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class LinuxForwarder(ForwarderPlugin):
         self._reading: int | None = None  # the fd read from the event loop
         self._batches: asyncio.Event | None = None
         self._adopted: tuple[set[int], dict[SgKey, Entry]] = (set(), {})
+        self.held = HeldPackets()
 
     @property
     def registration_name(self) -> str:
@@ -225,6 +227,7 @@ class LinuxForwarder(ForwarderPlugin):
             self.nft.close()
         if self.nflog is not None:
             self.nflog.close()
+        self.held.close()
 
     async def read_counters(self) -> None:
         if self.nft is not None:
@@ -250,9 +253,15 @@ class LinuxForwarder(ForwarderPlugin):
             await self._batches.wait()
             self._batches.clear()
             while (batch := self.nft.take_batch()) is not None:
+                self.held.count(batch)
                 result = await loop.run_in_executor(None, self.nft.run_batch, batch)
                 for key, have in self.nft.commit(batch, result).items():
                     self.mirror.dataplane_failed(key, have)
+                if result.error is None and self.held.packets:
+                    now = time.monotonic()
+                    for key, (have, want) in batch.entries.items():
+                        if have is None and want is not None:
+                            self.held.release(key, want.oifs, now)
                 if result.error is None:
                     self.log.debug("nftables: %d entr(ies), %d interface(s) changed in one transaction",
                                    len(batch.entries), len(batch.ifs_add) + len(batch.ifs_del))  # fmt: skip
@@ -265,8 +274,14 @@ class LinuxForwarder(ForwarderPlugin):
         except OSError as exc:
             self.log.error("reading upcalls: %s", exc)
             return
-        if upcalls:
-            self.on_upcalls(upcalls)
+        if not upcalls:
+            return
+        if self.nft is not None:
+            now = time.monotonic()
+            for upcall in upcalls:
+                if upcall.packet and (upcall.source, upcall.group) not in self.nft.entries:
+                    self.held.hold((upcall.source, upcall.group), upcall.packet, now)
+        self.on_upcalls(upcalls)
 
     async def _netlink(self) -> None:
         """Links and addresses: a dump, then events (subscribed first, so nothing falls in between)."""

@@ -105,6 +105,8 @@ class Upcall:
     vif: int
     source: str
     group: str
+    packet: bytes = b""
+    """The packet itself where the dataplane hands it over for us to forward once resolved (nftables)."""
 
     @property
     def kind_name(self) -> str:

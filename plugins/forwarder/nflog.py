@@ -43,8 +43,10 @@ NLA_F_NESTED = 1 << 15
 
 NEW_PREFIX = "mgm-new"
 WRONG_IF_PREFIX = "mgm-wrongif"
-COPY_RANGE = 20
-"""Bytes of each packet copied to us: the IPv4 header without options, which holds source and group."""
+HEADER_RANGE = 20
+"""Bytes copied of a wrong-interface packet: the IPv4 header without options, which holds source and group."""
+COPY_RANGE = 0xFFFF
+"""Bytes copied of the first packet of a new flow: all of it, so the forwarder can send it on once resolved."""
 
 _NLMSG = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")  # family, version, res_id (big-endian group)
@@ -107,7 +109,9 @@ def _parse_packet(attrs: bytes) -> Upcall | None:
         upcall_kind = IGMPMSG_WRONGVIF
     else:
         return None
-    return Upcall(upcall_kind, indev, socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20]))
+    source, group = socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20])
+    held = bytes(payload) if upcall_kind == IGMPMSG_NOCACHE else b""
+    return Upcall(upcall_kind, indev, source, group, held)
 
 
 class NflogSocket:
@@ -122,7 +126,7 @@ class NflogSocket:
         try:
             self.sock.settimeout(2.0)
             self.sock.bind((0, 0))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             self._config(_attr(NFULA_CFG_CMD, struct.pack("=B3x", NFULNL_CFG_CMD_BIND)), "bind")
             self._config(_attr(NFULA_CFG_MODE, struct.pack("!IBx", COPY_RANGE, NFULNL_COPY_PACKET)), "copy mode")
             self._config(_attr(NFULA_CFG_QTHRESH, struct.pack("!I", 1)), "queue threshold")
@@ -164,7 +168,8 @@ class NflogSocket:
         return self.sock.fileno()
 
     def read_upcalls(self, limit: int = 10_000) -> list[Upcall]:
-        """Every message queued now (non-blocking), as upcalls; an overrun is said, never fatal."""
+        """Every message queued now (non-blocking), as upcalls; an overrun is never fatal (those flows are logged
+        again after the rule's hold time)."""
         out: list[Upcall] = []
         for _ in range(limit):
             try:

@@ -53,6 +53,7 @@ import json
 import logging
 import re
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ from typing import Any
 
 from mgm.plugins.forwarder.mirror import Entry, SgKey
 from mgm.plugins.forwarder.mroute import SgCount
-from mgm.plugins.forwarder.nflog import COPY_RANGE, NEW_PREFIX, WRONG_IF_PREFIX
+from mgm.plugins.forwarder.nflog import HEADER_RANGE, NEW_PREFIX, WRONG_IF_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,9 @@ class Batch:
     chains_add: list[frozenset[int]] = field(default_factory=list)
     chains_del: list[frozenset[int]] = field(default_factory=list)
     entries: dict[SgKey, tuple[Entry | None, Entry | None]] = field(default_factory=dict)  # key -> (have, want)
-    counters: dict[SgKey, SgCount] = field(default_factory=dict)  # filled by run_batch: kept over a replacement
+    counters: dict[SgKey, SgCount] = field(default_factory=dict)
+    """What an added element's counter starts from: the old element's (run_batch reads them) where it replaces
+    one; the packet sent on by hand (`HeldPackets`) where it is new."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +217,8 @@ class NftDataplane:
         """The table, its sets and chains, created where missing; its two rule chains written anew."""
         t = f"ip {self.table}"
         key3 = "iface_index . ipv4_addr . ipv4_addr"
-        log_to = f"group {self.nflog_group} snaplen {COPY_RANGE}"
+        log_header = f"group {self.nflog_group} snaplen {HEADER_RANGE}"
+        log_packet = f"group {self.nflog_group}"  # the whole packet: sent on once its flow is resolved
         flow = "meta iif . ip saddr . ip daddr"
         wrong_if_rules = []
         if self.wrong_if != "none":
@@ -224,7 +228,7 @@ class NftDataplane:
             wrong_if_rules += [
                 f"{flow} @wrongif_seen accept",
                 f"limit rate {REPORT_RATE}/second burst 1000 packets add @wrongif_seen {{ {flow} }} "
-                f'log prefix "{WRONG_IF_PREFIX}" {log_to}',
+                f'log prefix "{WRONG_IF_PREFIX}" {log_header}',
             ]
         pre_rules = [
             "ip daddr != 224.0.0.0/4 accept",
@@ -236,7 +240,7 @@ class NftDataplane:
             "meta iif != @ifs accept",
             f"{flow} @new_seen accept",
             f"limit rate {REPORT_RATE}/second burst 1000 packets add @new_seen {{ {flow} }} "
-            f'log prefix "{NEW_PREFIX}" {log_to}',
+            f'log prefix "{NEW_PREFIX}" {log_packet}',
         ]
         lines = [
             f'add table {t} {{ comment "{_COMMENT.format(group=self.nflog_group)}"; }}',
@@ -437,7 +441,7 @@ class NftDataplane:
         """Apply the batch in one transaction (may run in a worker thread: touches only the kernel)."""
         replaced = [key for key, (have, want) in batch.entries.items() if have is not None and want is not None]
         if replaced:
-            batch.counters = self._read_element_counters(replaced, batch)
+            batch.counters.update(self._read_element_counters(replaced, batch))
         try:
             self.nft.run(self.render(batch))
         except NftError as exc:
@@ -556,6 +560,97 @@ class NftDataplane:
             wrong_if = self.counts.get((source, group), SgCount(0, 0, 0)).wrong_if
             out[(source, group)] = SgCount(int(packets), int(nbytes), wrong_if)
         return out
+
+
+def _ones_complement_sum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def fix_udp_checksum(packet: bytearray) -> None:
+    """Compute a UDP packet's checksum anew, where it has one (not 0).
+
+    A packet copied to user space before it left its sender's host can carry
+    a checksum the sender's stack left for the hardware to finish (veth,
+    local senders: CHECKSUM_PARTIAL); the kernel's own copies keep that
+    state, ours must be whole.
+    """
+    ihl = (packet[0] & 0x0F) * 4
+    if packet[9] != socket.IPPROTO_UDP or len(packet) < ihl + 8 or packet[6] & 0x3F or packet[7]:
+        return  # not UDP, truncated, or a fragment (the checksum covers the whole datagram)
+    udp = packet[ihl:]
+    length = struct.unpack_from("!H", udp, 4)[0]
+    if length < 8 or length > len(udp) or struct.unpack_from("!H", udp, 6)[0] == 0:
+        return
+    udp[6:8] = b"\0\0"
+    pseudo = bytes(packet[12:20]) + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
+    checksum = ~_ones_complement_sum(pseudo + bytes(udp[:length])) & 0xFFFF
+    struct.pack_into("!H", packet, ihl + 6, checksum or 0xFFFF)
+
+
+class HeldPackets:
+    """The first packet of each flow that is being resolved, sent on out of the entry's OIL once it is installed.
+
+    MRT holds a few packets of an unresolved (S,G) in the kernel and sends them
+    when the entry comes; nftables cannot hold a packet, but the new-flow rule
+    hands us a copy, which we send the same way: through a raw socket
+    (IP_HDRINCL: the header as it came, the TTL one lower) out of each outgoing
+    interface in turn.  At most `most` flows are held, each for `hold` seconds.
+    """
+
+    def __init__(self, *, hold: float = 10.0, most: int = 4096) -> None:
+        self.hold_time = hold
+        self.most = most
+        self.packets: dict[SgKey, tuple[bytes, float]] = {}
+        self.sock: socket.socket | None = None
+
+    def hold(self, key: SgKey, packet: bytes, now: float) -> None:
+        if len(self.packets) >= self.most:
+            self.packets = {k: v for k, v in self.packets.items() if now - v[1] < self.hold_time}
+        if len(packet) >= 20 and len(self.packets) < self.most:
+            self.packets.setdefault(key, (packet, now))
+
+    def discard(self, key: SgKey) -> None:
+        self.packets.pop(key, None)
+
+    def count(self, batch: Batch) -> None:
+        """Start the counter of each new entry of `batch` whose first packet is held with that packet, as MRT
+        counts the packets it held in the entry they resolve to."""
+        for key, (have, want) in batch.entries.items():
+            held = self.packets.get(key)
+            if held is not None and have is None and want is not None and want.oifs:
+                batch.counters[key] = SgCount(1, len(held[0]), 0)
+
+    def release(self, key: SgKey, oifs: Iterable[int], now: float) -> int:
+        """Send the held packet of `key` out of each of `oifs`; how many copies went."""
+        held = self.packets.pop(key, None)
+        if held is None or now - held[1] >= self.hold_time or held[0][8] <= 1:
+            return 0
+        packet = bytearray(held[0])
+        packet[8] -= 1  # TTL, as a router forwards it; the kernel recomputes the header checksum (IP_HDRINCL)
+        fix_udp_checksum(packet)
+        if self.sock is None:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        sent = 0
+        for if_index in sorted(oifs):
+            try:
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, struct.pack("=8si", bytes(8), if_index))
+                self.sock.sendto(packet, (key[1], 0))
+                sent += 1
+                log.debug("held packet of (%s, %s) sent out of if_index %d", *key, if_index)
+            except OSError as exc:
+                log.debug("held packet of (%s, %s) not sent out of if_index %d: %s", *key, if_index, exc)
+        return sent
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
 
 _ADDR = r"(\d+\.\d+\.\d+\.\d+)"

@@ -61,14 +61,6 @@ class Net:
     def send(self, count: int) -> None:
         self.sender.call(send_udp, G, PORT, count, interval=0.002)
 
-    def first_packet(self) -> None:
-        """One packet of (S,G) to make the entry, then one more with nftables, which cannot hold a packet of an
-        unknown flow as MRT does (MRT forwards the held packet once the entry is there): one packet arrives."""
-        self.send(1)
-        wait_until(lambda: self.out_vifs() is not None, 10, "the kernel's entry for (S,G)")
-        if self.backend == "nft":
-            self.send(1)
-
 
 def start_forwarder(net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc], name: str = "fwd",
                     **table: object) -> PluginProc:  # fmt: skip
@@ -114,8 +106,9 @@ def test_traffic_follows_the_memberships(net: Net, manager: ManagerProc, ipc_dir
     fwd = start_forwarder(net, manager, ipc_dir, procs)
     _wait_vifs(net, fwd)
 
-    # The first packet of a new (S,G): upcall -> new_packet -> MFE -> MFC entry.
-    net.first_packet()
+    # The first packet of a new (S,G): upcall -> new_packet -> MFE -> MFC entry, and the packet held
+    # meanwhile is sent on (by the kernel with MRT, by the forwarder with nftables).
+    net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
     mfe = manager.request("get_mfe", {"source": S, "group": G})["mfe"]
     assert (mfe["in_if_index"], [o["if_index"] for o in mfe["oil"]]) == (net.r1, [net.r2])
@@ -161,7 +154,7 @@ def test_a_killed_forwarders_entries_forward_again_under_its_successor_which_ado
     net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
     fwd = start_forwarder(net, manager, ipc_dir, procs)
     _wait_vifs(net, fwd)
-    net.first_packet()
+    net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
     net.rx1.wait_count(1)
     vifs = net.vifs()
@@ -230,7 +223,7 @@ def test_vifs_follow_ownership_and_links(net: Net, manager: ManagerProc, ipc_dir
     net.routing.call("release", if_index=net.r3)
     wait_until(lambda: net.vifs() == {"r1", "r2"}, 10, "r3's VIF gone once released")
     net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
-    net.first_packet()
+    net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
     net.router.ip("link", "del", "r2")  # netlink: the link (and with it the kernel's VIF) is gone
     wait_until(lambda: "went away" in fwd.log(), 10, "the forwarder to notice r2 went away")
@@ -244,7 +237,7 @@ def test_forwarding_goes_on_across_a_manager_restart(
     net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
     fwd = start_forwarder(net, manager, ipc_dir, procs, restart_grace=1.0)
     _wait_vifs(net, fwd)
-    net.first_packet()
+    net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
     net.rx1.wait_count(1)
 
@@ -274,7 +267,7 @@ def test_a_packet_on_the_wrong_interface_reaches_that_interfaces_owner(
     net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
     fwd = start_forwarder(net, manager, ipc_dir, procs)
     _wait_vifs(net, fwd)
-    net.first_packet()
+    net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry in from r1")
     # The receiver's host sends the same (S,G) towards the router, into r2.
     net.rcv1.ip("addr", "add", f"{S}/32", "dev", "eth0")

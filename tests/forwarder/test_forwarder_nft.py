@@ -28,7 +28,14 @@ from mgm.plugins.forwarder.nflog import (
     WRONG_IF_PREFIX,
     parse_packets,
 )
-from mgm.plugins.forwarder.nftables import BatchResult, NftDataplane, NftError, oil_chain
+from mgm.plugins.forwarder.nftables import (
+    BatchResult,
+    HeldPackets,
+    NftDataplane,
+    NftError,
+    fix_udp_checksum,
+    oil_chain,
+)
 from mgm.plugins.forwarder.plugin import read_settings
 
 S1, S2, G = "10.1.0.2", "10.1.0.3", "239.1.1.1"
@@ -255,9 +262,12 @@ def nflog_message(prefix: str, indev: int, source: str, group: str) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
 
 
-def test_nflog_messages_become_the_upcalls_mrt_would_give() -> None:
+def test_nflog_messages_become_the_upcalls_mrt_would_give_a_new_flow_with_its_packet() -> None:
     data = nflog_message(NEW_PREFIX, 3, S1, G) + nflog_message(WRONG_IF_PREFIX, 4, S2, G)
-    assert parse_packets(data) == [Upcall(IGMPMSG_NOCACHE, 3, S1, G), Upcall(IGMPMSG_WRONGVIF, 4, S2, G)]
+    new, wrong_if = parse_packets(data)
+    assert (new.kind, new.vif, new.source, new.group) == (IGMPMSG_NOCACHE, 3, S1, G)
+    assert new.packet[12:20] == socket.inet_aton(S1) + socket.inet_aton(G)  # kept, to be sent on once resolved
+    assert wrong_if == Upcall(IGMPMSG_WRONGVIF, 4, S2, G)
 
 
 def test_nflog_messages_of_other_rules_and_truncated_ones_are_skipped() -> None:
@@ -276,3 +286,57 @@ def test_the_backend_and_its_keys_are_checked() -> None:
     for bad in ({"backend": "ebpf"}, {"nft_table": "1bad"}, {"nflog_group": 70000}, {"backend": "nft", "table": 5}):
         with pytest.raises(ConfigError):
             read_settings(bad)
+
+
+# --- the first packet of a flow --------------------------------------------------------------------
+
+
+def udp_packet(payload: bytes, checksum: int | None = None) -> bytearray:
+    """An IPv4/UDP packet S1 -> G; its UDP checksum right unless `checksum` says otherwise."""
+    length = 8 + len(payload)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 1, 0, 8, socket.IPPROTO_UDP, 0,
+                         socket.inet_aton(S1), socket.inet_aton(G))  # fmt: skip
+    pseudo = socket.inet_aton(S1) + socket.inet_aton(G) + struct.pack("!BBH", 0, 17, length)
+    udp = struct.pack("!HHHH", 5000, 7000, length, 0) + payload
+    data = pseudo + udp + b"\0" * (len(udp) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    right = ~total & 0xFFFF or 0xFFFF
+    return bytearray(header + udp[:6] + struct.pack("!H", right if checksum is None else checksum) + udp[8:])
+
+
+def test_a_udp_checksum_left_to_the_hardware_is_made_whole_and_a_right_one_stays() -> None:
+    right = udp_packet(b"hello, odd")
+    partial = udp_packet(b"hello, odd", checksum=0x1234)  # what a veth sender leaves (CHECKSUM_PARTIAL)
+    fix_udp_checksum(partial)
+    assert partial == right
+    fix_udp_checksum(right)
+    assert right == udp_packet(b"hello, odd")
+    none = udp_packet(b"x", checksum=0)  # "no checksum" is a choice of the sender's, kept
+    fix_udp_checksum(none)
+    assert none == udp_packet(b"x", checksum=0)
+
+
+def test_a_held_packet_counts_in_its_new_entry_and_goes_only_where_there_is_an_oil(plane: NftDataplane) -> None:
+    held = HeldPackets(hold=10.0, most=2)
+    held.hold((S1, G), bytes(udp_packet(b"first")), now=0.0)
+    held.hold((S1, G), bytes(udp_packet(b"second")), now=0.1)  # the first stays the one held
+    plane.add_mfc(S1, G, 2, [3])
+    plane.add_mfc(S2, G, 2, [])
+    batch = plane.take_batch()
+    assert batch is not None
+    held.count(batch)
+    assert batch.counters == {(S1, G): SgCount(1, len(udp_packet(b"first")), 0)}
+    assert f"2 . {S1} . {G} counter packets 1 bytes 33 : goto" in plane.render(batch)
+    assert held.release((S1, G), [3], now=11.0) == 0  # held too long: dropped, as the kernel drops it
+    assert held.packets == {}
+
+
+def test_at_most_so_many_flows_are_held() -> None:
+    held = HeldPackets(hold=10.0, most=2)
+    for n in range(4):
+        held.hold((f"10.9.0.{n}", G), bytes(udp_packet(b"x")), now=float(n))
+    assert len(held.packets) == 2
+    held.hold(("10.9.0.9", G), bytes(udp_packet(b"x")), now=20.0)  # the old ones expired: room again
+    assert list(held.packets) == [("10.9.0.9", G)]
