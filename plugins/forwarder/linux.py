@@ -322,6 +322,8 @@ class LinuxForwarder(ForwarderPlugin):
                 link.addresses = before.addresses
             self.mirror.link_changed(index, link)
         elif event == "RTM_DELLINK":
+            if self.nft is not None and index in self.mirror.vifs:
+                self.nft.del_vif(index)  # the kernel drops an MRT VIF with its link; our set keeps the index
             self.mirror.link_removed(index)
         elif event in ("RTM_NEWADDR", "RTM_DELADDR") and index in links and msg.get("address"):
             address = str(msg.get("address"))
