@@ -4,8 +4,10 @@
                         rtr (r3) --- (eth0) hrx2
                         rtr (r4) --- (eth0) hrx3
 
-The router runs `mgm up` with the Linux forwarder and the static plugin
-(and, in the second test, the recorder test protocol on other interfaces).
+The router runs `mgm up` with the Linux forwarder on each backend the
+kernel offers (`forwarder_backend`) and the static plugin (and, in the
+second test, the recorder test protocol on other interfaces); what the
+kernel sent out of each interface is read through `KernelView`.
 Every receiver joins with an ordinary socket (the host's kernel needs the
 membership to deliver), but nobody on the router listens to IGMP: what is
 forwarded where is the configuration's doing alone.  Needs root; under
@@ -18,9 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from kernel_view import KernelView
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
-from netns import Namespace, Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
+from netns import Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.netns
 
@@ -30,7 +33,7 @@ G_SG, PORT_SG = "239.61.1.1", 5611  # (S,G) route: r1 -> r2, r3
 G_STAR, PORT_STAR = "239.61.2.2", 5622  # (*,G) route: r1 -> r2
 
 
-def router_config(workdir: Path) -> str:
+def router_config(workdir: Path, backend: str) -> str:
     return f"""\
 [manager]
 api = "ipc://{workdir}/api"
@@ -38,6 +41,7 @@ events = "ipc://{workdir}/events"
 log_level = "debug"
 
 [plugins.{FORWARDER}]
+backend = "{backend}"
 
 [plugins.static]
 interfaces = ["r1", "r2", "r3", "r4"]
@@ -48,17 +52,10 @@ routes = [
 """
 
 
-def vif_packets_out(router: Namespace) -> dict[str, int]:
-    """Packets out per VIF interface, from /proc/net/ip_mr_vif (Interface BytesIn PktsIn BytesOut PktsOut ...)."""
-    out = {}
-    for line in router.sh("cat /proc/net/ip_mr_vif").splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 6:
-            out[fields[1]] = int(fields[5])
-    return out
-
-
-def test_static_routes_forward_with_no_igmp_on_the_router(topology: Topology) -> None:  # noqa: F811 (the fixture)
+def test_static_routes_forward_with_no_igmp_on_the_router(
+    topology: Topology,  # noqa: F811 (the fixture)
+    forwarder_backend: str,
+) -> None:
     snd, rtr, rcv1, rcv2, rcv3 = topology.namespaces("snd", "rtr", "hrx1", "hrx2", "hrx3")
     up_link = topology.link(snd, rtr, f"{SOURCE}/24", "10.61.1.1/24")
     topology.link(rtr, rcv1, "10.61.2.1/24", "10.61.2.2/24")
@@ -67,7 +64,7 @@ def test_static_routes_forward_with_no_igmp_on_the_router(topology: Topology) ->
     snd.multicast_route(up_link.a_if)
 
     config = topology.workdir / "router.toml"
-    config.write_text(router_config(topology.workdir))
+    config.write_text(router_config(topology.workdir, forwarder_backend))
     up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
 
     receivers: dict[tuple[str, str], Receiver] = {}
@@ -100,7 +97,7 @@ def test_static_routes_forward_with_no_igmp_on_the_router(topology: Topology) ->
         mfe = manager.request("get_mfe", {"source": SOURCE, "group": group})["mfe"]
         assert mfe["in_if_index"] == index["r1"], mfe
         assert {e["if_index"] for e in mfe["oil"]} == {index[name] for name in oil}, mfe
-    out = vif_packets_out(rtr)
+    out = KernelView(rtr, forwarder_backend).out_packets()
     assert out.get("r2", 0) > 0 and out.get("r3", 0) > 0, out
     assert out.get("r4", 0) == 0, out
     assert out.get("r1", 0) == 0, out  # nothing goes back towards the source
@@ -111,7 +108,10 @@ G_A, PORT_A = "239.62.1.1", 5621  # static: snd-a via r1 -> r2
 G_B, PORT_B = "239.62.2.2", 5622  # the test routing protocol: snd-b via r3 -> r4
 
 
-def test_static_and_another_routing_protocol_forward_at_once(topology: Topology) -> None:  # noqa: F811 (the fixture)
+def test_static_and_another_routing_protocol_forward_at_once(
+    topology: Topology,  # noqa: F811 (the fixture)
+    forwarder_backend: str,
+) -> None:
     """Static owns r1 and r2, the recorder test protocol (100/1) owns r3 and r4; each forwards its own flow."""
     snda, sndb, rtr, rxa, rxb = topology.namespaces("snda", "sndb", "rtr", "hrxa", "hrxb")
     link_a = topology.link(snda, rtr, "10.62.1.2/24", "10.62.1.1/24")
@@ -130,6 +130,7 @@ events = "ipc://{work}/events"
 log_level = "debug"
 
 [plugins.{FORWARDER}]
+backend = "{forwarder_backend}"
 
 [plugins.static]
 interfaces = ["r1", "r2"]
@@ -161,7 +162,7 @@ control = "{control}"
         assert up.alive(), up.log()
         assert receivers[("hrxa", G_B)].count() == 0  # nobody wants G_B on r2
         assert receivers[("hrxb", G_A)].count() == 0  # nor G_A on r4
-        out = vif_packets_out(rtr)
+        out = KernelView(rtr, forwarder_backend).out_packets()
         assert out.get("r2", 0) > 0 and out.get("r4", 0) > 0, out
         manager = ManagerProc("probe", [], work / "probe.log", api=f"ipc://{work}/api")
         mfe_b = manager.request("get_mfe", {"source": SOURCE_B, "group": G_B})["mfe"]
