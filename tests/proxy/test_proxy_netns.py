@@ -10,8 +10,9 @@ router's forwarding alone; a sniffer on the sender's interface records the
 IGMP reports the router's kernel sends upstream for the proxy, and
 /proc/net/igmp and /proc/net/mcfilter of the router show the memberships
 the proxy holds there.  Receivers join with ordinary sockets; their kernels
-speak IGMPv3.  Needs root; under CI=true a missing root fails instead of
-skipping.
+speak IGMPv3.  The tests that forward traffic run once per forwarder
+backend the kernel offers (`forwarder_backend`, passed to `start_router`).
+Needs root; under CI=true a missing root fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -197,7 +198,9 @@ downstream = ["r2"]
 {keys}{after}"""
 
 
-def start_router(topology: Topology, rtr: Namespace, tables: str) -> NsProcess:  # noqa: F811
+def start_router(topology: Topology, rtr: Namespace, tables: str, *, backend: str) -> NsProcess:  # noqa: F811
+    """`mgm up` in `rtr`: the forwarder on `backend` ("mrt", "nft", or "auto" where forwarding is not the
+    point), and `tables`; returns once the proxy and IGMP run."""
     work = topology.workdir
     config = work / "router.toml"
     config.write_text(f"""\
@@ -207,6 +210,7 @@ events = "ipc://{work}/events"
 log_level = "debug"
 
 [plugins.forwarder]
+backend = "{backend}"
 
 {tables}""")
     up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
@@ -244,7 +248,10 @@ G_NONE, P_NONE = "239.66.9.9", 5669
 G_SSM, P_SSM = "232.66.1.1", 5662
 
 
-def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(topology: Topology) -> None:  # noqa: F811
+def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, f"{SRC}/24", "10.66.0.1/24")
     topology.link(rtr, rx1, "10.66.1.1/24", "10.66.1.2/24")
@@ -265,6 +272,7 @@ interfaces = ["r1", "r2", "r3"]
 upstream = "r1"
 downstream = ["r2", "r3"]
 """,
+        backend=forwarder_backend,
     )
     # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
     snd.spawn(send_udp, G1, P1, 3000, interval=0.01, source=FAR, name="send-g1")
@@ -335,7 +343,10 @@ GL, PL = "239.67.2.9", 5674  # allowed on r2, denied on r3, and joined on r3 aft
 G_UP, P_UP = "239.72.1.1", 5721  # sent by a downstream host
 
 
-def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(topology: Topology) -> None:  # noqa: F811
+def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, "10.67.0.2/24", "10.67.0.1/24")
     topology.link(rtr, rx1, "10.67.1.1/24", "10.67.1.2/24")
@@ -356,6 +367,7 @@ downstream = [
   {{ interface = "r3", deny = ["239.67.2.0/24", "239.68.0.0/16"] }},
 ]
 """,
+        backend=forwarder_backend,
     )
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GA, PA), (GD, PD), (GX, PX))}  # fmt: skip
@@ -426,6 +438,7 @@ SRC_S = "10.69.3.2"
 
 def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_router(
     topology: Topology,  # noqa: F811
+    forwarder_backend: str,
 ) -> None:
     snd, snd2, rtr, rx1, rx2 = topology.namespaces("snd", "snd2", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, "10.69.0.2/24", None)  # r1 has no IPv4 address, as on PPPoE or some VLANs
@@ -441,7 +454,7 @@ def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_ro
 interfaces = ["r3", "r4"]
 routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
 """
-    up = start_router(topology, rtr, r1_up_r2_down(after=static))
+    up = start_router(topology, rtr, r1_up_r2_down(after=static), backend=forwarder_backend)
     assert "no IPv4 address: reports leave with source 0.0.0.0" in up.log()
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
@@ -489,13 +502,16 @@ def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topol
     assert not [g for g in got["after_close"]["groups"] if g.startswith(("239.70.", "232.70."))]
 
 
-def test_proxy_forwards_downstream_sources_upstream_only_when_configured(topology: Topology) -> None:  # noqa: F811
+def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     """forward_upstream = true: a downstream host's flow reaches a receiver on the upstream link."""
     ups, rtr, hst = topology.namespaces("ups", "rtr", "hsnd")
     topology.link(ups, rtr, "10.72.0.2/24", "10.72.0.1/24")
     down = topology.link(rtr, hst, "10.72.1.1/24", "10.72.1.2/24")
     hst.multicast_route(down.b_if)
-    start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"))
+    start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"), backend=forwarder_backend)
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
     hst.spawn(send_udp, G_UP, P_UP, 2000, interval=0.01, source="10.72.1.2", name="send-down")

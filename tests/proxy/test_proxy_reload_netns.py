@@ -6,7 +6,8 @@
 The sender floods both groups on the upstream link; the receiver joins
 both.  A broken file is refused with its line and changes nothing; the
 fixed file swaps the groups: GB starts reaching the receiver and is joined
-upstream, GA stops and is left.  Needs root; under CI=true a missing root
+upstream, GA stops and is left.  Once per forwarder backend the kernel
+offers (`forwarder_backend`).  Needs root; under CI=true a missing root
 fails instead of skipping.
 """
 
@@ -43,12 +44,15 @@ downstream = [{{ interface = "r2", deny = [{deny}] }}]
 """
 
 
-def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(topology: Topology) -> None:  # noqa: F811
+def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     topology.link(snd, rtr, f"{SRC}/24", "10.75.0.1/24")
     topology.link(rtr, hrx, "10.75.1.1/24", "10.75.1.2/24")
     snd.multicast_route("eth0")
-    up = start_router(topology, rtr, PROXY.format(igmp=IGMP_FAST, deny='"239.75.2.0/24"'))
+    up = start_router(topology, rtr, PROXY.format(igmp=IGMP_FAST, deny='"239.75.2.0/24"'), backend=forwarder_backend)
     config = topology.workdir / "router.toml"
     pid = int(re.findall(r"proxy started \(pid (\d+)\)", up.log())[0])
     manager = probe(topology)

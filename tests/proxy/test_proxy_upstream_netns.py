@@ -8,8 +8,9 @@ The sender floods the upstream link whether or not anyone joined (no
 snooping on a veth), so what reaches the receiver is the router's
 forwarding alone; a sniffer on the sender's interface records the reports
 the router's kernel sends upstream.  Every wait is on a condition with a
-deadline.  Needs root; under CI=true a missing root fails instead of
-skipping.
+deadline.  Once per forwarder backend the kernel offers
+(`forwarder_backend`).  Needs root; under CI=true a missing root fails
+instead of skipping.
 """
 
 from __future__ import annotations
@@ -81,11 +82,14 @@ def logged(up: NsProcess, pattern: str) -> Any:
     return re.search(pattern, up.log())
 
 
-def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(topology: Topology) -> None:  # noqa: F811
+def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     first = upstream_link(snd, rtr, "sniff-first")
     topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
-    up = start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"))
+    up = start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"), backend=forwarder_backend)
     manager = probe(topology)
     old = rtr.if_index("r1")
     rx = hrx.receiver(G, P, name="rx-g")
@@ -129,7 +133,10 @@ def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(to
     assert "Traceback" not in log, log
 
 
-def test_proxy_starts_without_its_upstream_and_takes_it_when_it_appears(topology: Topology) -> None:  # noqa: F811
+def test_proxy_starts_without_its_upstream_and_takes_it_when_it_appears(
+    topology: Topology,  # noqa: F811
+    forwarder_backend: str,
+) -> None:
     """PPPoE not up at boot: the upstream is left out of `interfaces`, so the host does not need it to start."""
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
@@ -145,6 +152,7 @@ interfaces = ["r2"]
 upstream = "r1"
 downstream = ["r2"]
 """,
+        backend=forwarder_backend,
     )
     assert "proxy: upstream r1 does not exist yet" in up.log()
     manager = probe(topology)
