@@ -18,8 +18,8 @@ forwarding.  The report gives p50 and p99 over `--joins` joins.
 Where a join's time goes: a packet socket on the host's link (ETH_P_ALL,
 kernel timestamps) sees the host's IGMPv3 join report leave and the first
 datagram come in, so the report splits each join into the host kernel's
-delay before it reports (Linux sends the first report two jiffies after
-the join: 4-8 ms at HZ=250, more on a loaded machine) and the router's
+delay before it reports (Linux arms its report timer two jiffies ahead,
+8 ms at HZ=250; with timer latency 8-17 ms seen here) and the router's
 reaction, report on the wire to the first datagram on the wire, which is
 what `mgm up` controls.  `--keep-log FILE --log-level debug` keeps the log
 of `mgm up` for a timeline inside the router.
