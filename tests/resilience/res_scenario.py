@@ -8,6 +8,9 @@ A sender streams to G every 5 ms; both hosts joined G with ordinary sockets
 scenario SIGKILLs one child of `mgm up`, lets the supervisor start it again,
 and returns what it measured; the tests assert the behaviour, the bench
 (bench/restart_gaps.py) prints the numbers.  Nothing here asserts a timing.
+The forwarder runs the backend `setup` is given ("mrt" or "nft"; the tests
+take each the kernel offers, `forwarder_backend`), and the kernel's side is
+read through the stack's `KernelView`.
 """
 
 from __future__ import annotations
@@ -107,9 +110,9 @@ class Flow:
                 for m in state["mfes"]}  # fmt: skip
 
     def kernel_table(self) -> Table:
-        by_vif = {v.vif: self.if_index[name] for name, v in self.stack.vifs().items()}
-        return {(e.source, e.group): (by_vif.get(e.parent, -1), frozenset(by_vif.get(v, -1) for v in e.oifs))
-                for e in self.stack.mfc() if e.resolved}  # fmt: skip
+        index = self.if_index
+        return {key: (index.get(e.parent, -1), frozenset(index.get(name, -1) for name in e.oifs))
+                for key, e in self.stack.kernel.entries().items()}  # fmt: skip
 
     def agree(self) -> Table | None:
         """The MFE table when the manager's and the kernel's are the same, else None."""
@@ -147,9 +150,10 @@ class Flow:
         return pid
 
 
-def setup(topology: Topology, **forwarder: Any) -> Flow:
-    """The stack, both hosts joined to G, the stream flowing to both and the tables in agreement."""
-    stack = build(topology, receivers=2, forwarder=forwarder or None)
+def setup(topology: Topology, *, backend: str, **forwarder: Any) -> Flow:
+    """The stack with the forwarder on `backend` and the settings `forwarder`, both hosts joined to G, the stream
+    flowing to both and the tables in agreement."""
+    stack = build(topology, receivers=2, backend=backend, forwarder=forwarder or None)
     probe = ManagerProc("probe", [], Path(topology.workdir) / "probe.log", api=stack.api)
     receivers = [stack.receiver(0, G, PORT), stack.receiver(1, G, PORT)]
     flow = Flow(stack, probe, receivers, if_index={name: stack.router.if_index(name) for name in stack.router_ifs})
@@ -273,12 +277,13 @@ def manager_restart(flow: Flow) -> ManagerRestart:
 @dataclass
 class ForwarderRestart:
     lost: list[int]
-    """Per receiver, packets lost while no forwarder held the routing socket."""
+    """Per receiver, packets lost around the restart: MRT forwards nothing while no process holds the routing
+    socket; the nftables table forwards on, so there none should be."""
     gap: float
-    """Seconds from the SIGKILL until both receivers get packets again."""
-    vifs_before: dict[str, int]
-    """The kernel's VIFs (interface name -> VIF number) before the kill."""
-    vifs_after: dict[str, int]
+    """Seconds from the SIGKILL until both receivers get packets again (past the restarted forwarder's start)."""
+    interfaces_before: set[str]
+    """The interfaces installed in the kernel before the kill (MRT: its VIFs; nft: the table's `ifs`)."""
+    interfaces_after: set[str]
     """The same once the restarted forwarder has had its first resync."""
     log: str
     """What `mgm up` logged from the restarted forwarder's start to its first resync (and a little beyond)."""
@@ -287,9 +292,10 @@ class ForwarderRestart:
 
 
 def forwarder_restart(flow: Flow) -> ForwarderRestart:
-    """SIGKILL the forwarder: its static VIFs and entries stay in the kernel, forward again once the restarted
-    forwarder has done MRT_INIT (the first thing it does), and are adopted, then reconciled at its first resync."""
-    vifs_before = {name: v.vif for name, v in flow.stack.vifs().items()}
+    """SIGKILL the forwarder: what it installed stays in the kernel and is adopted by the restarted forwarder,
+    then reconciled at its first resync.  MRT's static VIFs and entries forward again once the new forwarder has
+    done MRT_INIT (the first thing it does); the nftables table forwards on all along."""
+    interfaces_before = flow.stack.kernel.interfaces()
     since = [s + 1 for s in flow.newest()]
     killed_wall = time.time()
     old, killed = flow.kill("forwarder")
@@ -302,7 +308,7 @@ def forwarder_restart(flow: Flow) -> ForwarderRestart:
         now = flow.stack.packets_out()
         return all(now.get(name, 0) >= out.get(name, 0) + 20 for name in ("r2", "r3"))
 
-    wait_until(moving, WAIT, "the output VIFs r2 and r3 counting packets again (/proc/net/ip_mr_vif)")
+    wait_until(moving, WAIT, "the kernel counting packets out of r2 and r3 again")
     marker = f"forwarder started (pid {new})"
 
     def restarted_log() -> str:
@@ -311,8 +317,7 @@ def forwarder_restart(flow: Flow) -> ForwarderRestart:
 
     wait_until(lambda: "[forwarder] mgm.plugins.forwarder.linux: resync:" in restarted_log(), WAIT,
                "the restarted forwarder to register and have its first resync")  # fmt: skip
-    wait_until(flow.converged, WAIT, "the kernel's MFC as the manager has it")
+    wait_until(flow.converged, WAIT, "the kernel's entries as the manager has them")
     flow.wait_flowing(flow.newest(), more=20)
-    vifs_after = {name: v.vif for name, v in flow.stack.vifs().items()}
-    return ForwarderRestart([len(x) for x in flow.lost(since)], gap, vifs_before, vifs_after, restarted_log(),
-                            killed_wall)  # fmt: skip
+    return ForwarderRestart([len(x) for x in flow.lost(since)], gap, interfaces_before,
+                            flow.stack.kernel.interfaces(), restarted_log(), killed_wall)  # fmt: skip
