@@ -3,7 +3,10 @@
 The structure check runs everywhere (interface names are not resolved: the
 example's names are not this machine's).  The namespace test builds a
 router whose interfaces carry the example's names and runs `mgm up` on the
-file exactly as shipped: IGMP-driven and static forwarding at once.
+file as shipped, but for the forwarder's backend: pinned to each the kernel
+offers (`forwarder_backend`) instead of "auto".  IGMP-driven and static
+forwarding at once; what the kernel sent out of each interface is read
+through `KernelView`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import pytest
 from e2e_stack import MGM, START_WAIT, WAIT
+from kernel_view import KernelView
 from netns import Topology, send_udp, wait_until
 
 from mgm.core.config import Config, load
@@ -52,7 +56,9 @@ def test_every_example_loads_and_passes_its_plugins_checks(path: Path) -> None:
 
 
 @pytest.mark.netns
-def test_the_router_example_forwards_igmp_joins_and_static_routes_at_once(topology: Topology) -> None:
+def test_the_router_example_forwards_igmp_joins_and_static_routes_at_once(
+    topology: Topology, forwarder_backend: str
+) -> None:
     """eth0 (senders) -> eth1 by IGMP join; eth3 (192.0.2.10, the feed) -> eth4 by the static routes."""
     rtr, lan_snd, lan_rx, other, feed, far = topology.namespaces("rtr", "snd", "hrx", "hoth", "feed", "far")
     snd_link = topology.link(rtr, lan_snd, "10.93.0.1/24", "10.93.0.2/24", a_if="eth0")
@@ -62,8 +68,12 @@ def test_the_router_example_forwards_igmp_joins_and_static_routes_at_once(topolo
     topology.link(rtr, far, "10.93.4.1/24", "10.93.4.2/24", a_if="eth4")
     lan_snd.multicast_route(snd_link.b_if)
     feed.multicast_route(feed_link.b_if)
+    shipped = (DEPLOY / "router.toml").read_text()
+    assert shipped.count('\nbackend = "auto"') == 1, "the example's forwarder backend is no longer auto: update this"
+    config = topology.workdir / "router.toml"
+    config.write_text(shipped.replace('\nbackend = "auto"', f'\nbackend = "{forwarder_backend}"'))
     rundir = topology.workdir / "run"
-    up = rtr.popen([*MGM, "up", "--config", str(DEPLOY / "router.toml")], "mgm-up", env={"MGM_RUNDIR": str(rundir)})
+    up = rtr.popen([*MGM, "up", "--config", str(config)], "mgm-up", env={"MGM_RUNDIR": str(rundir)})
     api = f"ipc://{rundir}/api"
 
     def protocols() -> set[int]:
@@ -82,7 +92,7 @@ def test_the_router_example_forwards_igmp_joins_and_static_routes_at_once(topolo
     feed.spawn(send_udp, "239.10.0.1", 6010, 100_000, interval=0.005, source="192.0.2.10", name="send-feed")
     joined.wait_count(20, WAIT)
     fixed.wait_count(20, WAIT)
-    vifs = {line.split()[1]: int(line.split()[5]) for line in rtr.sh("cat /proc/net/ip_mr_vif").splitlines()[1:]}
-    assert vifs["eth1"] > 0 and vifs["eth4"] > 0, vifs
-    assert vifs["eth2"] == 0 and vifs["eth0"] == 0 and vifs["eth3"] == 0, vifs
+    out = KernelView(rtr, forwarder_backend).out_packets()
+    assert out["eth1"] > 0 and out["eth4"] > 0, out
+    assert out["eth2"] == 0 and out["eth0"] == 0 and out["eth3"] == 0, out
     assert up.alive(), up.log()
