@@ -28,6 +28,11 @@ Every process runs in its own process group and is killed with its group at
 teardown, also when the test fails; the processes' logs are printed then.
 The building blocks (`Proc`, `ManagerProc`, `toml_config`, `wait_for`) serve
 fixtures of one's own; the mgmbus repository's conftest uses them too.
+
+Every timeout here (waits, replies, a stopping process's grace) is multiplied
+by ``$MGM_TEST_TIME_SCALE`` (default 1; `scaled(seconds)` for waits of one's
+own): set it where processes are slower than usual, e.g. 6 under User-mode
+Linux.
 """
 
 from __future__ import annotations
@@ -55,17 +60,51 @@ STOP_GRACE = 5.0
 POLL = 0.02
 """Seconds between two looks in `wait_for`; never below 20 ms (ipc tails reach 10 ms)."""
 START_TIMEOUT = 15.0
+TIME_SCALE_VAR = "MGM_TEST_TIME_SCALE"
+
+
+def _time_scale() -> float:
+    raw = os.environ.get(TIME_SCALE_VAR, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"{TIME_SCALE_VAR}={raw!r}: want a positive number (1 = as on this machine, 6 = UML)")
+    return scale
+
+
+TIME_SCALE = _time_scale()
+"""$MGM_TEST_TIME_SCALE (default 1), read here and nowhere else: every wait of a test is
+multiplied by it, for machines where processes start and run slower (User-mode Linux: 6)."""
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` times MGM_TEST_TIME_SCALE: how long to wait for something that takes `seconds` here."""
+    return seconds * TIME_SCALE
+
+
+def _waited(seconds: float) -> str:
+    """How long a wait of `seconds` lasted, for messages: "60 s (10 s x MGM_TEST_TIME_SCALE=6)"."""
+    if TIME_SCALE == 1:
+        return f"{seconds} s"
+    return f"{scaled(seconds):g} s ({seconds} s x {TIME_SCALE_VAR}={TIME_SCALE:g})"
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
-    """Poll `predicate` every 20 ms until it returns something true, else raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
+    """Poll `predicate` every 20 ms until it returns something true, else raise TimeoutError naming `what`.
+
+    `timeout` is scaled by MGM_TEST_TIME_SCALE.
+    """
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}; last value {value!r}")
+            raise TimeoutError(f"waited {_waited(timeout)} for {what}; last value {value!r}")
         time.sleep(POLL)
 
 
@@ -110,14 +149,15 @@ class Proc:
             return None
         self.send_signal(sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(grace)
+            self.popen.wait(scaled(grace))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)  # stragglers of the group, too
         return self.popen.wait()
 
     def wait(self, timeout: float) -> int:
+        """Wait for the process to exit (`timeout` scaled by MGM_TEST_TIME_SCALE); its exit status."""
         assert self.popen is not None
-        return self.popen.wait(timeout)
+        return self.popen.wait(scaled(timeout))
 
 
 @dataclass
@@ -151,8 +191,8 @@ class ManagerProc(Proc):
         try:
             sock.connect(self.api)
             sock.send_multipart(frames)
-            if not sock.poll(int(timeout * 1000)):
-                raise TimeoutError(f"no reply from the manager on {self.api} within {timeout} s")
+            if not sock.poll(int(scaled(timeout) * 1000)):
+                raise TimeoutError(f"no reply from the manager on {self.api} within {_waited(timeout)}")
             return decode_reply(sock.recv_multipart()[-1])
         finally:
             sock.close(0)
@@ -256,11 +296,11 @@ class BusClient:
         self._next += 1
         req_id = self._next
         self._dealer.send_multipart([b"", encode_request(req_id, op, dict(args or {}))])
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._dealer.poll(int(left * 1000)):
-                raise TimeoutError(f"no reply to {op} from the manager on {self.api} within {timeout} s")
+                raise TimeoutError(f"no reply to {op} from the manager on {self.api} within {_waited(timeout)}")
             reply = decode_reply(self._dealer.recv_multipart()[-1])
             if reply.get("id") != req_id:
                 continue  # the late reply of an earlier request that timed out

@@ -48,13 +48,14 @@ from typing import Any
 
 import pytest
 
-from mgm.plugins.testing import wait_for
+from mgm.plugins.testing import scaled, wait_for
 
 PREFIX = "mgmtest"
 IFNAMSIZ = 15
 """Longest interface name the kernel takes."""
 STOP_GRACE = 3.0
 CMD_TIMEOUT = 30.0
+"""Both (and every wait here) are multiplied by MGM_TEST_TIME_SCALE (mgm.plugins.testing.scaled)."""
 IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
 IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
 
@@ -75,13 +76,17 @@ def require_root() -> None:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `predicate` until it returns something true; TimeoutError naming `what` (and the last value) otherwise."""
+    """Poll `predicate` until it returns something true; TimeoutError naming `what` (and the last value) otherwise.
+
+    `timeout` is multiplied by MGM_TEST_TIME_SCALE (see `wait_for`).
+    """
     return wait_for(predicate, timeout, what)
 
 
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = CMD_TIMEOUT,
          input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, input=input, check=False)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=scaled(timeout), input=input,
+                          check=False)  # fmt: skip
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -117,7 +122,7 @@ class NsProcess:
         """SIGTERM the group, wait up to `grace`, SIGKILL what is left; the leader's exit status."""
         self.signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(grace)
+            self.popen.wait(scaled(grace))
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         return self.popen.wait()
