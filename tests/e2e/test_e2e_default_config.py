@@ -145,6 +145,7 @@ def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(to
 
 
 @pytest.mark.netns
+@pytest.mark.mroute  # the holder takes MRT_INIT, so that `mgm up` finds it taken
 def test_mgm_up_without_config_says_why_it_runs_the_simulated_forwarder(topology: Topology) -> None:
     """Another process holds the routing socket: `mgm up` runs the simulated forwarder alone and says why."""
     router, h1 = topology.namespaces("rtr", "h1")

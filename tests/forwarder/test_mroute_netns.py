@@ -17,7 +17,7 @@ from netns import Link, Namespace, Receiver, Topology, send_udp, wait_until
 
 from mgm.plugins.forwarder import mroute
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.mroute]  # every test here holds MRT_INIT
 
 SENDER = "10.1.0.2"
 
