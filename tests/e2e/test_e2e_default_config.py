@@ -1,8 +1,11 @@
 """`mgm up` without --config: IGMP and the Linux forwarder where the machine can, else the simulator, said so.
 
-The decision is a pure function (`default_config`), tested for each branch;
-one namespace test runs `mgm up` with no --config as root on a router with
-two veth links and asks `mgm show` what runs.
+The decision is a pure function (`default_config`), tested for each branch.
+The namespace tests run `mgm up` with no --config as root on a router with
+veth links and ask `mgm show` what runs: the backend the kernel offers (MRT
+where MRT_INIT works, else nftables), forwarding for real; the simulator
+when another process holds the routing socket (needs MRT: marked `mroute`),
+and, where the kernel has no MRT, when libnftables cannot be loaded.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_stack import FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID, MGM, START_WAIT
-from netns import Namespace, Topology, wait_until
+from e2e_stack import FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID, MGM, START_WAIT, WAIT
+from kernel_view import KernelView
+from netns import Namespace, Topology, send_udp, wait_until
 
 from mgm.core.config import (
     DEFAULT_SOURCE,
@@ -26,7 +30,7 @@ from mgm.core.config import (
     loads,
     multicast_interfaces,
 )
-from mgm.plugins.forwarder.mroute import MrouteSocket
+from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
 from mgm.plugins.supervisor import read_interface_flags
 
 UP_MC = IFF_UP | IFF_MULTICAST
@@ -115,6 +119,19 @@ def hold_the_routing_socket() -> None:
             time.sleep(60)
 
 
+def kernel_has_mrt() -> bool:
+    """Run inside a namespace: whether MRT_INIT works there (False: the kernel has no IP_MROUTE)."""
+    from mgm.plugins.forwarder.linux import KERNEL_LACKS
+
+    try:
+        MrouteSocket(upcall_filter=False).close()
+    except MrouteError as exc:
+        if exc.errno in KERNEL_LACKS:
+            return False
+        raise
+    return True
+
+
 def show(router: Namespace, api: str, table: str) -> list[dict[str, Any]]:
     """``mgm show TABLE --json`` in the router namespace; [] while the manager does not answer yet."""
     proc = router.run(*MGM, "show", table, "--json", "--api", api, check=False)
@@ -123,9 +140,12 @@ def show(router: Namespace, api: str, table: str) -> list[dict[str, Any]]:
 
 @pytest.mark.netns
 def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(topology: Topology) -> None:
+    """On the backend the kernel offers (MRT where MRT_INIT works, else nftables), forwarding a join for real."""
     router, h1, h2 = topology.namespaces("rtr", "h1", "h2")
-    topology.link(router, h1, "10.91.1.1/24", "10.91.1.2/24")
+    link1 = topology.link(router, h1, "10.91.1.1/24", "10.91.1.2/24")
     topology.link(router, h2, "10.91.2.1/24", "10.91.2.2/24")
+    h1.multicast_route(link1.b_if)
+    backend = "mrt" if router.call(kernel_has_mrt) else "nft"
     rundir = topology.workdir / "run"
     # the default endpoints live under MGM_RUNDIR: a private one, so no other manager is disturbed
     up = router.popen([*MGM, "up"], "mgm-up", env={"MGM_RUNDIR": str(rundir)})
@@ -138,10 +158,25 @@ def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(to
         return owners.get(r1) == owners.get(r2) == IGMP_PROTOCOL_ID
 
     wait_until(owned, START_WAIT, "igmp to own r1 and r2")
-    protocols = {e["protocol_id"] for e in show(router, api, "protocols")}
-    assert protocols == {IGMP_PROTOCOL_ID, FORWARDER_PROTOCOL_ID}, show(router, api, "protocols")
-    assert "IGMP and the Linux kernel forwarder on r1, r2" in up.log()
+    protocols = {e["protocol_id"]: e["name"] for e in show(router, api, "protocols")}
+    assert protocols == {IGMP_PROTOCOL_ID: "igmp", FORWARDER_PROTOCOL_ID: f"forwarder ({backend})"}, protocols
+    how = "the kernel's multicast routing table (MRT)" if backend == "mrt" else "nftables"
+    assert f"IGMP and the Linux kernel forwarder on r1, r2, forwarding through {how}" in up.log()
+    assert f"backend {backend}: " in up.log()
     assert "SIMULATED" not in up.log()
+
+    # and it forwards: h2 joins, h1's packets reach it through the kernel
+    kernel = KernelView(router, backend)
+    wait_until(lambda: kernel.interfaces() == {"r1", "r2"}, START_WAIT, f"r1 and r2 installed ({backend})")
+    rx = h2.receiver("239.91.0.1", 6091)
+    rx.wait_joined()
+    h1.spawn(send_udp, "239.91.0.1", 6091, 100_000, interval=0.01, source="10.91.1.2", name="send")
+    try:
+        rx.wait_count(10, WAIT)
+    except TimeoutError:
+        raise AssertionError(f"the default configuration did not forward:\n{topology.logs()}") from None
+    assert kernel.oil("10.91.1.2", "239.91.0.1") == {"r2"}
+    assert up.alive(), up.log()
 
 
 @pytest.mark.netns
@@ -166,3 +201,36 @@ def test_mgm_up_without_config_says_why_it_runs_the_simulated_forwarder(topology
     assert "WARNING" in up.log() and "the SIMULATED forwarder" in up.log()
     assert "another process already holds the multicast routing socket" in up.log()
     assert show(router, api, "interfaces") == []  # no IGMP: nobody owns r1
+
+
+@pytest.mark.netns
+def test_mgm_up_without_config_and_without_libnftables_takes_mrt_else_says_why_it_simulates(
+    topology: Topology,
+) -> None:
+    """libnftables cannot be loaded (an empty libnftables.so.1 comes first on LD_LIBRARY_PATH): a kernel with MRT
+    does not need it; on one without, `mgm up` runs the simulated forwarder alone and says why."""
+    router, h1 = topology.namespaces("rtr", "h1")
+    topology.link(router, h1, "10.91.4.1/24", "10.91.4.2/24")
+    has_mrt = router.call(kernel_has_mrt)
+    broken = topology.workdir / "lib"
+    broken.mkdir()
+    (broken / "libnftables.so.1").write_bytes(b"")
+    rundir = topology.workdir / "run"
+    up = router.popen([*MGM, "up"], "mgm-up", env={"MGM_RUNDIR": str(rundir), "LD_LIBRARY_PATH": str(broken)})
+    api = f"ipc://{rundir}/api"
+
+    def forwarder() -> list[str]:
+        assert up.alive(), up.log()
+        return [p["name"] for p in show(router, api, "protocols") if p["protocol_id"] == FORWARDER_PROTOCOL_ID]
+
+    names = wait_until(forwarder, START_WAIT, "the forwarder registered")
+    if has_mrt:
+        assert names == ["forwarder (mrt)"], up.log()
+        assert "forwarding through the kernel's multicast routing table (MRT)" in up.log()
+        assert "SIMULATED" not in up.log()
+    else:
+        assert names == ["forwarder (simulated)"], up.log()
+        assert "WARNING" in up.log() and "the SIMULATED forwarder" in up.log()
+        assert "the kernel offers no forwarding backend" in up.log()
+        assert "and nftables cannot be used" in up.log() and "libnftables is not installed" in up.log()
+        assert show(router, api, "interfaces") == []  # no IGMP: nobody owns r1
