@@ -25,7 +25,11 @@ LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
 
 
 def is_link_local(group: str) -> bool:
-    return ipaddress.IPv4Address(group) in LINK_LOCAL
+    """`group` (a dotted quad as the wire and the kernel write them: no leading zeros) is in 224.0.0.0/24.
+
+    A prefix test, not `ipaddress`: the forwarder asks this for every MFE it mirrors.
+    """
+    return group.startswith("224.0.0.")
 
 MGM_JOIN_STATE_FLAG = 1
 MGM_FORWARD_STATE_FLAG = 2

@@ -55,7 +55,6 @@ SgKey = tuple[str, str]
 """(source, group) as dotted strings: the key of an MFE and of an MFC entry."""
 
 
-
 class Dataplane(Protocol):
     """What the mirror needs from a forwarding plane (the kernel's or a simulated one)."""
 
@@ -491,10 +490,11 @@ class Mirror:
         if have is None:
             self.counts[key] = _Counts()
         self.installed[key] = wanted
-        by_vif = {v: i for i, v in self.vifs.items()}
-        self.log.info("MFC (%s, %s) %s: in %s, out %s", *key, "updated" if have else "installed",
-                      self.name(by_vif[wanted.parent]),
-                      ", ".join(self.name(by_vif[v]) for v in sorted(wanted.oifs)) or "nothing (negative)")  # fmt: skip
+        if self.log.isEnabledFor(logging.INFO):  # a burst of 100k entries need not build 100k lines nobody reads
+            by_vif = {v: i for i, v in self.vifs.items()}
+            out = ", ".join(self.name(by_vif[v]) for v in sorted(wanted.oifs)) or "nothing (negative)"
+            self.log.info("MFC (%s, %s) %s: in %s, out %s", *key, "updated" if have else "installed",
+                          self.name(by_vif[wanted.parent]), out)  # fmt: skip
 
     def dataplane_failed(self, key: SgKey, have: Entry | None) -> None:
         """A deferred change of `key` did not reach the dataplane, which holds `have`: believe it.

@@ -34,8 +34,9 @@ one netlink transaction (all or nothing).  `run_batch` may run in a worker
 thread (libnftables releases the GIL); `commit` then updates what we know
 is installed, and after a failure reads the truth back from the kernel.
 
-A replaced element keeps its counters (they are read and written back in
-the same batch), so packet counts are continuous like MRT's.  The table
+A replaced element keeps its counters (read when the mirror settles the
+entry before the change, written into the new element), so packet counts
+are continuous like MRT's.  The table
 stays when the process dies, and keeps forwarding; the next forwarder
 `read_installed` and adopts it.  A clean stop deletes the table.
 
@@ -176,8 +177,8 @@ class Batch:
     chains_del: list[frozenset[int]] = field(default_factory=list)
     entries: dict[SgKey, tuple[Entry | None, Entry | None]] = field(default_factory=dict)  # key -> (have, want)
     counters: dict[SgKey, SgCount] = field(default_factory=dict)
-    """What an added element's counter starts from: the old element's (run_batch reads them) where it replaces
-    one; the packet sent on by hand (`HeldPackets`) where it is new."""
+    """What an added element's counter starts from: the old element's where it replaces one (as `sg_count`
+    read them when the mirror settled the entry); the packet sent on by hand (`HeldPackets`) where it is new."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +388,8 @@ class NftDataplane:
                 uses[have.oifs] -= 1
             if want is not None and want.oifs:
                 uses[want.oifs] = uses.get(want.oifs, 0) + 1
+            if have is not None and want is not None and key in self.counts:
+                batch.counters[key] = self.counts[key]  # read when the mirror settled it, just before this change
         batch.chains_add = [oil for oil, n in uses.items() if n > 0 and oil not in self.chains]
         batch.chains_del = [oil for oil, n in uses.items() if n <= 0 and oil in self.chains]
         if not (batch.entries or batch.ifs_add or batch.ifs_del or batch.chains_add or batch.chains_del):
@@ -439,9 +442,6 @@ class NftDataplane:
 
     def run_batch(self, batch: Batch) -> BatchResult:
         """Apply the batch in one transaction (may run in a worker thread: touches only the kernel)."""
-        replaced = [key for key, (have, want) in batch.entries.items() if have is not None and want is not None]
-        if replaced:
-            batch.counters.update(self._read_element_counters(replaced, batch))
         try:
             self.nft.run(self.render(batch))
         except NftError as exc:
@@ -545,21 +545,6 @@ class NftDataplane:
             key = (source, group)
             counts[key] = SgCount(int(packets), int(nbytes), known.get(key, 0))
         self.counts = counts
-
-    def _read_element_counters(self, keys: list[SgKey], batch: Batch) -> dict[SgKey, SgCount]:
-        """The counters of the elements about to be replaced, so the new ones start where they were."""
-        items = ", ".join(_key(have.parent, key) for key in keys if (have := batch.entries[key][0]) is not None)
-        try:
-            text = self.nft.run(f"get element ip {self.table} sg {{ {items} }}")
-        except NftError as exc:
-            log.warning("counters of %d replaced entr(ies) not read (%s): they restart from the last read", len(keys),
-                        exc)  # fmt: skip
-            return {key: self.counts[key] for key in keys if key in self.counts}
-        out = {}
-        for _if, source, group, packets, nbytes in _SG_COUNTER.findall(text):
-            wrong_if = self.counts.get((source, group), SgCount(0, 0, 0)).wrong_if
-            out[(source, group)] = SgCount(int(packets), int(nbytes), wrong_if)
-        return out
 
 
 def _ones_complement_sum(data: bytes) -> int:

@@ -123,6 +123,7 @@ def test_an_oil_change_replaces_the_element_keeping_its_counters_and_drops_the_u
     plane.add_mfc(S1, G, 2, [3])
     plane.flush()
     nft.outputs["get element"] = f'elements = {{ "r1" . {S1} . {G} counter packets 40 bytes 4000 : goto x }}'
+    assert plane.sg_count(S1, G) == SgCount(40, 4000, 0)  # what the mirror reads before it changes the OIL
     plane.add_mfc(S1, G, 2, [3, 4])
     plane.flush()
     new = oil_chain([3, 4])
