@@ -24,10 +24,11 @@ Format::
     curve_key = "keys/igmp.key_secret"  # this plugin's key pair over tcp (default: manager.curve_client_key)
     robustness = 2             # any other key belongs to the plugin
 
-The file is read once, validated here, and every mistake raises `ConfigError`
-naming the file, the key path and the line, so nobody downstream checks a
-type again.  `mgm up` without ``--config`` uses `DEFAULT_CONFIG`, which lives
-in this module so that the installed package needs no file of its own.
+The file is read once and validated here, so nobody downstream checks a type
+again.  Its mistakes raise one `ConfigError` naming the file, the key path and
+the line of each (`Mistakes` gathers them: a user fixes all in one go, not one
+per run).  `mgm up` without ``--config`` uses `DEFAULT_CONFIG`, which lives in
+this module so that the installed package needs no file of its own.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ import ipaddress
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from mgm.bus.endpoints import check_ipc_endpoint, default_api, default_events
 
@@ -53,6 +54,7 @@ CLIENT_KEYS = frozenset({"name", "public_key", "protocol_ids", "interfaces"})
 PLUGIN_COMMON_KEYS = frozenset({"interfaces", "protocol_id", "component_id", "curve_key"})
 """Keys of a [plugins.NAME] table that the host reads; every other key is the plugin's own."""
 ID_MAX = 2**32 - 1
+T = TypeVar("T")
 DEFAULT_SOURCE = "<embedded default config>"
 
 DEFAULT_CONFIG = """\
@@ -142,16 +144,49 @@ _Z85 = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
 class ConfigError(ValueError):
-    """A configuration mistake: where (file, key path, line) and what."""
+    """A configuration mistake: where (file, key path, line) and what; `also`, the others found with it.
 
-    def __init__(self, source: str, key_path: str | None, line: int | None, message: str) -> None:
+    `str()` is one line per mistake; `lines()` gives them apart, to prefix each.
+    """
+
+    def __init__(self, source: str, key_path: str | None, line: int | None, message: str,
+                 also: Sequence[ConfigError] = ()) -> None:  # fmt: skip
         self.source = source
         self.key_path = key_path
         self.line = line
         self.message = message
+        self.also = tuple(also)
         where = source if line is None else f"{source}:{line}"
         what = f" {key_path}:" if key_path else ""
-        super().__init__(f"{where}:{what} {message}")
+        self.one_line = f"{where}:{what} {message}"
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [self.one_line, *(e.one_line for e in self.also)]
+
+
+class Mistakes:
+    """Runs independent checks and keeps their ConfigErrors, so that all are reported at once, not the first."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def check(self, func: Callable[..., T], *args: Any) -> T | None:
+        """func(*args), or None when it raised ConfigError (kept)."""
+        try:
+            return func(*args)
+        except ConfigError as exc:
+            self.add(exc)
+            return None
+
+    def add(self, exc: ConfigError) -> None:
+        self.found += [exc, *exc.also]
+
+    def raise_any(self) -> None:
+        """Raise one ConfigError holding every mistake found, if any."""
+        if self.found:
+            first, *rest = self.found
+            raise ConfigError(first.source, first.key_path, first.line, first.message, rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,15 +343,20 @@ def loads(text: str, source: str = "<string>") -> Config:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         raise ConfigError(source, None, line, f"not valid TOML: {exc}") from exc
     checker = _Checker(source, text)
+    mistakes = Mistakes()  # each section and plugin table is checked, whatever the others hold
     for key in data:
         if key not in ("manager", "plugins"):
-            raise checker.error(key, "unknown section (expected [manager] or [plugins.NAME])")
-    manager = checker.manager(data.get("manager", {}))
+            mistakes.add(checker.error(key, "unknown section (expected [manager] or [plugins.NAME])"))
+    manager = mistakes.check(checker.manager, data.get("manager", {}))
     plugins_raw = data.get("plugins", {})
     if not isinstance(plugins_raw, dict):
-        raise checker.error("plugins", "must be a table of [plugins.NAME] tables")
-    plugins = {name: checker.plugin(name, table) for name, table in plugins_raw.items()}
-    return Config(source=source, text=text, manager=manager, plugins=MappingProxyType(plugins))
+        mistakes.add(checker.error("plugins", "must be a table of [plugins.NAME] tables"))
+        plugins_raw = {}
+    plugins = {name: mistakes.check(checker.plugin, name, table) for name, table in plugins_raw.items()}
+    mistakes.raise_any()
+    assert manager is not None
+    checked = {name: plugin for name, plugin in plugins.items() if plugin is not None}
+    return Config(source=source, text=text, manager=manager, plugins=MappingProxyType(checked))
 
 
 class _Checker:
@@ -330,9 +370,16 @@ class _Checker:
     def manager(self, raw: Any) -> ManagerConfig:
         if not isinstance(raw, dict):
             raise self.error("manager", "must be a table")
+        mistakes = Mistakes()
         for key in raw:
             if key not in MANAGER_KEYS:
-                raise self.error(f"manager.{key}", f"unknown key (known: {', '.join(sorted(MANAGER_KEYS))})")
+                mistakes.add(self.error(f"manager.{key}", f"unknown key (known: {', '.join(sorted(MANAGER_KEYS))})"))
+        manager = mistakes.check(self._manager_keys, raw)
+        mistakes.raise_any()
+        assert manager is not None
+        return manager
+
+    def _manager_keys(self, raw: dict[str, Any]) -> ManagerConfig:
         endpoints: dict[str, str | None] = {}
         for key in ("api", "events"):
             value = raw.get(key)
@@ -420,12 +467,15 @@ class _Checker:
         interfaces = raw.get("interfaces", [])
         if not isinstance(interfaces, list):
             raise self.error(f"{path}.interfaces", "must be a list of interface names or indexes")
-        refs = tuple(self.interface(f"{path}.interfaces[{i}]", item) for i, item in enumerate(interfaces))
+        mistakes = Mistakes()
+        checked = [mistakes.check(self.interface, f"{path}.interfaces[{i}]", item) for i, item in enumerate(interfaces)]
+        refs = tuple(ref for ref in checked if ref is not None)
         seen: set[tuple[str | int, str]] = set()
         for ref in refs:
             if (ref.name_or_index, ref.next_hop) in seen:
-                raise self.error(ref.key_path, f"interface {ref.name_or_index!r} is listed twice")
+                mistakes.add(self.error(ref.key_path, f"interface {ref.name_or_index!r} is listed twice"))
             seen.add((ref.name_or_index, ref.next_hop))
+        mistakes.raise_any()
         return PluginConfig(
             name=name,
             interfaces=refs,

@@ -41,7 +41,7 @@ import pluggy
 
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import Config, ConfigError, PluginConfig, effective_manager, find_line, load
+from mgm.core.config import Config, ConfigError, Mistakes, PluginConfig, effective_manager, find_line, load
 from mgm.core.keys import client_curve
 from mgm.core.logs import fields as log_fields
 from mgm.core.logs import setup_from as setup_logging
@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load(args.config)
     except ConfigError as exc:
-        print(f"mgm plugin: {exc}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"mgm plugin: {line}", file=sys.stderr)
         return EXIT_CONFIG
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
@@ -125,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return EXIT_CONFIG
     except ConfigError as exc:
-        log.error("%s", exc)
+        for line in exc.lines():
+            log.error("%s", line)
         return EXIT_CONFIG
 
 
@@ -204,16 +206,18 @@ def protocol_of(pm: pluggy.PluginManager, plugin: PluginConfig, config: Config) 
 
 
 def resolve_interfaces(plugin: PluginConfig, config: Config) -> list[Interface]:
-    """Config interface names to if_index (this machine's), ints as they are."""
+    """Config interface names to if_index (this machine's), ints as they are; every unknown name is a mistake."""
     result = []
+    mistakes = Mistakes()
     for ref in plugin.interfaces:
         if isinstance(ref.name_or_index, int):
             result.append(Interface(ref.name_or_index, ref.next_hop))
             continue
         try:
             result.append(Interface(socket.if_nametoindex(ref.name_or_index), ref.next_hop))
-        except OSError as exc:
-            raise config.error(ref.key_path, f"no interface named {ref.name_or_index!r} here") from exc
+        except OSError:
+            mistakes.add(config.error(ref.key_path, f"no interface named {ref.name_or_index!r} here"))
+    mistakes.raise_any()
     return result
 
 
@@ -240,8 +244,12 @@ class Host:
         self.api = api
         self.events = events
         self.pm = load_plugin(name)
-        self.protocol = protocol_of(self.pm, self.plugin, config)
-        self.interfaces = resolve_interfaces(self.plugin, config)
+        mistakes = Mistakes()  # the plugin's own checks and the interfaces: every mistake at once
+        protocol = mistakes.check(protocol_of, self.pm, self.plugin, config)
+        interfaces = mistakes.check(resolve_interfaces, self.plugin, config)
+        mistakes.raise_any()
+        assert protocol is not None and interfaces is not None
+        self.protocol, self.interfaces = protocol, interfaces
         self.ctx: PluginContext | None = None
         self.stopping = asyncio.Event()
         # what the hooks were told, to diff a resync snapshot against

@@ -118,6 +118,29 @@ def test_errors_name_file_key_and_line(text: str, key_path: str, line: int, word
     assert str(err).startswith(f"conf.toml:{line}: {key_path}:")
 
 
+def test_every_mistake_of_the_file_is_named_not_only_the_first() -> None:
+    """One run tells all: each section and plugin table, and each interface of a table, is checked."""
+    text = (
+        "[manager]\nport = 5\nlog_level = 'loud'\n"
+        "[plugins.a]\ninterfaces = [1.5, 'eth0', 'eth0']\n"
+        "[plugins.b]\nprotocol_id = -1\n"
+        "[other]\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        loads(text, "conf.toml")
+    assert info.value.lines() == [
+        "conf.toml:8: other: unknown section (expected [manager] or [plugins.NAME])",
+        "conf.toml:2: manager.port: unknown key (known: api, clients, curve_client_key, curve_secret_key, "
+        "curve_server_public_key, events, log_level)",
+        "conf.toml:3: manager.log_level: must be one of debug, info, warning, error, not 'loud'",
+        "conf.toml:5: plugins.a.interfaces[0]: must be an interface name or index, not 1.5",
+        "conf.toml:5: plugins.a.interfaces[2]: interface 'eth0' is listed twice",
+        "conf.toml:7: plugins.b.protocol_id: must be an integer from 0 to 4294967295, not -1",
+    ]
+    assert str(info.value) == "\n".join(info.value.lines())
+    assert (info.value.key_path, info.value.line) == ("other", 8)  # the first, as before
+
+
 def test_a_syntax_error_gives_the_line() -> None:
     with pytest.raises(ConfigError) as info:
         loads("[manager]\nlog_level = \n", "broken.toml")

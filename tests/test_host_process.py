@@ -36,6 +36,13 @@ def run_plugin(ipc_dir: Path, procs: list[Proc], manager: ManagerProc, name: str
         ("test-igmp", "[plugins.test-igmp]\n\ninterfaces = ['nosuchif0']\n",
          "test-igmp.toml:3: plugins.test-igmp.interfaces[0]: no interface named 'nosuchif0' here"),
         ("test-igmp", "[plugins.test-igmp]\ninterfaces = 'x'\n", "plugins.test-igmp.interfaces: must be a list"),
+        # every missing interface is named, and the plugin's own checks' mistakes beside them
+        ("test-igmp", "[plugins.test-igmp]\ninterfaces = ['nosuchif0', 1, 'nosuchif1']\n",
+         "test-igmp.toml:2: plugins.test-igmp.interfaces[0]: no interface named 'nosuchif0' here\n"),
+        ("test-igmp", "[plugins.test-igmp]\ninterfaces = ['nosuchif0', 1, 'nosuchif1']\n",
+         "test-igmp.toml:2: plugins.test-igmp.interfaces[2]: no interface named 'nosuchif1' here\n"),
+        ("test-routing-a", "[plugins.test-routing-a]\nprotocol_id = 100\ninterfaces = ['nosuchif0']\n",
+         "test-routing-a.toml:3: plugins.test-routing-a.interfaces[0]: no interface named 'nosuchif0' here"),
     ],
 )  # fmt: skip
 def test_mistakes_stop_the_host_at_start_with_status_2(

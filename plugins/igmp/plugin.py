@@ -52,7 +52,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
+from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, Mistakes, PluginTable
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.packet import MalformedPacket, parse_ipv4
@@ -74,18 +74,23 @@ def read_parameters(config: Mapping[str, Any]) -> Parameters:
     """Check ``[plugins.igmp]``: unknown keys and bad values are a `ConfigError` naming file, key and line."""
     known = set(Parameters.KEYS) | PLUGIN_COMMON_KEYS
 
-    def error(key: str, message: str) -> Exception:
+    def error(key: str, message: str) -> ConfigError:
         if isinstance(config, PluginTable):
             return config.error(key, message)
         return ConfigError("<config>", f"plugins.igmp.{key}", None, message)
 
+    mistakes = Mistakes()
+    params: Parameters | None = None
     for key in config:
         if key not in known:
-            raise error(key, f"unknown key for the igmp plugin (known: {', '.join(sorted(known))})")
+            mistakes.add(error(key, f"unknown key for the igmp plugin (known: {', '.join(sorted(known))})"))
     try:
-        return Parameters.from_config(config)
+        params = Parameters.from_config(config)
     except ParameterError as exc:
-        raise error(exc.key, exc.message) from exc
+        mistakes.add(error(exc.key, exc.message))
+    mistakes.raise_any()
+    assert params is not None
+    return params
 
 
 def _if_name(if_index: int) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, PluginTable, plugin_table
+from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, Mistakes, PluginTable, plugin_table
 from mgm.core.types import ANY
 from mgm.plugins.proxy.merge import GroupFilter
 
@@ -59,10 +59,20 @@ def parse(config: Config, name: str) -> Settings:
     table = plugin.table
     prefix = f"plugins.{name}"
     known = PLUGIN_COMMON_KEYS | KEYS
+    mistakes = Mistakes()  # every unknown key, every bad downstream entry, every interface IGMP lacks
     for key in table:
         if key not in known:
             known_list = ", ".join(sorted(known))
-            raise config.error(f"{prefix}.{key}", f"unknown key for the proxy plugin (known: {known_list})")
+            mistakes.add(config.error(f"{prefix}.{key}", f"unknown key for the proxy plugin (known: {known_list})"))
+    settings = mistakes.check(_parse_known, config, name, mistakes)
+    mistakes.raise_any()
+    assert settings is not None
+    return settings
+
+
+def _parse_known(config: Config, name: str, mistakes: Mistakes) -> Settings | None:
+    table = config.plugin(name).table
+    prefix = f"plugins.{name}"
     if "upstream" not in table:
         raise config.error(prefix, 'the proxy needs `upstream = "IFNAME"` (the interface towards the multicast source)')
     upstream = _name(config, f"{prefix}.upstream", table["upstream"])
@@ -72,35 +82,43 @@ def parse(config: Config, name: str) -> Settings:
                            "the proxy needs `downstream = [...]`, a non-empty list of interfaces")  # fmt: skip
     downstream: list[Name] = []
     filters: dict[Name, GroupFilter] = {}
+    before = len(mistakes.found)
     for i, item in enumerate(raw):
-        key = f"{prefix}.downstream[{i}]"
-        if isinstance(item, dict):
-            unknown = sorted(set(item) - DOWNSTREAM_KEYS)
-            if unknown or "interface" not in item:
-                raise config.error(key, "a downstream table is {interface = NAME, allow = [PREFIX...], deny = [...]}")
-            iface = _name(config, key, item["interface"])
-            lists = {}
-            for which in ("allow", "deny"):
-                value = item.get(which, [])
-                if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-                    raise config.error(key, f'{which} must be a list of prefix strings like "239.1.0.0/16"')
-                lists[which] = value
-            try:
-                filters[iface] = GroupFilter.of(lists["allow"], lists["deny"])
-            except ValueError as exc:
-                raise config.error(key, str(exc)) from None
-        else:
-            iface = _name(config, key, item)
-        if iface == upstream:
-            raise config.error(key, f"{iface!r} is the upstream interface; it cannot be downstream too")
-        if iface in downstream:
-            raise config.error(key, f"{iface!r} is listed twice")
-        downstream.append(iface)
+        mistakes.check(_downstream, config, f"{prefix}.downstream[{i}]", item, upstream, downstream, filters)
+    if len(mistakes.found) > before:
+        return None  # the checks below would blame the entries left out
     forward = _flag(config, prefix, table, "forward_upstream", False)
     immediate = _flag(config, prefix, table, "immediate_report", True)
     listed = _check_interfaces(config, name, upstream, downstream)
-    _check_igmp(config, name, upstream, downstream)
+    _check_igmp(config, name, upstream, downstream, mistakes)
     return Settings(upstream, tuple(downstream), filters, forward, immediate, listed)
+
+
+def _downstream(config: Config, key: str, item: Any, upstream: Name, downstream: list[Name],
+                filters: dict[Name, GroupFilter]) -> None:  # fmt: skip
+    """Check one entry of `downstream` and add it to `downstream` (and its filter to `filters`)."""
+    if isinstance(item, dict):
+        unknown = sorted(set(item) - DOWNSTREAM_KEYS)
+        if unknown or "interface" not in item:
+            raise config.error(key, "a downstream table is {interface = NAME, allow = [PREFIX...], deny = [...]}")
+        iface = _name(config, key, item["interface"])
+        lists = {}
+        for which in ("allow", "deny"):
+            value = item.get(which, [])
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise config.error(key, f'{which} must be a list of prefix strings like "239.1.0.0/16"')
+            lists[which] = value
+        try:
+            filters[iface] = GroupFilter.of(lists["allow"], lists["deny"])
+        except ValueError as exc:
+            raise config.error(key, str(exc)) from None
+    else:
+        iface = _name(config, key, item)
+    if iface == upstream:
+        raise config.error(key, f"{iface!r} is the upstream interface; it cannot be downstream too")
+    if iface in downstream:
+        raise config.error(key, f"{iface!r} is listed twice")
+    downstream.append(iface)
 
 
 def _flag(config: Config, prefix: str, table: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -138,7 +156,7 @@ def _check_interfaces(config: Config, name: str, upstream: Name, downstream: lis
     return upstream in listed
 
 
-def _check_igmp(config: Config, name: str, upstream: Name, downstream: list[Name]) -> None:
+def _check_igmp(config: Config, name: str, upstream: Name, downstream: list[Name], mistakes: Mistakes) -> None:
     """Where [plugins.igmp] is in the same file: not on the upstream, and on every downstream."""
     igmp = config.plugins.get("igmp")
     if igmp is None:
@@ -152,11 +170,11 @@ def _check_igmp(config: Config, name: str, upstream: Name, downstream: list[Name
         )
     for i, iface in enumerate(downstream):
         if iface not in igmp_ifaces:
-            raise config.error(
+            mistakes.add(config.error(
                 f"plugins.{name}.downstream[{i}]",
                 f"{iface!r} is not in [plugins.igmp] interfaces: the proxy learns the receivers of its downstream "
                 "interfaces from IGMP, so IGMP must run there",
-            )
+            ))
 
 
 def as_error(table: Mapping[str, Any], key: str, message: str) -> ConfigError:

@@ -27,7 +27,7 @@ from typing import Any
 
 from mgm.bus.status import MgmError
 from mgm.core.args import is_multicast, parse_addr
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, find_line
+from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, Mistakes, find_line
 from mgm.core.types import ANY, Interface, is_link_local
 
 ROUTE_KEYS = ("source", "group", "from", "to")
@@ -82,27 +82,33 @@ def _ref_name(ref: InterfaceRef) -> str:
 
 
 def parse(config: Config, name: str) -> RouteTable:
-    """Check the ``routes`` of ``[plugins.NAME]``; raises `ConfigError` at the first mistake."""
+    """Check the ``routes`` of ``[plugins.NAME]``; one `ConfigError` names every mistake (each route's first)."""
     plugin = config.plugin(name)
     table = plugin.table
     prefix = f"plugins.{name}"
     known = PLUGIN_COMMON_KEYS | {"routes"}
+    mistakes = Mistakes()
     for key in table:
         if key not in known:
             known_list = ", ".join(sorted(known))
-            raise config.error(f"{prefix}.{key}", f"unknown key for the static plugin (known: {known_list})")
+            mistakes.add(config.error(f"{prefix}.{key}", f"unknown key for the static plugin (known: {known_list})"))
     raw = table.get("routes", [])
     if not isinstance(raw, list):
-        raise config.error(f"{prefix}.routes", "must be a list of route tables {group, from, to[, source]}")
+        mistakes.add(config.error(f"{prefix}.routes", "must be a list of route tables {group, from, to[, source]}"))
+        raw = []
     routes: list[Route] = []
     seen: dict[tuple[str, str], Route] = {}
     for index, item in enumerate(raw):
-        route = _route(config, f"{prefix}.routes[{index}]", index, item, plugin.interfaces)
+        route = mistakes.check(_route, config, f"{prefix}.routes[{index}]", index, item, plugin.interfaces)
+        if route is None:
+            continue
         earlier = seen.get(route.sg)
         if earlier is not None:
-            raise _conflict(config, f"{prefix}.routes", earlier, route)
+            mistakes.add(_conflict(config, f"{prefix}.routes", earlier, route))
+            continue
         seen[route.sg] = route
         routes.append(route)
+    mistakes.raise_any()
     return RouteTable(config.source, plugin.interfaces, tuple(routes), dict(seen))
 
 

@@ -162,6 +162,23 @@ def test_settings_mistakes_name_the_file_and_line(change: tuple[str, str], line:
     assert words in str(info.value)
 
 
+def test_settings_mistakes_come_all_at_once() -> None:
+    """Unknown keys, each bad downstream entry; the cross-checks once the entries are right, all of theirs."""
+    text = GOOD.replace('upstream = "eth0"\n', 'upstream = "eth0"\nupstreams = 1\nfast = true\n').replace(
+        'deny = ["239.9.0.0/16"]', 'deny = ["10.0.0.0/8"]').replace('"eth1",\n', '"eth1",\n  "eth1",\n')
+    with pytest.raises(ConfigError) as info:
+        settings.parse(loads(text, "router.toml"), "proxy")
+    assert [line.split(": ", 2)[1] for line in info.value.lines()] == [
+        "plugins.proxy.upstreams", "plugins.proxy.fast", "plugins.proxy.downstream[1]", "plugins.proxy.downstream[2]",
+    ]  # fmt: skip
+    text = GOOD.replace('interfaces = ["eth1", "eth2"]', "interfaces = []")
+    with pytest.raises(ConfigError) as info:
+        settings.parse(loads(text, "router.toml"), "proxy")
+    assert [line.split(": ", 2)[1] for line in info.value.lines()] == [
+        "plugins.proxy.downstream[0]", "plugins.proxy.downstream[1]",
+    ]  # fmt: skip
+
+
 def test_no_upstream_or_downstream_is_an_error() -> None:
     with pytest.raises(ConfigError, match="needs `upstream"):
         settings.parse(loads('[plugins.proxy]\ndownstream = ["eth1"]\n', "r.toml"), "proxy")

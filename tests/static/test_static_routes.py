@@ -203,6 +203,23 @@ def test_every_mistake_names_file_key_and_line(text: str, key: str, line: int, w
     assert str(err).startswith(f"conf.toml:{line}: plugins.static.{key}:")
 
 
+def test_every_route_is_checked_so_all_mistakes_come_at_once() -> None:
+    text = HEAD.replace("[plugins.static]\n", "[plugins.static]\nttl = 3\n") + "routes = [\n" + "".join(
+        f"  {line},\n" for line in (
+            '{ group = "10.1.1.1", from = "a", to = ["b"] }', OK, '{ from = "a", to = ["b"] }',
+            '{ group = "239.1.1.1", from = "c", to = ["b"] }',
+        )
+    ) + "]\n"  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        table_of(text, "conf.toml")
+    assert [line.split(": ", 2)[:2] for line in info.value.lines()] == [
+        ["conf.toml:2", "plugins.static.ttl"],
+        ["conf.toml:5", "plugins.static.routes[0].group"],
+        ["conf.toml:7", "plugins.static.routes[2]"],
+        ["conf.toml:8", "plugins.static.routes[3]"],  # the conflict with routes[1]
+    ]
+
+
 def test_in_an_array_of_tables_a_mistake_points_at_its_key() -> None:
     text = SAME_AS_TABLES.replace('group = "239.2.2.2"', 'group = "224.0.0.1"')
     with pytest.raises(ConfigError) as info:
