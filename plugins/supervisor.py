@@ -7,7 +7,8 @@ has run a minute: one crash costs little, a crash loop soon waits long); one
 that exits with status 2 (a configuration or plugin mistake, which a restart
 cannot fix) is left stopped and reported.  SIGTERM or Ctrl-C stops the
 plugins first, then the manager, each with SIGTERM and, after a grace period,
-SIGKILL.
+SIGKILL; the exit status is then 0, or 1 if every plugin had failed, so that
+a script can tell.
 
 Children run in their own process groups, so the terminal's Ctrl-C reaches
 only the supervisor, which then stops them in order; each child also gets
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             config = load(config_path)
     except ConfigError as exc:
-        print(f"mgm up: {exc}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"mgm up: {line}", file=sys.stderr)
         return 2
     if missing := missing_plugins(list(config.plugins)):
         for name in missing:
@@ -227,6 +229,11 @@ class Supervisor:
         await asyncio.gather(*(self.stop(c) for c in self.plugins))
         await self.stop(self.manager)
         self.show()
+        failed = [c.name for c in self.plugins if c.state == "failed"]
+        if failed and len(failed) == len(self.plugins):  # nothing ran but the manager: a script must tell
+            log.error("every plugin had failed (%s; their messages are above): exiting with status 1",
+                      ", ".join(failed))  # fmt: skip
+            return 1
         return 0
 
     async def start(self, child: Child) -> None:

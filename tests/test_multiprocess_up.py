@@ -131,6 +131,25 @@ def test_up_refuses_a_plugin_name_nobody_installed(ipc_dir: Path, procs: list[Pr
     assert "started" not in up.log()
 
 
+def test_up_exits_non_zero_on_ctrl_c_when_every_plugin_had_failed(ipc_dir: Path, procs: list[Proc]) -> None:
+    """Plugins that stop on a mistake (status 2) stay stopped; a script still learns of it from mgm up's status."""
+    manager = {"api": f"ipc://{ipc_dir}/api", "events": f"ipc://{ipc_dir}/events"}
+    path = ipc_dir / "router.toml"
+    path.write_text(toml_config({"test-igmp": {"interfaces": ["nosuchif0", "nosuchif1"]},
+                                 "test-routing-a": {"protocol_id": 100, "component_id": 1,
+                                                    "interfaces": ["nosuchif2"]}}, manager))  # fmt: skip
+    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
+    up.start()
+    procs.append(up)
+    wait_for(lambda: up.log().count("not restarting") == 2, 30, "both plugins to fail")
+    log = up.log()
+    for i, name in enumerate(["nosuchif0", "nosuchif1"]):  # each mistake, not only the first
+        assert f"plugins.test-igmp.interfaces[{i}]: no interface named '{name}' here" in log, log
+    os.kill(up.pid, signal.SIGINT)  # Ctrl-C
+    assert up.wait(30) == 1, up.log()
+    assert "every plugin had failed (test-igmp, test-routing-a" in up.log()
+
+
 @pytest.mark.parametrize(
     ("current", "ran", "delay", "following"),
     [
