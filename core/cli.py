@@ -1,7 +1,8 @@
 """The `mgm` command: one parser, one subcommand per process or tool.
 
-Each subcommand's module is imported only when it runs, so `mgm manager`
-never loads the plugin machinery and `mgm show` never loads the core.
+Each subcommand's module is imported only when it runs (for its options
+too: `build_parser(only=...)`), so `mgm manager` never loads the plugin
+machinery and `mgm show` never loads the state machine.
 """
 
 from __future__ import annotations
@@ -39,19 +40,22 @@ def _endpoint_options(parser: argparse.ArgumentParser) -> None:
                              "(default: [manager] curve_server_public_key from --config)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand; with `only`, the options of that one alone, whose module is then the only one imported."""
     parser = argparse.ArgumentParser(prog="mgm", description="mgmbus: a multicast group manager on a ZeroMQ bus")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _endpoint_options(p)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
+        if only is None or name == only:
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # `mgm` itself has no option but -h
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     args.api = args.api or default_api()
     args.events = args.events or default_events()
