@@ -11,7 +11,7 @@ The two alternate for `--rounds` rounds; the rate of a run is requests whose
 reply came back and whose event the subscriber saw, per second of the slower
 of the two.  The report gives each rate and the ratio (b)/(a) of the medians.
 
-    /work/venv/bin/python bench/bus.py [--requests 30000] [--window 1000] [--rounds 3]
+    .venv/bin/python bench/bus.py [--requests 30000] [--window 1000] [--rounds 3]
 
 MGM_BENCH_PROFILE=/tmp/mgmd.prof runs the manager under cProfile (then read it with pstats).
 """

@@ -22,7 +22,7 @@ all of them.  The report gives p50/p90/p99 of each and the ratios ours/raw
 (goal: as close to 1 as the design allows), then a pipelined throughput
 sanity line (ping with --window in flight, against the raw echo).  About 20 s.
 
-    /work/venv/bin/python bench/hop_latency.py [--samples 2500] [--rounds 5] [--gap 0.001]
+    .venv/bin/python bench/hop_latency.py [--samples 2500] [--rounds 5] [--gap 0.001]
 """
 
 from __future__ import annotations

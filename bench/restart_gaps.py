@@ -20,7 +20,7 @@ on it, `--rounds` times:
   the new forwarder register.  The rows "kill -> ..." place the steps of the
   restart from the `mgm up` log's timestamps.
 
-    sudo /work/venv/bin/python bench/restart_gaps.py [--rounds 2] [--grace 2.0]
+    sudo .venv/bin/python bench/restart_gaps.py [--rounds 2] [--grace 2.0]
 
 Needs root; about 40 s per round.
 """

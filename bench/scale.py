@@ -20,7 +20,7 @@ large/small (goal: within 1.5x, i.e. cost independent of size).  RSS is the
 process's VmRSS after building the large core (goal: under 1 GiB), and the
 growth it caused.
 
-    /work/venv/bin/python bench/scale.py [--quick] [--batch 1000] [--repeat 7]
+    .venv/bin/python bench/scale.py [--quick] [--batch 1000] [--repeat 7]
 """
 
 from __future__ import annotations

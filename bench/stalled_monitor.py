@@ -10,7 +10,7 @@ ratio stalled/free (goal >= 0.9), and for the stalled runs the manager's RSS
 growth and CPU seconds, which show where a poor ratio would come from (the
 manager's XPUB queues up to --events-hwm messages for a stalled subscriber).
 
-    /work/venv/bin/python bench/stalled_monitor.py [--requests 20000] [--window 1000] [--rounds 3] [--stall monitor]
+    .venv/bin/python bench/stalled_monitor.py [--requests 20000] [--window 1000] [--rounds 3] [--stall monitor]
 
 Bounded: every process is killed at the end, also on error.
 """

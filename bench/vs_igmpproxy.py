@@ -38,7 +38,7 @@ kernel's (which Linux delays by 8-12 ms); ``--no-immediate-report`` writes
 ``immediate_report = false`` into our router's configuration, to measure
 what that report is worth.
 
-    /work/venv/bin/python bench/vs_igmpproxy.py [--rounds 2] [--joins 60] [--groups 1000] [--igmp-version 2]
+    .venv/bin/python bench/vs_igmpproxy.py [--rounds 2] [--joins 60] [--groups 1000] [--igmp-version 2]
                                                 [--no-immediate-report]
 
 Debugging: BENCH_DEBUG=1 prints each trial and the 1,000-group quantiles;
