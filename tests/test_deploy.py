@@ -48,8 +48,9 @@ def test_exec_start_is_an_mgm_subcommand_with_known_options(name: str) -> None:
 def test_services_are_sandboxed_without_capabilities(name: str) -> None:
     service = unit(UNITS / name)["Service"]
     assert service["User"] == "mgm" and service["Environment"] == "MGM_RUNDIR=/run/mgm"
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-                       "CapabilityBoundingSet": "", "AmbientCapabilities": "", "ReadWritePaths": "/run/mgm"}.items():  # fmt: skip
+    sandbox = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+               "CapabilityBoundingSet": "", "AmbientCapabilities": "", "ReadWritePaths": "/run/mgm"}  # fmt: skip
+    for key, value in sandbox.items():
         assert service[key] == value, key
     # 2: a configuration mistake; 3 (plugins): the machine lacks what the plugin needs. Restarts repeat both.
     assert service["RestartPreventExitStatus"] == ("2" if name == "mgm-manager.service" else "2 3")

@@ -88,9 +88,12 @@ class _Owners:
     igmp: bool = False
 
 
+NO_COUNT = SgCount(0, 0, 0)
+
+
 @dataclass(slots=True)
 class _Counts:
-    last: SgCount = field(default_factory=lambda: SgCount(0, 0, 0))
+    last: SgCount = NO_COUNT  # immutable: one shared start for every entry
     out: dict[int, int] = field(default_factory=dict)  # if_index -> packets attributed
 
 
