@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -472,41 +473,18 @@ def _on_signal(manager: Manager, sig: signal.Signals) -> None:
     manager.stop()
 
 
-RTN_UNICAST = 1
+def _kernel_resolver() -> Callable[[str], Interface | None]:
+    from mgm.core.routes import kernel_resolver
 
-
-def kernel_resolver() -> Callable[[str], Interface | None]:
-    """The interface towards a source by the kernel's unicast routing table (netlink RTM_GETROUTE).
-
-    Only unicast routes count: a local source (our own address) or no route at
-    all gives None, and the core falls back to the arrival interface.  The
-    next hop is "0.0.0.0": Linux interfaces are broadcast or point-to-point.
-    A lookup is one netlink round trip (well under a millisecond), made only
-    for a new (S,G) or a source-specific alert.
-    """
-    from pyroute2 import IPRoute
-
-    ipr = IPRoute()
-
-    def resolve(source: str) -> Interface | None:
-        try:
-            routes = ipr.route("get", dst=source)
-        except Exception as exc:  # NetlinkError: no route (ENETUNREACH), or a bad address
-            log.debug("no route towards %s: %s", source, exc)
-            return None
-        for route in routes:
-            oif = route.get("RTA_OIF")
-            if route["type"] == RTN_UNICAST and isinstance(oif, int):
-                return Interface(oif, "0.0.0.0")
-        return None
-
-    return resolve
+    return kernel_resolver()
 
 
 RESOLVERS: dict[str, Callable[[], Callable[[str], Interface | None] | None]] = {
     "none": lambda: None,
-    "kernel": kernel_resolver,
+    "kernel": _kernel_resolver,
 }
+DEFAULT_RESOLVER = "kernel" if sys.platform.startswith("linux") else "none"
+"""MGM-SPEC: the interface towards S comes from the kernel's routing table; elsewhere there is none to ask."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -519,9 +497,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default MFE timeout without traffic (default 900)")
     parser.add_argument("--liveness", type=float, default=3.0, metavar="SECONDS",
                         help="a registered client silent this long is treated as gone (default 3)")
-    parser.add_argument("--resolver", choices=sorted(RESOLVERS), default="none",
-                        help="how the incoming interface towards a source is found: the kernel's routing table, "
-                             "or none (the interface the first packet arrived on); default none")
+    parser.add_argument("--resolver", choices=sorted(RESOLVERS), default=DEFAULT_RESOLVER,
+                        help="how the interface towards a source (the incoming interface of its MFEs, the owner "
+                             "its (S,G) alerts go to) is found: kernel, its unicast routing table; or none, the "
+                             f"interface the first packet arrived on, and no (S,G) alerts (default {DEFAULT_RESOLVER})")
     parser.add_argument("--events-hwm", type=int, default=XPUB_HWM, metavar="N",
                         help=f"events queued per subscriber before the newest are dropped (default {XPUB_HWM:,}); "
                              "subscribers resync from the seq gap")
@@ -541,7 +520,8 @@ def run(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         setup_logging(args)
-        log.error("%s", exc)
+        for line in exc.lines():
+            log.error("%s", line)
         return 2
     settings = effective_manager(config, args.api, args.events, args.log_level)
     args.api, args.events = str(settings.api), str(settings.events)
@@ -561,11 +541,17 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     try:
+        resolver = RESOLVERS[args.resolver]()
+    except OSError as exc:  # e.g. a sandbox without AF_NETLINK: a restart cannot help
+        log.error("--resolver %s: cannot open a netlink socket (%s); give --resolver none to run without routes",
+                  args.resolver, exc)  # fmt: skip
+        return 2
+    try:
         asyncio.run(serve(args.api, args.events, question_deadline=args.question_deadline,
                           curve=curve, gate=acl.check,
                           metrics=metrics, top_mfes=args.metrics_top_mfes,
                           mfe_timeout=args.mfe_timeout, liveness=args.liveness, events_hwm=args.events_hwm,
-                          resolver=RESOLVERS[args.resolver](),
+                          resolver=resolver,
                           handle_signals=True))
     except ManagerRunning as exc:
         log.error("%s", exc)

@@ -13,7 +13,9 @@ What it gives (`MgmBus`):
 - ``start_manager(**options)``: ``mgm manager`` on ``ipc://`` endpoints in a
   short directory under /tmp (ipc paths are limited to 107 bytes);
   ``question_deadline=0.3`` becomes ``--question-deadline 0.3``.  Started
-  on first use by everything below.
+  on first use by everything below.  It runs ``--resolver none`` unless
+  told ``resolver="kernel"``: a test's interfaces are numbers of its own,
+  not the host's routes, so an MFE comes in where its first packet arrived.
 - ``start_plugin(name, table)``: ``mgm plugin NAME --config FILE`` with
   ``table`` as the file's ``[plugins.NAME]`` table; returns once the plugin
   registered and took its configured interfaces (its `protocol` is then set).
@@ -60,6 +62,8 @@ STOP_GRACE = 5.0
 POLL = 0.02
 """Seconds between two looks in `wait_for`; never below 20 ms (ipc tails reach 10 ms)."""
 START_TIMEOUT = 15.0
+TEST_MANAGER_OPTIONS = {"resolver": "none"}
+"""A test's manager takes the arrival interface, not the host's routes (its interfaces are the test's own)."""
 TIME_SCALE_VAR = "MGM_TEST_TIME_SCALE"
 
 
@@ -398,7 +402,7 @@ class MgmBus:
         self._managers += 1
         argv = [*MGM, "manager", "--api", self.api, "--events", self.events, "--log-level", self.log_level,
                 "--log-format", self.log_format]  # fmt: skip
-        for key, value in options.items():
+        for key, value in {**TEST_MANAGER_OPTIONS, **options}.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         proc = ManagerProc("manager", argv, self.dir / f"manager-{self._managers}.log", api=self.api,
                            events=self.events)  # fmt: skip

@@ -7,7 +7,8 @@ Any test may use them:
 * ``manager`` -- ``mgm manager`` running on ``ipc_dir``; a `ManagerProc` with
   ``api``, ``events``, ``request(op, args)`` (blocking) and ``log()``.
   ``start_manager(**options)`` starts one with other options
-  (``question_deadline=0.3``...) or again after a stop.
+  (``question_deadline=0.3``...) or again after a stop.  Both run
+  ``--resolver none`` unless given ``resolver="kernel"`` (as `mgm_bus`).
 * ``start_plugin(name, table)`` -- ``mgm plugin NAME`` with ``table`` as its
   ``[plugins.NAME]`` table.  For the recorder test plugins (names
   ``test-*``) a ``control`` endpoint is added and the call returns once the
@@ -34,7 +35,7 @@ from typing import Any
 import pytest
 from mgm_testplugins.control import Control
 
-from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, toml_config, wait_for
+from mgm.plugins.testing import MGM, TEST_MANAGER_OPTIONS, ManagerProc, PluginProc, Proc, toml_config, wait_for
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ def start_manager(ipc_dir: Path, procs: list[Proc]) -> Callable[..., ManagerProc
         count += 1
         api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
         argv = [*MGM, "manager", "--api", api, "--events", events, "--log-level", "debug"]
-        for key, value in options.items():
+        for key, value in {**TEST_MANAGER_OPTIONS, **options}.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         proc = ManagerProc("manager", argv, ipc_dir / f"manager-{count}.log", api=api, events=events)
         proc.start()
