@@ -135,6 +135,9 @@ class Client:
         self.heartbeat_handle: Any = None
         self.on_new_epoch: Callable[[int | None, int], None] | None = None
         self.on_manager_lost: Callable[[], None] | None = None
+        self.on_registration_lost: Callable[[], None] | None = None
+        """Called once when the manager refuses our heartbeat's handle: it forgot us (our liveness lapsed while
+        this process was stalled) although it did not restart.  The owner registers again."""
         self.epoch: int | None = None
         self.manager_lost = False
         self._own_context = context is None
@@ -591,6 +594,15 @@ class Client:
         if fut.cancelled():
             return
         exc = fut.exception()
+        if isinstance(exc, MgmError) and exc.status == Status.ERROR_INVALID_PARAMETER and self.heartbeat_handle:
+            log.warning("the manager no longer knows our handle (%s): our registration lapsed", exc)
+            self.heartbeat_handle = None  # no more heartbeats with it; the owner registers again
+            if self.on_registration_lost is not None:
+                try:
+                    self.on_registration_lost()
+                except Exception:
+                    log.exception("on_registration_lost callback failed")
+            return
         if exc is not None and not self._heartbeat_failing:
             self._heartbeat_failing = True
             log.warning("heartbeat failed: %s", exc)

@@ -284,6 +284,7 @@ class Host:
             await self.shutdown(call_stop=True)
             return 0
         client.on_new_epoch = self._on_new_epoch
+        client.on_registration_lost = self._on_registration_lost
         client.on_manager_lost = lambda: log.warning("plugin %s: no heartbeat from the manager", self.name)
         try:
             await self.unless_stopped(self.join_the_bus())
@@ -340,6 +341,14 @@ class Host:
     def _on_new_epoch(self, old: int | None, new: int) -> None:
         assert self.ctx is not None
         self.ctx.spawn(self.new_epoch(old, new))
+
+    def _on_registration_lost(self) -> None:
+        assert self.ctx is not None
+        if self.stopping.is_set() or not self.registered:
+            return
+        why = ("the manager dropped our registration (no request from us within its liveness: was this process "
+               "stalled?), releasing what we held")  # fmt: skip
+        self.ctx.spawn(self.register_again(why, self.ctx.client.epoch))
 
     async def register(self, wait_for_predecessor: float = 0.0) -> None:
         """Register; while the pair is taken, retry for `wait_for_predecessor` seconds.
@@ -401,9 +410,13 @@ class Host:
         await ctx.client.close()
 
     async def new_epoch(self, old: int | None, new: int) -> None:
-        """The manager restarted: it knows nothing of us.  Register, replay the ledger, tell the plugin."""
+        """The manager restarted: it knows nothing of us."""
+        await self.register_again(f"the manager restarted (epoch {old} -> {new})", new)
+
+    async def register_again(self, why: str, epoch: int | None) -> None:
+        """The manager knows nothing of us (`why`): register, replay the ledger, tell the plugin."""
         assert self.ctx is not None
-        log.warning("plugin %s: the manager restarted (epoch %s -> %s); registering again", self.name, old, new)
+        log.warning("plugin %s: %s; registering again", self.name, why)
         self.registered = False
         self.answered.clear()
         self.igmp_disabled.clear()  # a new manager has disabled nothing
@@ -411,13 +424,13 @@ class Host:
         try:
             await self.register()
         except MgmError as exc:
-            log.error("plugin %s: cannot register again after the manager restarted: %s", self.name, exc)
+            log.error("plugin %s: cannot register again (%s): %s", self.name, why, exc)
             self.stopping.set()
             return
         await self.ctx.replay()
         self.call("mgm_replay", "replay", mgm=self.ctx)
         await asyncio.sleep(RESTART_GRACE)
-        if self.ctx.client.epoch != new:
+        if self.ctx.client.epoch != epoch:
             return  # restarted again meanwhile: that epoch's task decides
         for gone in sorted(self.unconfirmed & self.local_members, key=repr):
             self.local_members.discard(gone)

@@ -137,3 +137,36 @@ def test_a_tcp_manager_without_curve_keys_is_refused_at_once_with_status_2(ipc_d
     assert proc.wait(30) == 2
     assert "the manager is on tcp, which needs CURVE: give --curve-key FILE and --server-key KEY" in proc.log()
     assert "connecting to the manager" not in proc.log()  # refused before any attempt, not after a timeout
+
+
+def test_a_stalled_plugin_the_manager_dropped_registers_again_with_what_it_held(
+    manager: ManagerProc, start_plugin: Any
+) -> None:
+    """A plugin whose loop stalls past the manager's liveness (3 s) is dropped with all it held; once it runs
+    again, its next heartbeat is refused and it registers again and takes its interfaces back."""
+    a = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12, 13]})
+    assert a.control is not None
+    a.control.call("add_membership", source="0.0.0.0", group="239.5.5.5", if_index=12)
+
+    def owner() -> int | None:
+        try:
+            return int(manager.request("get_protocol_on_interface", {"if_index": 12, "next_hop": "0.0.0.0"})[
+                "protocol_id"])  # fmt: skip
+        except MgmError:
+            return None
+
+    def groups() -> list[dict[str, Any]]:
+        state = manager.request("sync", {"stream": "state"})["state"]
+        return [m for m in state["memberships"] if m["group"] == "239.5.5.5"]
+
+    wait_for(lambda: groups(), 10, "the membership")
+    a.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: owner() is None, 15, "the manager to drop the stalled plugin")
+        assert groups() == []
+    finally:
+        a.send_signal(signal.SIGCONT)
+    wait_for(lambda: owner() == 100, 15, "the plugin to register again and take its interfaces")
+    wait_for(groups, 10, "its membership replayed")
+    assert "our registration lapsed" in a.log() and "registering again" in a.log()
+    assert a.alive()
