@@ -40,6 +40,7 @@ from mgm.bus.status import MgmError, Status
 from mgm.core.logs import fields as log_fields
 from mgm.core.logs import setup_from as setup_logging
 from mgm.core.metrics import DEFAULT_TOP_MFES, Counts, parse_address
+from mgm.core.routes import kernel_resolver
 from mgm.core.types import ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
@@ -473,15 +474,9 @@ def _on_signal(manager: Manager, sig: signal.Signals) -> None:
     manager.stop()
 
 
-def _kernel_resolver() -> Callable[[str], Interface | None]:
-    from mgm.core.routes import kernel_resolver
-
-    return kernel_resolver()
-
-
 RESOLVERS: dict[str, Callable[[], Callable[[str], Interface | None] | None]] = {
     "none": lambda: None,
-    "kernel": _kernel_resolver,
+    "kernel": kernel_resolver,
 }
 DEFAULT_RESOLVER = "kernel" if sys.platform.startswith("linux") else "none"
 """MGM-SPEC: the interface towards S comes from the kernel's routing table; elsewhere there is none to ask."""
