@@ -422,7 +422,7 @@ class Host:
         self.igmp_disabled.clear()  # a new manager has disabled nothing
         self.unconfirmed = set(self.local_members)
         try:
-            await self.register()
+            await self.register(REGISTER_PATIENCE)  # a dropped client's cleanup may still be running (183)
         except MgmError as exc:
             log.error("plugin %s: cannot register again (%s): %s", self.name, why, exc)
             self.stopping.set()
