@@ -35,6 +35,7 @@ import errno
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +144,9 @@ class LinuxForwarder(ForwarderPlugin):
         self._batches: asyncio.Event | None = None
         self._adopted: tuple[set[int], dict[SgKey, Entry]] = (set(), {})
         self.held = HeldPackets()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nftables")
+        """Every libnftables call but the few at start and stop, one after the other, in the order asked: a
+        counter read never lands after a batch that replaced what it read (libnftables releases the GIL)."""
 
     @property
     def registration_name(self) -> str:
@@ -228,22 +232,14 @@ class LinuxForwarder(ForwarderPlugin):
         if self.nflog is not None:
             self.nflog.close()
         self.held.close()
+        self._worker.shutdown(wait=True, cancel_futures=True)
 
     async def read_counters(self) -> None:
         if self.nft is not None:
             try:
-                await asyncio.get_running_loop().run_in_executor(None, self.nft.read_counters)
+                await asyncio.get_running_loop().run_in_executor(self._worker, self.nft.read_counters)
             except NftError as exc:
                 self.log.warning("nftables counters not read: %s", exc)
-                return
-            self.nft.use_snapshot = True  # for the report that follows in this turn, not for later changes
-
-    def report_counters(self, mgm: PluginContext) -> int:
-        try:
-            return super().report_counters(mgm)
-        finally:
-            if self.nft is not None:
-                self.nft.use_snapshot = False
 
     async def _apply_batches(self) -> None:
         """Apply queued changes: one transaction per burst, in a worker thread, so the loop keeps serving."""
@@ -254,9 +250,13 @@ class LinuxForwarder(ForwarderPlugin):
             self._batches.clear()
             while (batch := self.nft.take_batch()) is not None:
                 self.held.count(batch)
-                result = await loop.run_in_executor(None, self.nft.run_batch, batch)
+                result = await loop.run_in_executor(self._worker, self.nft.run_batch, batch)
                 for key, have in self.nft.commit(batch, result).items():
                     self.mirror.dataplane_failed(key, have)
+                if result.error is None:
+                    for key, (have, want) in batch.entries.items():
+                        if have is not None and want is not None and key in batch.counters:
+                            self.mirror.settle_replaced(key, have.oifs, batch.counters[key])
                 if result.error is None and self.held.packets:
                     now = time.monotonic()
                     for key, (have, want) in batch.entries.items():

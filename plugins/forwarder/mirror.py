@@ -499,6 +499,19 @@ class Mirror:
             self.log.info("MFC (%s, %s) %s: in %s, out %s", *key, "updated" if have else "installed",
                           self.name(by_vif[wanted.parent]), out)  # fmt: skip
 
+    def settle_replaced(self, key: SgKey, oifs: Iterable[int], count: SgCount) -> None:
+        """A batch replaced the entry's output list `oifs` (VIFs) when its counters stood at `count`: what came
+        since the last settle went out of those (for dataplanes that change entries after the call returned)."""
+        counts = self.counts.setdefault(key, _Counts())
+        delta = count.packets - counts.last.packets
+        if delta > 0:
+            by_vif = {v: i for i, v in self.vifs.items()}
+            for vif in oifs:
+                if_index = by_vif.get(vif)
+                if if_index is not None:
+                    counts.out[if_index] = counts.out.get(if_index, 0) + delta
+        counts.last = count
+
     def dataplane_failed(self, key: SgKey, have: Entry | None) -> None:
         """A deferred change of `key` did not reach the dataplane, which holds `have`: believe it.
 

@@ -34,9 +34,9 @@ one netlink transaction (all or nothing).  `run_batch` may run in a worker
 thread (libnftables releases the GIL); `commit` then updates what we know
 is installed, and after a failure reads the truth back from the kernel.
 
-A replaced element keeps its counters (read when the mirror settles the
-entry before the change, written into the new element), so packet counts
-are continuous like MRT's.  The table
+A replaced element keeps its counters (read in the same batch, written
+into the new element), so packet counts are continuous like MRT's; the
+owner settles what the old element counted (`Mirror.settle_replaced`).  The table
 stays when the process dies, and keeps forwarding; the next forwarder
 `read_installed` and adopts it.  A clean stop deletes the table.
 
@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.plugins.forwarder.mirror import Entry, SgKey
+from mgm.plugins.forwarder.mirror import NO_COUNT, Entry, SgKey
 from mgm.plugins.forwarder.mroute import SgCount
 from mgm.plugins.forwarder.nflog import HEADER_RANGE, NEW_PREFIX, WRONG_IF_PREFIX
 
@@ -177,8 +177,8 @@ class Batch:
     chains_del: list[frozenset[int]] = field(default_factory=list)
     entries: dict[SgKey, tuple[Entry | None, Entry | None]] = field(default_factory=dict)  # key -> (have, want)
     counters: dict[SgKey, SgCount] = field(default_factory=dict)
-    """What an added element's counter starts from: the old element's where it replaces one (as `sg_count`
-    read them when the mirror settled the entry); the packet sent on by hand (`HeldPackets`) where it is new."""
+    """What an added element's counter starts from: the old element's where it replaces one (`run_batch` reads
+    them); the packet sent on by hand (`HeldPackets`) where it is new."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +207,6 @@ class NftDataplane:
         self.pending_ifs: dict[int, bool] = {}
         self.pending: dict[SgKey, Entry | None] = {}
         self.counts: dict[SgKey, SgCount] = {}  # the last counters read
-        self.use_snapshot = False
-        """Set by the owner between `read_counters` and the report that uses them."""
         self.on_pending: Callable[[], None] | None = None
         """Called when a change is queued and none was before: the owner schedules a batch."""
 
@@ -336,23 +334,9 @@ class NftDataplane:
         self._queue((source, group), None)
 
     def sg_count(self, source: str, group: str) -> SgCount | None:
-        """The entry's counters: from the last `read_counters` while `use_snapshot` (a periodic report), else
-        read now (the mirror settles an entry's counters before its output list changes); None without one."""
-        key = (source, group)
-        if self.use_snapshot:
-            return self.counts.get(key)
-        have = self.entries.get(key)
-        if have is None:
-            return None
-        try:
-            text = self.nft.run(f"get element ip {self.table} sg {{ {_key(have.parent, key)} }}")
-        except NftError:
-            return self.counts.get(key)
-        for _if, s, g, packets, nbytes in _SG_COUNTER.findall(text):
-            if (s, g) == key:
-                wrong_if = self.counts.get(key, SgCount(0, 0, 0)).wrong_if
-                self.counts[key] = SgCount(int(packets), int(nbytes), wrong_if)
-        return self.counts.get(key)
+        """The entry's counters as last read: by `read_counters`, or when a batch replaced its element (without
+        I/O: the mirror asks for every entry it settles, and a replaced entry is settled by `replaced`)."""
+        return self.counts.get((source, group))
 
     def _queue_if(self, if_index: int, present: bool) -> None:
         self.pending_ifs[if_index] = present
@@ -388,8 +372,6 @@ class NftDataplane:
                 uses[have.oifs] -= 1
             if want is not None and want.oifs:
                 uses[want.oifs] = uses.get(want.oifs, 0) + 1
-            if have is not None and want is not None and key in self.counts:
-                batch.counters[key] = self.counts[key]  # read when the mirror settled it, just before this change
         batch.chains_add = [oil for oil, n in uses.items() if n > 0 and oil not in self.chains]
         batch.chains_del = [oil for oil, n in uses.items() if n <= 0 and oil in self.chains]
         if not (batch.entries or batch.ifs_add or batch.ifs_del or batch.chains_add or batch.chains_del):
@@ -441,7 +423,14 @@ class NftDataplane:
         return "\n".join(out) + "\n"
 
     def run_batch(self, batch: Batch) -> BatchResult:
-        """Apply the batch in one transaction (may run in a worker thread: touches only the kernel)."""
+        """Apply the batch in one transaction (may run in a worker thread: touches only the kernel).
+
+        The counters of the elements it replaces are read first (one read for all), so the new elements
+        start where the old ones were and `replaced` can settle them.
+        """
+        replaced = [key for key, (have, want) in batch.entries.items() if have is not None and want is not None]
+        if replaced:
+            batch.counters.update(self._read_element_counters(replaced, batch))
         try:
             self.nft.run(self.render(batch))
         except NftError as exc:
@@ -464,6 +453,8 @@ class NftDataplane:
                     self.entries[key] = want
                     if want.oifs:
                         self.chains[want.oifs] = self.chains.get(want.oifs, 0) + 1
+                    if key in batch.counters:
+                        self.counts[key] = batch.counters[key]
             for oil in batch.chains_del:
                 self.chains.pop(oil, None)
             return {}
@@ -498,6 +489,21 @@ class NftDataplane:
             if entry.oifs:
                 self.chains[entry.oifs] = self.chains.get(entry.oifs, 0) + 1
         self.counts = {k: v for k, v in self.counts.items() if k in self.entries}
+
+    def _read_element_counters(self, keys: list[SgKey], batch: Batch) -> dict[SgKey, SgCount]:
+        """The counters of the elements about to be replaced (one read for all of them)."""
+        items = ", ".join(_key(have.parent, key) for key in keys if (have := batch.entries[key][0]) is not None)
+        try:
+            text = self.nft.run(f"get element ip {self.table} sg {{ {items} }}")
+        except NftError as exc:
+            log.warning("counters of %d replaced entr(ies) not read (%s): they go on from the last read", len(keys),
+                        exc)  # fmt: skip
+            return {key: self.counts[key] for key in keys if key in self.counts}
+        out = {}
+        for _if, source, group, packets, nbytes in _SG_COUNTER.findall(text):
+            wrong_if = self.counts.get((source, group), NO_COUNT).wrong_if
+            out[(source, group)] = SgCount(int(packets), int(nbytes), wrong_if)
+        return out
 
     # --- reading the kernel -------------------------------------------------------------------------------
 
