@@ -13,14 +13,15 @@ on it, `--rounds` times:
   forwarder's restart_grace, --grace), and packets lost on the established
   flow (goal 0);
 * forwarder restart: SIGKILL the forwarder; packets lost and seconds until
-  traffic flows again.  Its VIFs and MFC entries are static and stay in the
-  kernel, which forwards on them again as soon as the restarted forwarder
-  has done MRT_INIT (the first thing it does); so the gap is the supervisor's
-  first backoff plus the process start, not the ~3 s until the manager lets
-  the new forwarder register.  The rows "kill -> ..." place the steps of the
-  restart from the `mgm up` log's timestamps.
+  traffic flows again.  With MRT its VIFs and MFC entries are static and stay
+  in the kernel, which forwards on them again as soon as the restarted
+  forwarder has done MRT_INIT (the first thing it does); so the gap is the
+  supervisor's first backoff plus the process start, not the ~3 s until the
+  manager lets the new forwarder register.  With nftables the table goes on
+  forwarding without any process (no gap expected).  The rows "kill -> ..."
+  place the steps of the restart from the `mgm up` log's timestamps.
 
-    sudo .venv/bin/python bench/restart_gaps.py [--rounds 2] [--grace 2.0]
+    sudo .venv/bin/python bench/restart_gaps.py [--rounds 2] [--grace 2.0] [--backend auto|mrt|nft]
 
 Needs root; about 40 s per round.
 """
@@ -43,7 +44,7 @@ from res_scenario import INTERVAL, forwarder_restart, manager_restart, plugin_de
 
 FORWARDER_STEPS = {
     "kill -> restarted (s)": r"\] mgm\.plugins\.supervisor: forwarder started",
-    "kill -> MRT_INIT done (s)": r"\[forwarder\] mgm\.plugins\.forwarder\.linux: multicast routing socket open",
+    "kill -> dataplane open (s)": r"\[forwarder\] mgm\.plugins\.forwarder\.linux: backend (mrt|nft): ",
     "kill -> registered (s)": r"\[forwarder\] mgm\.plugins\.host: plugin forwarder registered",
     "kill -> first resync (s)": r"\[forwarder\] mgm\.plugins\.forwarder\.linux: resync:",
 }
@@ -66,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--grace", type=float, default=2.0, help="the forwarder's restart_grace (seconds)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "mrt", "nft"), help="the forwarder's backend")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("restart_gaps.py needs root (network namespaces)", file=sys.stderr)
@@ -77,7 +79,7 @@ def main() -> int:
 
     for r in range(args.rounds):
         with Topology() as topology:
-            flow = setup(topology, restart_grace=args.grace)
+            flow = setup(topology, backend=args.backend, restart_grace=args.grace)
             try:
                 death = plugin_death(flow)
                 note("plugin death: detection (s)", death.detection)
@@ -95,7 +97,8 @@ def main() -> int:
             finally:
                 flow.stop_stream()
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rows.items()), flush=True)
-    print(f"\n{args.rounds} round(s), stream every {INTERVAL * 1000:.0f} ms, forwarder restart_grace {args.grace} s")
+    print(f"\n{args.rounds} round(s), stream every {INTERVAL * 1000:.0f} ms, forwarder backend {args.backend}, "
+          f"restart_grace {args.grace} s")
     for key, values in rows.items():
         print(f"{key:<55} median {statistics.median(values):8.2f}   max {max(values):8.2f}")
     return 0
