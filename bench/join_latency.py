@@ -55,10 +55,13 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 from e2e_stack import IGMP_FAST, S1, build  # noqa: E402
 from netns import Topology, send_udp, wait_until  # noqa: E402
 
+from mgm.plugins.igmp import packet as igmp_packet  # noqa: E402
+from mgm.plugins.igmp.packet import GroupRecord  # noqa: E402
+
 GROUP, PORT = "239.92.0.1", 6092
 ETH_P_IP, ETH_P_ALL = 0x0800, 0x0003
 SO_TIMESTAMPNS = 35  # Linux; not in Python's socket module
-IPPROTO_IGMP, IGMPV3_REPORT, MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE = 2, 0x22, 2, 4
+IPPROTO_IGMP = 2
 RECV_TIMEOUT = 10.0
 """Seconds a join may wait for its first packet before the run is declared broken."""
 
@@ -110,20 +113,22 @@ def _join_and_wait(group: str, port: int, if_index: int) -> tuple[float, socket.
     return time.perf_counter() - start, sock, wall
 
 
+def igmpv3_records(data: bytes) -> tuple[GroupRecord, ...]:
+    """The group records of an IPv4 packet carrying an IGMPv3 report, read by igmp's own decoder; () otherwise."""
+    ihl = (data[0] & 0x0F) * 4
+    if len(data) < ihl + 8 or data[9] != IPPROTO_IGMP:
+        return ()
+    try:
+        message = igmp_packet.parse(data[ihl : struct.unpack("!H", data[2:4])[0]])
+    except igmp_packet.MalformedPacket:
+        return ()
+    return message.records if isinstance(message, igmp_packet.V3Report) else ()
+
+
 def _is_join_report(data: bytes, group: bytes) -> bool:
     """An IGMPv3 report with an exclude-mode record (a join) for `group`."""
-    ihl = (data[0] & 0x0F) * 4
-    if len(data) < ihl + 8 or data[9] != IPPROTO_IGMP or data[ihl] != IGMPV3_REPORT:
-        return False
-    at, records = ihl + 8, struct.unpack("!H", data[ihl + 6 : ihl + 8])[0]
-    for _ in range(records):
-        if len(data) < at + 8:
-            return False
-        rtype, aux, nsrc = data[at], data[at + 1], struct.unpack("!H", data[at + 2 : at + 4])[0]
-        if data[at + 4 : at + 8] == group and rtype in (MODE_IS_EXCLUDE, CHANGE_TO_EXCLUDE):
-            return True
-        at += 8 + 4 * nsrc + 4 * aux
-    return False
+    joins = (igmp_packet.MODE_IS_EXCLUDE, igmp_packet.CHANGE_TO_EXCLUDE_MODE)
+    return any(r.group == socket.inet_ntoa(group) and r.type in joins for r in igmpv3_records(data))
 
 
 def _split(sniffer: socket.socket, group: bytes, joined_ns: int) -> tuple[float, float] | None:

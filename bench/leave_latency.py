@@ -49,19 +49,18 @@ from e2e_stack import IGMP_FAST, S1, build  # noqa: E402
 from join_latency import (  # noqa: E402
     ETH_P_ALL,
     ETH_P_IP,
-    IGMPV3_REPORT,
-    IPPROTO_IGMP,
     SO_TIMESTAMPNS,
+    igmpv3_records,
     percentile,
     resolve_backend,
 )
 from netns import Topology, send_udp, wait_until  # noqa: E402
 
+from mgm.plugins.igmp import packet as igmp_packet  # noqa: E402
 from mgm.plugins.igmp.router import Parameters  # noqa: E402
 
 GROUP, PORT = "239.94.0.1", 6094
 IPPROTO_UDP = 17
-MODE_IS_INCLUDE, CHANGE_TO_INCLUDE = 1, 3
 RECV_TIMEOUT = 10.0
 
 
@@ -70,18 +69,9 @@ RECV_TIMEOUT = 10.0
 
 def _is_leave_report(data: bytes, group: bytes) -> bool:
     """An IGMPv3 report with an include-mode record for `group` and no sources (a leave)."""
-    ihl = (data[0] & 0x0F) * 4
-    if len(data) < ihl + 8 or data[9] != IPPROTO_IGMP or data[ihl] != IGMPV3_REPORT:
-        return False
-    at, records = ihl + 8, struct.unpack("!H", data[ihl + 6 : ihl + 8])[0]
-    for _ in range(records):
-        if len(data) < at + 8:
-            return False
-        rtype, aux, nsrc = data[at], data[at + 1], struct.unpack("!H", data[at + 2 : at + 4])[0]
-        if data[at + 4 : at + 8] == group and rtype in (MODE_IS_INCLUDE, CHANGE_TO_INCLUDE) and nsrc == 0:
-            return True
-        at += 8 + 4 * nsrc + 4 * aux
-    return False
+    leaves = (igmp_packet.MODE_IS_INCLUDE, igmp_packet.CHANGE_TO_INCLUDE_MODE)
+    return any(r.group == socket.inet_ntoa(group) and r.type in leaves and not r.sources
+               for r in igmpv3_records(data))  # fmt: skip
 
 
 def _frames(sniffer: socket.socket) -> list[tuple[int, bool, bytes]]:
