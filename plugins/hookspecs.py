@@ -13,6 +13,7 @@ Rules every hook follows
 ------------------------
 * Hooks are plain functions and must return quickly.  They run on the host's
   event loop; a hook that blocks stalls every other event of the plugin.
+  (``mgm_reload`` alone may be ``async def``: see there.)
 * A hook never waits for the manager.  To change state it calls the context
   (``mgm.add_membership(...)``, ``mgm.request(...)``), which sends the request
   asynchronously and returns an ``asyncio.Future`` the hook may ignore (a
@@ -52,7 +53,7 @@ brackets are RRAS's).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -60,6 +61,7 @@ import pluggy
 from mgm.core.types import Interface
 
 if TYPE_CHECKING:
+    from mgm.core.config import Config
     from mgm.plugins.context import PluginContext
 
 PROJECT = "mgm"
@@ -130,6 +132,26 @@ def mgm_stop(mgm: PluginContext) -> None:
     for a plugin that never started.  Not called when the host exits on a
     failure (the manager unreachable, the registration refused), where a
     restart follows.
+    """
+
+
+@hookspec
+def mgm_reload(mgm: PluginContext, config: Mapping[str, Any], whole_config: Config) -> Awaitable[None] | None:
+    """SIGHUP: the host has read the configuration file again, and it loads.
+
+    `config` is the plugin's new table (as `mgm_start` got it), `whole_config`
+    the whole new file: to resolve interfaces, read other tables, and name a
+    mistake's line (``whole_config.error(key, message)``).  Apply the
+    difference to what is in force, through the context.  To refuse, raise
+    `ConfigError` (`Mistakes` for several) before changing anything: the
+    host logs each mistake with its file and line, and what is in force
+    stays.  May be ``async def`` (work that awaits the manager): the host
+    awaits it before the next reload, so two quick SIGHUPs apply one after
+    the other.  Not called for a file that does not load (the host logs it),
+    nor for a configuration given without a file.  Never re-read the file
+    nor install a SIGHUP handler of your own; the keys the host reads
+    (``interfaces``, ``protocol_id``, ``component_id``) take effect at the
+    next start.  A plugin without this hook ignores SIGHUP.
     """
 
 

@@ -20,6 +20,8 @@ Theory of operation
    ``mgm_replay``.
 5. SIGTERM/SIGINT: ``mgm_stop``, release the interfaces (which deletes the
    plugin's memberships), deregister, exit 0.
+6. SIGHUP: the file is read again, once, here (plugins never read it), and
+   a file that loads goes to ``mgm_reload``; one reload at a time, in order.
 
 A hook that raises is logged with the plugin and the event; the host goes on.
 """
@@ -260,6 +262,7 @@ class Host:
         self.started = False
         self.early: list[Callable[[], None]] = []
         self.unconfirmed: set[tuple[str, str, str, str, Interface]] = set()  # local members of the last epoch
+        self.reloading = asyncio.Lock()  # two quick SIGHUPs apply one after the other
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -269,6 +272,7 @@ class Host:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.on_sighup)
         client = Client(api=self.api, events=self.events, curve=self.curve)
         ctx = self.ctx = PluginContext(name=self.name, client=client, protocol=self.protocol, config=self.plugin.table)
         log.info("plugin %s: connecting to the manager at %s", self.name, self.api)
@@ -436,6 +440,44 @@ class Host:
             self.local_members.discard(gone)
             self._local("mgm_local_leave", gone, "local_leave (not announced again after the manager restart)")
         self.unconfirmed = set()
+
+    # --- SIGHUP -----------------------------------------------------------------------------------
+
+    def on_sighup(self) -> None:
+        if not self.started:  # mgm_start gets the file as loaded at start: reload after it
+            self.early.append(self.on_sighup)
+            return
+        assert self.ctx is not None
+        self.ctx.spawn(self.reload())
+
+    async def reload(self) -> bool:
+        """Read the file again and hand it to ``mgm_reload``; False where nothing was applied (logged).
+
+        Read here, once, so that no plugin reads the file itself and a broken one is reported once, with its line.
+        """
+        source = self.config.source
+        if not implements(self.pm, "mgm_reload"):
+            log.info("plugin %s: SIGHUP ignored: it has no mgm_reload hook (restart it to apply a new file)", self.name)
+            return False
+        if source.startswith("<"):  # e.g. <embedded default config>: no --config
+            log.warning("plugin %s: SIGHUP: no file to read again, the configuration is the %s", self.name, source)
+            return False
+        async with self.reloading:
+            log.info("plugin %s: SIGHUP: reading %s again", self.name, source)
+            try:
+                config = load(source)
+                for result in self.pm.hook.mgm_reload(mgm=self.ctx, config=config.plugin(self.name).table,
+                                                      whole_config=config):  # fmt: skip
+                    if inspect.isawaitable(result):
+                        await result
+            except ConfigError as exc:
+                for line in exc.lines():
+                    log.error("plugin %s: reload refused, what is in force stays: %s", self.name, line)
+                return False
+            except Exception:
+                log.exception("plugin %s: hook mgm_reload raised", self.name)
+                return False
+            return True
 
     # --- calling hooks -----------------------------------------------------------------------
 

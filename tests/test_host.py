@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import ConfigError, loads
+from mgm.core.config import ConfigError, load, loads
 from mgm.core.types import ClientId, Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import hookimpl
@@ -422,3 +425,92 @@ def test_registration_names_the_questions_the_plugin_answers(plugin: object | No
     (args,) = client.ops("register_protocol")
     assert args["questions"] == questions
     assert host.ctx.handle == 9
+
+
+# --- SIGHUP: mgm_reload ---------------------------------------------------------------------------
+
+
+def file_host(tmp_path: Path, name: str = "test-routing-a", text: str = CONFIG) -> tuple[Host, Any, Path]:
+    path = tmp_path / "router.toml"
+    path.write_text(text)
+    host = Host(name, load(path), "ipc:///x", "ipc:///y")
+    host.ctx = PluginContext(name=name, client=FakeClient(), protocol=host.protocol, config=host.plugin.table)  # type: ignore[arg-type]
+    host.started = True
+    return host, host.pm.get_plugin(name), path
+
+
+def test_sighup_hands_the_file_read_again_to_mgm_reload(tmp_path: Path) -> None:
+    host, plugin, path = file_host(tmp_path)
+    path.write_text(CONFIG.replace("control =", 'label = "new"\ncontrol ='))
+
+    async def main() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.on_sighup)  # as Host.run does
+        os.kill(os.getpid(), signal.SIGHUP)
+        while not plugin.calls:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    [call] = plugin.calls
+    assert call["hook"] == "mgm_reload" and call["source"] == str(path)
+    assert call["config"]["label"] == "new" and call["config"]["protocol_id"] == 100  # the plugin's own table
+
+
+def test_a_file_that_does_not_load_is_logged_once_and_the_hook_not_called(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, plugin, path = file_host(tmp_path)
+    path.write_text(CONFIG.replace("component_id = 1", 'component_id = "one"'))
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(host.reload()) is False
+    [record] = caplog.records
+    assert f"reload refused, what is in force stays: {path}:3: plugins.test-routing-a.component_id:" in (
+        record.getMessage()
+    )
+    assert plugin.calls == []
+
+
+def test_a_plugin_without_mgm_reload_and_a_config_without_a_file_ignore_sighup(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, _, _ = file_host(tmp_path)
+    host.pm = plugin_manager("test-routing-a", _JoinsOnly())
+    embedded = Host("test-igmp", load(None), "ipc:///x", "ipc:///y")
+    with caplog.at_level(logging.INFO, logger="mgm.plugins.host"):
+        assert asyncio.run(host.reload()) is False
+        assert asyncio.run(embedded.reload()) is False
+    assert "SIGHUP ignored: it has no mgm_reload hook" in caplog.text
+    assert "no file to read again, the configuration is the <embedded default config>" in caplog.text
+    assert embedded.pm.get_plugin("test-igmp").calls == []
+
+
+def test_two_quick_sighups_apply_one_after_the_other(tmp_path: Path) -> None:
+    """An async mgm_reload is awaited before the next reload reads the file."""
+
+    class SlowReload:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int]] = []
+
+        @hookimpl
+        async def mgm_reload(self, config: Any) -> None:
+            self.seen.append(("begin", config["n"]))
+            await asyncio.sleep(0.02)
+            self.seen.append(("end", config["n"]))
+
+    host, _, path = file_host(tmp_path)
+    plugin = SlowReload()
+    host.pm = plugin_manager("test-routing-a", plugin)
+    def with_n(n: int) -> str:
+        return CONFIG.replace("control =", f"n = {n}\ncontrol =")
+
+    async def main() -> None:
+        path.write_text(with_n(1))
+        host.on_sighup()
+        while not plugin.seen:
+            await asyncio.sleep(0)
+        path.write_text(with_n(2))
+        host.on_sighup()
+        while len(plugin.seen) < 4:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert plugin.seen == [("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]

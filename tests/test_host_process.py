@@ -113,6 +113,22 @@ def test_sigterm_releases_deregisters_and_exits_0(manager: ManagerProc, start_pl
     assert "handle" in manager.request("register_protocol", {"protocol_id": 100, "component_id": 1})
 
 
+def test_sighup_reloads_the_file_once_and_a_broken_one_is_logged_not_applied(
+    manager: ManagerProc, start_plugin: Any
+) -> None:
+    a: PluginProc = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "label": "old"})
+    assert a.control is not None and a.config_path is not None
+    text = a.config_path.read_text()
+    a.config_path.write_text(text.replace('"old"', '"new"'))
+    a.send_signal(signal.SIGHUP)
+    assert a.control.wait_for_call("mgm_reload")["config"]["label"] == "new"
+    a.config_path.write_text(text.replace('"old"', ""))  # not TOML
+    a.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in a.log(), 10, "the refusal in the log")
+    assert f"plugin test-routing-a: reload refused, what is in force stays: {a.config_path}:" in a.log()
+    assert len(a.control.calls("mgm_reload")) == 1 and a.alive()
+
+
 def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: list[Proc]) -> None:
     absent = f"ipc://{ipc_dir}/nobody"
     proc = Proc("waiting", [*MGM, "plugin", "test-igmp", "--api", absent, "--events", absent + "-ev",

@@ -39,6 +39,7 @@ import zmq.asyncio
 
 from mgm.bus.codec import pack, unpack
 from mgm.bus.status import MgmError
+from mgm.core.config import Config
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import ANSWER_LATER, hookimpl
@@ -85,6 +86,10 @@ class Recorder:
     @hookimpl
     def mgm_stop(self, mgm: PluginContext) -> None:
         self.record("mgm_stop")
+
+    @hookimpl
+    def mgm_reload(self, config: Mapping[str, Any], whole_config: Config) -> None:
+        self.record("mgm_reload", config=config, source=whole_config.source)
 
     # --- callbacks ----------------------------------------------------------------------------
 
