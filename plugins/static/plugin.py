@@ -2,7 +2,7 @@
 
 How a route becomes forwarding:
 
-* At start (and after each SIGHUP) every route adds a membership for its
+* At start (and after each reload) every route adds a membership for its
   (source, group) on each of its `to` interfaces (``MGM_JOIN_STATE_FLAG``,
   through the context, which replays them after a manager restart).  The
   manager puts those interfaces in the OIL of every matching MFE.
@@ -17,11 +17,12 @@ How a route becomes forwarding:
 
 The routes are checked when the host loads the plugin (`mgm_protocol`): a
 bad table stops the host with the file and line before it registers.  On
-SIGHUP the file is read again; a bad new file is logged with its file and
-line and the routes in force stay.  Otherwise the difference is applied:
-new interfaces taken, removed memberships deleted, interfaces no longer
-listed released, new memberships added, and existing MFEs whose route now
-names another incoming interface moved to it (``set_mfe``).
+SIGHUP the host reads the file again (`mgm_reload`); a bad new table is
+refused with its file and line and the routes in force stay.  Otherwise
+the difference is applied: new interfaces taken, removed memberships
+deleted, interfaces no longer listed released, new memberships added, and
+existing MFEs whose route now names another incoming interface moved to it
+(``set_mfe``).
 """
 
 from __future__ import annotations
@@ -29,12 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.config import ConfigError, InterfaceRef, load, plugin_table
+from mgm.core.config import InterfaceRef, plugin_table
 from mgm.core.types import Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
@@ -79,7 +79,6 @@ class StaticPlugin:
         self.applied: Applied | None = None
         self.name = "static"
         self.source: str | None = None
-        self._reload_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -105,13 +104,8 @@ class StaticPlugin:
         )
         for route in applied.table.routes:
             log.debug("static: route %s", route.describe())
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
         # flows created before we owned their incoming interface: move them to the interface their route names
         mgm.spawn(self.realign_mfes(mgm))
-
-    @hookimpl
-    def mgm_stop(self, mgm: PluginContext) -> None:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
     @hookimpl
     def mgm_rpf(
@@ -129,45 +123,36 @@ class StaticPlugin:
 
     # --- reload ---------------------------------------------------------------------------------
 
-    def on_sighup(self, mgm: PluginContext) -> None:
-        log.info("static: SIGHUP: reading %s again", self.source)
-        mgm.spawn(self.reload(mgm))
-
-    async def reload(self, mgm: PluginContext) -> bool:
-        """Read the file again and apply the difference; False (old routes kept) where it is refused."""
-        async with self._reload_lock:  # two quick SIGHUPs apply one after the other
-            old = self.applied
-            assert old is not None and self.source is not None
+    @hookimpl
+    async def mgm_reload(self, mgm: PluginContext, whole_config: Config) -> None:
+        """Apply the difference; the routes in force stay where the table (`ConfigError`) or an interface is refused."""
+        old = self.applied
+        assert old is not None
+        new = read(whole_config, self.name)
+        plan = plan_reload(old.interfaces, old.memberships, new.interfaces, new.memberships)
+        taken: list[Interface] = []
+        for interface in plan.take:
             try:
-                new = read(load(self.source), self.name)
-            except ConfigError as exc:
-                log.error("static: reload refused, the %d route(s) in force stay: %s", len(old.table.routes), exc)
-                return False
-            plan = plan_reload(old.interfaces, old.memberships, new.interfaces, new.memberships)
-            taken: list[Interface] = []
-            for interface in plan.take:
-                try:
-                    await mgm.take_interface(interface)
-                except (MgmError, TimeoutError) as exc:
-                    log.error(
-                        "static: reload refused, the %d route(s) in force stay: cannot take interface %d/%s: %s",
-                        len(old.table.routes), interface.if_index, interface.next_hop, exc,
-                    )  # fmt: skip
-                    for back in taken:
-                        await _quiet(mgm.release_interface(back))
-                    return False
-                taken.append(interface)
-            replies = [mgm.delete_membership(s, g, i) for s, g, i in plan.delete]
-            replies += [mgm.release_interface(i) for i in plan.release]
-            replies += [mgm.add_membership(s, g, i) for s, g, i in plan.add]
-            self.applied = new
-            for reply in replies:
-                await _quiet(reply)  # a refusal is logged by the context
-            log.info("static: reloaded %s: %d route(s); %s", self.source, len(new.table.routes), plan.summary())
-            moved = await self.realign_mfes(mgm)
-            if moved:
-                log.info("static: %d MFE(s) moved to the incoming interface their route names", moved)
-            return True
+                await mgm.take_interface(interface)
+            except (MgmError, TimeoutError) as exc:
+                log.error(
+                    "static: reload refused, the %d route(s) in force stay: cannot take interface %d/%s: %s",
+                    len(old.table.routes), interface.if_index, interface.next_hop, exc,
+                )  # fmt: skip
+                for back in taken:
+                    await _quiet(mgm.release_interface(back))
+                return
+            taken.append(interface)
+        replies = [mgm.delete_membership(s, g, i) for s, g, i in plan.delete]
+        replies += [mgm.release_interface(i) for i in plan.release]
+        replies += [mgm.add_membership(s, g, i) for s, g, i in plan.add]
+        self.applied, self.source = new, whole_config.source
+        for reply in replies:
+            await _quiet(reply)  # a refusal is logged by the context
+        log.info("static: reloaded %s: %d route(s); %s", self.source, len(new.table.routes), plan.summary())
+        moved = await self.realign_mfes(mgm)
+        if moved:
+            log.info("static: %d MFE(s) moved to the incoming interface their route names", moved)
 
     async def realign_mfes(self, mgm: PluginContext) -> int:
         """Move MFEs whose incoming interface (ours) the routes name differently; the number moved.

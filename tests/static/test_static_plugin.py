@@ -1,7 +1,8 @@
 """The static plugin in its host, without a manager: a fake client records what the plugin sends.
 
 These pin what the plugin asks of the manager at start, on an RPF question
-and on SIGHUP (a real signal, delivered to this process); the multi-process
+and on SIGHUP (a real signal to this process, the host's handler calling
+`mgm_reload`); the multi-process
 test runs the same against a real manager.
 """
 
@@ -163,7 +164,7 @@ def test_mgm_plugin_exits_with_the_error_and_both_lines_before_connecting(tmp_pa
 # --- start, RPF, creation alert ---------------------------------------------------------------
 
 
-def test_start_adds_each_routes_memberships_and_stop_removes_the_sighup_handler(config_file: Path) -> None:
+def test_start_adds_each_routes_memberships(config_file: Path) -> None:
     host, client, _ = make_host(config_file)
 
     async def body() -> None:
@@ -176,8 +177,6 @@ def test_start_adds_each_routes_memberships_and_stop_removes_the_sighup_handler(
             ("list_mfes", {"after": None, "max_entries": 256}),  # flows from before we owned the interfaces
         ]
         assert host.ctx is not None and len(host.ctx.memberships) == 3  # in the ledger, replayed on restart
-        host.call("mgm_stop", "stop", mgm=host.ctx)
-        assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)  # nothing left to remove
 
     run(body)
 
@@ -249,6 +248,7 @@ def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path
         client.mfes.append(mfe("10.0.0.1", "239.7.7.7", 99))  # not on our interfaces: left alone
         client.sent.clear()
         config_file.write_text(RELOADED)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.on_sighup)  # as Host.run does
         os.kill(os.getpid(), signal.SIGHUP)
         await until(lambda: bool(client.ops("set_mfe")), "the reload to finish")
         await settle()
@@ -284,17 +284,17 @@ def test_a_bad_file_on_sighup_keeps_the_routes_in_force_and_logs_file_and_line(
         before = plugin.applied
         client.sent.clear()
         config_file.write_text(DUPLICATE)
-        with caplog.at_level(logging.ERROR, logger="mgm.plugins.static.plugin"):
-            assert await plugin.reload(host.ctx) is False
+        with caplog.at_level(logging.ERROR, logger="mgm.plugins.host"):
+            assert await host.reload() is False
         assert client.sent == []
         assert plugin.applied is before
         [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert "reload refused, the 2 route(s) in force stay" in record.getMessage()
+        assert "plugin static: reload refused, what is in force stays" in record.getMessage()
         assert f"{config_file}:5: plugins.static.routes[1]" in record.getMessage()
         assert "at line 4" in record.getMessage()
         # a good file afterwards applies
         config_file.write_text(RELOADED)
-        assert await plugin.reload(host.ctx) is True
+        assert await host.reload() is True
         assert client.ops("add_group_membership")
         host.call("mgm_stop", "stop", mgm=host.ctx)
 
@@ -311,7 +311,7 @@ def test_an_interface_that_cannot_be_taken_keeps_the_old_routes(config_file: Pat
         before = plugin.applied
         client.sent.clear()
         config_file.write_text(RELOADED)
-        assert await plugin.reload(host.ctx) is False
+        await host.reload()
         assert [op for op, _ in client.sent] == ["take_interface_ownership"]
         assert plugin.applied is before
         host.call("mgm_stop", "stop", mgm=host.ctx)
