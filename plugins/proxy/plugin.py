@@ -39,8 +39,8 @@ How receivers downstream become traffic from upstream:
   `mgm_creation_alert`, asked only then, keeps that to flows entering on
   our downstream interfaces (whose filter permits the group).
 
-The upstream going and coming back (PPPoE, VLANs; `links`): a netlink
-watcher (pyroute2, ``RTMGRP_LINK``, on the host's loop) follows the links.
+The upstream going and coming back (PPPoE, VLANs; `links`): the process's
+link watcher (`mgm.plugins.links`) tells the proxy every link event.
 
 * Upstream deleted: a warning; the membership sockets and the reporter are
   closed (the kernel dropped the memberships with the device) and the
@@ -58,37 +58,37 @@ watcher (pyroute2, ``RTMGRP_LINK``, on the host's loop) follows the links.
   take it, the proxy starts also while it does not exist yet (PPPoE not up
   at boot), and takes it itself whenever it exists.
 
-SIGHUP reads the configuration file again (`reload`): a bad file is logged
-with its file, line and key and the settings in force stay.  Changed
-filters (the downstream interfaces' boundaries in the manager, and the
-upstream membership of every group whose merge changed, joins before
-drops), ``forward_upstream`` and ``immediate_report`` are applied; a change
-of the upstream or of the set of downstream interfaces refuses the whole
-reload (restart the proxy to change its interfaces), and so does turning
-``forward_upstream`` on in a proxy started without it (it registered
-answering no creation alert).
+On SIGHUP the host reads the configuration file again (`mgm_reload`): a
+bad file is logged with its file, line and key and the settings in force
+stay.  Changed filters (the downstream interfaces' boundaries in the
+manager, and the upstream membership of every group whose merge changed,
+joins before drops), ``forward_upstream`` and ``immediate_report`` are
+applied; a change of the upstream or of the set of downstream interfaces
+refuses the whole reload (restart the proxy to change its interfaces), and
+so does turning ``forward_upstream`` on in a proxy started without it (it
+registered answering no creation alert).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.config import ConfigError, load, plugin_table
+from mgm.core.config import Mistakes, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
+from mgm.plugins.links import LinkSubscriber, LinkWatcher, watcher
 from mgm.plugins.proxy import links, merge, settings
 from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
 from mgm.plugins.proxy.upstream import UpstreamMemberships
 
 if TYPE_CHECKING:
+    from mgm.core.config import Config
     from mgm.plugins.context import PluginContext
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _shown(name: settings.Name) -> str:
     return name if isinstance(name, str) else f"if_index {name}"
 
 
-class ProxyPlugin:
+class ProxyPlugin(LinkSubscriber):
     """Entry point ``proxy`` (the host instantiates it without arguments)."""
 
     def __init__(self) -> None:
@@ -140,6 +140,7 @@ class ProxyPlugin:
         """The questions the host declares for us at registration (narrowed by `mgm_protocol`)."""
         self.upstream: Interface | None = None  # None: the upstream does not exist (now)
         self.up_link: links.Link | None = None  # the upstream as netlink last described it
+        self.link_events: asyncio.Queue[tuple[str | links.Action, links.Link]] = asyncio.Queue()
         self.downstream: dict[Interface, settings.Name] = {}
         self.filters: dict[Interface, merge.GroupFilter] = {}
         self.members: dict[str, dict[Interface, set[str]]] = {}  # group -> downstream interface -> sources
@@ -148,7 +149,6 @@ class ProxyPlugin:
         self.reporter: Reporter | None = None  # the immediate reports upstream (None: off)
         self.errors = 0
         self.name = "proxy"
-        self.source: str | None = None  # the configuration file, read again on SIGHUP
         self.reloads = 0  # reloads applied
         self.stopped = False  # mgm_stop ran: a link event still in flight must not open sockets again
 
@@ -163,7 +163,7 @@ class ProxyPlugin:
         # at registration: a reload cannot turn forward_upstream on later.)
         self.questions = frozenset({"creation_alert"}) if self.settings.forward_upstream else frozenset()
         table = plugin_table(config, "proxy")
-        self.name, self.source = table.name, table.source
+        self.name = table.name
         conf = self.settings
         if conf.upstream_listed and isinstance(conf.upstream, str) and _find_upstream(conf.upstream) is None:
             # the host would refuse it next, without saying that the proxy can wait for it
@@ -178,8 +178,6 @@ class ProxyPlugin:
     @hookimpl
     def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
         self.start(config, mgm)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.on_sighup, mgm)
         mgm.spawn(self.watch_links(mgm))
 
     def start(self, config: Mapping[str, Any], mgm: PluginContext | None = None) -> None:
@@ -218,8 +216,6 @@ class ProxyPlugin:
 
     @hookimpl
     def mgm_stop(self, mgm: PluginContext) -> None:
-        with contextlib.suppress(RuntimeError):  # no loop: a direct call
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.stop()
 
     def stop(self) -> None:
@@ -236,35 +232,32 @@ class ProxyPlugin:
     # --- the upstream interface going and coming back --------------------------------------------
 
     async def watch_links(self, mgm: PluginContext) -> None:
-        """Follow the links (subscribed before the dump, so nothing falls in between) until cancelled."""
-        from pyroute2 import AsyncIPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-        logging.getLogger("pyroute2").setLevel(logging.INFO)  # it logs every message at debug
+        """Follow the links one event after the other (taking the upstream awaits the manager; the next event is
+        judged against its outcome) until cancelled."""
         conf = self.settings
         assert conf is not None
-        events = AsyncIPRoute()
+        links_here = watcher()
+        links_here.subscribe(self)
         try:
-            try:
-                await events.bind(groups=RTMGRP_LINK)
-                async with AsyncIPRoute() as ipr:
-                    dump = {link.index: link for link in [links.link_of(m) async for m in await ipr.link("dump")]}
-            except OSError as exc:
-                log.error("proxy: cannot watch the links (netlink: %s): an upstream deleted and created again "
-                          "will not be followed until the proxy restarts", exc)  # fmt: skip
-                return
-            action, link = links.reconcile(conf.upstream, self.up_link, dump)
-            if link is not None:
-                await self._on_link_logged(mgm, action, link)
             while True:
-                async for msg in events.get():
-                    event = str(msg.get("event"))
-                    if event in (links.NEWLINK, links.DELLINK):
-                        link = links.link_of(msg)
-                        action = links.upstream_event(conf.upstream, self.up_link, event, link)
-                        await self._on_link_logged(mgm, action, link)
+                what, link = await self.link_events.get()
+                action = what if isinstance(what, links.Action) else links.upstream_event(conf.upstream, self.up_link,
+                                                                                           what, link)  # fmt: skip
+                await self._on_link_logged(mgm, action, link)
         finally:
-            events.close()
+            links_here.unsubscribe(self)
+
+    def dumped(self, watcher: LinkWatcher) -> None:
+        assert self.settings is not None
+        action, link = links.reconcile(self.settings.upstream, self.up_link, watcher.links)
+        if link is not None:  # judged now: the dump comes first, nothing queued before it can change up_link
+            self.link_events.put_nowait((action, link))
+
+    def link_changed(self, link: links.Link, before: links.Link | None) -> None:
+        self.link_events.put_nowait((links.NEWLINK, link))
+
+    def link_removed(self, link: links.Link) -> None:
+        self.link_events.put_nowait((links.DELLINK, link))
 
     async def _on_link_logged(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
         """`on_link`, a failure logged: the watcher must outlive one bad event."""
@@ -387,35 +380,22 @@ class ProxyPlugin:
             return "off (refused)"
         return "on"
 
-    # --- SIGHUP: reading the configuration again ---------------------------------------------------
+    # --- SIGHUP: the file the host read again ------------------------------------------------------
 
-    def on_sighup(self, mgm: PluginContext) -> None:
-        log.info("proxy: SIGHUP: reading %s again", self.source)
-        self.reload(mgm)
-
-    def reload(self, mgm: PluginContext) -> bool:
-        """Read the file again and apply the difference; False (settings in force kept) where it is refused."""
+    @hookimpl
+    def mgm_reload(self, mgm: PluginContext, whole_config: Config) -> None:
+        """Apply the difference; `ConfigError` (the settings in force stay) where the file or the plan refuses."""
         old = self.settings
         assert old is not None
-        if self.source is None or self.source.startswith("<"):
-            log.error("proxy: reload refused: the configuration did not come from a file (%s)", self.source)
-            return False
-        try:
-            config = load(self.source)
-            new = settings.parse(config, self.name)
-        except ConfigError as exc:
-            log.error("proxy: reload refused, the settings in force stay: %s", exc)
-            return False
+        new = settings.parse(whole_config, self.name)
         plan = plan_reload(old, new, self.name, creation_alerts="creation_alert" in self.questions)
-        if plan.refused:
-            for refusal in plan.refused:
-                error = config.error(refusal.key, refusal.message)
-                log.error("proxy: reload refused, the settings in force stay: %s", error)
-            return False
+        mistakes = Mistakes()
+        for refusal in plan.refused:
+            mistakes.add(whole_config.error(refusal.key, refusal.message))
+        mistakes.raise_any()
         changed = self.apply(mgm, new, plan)
         self.reloads += 1
-        log.info("proxy: reloaded %s: %s; %d group(s) changed upstream", self.source, plan.summary(), changed)
-        return True
+        log.info("proxy: reloaded %s: %s; %d group(s) changed upstream", whole_config.source, plan.summary(), changed)
 
     def apply(self, mgm: PluginContext, new: settings.Settings, plan: ReloadPlan) -> int:
         """Put `new` in force (as `plan` says it differs); the number of groups whose upstream membership changed."""

@@ -1,15 +1,14 @@
-"""The SIGHUP reload without sockets: the diff of two settings, and what the plugin applies from a re-read file."""
+"""The SIGHUP reload without sockets: the diff of two settings, and what `mgm_reload` applies from a new file."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 from proxy_fakes import FakeContext, FakeKernel, FakeReporter
 
-from mgm.core.config import load
+from mgm.core.config import ConfigError, load
 from mgm.core.types import Interface
 from mgm.plugins.proxy import plugin as proxy_plugin
 from mgm.plugins.proxy.links import Link
@@ -52,7 +51,7 @@ def test_a_change_of_interfaces_refuses_the_whole_reload(new: Settings, keys: li
     assert plan.changes_nothing  # nothing else of the file applies
 
 
-# --- the plugin re-reading its file ----------------------------------------------------------------------
+# --- mgm_reload: the file the host read again ----------------------------------------------------------------------
 
 CONFIG = """\
 [plugins.proxy]
@@ -62,6 +61,11 @@ downstream = [{{ interface = "lo", deny = [{deny}] }}]
 forward_upstream = {forward}
 immediate_report = {immediate}
 """
+
+
+def reload(proxy: Any, mgm: FakeContext) -> None:
+    """What the host does on SIGHUP: load the file once, call the hook (a refusal raises ConfigError)."""
+    proxy.mgm_reload(mgm=mgm, whole_config=load(proxy.path))
 
 
 def write(path: Path, deny: str = '"239.2.0.0/16"', forward: str = "false", immediate: str = "true") -> None:
@@ -103,7 +107,7 @@ def make_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forward: str) ->
 def test_a_new_filter_sets_the_boundaries_and_moves_the_upstream_memberships(proxy: Any) -> None:
     write(proxy.path, deny='"239.1.0.0/16"')
     mgm = FakeContext()
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     assert mgm.calls == [("boundaries", Interface(1), tuple(boundary_ranges(DENY_A)))]
     assert set(proxy.kernel.where) == {(GB, None)}
     assert proxy.kernel.ops[1:] == [("leave", GA, None), ("join", GB, None)]
@@ -111,7 +115,7 @@ def test_a_new_filter_sets_the_boundaries_and_moves_the_upstream_memberships(pro
     assert proxy.filters[Interface(1)] == DENY_A and proxy.settings.filters["lo"] == DENY_A
 
     write(proxy.path, deny="")  # no filter left: the boundaries are lifted, both joined
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     assert mgm.calls[-1] == ("boundaries", Interface(1), ())
     assert set(proxy.kernel.where) == {(GA, None), (GB, None)}
 
@@ -120,7 +124,7 @@ def test_a_source_list_and_star_g_on_one_group_change_joins_before_drops(proxy: 
     proxy.local(True, "10.0.0.1", "239.2.9.9", Interface(1))  # denied now
     proxy.local(True, ANY, "239.2.9.9", Interface(1))
     write(proxy.path, deny="")
-    assert proxy.reload(FakeContext())
+    reload(proxy, FakeContext())
     assert ("join", "239.2.9.9", None) in proxy.kernel.ops and ("join", "239.2.9.9", "10.0.0.1") not in proxy.kernel.ops
 
 
@@ -130,54 +134,48 @@ def test_forward_upstream_and_immediate_report_follow_the_file(forwarding_proxy:
     mgm = FakeContext()
     reporter = proxy.reporter
     write(proxy.path, forward="false", immediate="false")
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     assert mgm.calls == [("delete", ANY, ANY, Interface(9))]
     assert reporter.closed and proxy.reporter is None
     write(proxy.path, forward="true", immediate="true")  # still asked creation alerts: it may come back
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     assert mgm.calls[1:] == [("add", ANY, ANY, Interface(9))]
     assert isinstance(proxy.reporter, FakeReporter) and not proxy.reporter.closed
     assert proxy.kernel.ops == [("join", GA, None)]  # no filter changed: no membership moved
 
 
-def test_forward_upstream_cannot_be_turned_on_in_a_proxy_started_without_it(
-    proxy: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_forward_upstream_cannot_be_turned_on_in_a_proxy_started_without_it(proxy: Any) -> None:
     """It registered answering no creation alert, and those are what keep other flows out of the upstream."""
     assert proxy.questions == frozenset()
     write(proxy.path, forward="true", immediate="false")
     mgm = FakeContext()
-    with caplog.at_level(logging.ERROR):
-        assert not proxy.reload(mgm)
-    assert f"{proxy.path}:5: plugins.proxy.forward_upstream: turning forward_upstream on needs a restart" in (
-        caplog.text
-    )
+    with pytest.raises(ConfigError) as info:
+        reload(proxy, mgm)
+    assert str(info.value).startswith(f"{proxy.path}:5: plugins.proxy.forward_upstream: turning forward_upstream on "
+                                      "needs a restart")  # fmt: skip
     assert mgm.calls == [] and not proxy.settings.forward_upstream and proxy.reporter is not None
 
 
-def test_a_broken_file_is_logged_with_its_line_and_the_settings_in_force_stay(
-    proxy: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_broken_table_is_refused_with_its_line_and_the_settings_in_force_stay(proxy: Any) -> None:
     before = proxy.settings
     write(proxy.path, deny='"10.0.0.0/8"')
     mgm = FakeContext()
-    with caplog.at_level(logging.ERROR):
-        assert not proxy.reload(mgm)
-    assert f"{proxy.path}:4: plugins.proxy.downstream[0]: '10.0.0.0/8' is not inside 224.0.0.0/4" in caplog.text
-    assert "reload refused, the settings in force stay" in caplog.text
+    with pytest.raises(ConfigError) as info:
+        reload(proxy, mgm)
+    assert f"{proxy.path}:4: plugins.proxy.downstream[0]: '10.0.0.0/8' is not inside 224.0.0.0/4" in str(info.value)
     assert proxy.settings is before and mgm.calls == [] and set(proxy.kernel.where) == {(GA, None)}
 
 
-def test_an_interface_change_is_refused_naming_the_key_and_line(proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_interface_change_is_refused_naming_the_key_and_line(proxy: Any) -> None:
     proxy.path.write_text(proxy.path.read_text().replace('upstream = "mgmnosuch0"', 'upstream = "mgmnosuch1"')
                           .replace('deny = ["239.2.0.0/16"]', "deny = []"))  # fmt: skip
     mgm = FakeContext()
-    with caplog.at_level(logging.ERROR):
-        assert not proxy.reload(mgm)
-    assert f"{proxy.path}:3: plugins.proxy.upstream: the upstream changed from 'mgmnosuch0' to 'mgmnosuch1'" in (
-        caplog.text
+    with pytest.raises(ConfigError) as info:
+        reload(proxy, mgm)
+    assert str(info.value).startswith(
+        f"{proxy.path}:3: plugins.proxy.upstream: the upstream changed from 'mgmnosuch0' to 'mgmnosuch1'"
     )
-    assert "restart the proxy to change its interfaces" in caplog.text
+    assert "restart the proxy to change its interfaces" in str(info.value)
     assert mgm.calls == [] and set(proxy.kernel.where) == {(GA, None)}  # the filter change did not apply either
 
 
@@ -185,9 +183,9 @@ def test_a_reload_while_the_upstream_is_gone_applies_when_it_comes_back(forwardi
     proxy = forwarding_proxy
     mgm = FakeContext()
     write(proxy.path, forward="false")
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     proxy.upstream_gone(mgm)
     write(proxy.path, forward="true")
-    assert proxy.reload(mgm)
+    reload(proxy, mgm)
     assert mgm.calls == [("delete", ANY, ANY, Interface(9)), ("release", Interface(9))]  # nothing to add it on
     assert proxy.settings.forward_upstream  # upstream_back adds it (test_proxy_links)
