@@ -46,6 +46,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from mgm.bus.endpoints import check_ipc_endpoint, default_api, default_events
+from mgm.core.types import IFF_LOOPBACK, IFF_MULTICAST, IFF_UP
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MANAGER_KEYS = frozenset({"api", "events", "log_level", "curve_secret_key", "curve_server_public_key",
@@ -63,10 +64,6 @@ DEFAULT_CONFIG = """\
 [manager]
 log_level = "info"
 """
-
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-IFF_MULTICAST = 0x1000
 
 MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
 

@@ -20,6 +20,9 @@ ANY = "0.0.0.0"
 
 HOST_MASK = "255.255.255.255"
 
+IFF_UP, IFF_LOOPBACK, IFF_MULTICAST, IFF_LOWER_UP = 0x1, 0x8, 0x1000, 0x10000
+"""Interface flags (linux/if.h), as sysfs and netlink give them."""
+
 LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
 """Groups that never leave their link (RFC 5771): never forwarded, never joined upstream."""
 

@@ -14,8 +14,8 @@ cannot run is reported as that (`PluginUnsupported`), not as a mistake in
 the configuration.
 
 Upcalls are read from the event loop (``add_reader``), all that are queued
-per wakeup.  Interfaces come and go through netlink (pyroute2): a dump at
-start, then link and address events; a VIF is added when an owned
+per wakeup.  Interfaces come and go through the process's link watcher
+(`mgm.plugins.links`): a dump at start, then link events; a VIF is added when an owned
 interface's link appears and forgotten when it goes away (the kernel
 removes the VIF with the link).
 
@@ -33,12 +33,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from mgm.plugins import links
 from mgm.plugins.forwarder.mirror import Dataplane, Entry, Link, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import (
     RT_TABLE_DEFAULT,
@@ -55,10 +55,6 @@ from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
 
 if TYPE_CHECKING:
     from mgm.plugins.context import PluginContext
-
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
-
 
 PROC_VIF = Path("/proc/net/ip_mr_vif")
 PROC_MFC = Path("/proc/net/ip_mr_cache")
@@ -118,17 +114,11 @@ def _load_error(exc: OSError, backend: str, *, lacks: bool) -> Exception:
     return PluginLoadError(f"forwarder backend {backend} cannot start: {exc}")
 
 
-def link_of(msg: Any) -> Link:
-    """A netlink link message as a `Link` (up means administratively up with carrier)."""
-    flags = int(msg["flags"])
-    return Link(str(msg.get("ifname")), up=bool(flags & IFF_UP and flags & IFF_LOWER_UP))
-
-
 KERNEL_LACKS = (errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 """MRT_INIT's answers on a kernel built without CONFIG_IP_MROUTE."""
 
 
-class LinuxForwarder(ForwarderPlugin):
+class LinuxForwarder(ForwarderPlugin, links.LinkSubscriber):
     """The kernel forwarder (see the module doc)."""
 
     label = "forwarder"
@@ -213,9 +203,10 @@ class LinuxForwarder(ForwarderPlugin):
             if self.nft.pending or self.nft.pending_ifs:
                 self._batches.set()
             mgm.spawn(self._apply_batches())
-        mgm.spawn(self._netlink())
+        links.watcher().subscribe(self)
 
     def stop_io(self) -> None:
+        links.watcher().unsubscribe(self)
         if self._reading is not None:
             asyncio.get_running_loop().remove_reader(self._reading)
             self._reading = None
@@ -283,51 +274,18 @@ class LinuxForwarder(ForwarderPlugin):
                     self.held.hold((upcall.source, upcall.group), upcall.packet, now)
         self.on_upcalls(upcalls)
 
-    async def _netlink(self) -> None:
-        """Links and addresses: a dump, then events (subscribed first, so nothing falls in between)."""
-        from pyroute2 import AsyncIPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
-
-        # pyroute2 logs every netlink message at debug (its import resets its level, hence here); this
-        # process's debug log is about forwarding.
-        logging.getLogger("pyroute2").setLevel(logging.INFO)
+    def dumped(self, watcher: links.LinkWatcher) -> None:
         assert self.mirror is not None
-        events = AsyncIPRoute()
-        try:
-            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)
-            async with AsyncIPRoute() as ipr:
-                links = {int(m["index"]): link_of(m) async for m in await ipr.link("dump")}
-                async for msg in await ipr.addr("dump", family=socket.AF_INET):
-                    link = links.get(int(msg["index"]))
-                    if link is not None and msg.get("address"):
-                        link.addresses.add(str(msg.get("address")))
-            self.mirror.set_links(links)
-            self.log.debug("netlink: %d link(s): %s", len(links),
-                           ", ".join(f"{i}={link.name}" for i, link in sorted(links.items())))  # fmt: skip
-            while True:
-                async for msg in events.get():
-                    self._netlink_event(msg)
-        finally:
-            events.close()
+        self.mirror.set_links({i: Link(link.name, link.up) for i, link in watcher.links.items()})
+        self.log.debug("netlink: %d link(s): %s", len(watcher.links),
+                       ", ".join(f"{i}={link.name}" for i, link in sorted(watcher.links.items())))  # fmt: skip
 
-    def _netlink_event(self, msg: Any) -> None:
+    def link_changed(self, link: links.Link, before: links.Link | None) -> None:
         assert self.mirror is not None
-        event = msg.get("event")
-        index = int(msg.get("index") or 0)
-        links = self.mirror.links or {}
-        if event == "RTM_NEWLINK":
-            link = link_of(msg)
-            before = links.get(index)
-            if before is not None:
-                link.addresses = before.addresses
-            self.mirror.link_changed(index, link)
-        elif event == "RTM_DELLINK":
-            if self.nft is not None and index in self.mirror.vifs:
-                self.nft.del_vif(index)  # the kernel drops an MRT VIF with its link; our set keeps the index
-            self.mirror.link_removed(index)
-        elif event in ("RTM_NEWADDR", "RTM_DELADDR") and index in links and msg.get("address"):
-            address = str(msg.get("address"))
-            if event == "RTM_NEWADDR":
-                links[index].addresses.add(address)
-            else:
-                links[index].addresses.discard(address)
+        self.mirror.link_changed(link.index, Link(link.name, link.up))
+
+    def link_removed(self, link: links.Link) -> None:
+        assert self.mirror is not None
+        if self.nft is not None and link.index in self.mirror.vifs:
+            self.nft.del_vif(link.index)  # the kernel drops an MRT VIF with its link; our set keeps the index
+        self.mirror.link_removed(link.index)

@@ -79,7 +79,6 @@ class Link:
 
     name: str
     up: bool = False
-    addresses: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
