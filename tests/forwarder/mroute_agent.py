@@ -92,6 +92,11 @@ def serve() -> None:
         sock.close()
 
 
+def _upcall(upcall: mroute.Upcall) -> dict[str, Any]:
+    """An upcall as JSON: kind, vif, source, group (its `packet`, which only nftables hands over, left out)."""
+    return {key: value for key, value in dataclasses.asdict(upcall).items() if key != "packet"}
+
+
 def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
     if op == "add_vif":
         sock.add_vif(req["vif"], req["if_index"])
@@ -120,7 +125,7 @@ def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
             if left <= 0:
                 break
             if select.select([sock.fileno()], [], [], left)[0]:
-                got += [dataclasses.asdict(u) for u in sock.read_upcalls()]
+                got += [_upcall(u) for u in sock.read_upcalls()]
         return got
     if op == "proc":
         return proc_tables()
