@@ -2,8 +2,8 @@
 
 On home and edge routers the upstream is often PPPoE or a VLAN that comes
 and goes: ``ppp0`` is deleted when the PPP session drops and created again,
-usually under a new if_index.  The plugin watches links (netlink,
-``RTMGRP_LINK``) and asks `upstream_event` what each event means:
+usually under a new if_index.  The plugin hears every link event
+(`mgm.plugins.links`) and asks `upstream_event` what each means:
 
 * `Action.GONE`: the upstream's if_index was deleted.  The kernel dropped
   the memberships with the device; the proxy closes its sockets and
@@ -20,39 +20,19 @@ usually under a new if_index.  The plugin watches links (netlink,
 * `Action.RENAMED`: the upstream's if_index got another name; the proxy
   keeps using it (memberships are by if_index) under its new name.
 
-`reconcile` does the same for a whole link dump, which the watcher reads
-once after subscribing, so a change between the plugin's start and the
-subscription is not missed.
+`reconcile` does the same for the watcher's dump, so a change between the
+plugin's start and its subscription is not missed.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
-IFF_UP = 0x1
-IFF_LOWER_UP = 0x10000
+from mgm.plugins.links import Link
 
 NEWLINK = "RTM_NEWLINK"
 DELLINK = "RTM_DELLINK"
-
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    """One network interface as netlink describes it; `up` means administratively up with carrier."""
-
-    index: int
-    name: str
-    up: bool
-
-
-def link_of(msg: Any) -> Link:
-    """A pyroute2 link message (RTM_NEWLINK, RTM_DELLINK or a dump entry) as a `Link`."""
-    flags = int(msg.get("flags") or 0)
-    return Link(int(msg.get("index") or 0), str(msg.get("ifname") or ""),
-                bool(flags & IFF_UP and flags & IFF_LOWER_UP))  # fmt: skip
 
 
 class Action(enum.Enum):

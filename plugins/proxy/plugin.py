@@ -39,8 +39,8 @@ How receivers downstream become traffic from upstream:
   `mgm_creation_alert`, asked only then, keeps that to flows entering on
   our downstream interfaces (whose filter permits the group).
 
-The upstream going and coming back (PPPoE, VLANs; `links`): a netlink
-watcher (pyroute2, ``RTMGRP_LINK``, on the host's loop) follows the links.
+The upstream going and coming back (PPPoE, VLANs; `links`): the process's
+link watcher (`mgm.plugins.links`) tells the proxy every link event.
 
 * Upstream deleted: a warning; the membership sockets and the reporter are
   closed (the kernel dropped the memberships with the device) and the
@@ -71,6 +71,7 @@ registered answering no creation alert).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Mapping, Sequence
@@ -80,6 +81,7 @@ from mgm.bus.status import MgmError
 from mgm.core.config import Mistakes, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
+from mgm.plugins.links import LinkSubscriber, LinkWatcher, watcher
 from mgm.plugins.proxy import links, merge, settings
 from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
@@ -129,7 +131,7 @@ def _shown(name: settings.Name) -> str:
     return name if isinstance(name, str) else f"if_index {name}"
 
 
-class ProxyPlugin:
+class ProxyPlugin(LinkSubscriber):
     """Entry point ``proxy`` (the host instantiates it without arguments)."""
 
     def __init__(self) -> None:
@@ -138,6 +140,7 @@ class ProxyPlugin:
         """The questions the host declares for us at registration (narrowed by `mgm_protocol`)."""
         self.upstream: Interface | None = None  # None: the upstream does not exist (now)
         self.up_link: links.Link | None = None  # the upstream as netlink last described it
+        self.link_events: asyncio.Queue[tuple[str | links.Action, links.Link]] = asyncio.Queue()
         self.downstream: dict[Interface, settings.Name] = {}
         self.filters: dict[Interface, merge.GroupFilter] = {}
         self.members: dict[str, dict[Interface, set[str]]] = {}  # group -> downstream interface -> sources
@@ -229,35 +232,32 @@ class ProxyPlugin:
     # --- the upstream interface going and coming back --------------------------------------------
 
     async def watch_links(self, mgm: PluginContext) -> None:
-        """Follow the links (subscribed before the dump, so nothing falls in between) until cancelled."""
-        from pyroute2 import AsyncIPRoute
-        from pyroute2.netlink.rtnl import RTMGRP_LINK
-
-        logging.getLogger("pyroute2").setLevel(logging.INFO)  # it logs every message at debug
+        """Follow the links one event after the other (taking the upstream awaits the manager; the next event is
+        judged against its outcome) until cancelled."""
         conf = self.settings
         assert conf is not None
-        events = AsyncIPRoute()
+        links_here = watcher()
+        links_here.subscribe(self)
         try:
-            try:
-                await events.bind(groups=RTMGRP_LINK)
-                async with AsyncIPRoute() as ipr:
-                    dump = {link.index: link for link in [links.link_of(m) async for m in await ipr.link("dump")]}
-            except OSError as exc:
-                log.error("proxy: cannot watch the links (netlink: %s): an upstream deleted and created again "
-                          "will not be followed until the proxy restarts", exc)  # fmt: skip
-                return
-            action, link = links.reconcile(conf.upstream, self.up_link, dump)
-            if link is not None:
-                await self._on_link_logged(mgm, action, link)
             while True:
-                async for msg in events.get():
-                    event = str(msg.get("event"))
-                    if event in (links.NEWLINK, links.DELLINK):
-                        link = links.link_of(msg)
-                        action = links.upstream_event(conf.upstream, self.up_link, event, link)
-                        await self._on_link_logged(mgm, action, link)
+                what, link = await self.link_events.get()
+                action = what if isinstance(what, links.Action) else links.upstream_event(conf.upstream, self.up_link,
+                                                                                           what, link)  # fmt: skip
+                await self._on_link_logged(mgm, action, link)
         finally:
-            events.close()
+            links_here.unsubscribe(self)
+
+    def dumped(self, watcher: LinkWatcher) -> None:
+        assert self.settings is not None
+        action, link = links.reconcile(self.settings.upstream, self.up_link, watcher.links)
+        if link is not None:  # judged now: the dump comes first, nothing queued before it can change up_link
+            self.link_events.put_nowait((action, link))
+
+    def link_changed(self, link: links.Link, before: links.Link | None) -> None:
+        self.link_events.put_nowait((links.NEWLINK, link))
+
+    def link_removed(self, link: links.Link) -> None:
+        self.link_events.put_nowait((links.DELLINK, link))
 
     async def _on_link_logged(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
         """`on_link`, a failure logged: the watcher must outlive one bad event."""

@@ -11,9 +11,10 @@ from proxy_fakes import FakeContext, FakeKernel, FakeReporter
 
 from mgm.core.config import ConfigError, loads
 from mgm.core.types import Interface
+from mgm.plugins.links import link_of
 from mgm.plugins.proxy import plugin as proxy_plugin
 from mgm.plugins.proxy import settings
-from mgm.plugins.proxy.links import DELLINK, NEWLINK, Action, Link, link_of, reconcile, upstream_event
+from mgm.plugins.proxy.links import DELLINK, NEWLINK, Action, Link, reconcile, upstream_event
 from mgm.plugins.proxy.merge import ASM
 
 ANY = "0.0.0.0"
