@@ -4,7 +4,8 @@ Theory of operation:
 
 * The host registers us as protocol 10 (IGMP) and takes the interfaces of
   ``[plugins.igmp] interfaces``; `mgm_start` builds a `Router` for each
-  (its address from netlink), opens the `IgmpSocket` (a listener per
+  (its addresses from the process's link watcher, `mgm.plugins.links`,
+  followed as they change), opens the `IgmpSocket` (a listener per
   interface, one raw socket to send), and starts every router (startup
   queries).
 * Everything runs on the host's loop: ``add_reader`` feeds datagrams to
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, Mistakes, PluginTable
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
+from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.packet import MalformedPacket, parse_ipv4
 from mgm.plugins.igmp.rawsocket import IgmpSocket, interface_addresses
@@ -65,8 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IGMP_COMPONENT_ID = 1
-ADDRESS_REFRESH = 10.0
-"""Seconds between re-reads of the interfaces' addresses (an address may come or go while we run)."""
 COUNTER_LOG_INTERVAL = 60.0
 
 
@@ -100,7 +100,7 @@ def _if_name(if_index: int) -> str:
         return f"if{if_index}"
 
 
-class IgmpPlugin:
+class IgmpPlugin(links.LinkSubscriber):
     """Entry point ``igmp`` (the host instantiates it without arguments)."""
 
     def __init__(self) -> None:
@@ -114,6 +114,7 @@ class IgmpPlugin:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_counter_log = 0.0
         self.stopped = False
+        self.links: links.LinkWatcher | None = None
 
     # --- hooks -----------------------------------------------------------------------------
 
@@ -161,15 +162,12 @@ class IgmpPlugin:
         self.ctx = mgm
         self.params = params
         loop = self._loop = asyncio.get_running_loop()
-        # pyroute2 logs every netlink message at debug level; the address refresh would drown our own lines.
-        logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger("pyroute2").getEffectiveLevel()))
-        try:
-            primary, every, subnets = await interface_addresses()
-        except OSError as exc:
-            log.error("igmp: cannot read the interfaces' addresses (retrying every %g s): %s", ADDRESS_REFRESH, exc)
-            primary, every, subnets = {}, set(), {}
+        self.links = links.watcher()
+        self.links.subscribe(self)  # an address that comes or goes counts at once (the subnet check, the querier)
+        await self.links.settled.wait()
         if self.stopped:
             return
+        primary, every, subnets = interface_addresses(self.links.addresses)
         for interface in interfaces:
             if interface.next_hop != ANY:
                 log.error("igmp: interface %d/%s: IGMP runs on whole interfaces (next_hop 0.0.0.0); skipped",
@@ -202,11 +200,12 @@ class IgmpPlugin:
                  ", ".join(map(str, params.ssm_range)) or "none",
                  "only from the interfaces' subnets" if params.require_local_source
                  else "from any source (require_local_source = false)")  # fmt: skip
-        mgm.spawn(self._refresh_addresses())
         self._flush()
 
     def stop(self) -> None:
         self.stopped = True
+        if self.links is not None:
+            self.links.unsubscribe(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -302,21 +301,18 @@ class IgmpPlugin:
             applied.discard(key)
             self.ctx.delete_membership(change.source, change.group, router.interface)
 
-    async def _refresh_addresses(self) -> None:
+    def address_added(self, address: links.Address) -> None:
         """Follow the interfaces' addresses: a router without one cannot query; ours must be ignored."""
-        while not self.stopped:
-            await asyncio.sleep(ADDRESS_REFRESH)
-            try:
-                primary, every, subnets = await interface_addresses()
-            except OSError as exc:
-                log.warning("igmp: cannot read the interfaces' addresses: %s", exc)
-                continue
-            now = self._now()
-            for if_index, router in self.routers.items():
-                router.own_addresses = every
-                router.set_subnets(subnets.get(if_index, ()))
-                router.set_address(now, primary.get(if_index))
-            self._flush()
+        assert self.links is not None
+        primary, every, subnets = interface_addresses(self.links.addresses)
+        now = self._now()
+        for if_index, router in self.routers.items():
+            router.own_addresses = every
+            router.set_subnets(subnets.get(if_index, ()))
+            router.set_address(now, primary.get(if_index))
+        self._flush()
+
+    address_removed = address_added
 
     def _name(self, if_index: int) -> str:
         router = self.routers.get(if_index)

@@ -30,10 +30,11 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 
 from mgm.plugins.igmp import packet
+from mgm.plugins.links import Address
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_ALLMULTI = 2
 PACKET_OUTGOING = 4
 ETH_P_IP = 0x0800
-IFA_F_SECONDARY = 0x01
 
 RECV_SIZE = 65535
 
@@ -158,23 +158,17 @@ class Addresses(NamedTuple):
     """{if_index: the subnets of its addresses (and of their peers)}: where hosts on the link send from."""
 
 
-async def interface_addresses() -> Addresses:
-    """The addresses of every interface, from netlink."""
-    from pyroute2 import AsyncIPRoute
-
+def interface_addresses(addresses: Mapping[int, Iterable[Address]]) -> Addresses:
+    """What the routers need of every interface's addresses (`LinkWatcher.addresses`: the primary first)."""
     primary: dict[int, str] = {}
     every: set[str] = set()
     subnets: dict[int, set[ipaddress.IPv4Network]] = {}
-    async with AsyncIPRoute() as ipr:
-        async for msg in await ipr.addr("dump", family=socket.AF_INET):
-            address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-            if not address:
-                continue
-            index = int(msg["index"])
-            every.add(str(address))
-            if not msg["flags"] & IFA_F_SECONDARY:
-                primary.setdefault(index, str(address))
-            # IFA_ADDRESS differs from IFA_LOCAL on a point-to-point address: it is the peer's (prefix).
-            for end in {str(address), str(msg.get("IFA_ADDRESS") or address)}:
-                subnets.setdefault(index, set()).add(ipaddress.IPv4Network(f"{end}/{msg['prefixlen']}", strict=False))
+    for index, held in addresses.items():
+        for address in held:
+            every.add(address.local)
+            if not address.secondary:
+                primary.setdefault(index, address.local)
+            # The peer differs from the local address on a point-to-point address: its subnet is the peer's.
+            for end in {address.local, address.peer}:
+                subnets.setdefault(index, set()).add(ipaddress.IPv4Network(f"{end}/{address.prefixlen}", strict=False))
     return Addresses(primary, every, {i: tuple(sorted(nets)) for i, nets in subnets.items()})

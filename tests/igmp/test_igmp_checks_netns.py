@@ -94,3 +94,22 @@ def test_a_host_outside_the_interfaces_subnet_is_not_listened_to(
 
     counters = stopped_counters(igmp)
     assert counters["foreign_source"] >= 1 and counters["ignored_ssm_asm"] == 0, counters
+
+
+def test_an_address_added_to_the_interface_widens_the_subnet_check_at_once(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, far=3)
+    router, far = nodes["rtr"], nodes["far"]
+    far.ns.ip("addr", "flush", "dev", far.ifname)
+    far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)
+    far.ns.multicast_route(far.ifname)
+    igmp = start_igmp(router, manager, ipc_dir)
+    far.ns.receiver("239.12.0.2", 5012).wait_joined()
+    wait_until(lambda: drops(igmp, "foreign_source", "from 10.88.0.3"), WAIT, "the far host dropped")
+
+    router.ns.ip("addr", "add", "10.88.0.1/24", "dev", router.ifname)
+    # an address event, not the 10 s poll there was: 2 s is room for a loaded machine, not for a poll
+    wait_until(lambda: "local subnets: 10.77.0.0/24, 10.88.0.0/24" in igmp.log(), 2.0, "the new subnet to count")
+    far.ns.receiver("239.12.0.3", 5012).wait_joined()
+    wait_memberships(manager, lambda m: (ANY, "239.12.0.3", router.if_index) in m, "the far host's join, now local")
