@@ -1,10 +1,8 @@
-"""One watcher of the links and IPv4 addresses per process, for every plugin that follows interfaces.
+"""One watcher of the links and IPv4 addresses per process (`watcher()`), for every plugin that follows interfaces.
 
-The forwarder, IGMP and the proxy each used to open a netlink socket of
-their own, or poll; now they subscribe here (`watcher()`).  One socket is
-bound to the link and address groups before it dumps them, so a change
-between the dump and the events is not missed; each subscriber hears the
-state as a dump (`LinkSubscriber.dumped`, at once if it came later) and
+Its one netlink socket joins the link and address groups before it dumps
+them, so nothing falls between the dump and the events; each subscriber
+hears the dump (`LinkSubscriber.dumped`, at once if it comes later) and
 then only what changed.
 """
 
@@ -52,11 +50,18 @@ def link_of(msg: Any) -> Link:
 
 def address_of(msg: Any) -> Address | None:
     """A pyroute2 address message as an `Address` (None without one)."""
-    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-    if not local:
+    if not (local := msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")):
         return None
-    return Address(int(msg["index"]), str(local), str(msg.get("IFA_ADDRESS") or local), int(msg["prefixlen"]),
-                   bool(msg["flags"] & IFA_F_SECONDARY))  # fmt: skip
+    peer = msg.get("IFA_ADDRESS") or local
+    return Address(msg["index"], local, peer, msg["prefixlen"], msg["flags"] & IFA_F_SECONDARY > 0)
+
+
+def if_name(if_index: int) -> str:
+    """The interface's name for a log line (ifN once it is gone)."""
+    try:
+        return socket.if_indextoname(if_index)
+    except OSError:
+        return f"if{if_index}"
 
 
 class LinkSubscriber:
@@ -83,8 +88,8 @@ class LinkWatcher:
 
     def __init__(self) -> None:
         self.links: dict[int, Link] = {}
-        self.addresses: dict[int, list[Address]] = {}
-        """{if_index: its addresses in the kernel's order (the primary first)}."""
+        self.addresses: dict[int, dict[tuple[str, int], Address]] = {}
+        """{if_index: {(local, prefixlen): address}} in the kernel's order (the primary first)."""
         self.ready = False  # the dump is in
         self.settled = asyncio.Event()
         """Set when the dump is in or netlink failed: for a subscriber that cannot start without the state."""
@@ -100,8 +105,7 @@ class LinkWatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="links")
 
     def unsubscribe(self, subscriber: LinkSubscriber) -> None:
-        if subscriber in self.subscribers:
-            self.subscribers.remove(subscriber)
+        self.subscribers = [s for s in self.subscribers if s is not subscriber]
 
     async def _run(self) -> None:
         from pyroute2 import AsyncIPRoute
@@ -114,9 +118,9 @@ class LinkWatcher:
         try:
             await ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR)  # events queue up while we dump
             self.links = {link.index: link for link in [link_of(m) async for m in await ipr.link("dump")]}
-            for address in [address_of(m) async for m in await ipr.addr("dump", family=socket.AF_INET)]:
-                if address is not None:
-                    self.addresses.setdefault(address.index, []).append(address)
+            async for msg in await ipr.addr("dump", family=socket.AF_INET):
+                if (address := address_of(msg)) is not None:
+                    self.addresses.setdefault(address.index, {})[address.local, address.prefixlen] = address
             self.ready = True
             self.settled.set()
             self._tell("dumped", self)
@@ -147,17 +151,11 @@ class LinkWatcher:
             self.addresses.pop(link.index, None)
             self._tell("link_removed", link)
         elif event in ("RTM_NEWADDR", "RTM_DELADDR") and (address := address_of(msg)) is not None:
-            held = self.addresses.setdefault(address.index, [])
-            same = [i for i, a in enumerate(held) if (a.local, a.prefixlen) == (address.local, address.prefixlen)]
-            if event == "RTM_DELADDR":
-                if same:
-                    del held[same[0]]
-                    self._tell("address_removed", address)
-            elif not same or held[same[0]] != address:
-                if same:
-                    held[same[0]] = address
-                else:
-                    held.append(address)
+            held, key = self.addresses.setdefault(address.index, {}), (address.local, address.prefixlen)
+            if event == "RTM_DELADDR" and held.pop(key, None) is not None:
+                self._tell("address_removed", address)
+            elif event == "RTM_NEWADDR" and held.get(key) != address:
+                held[key] = address  # a promoted secondary keeps its place
                 self._tell("address_added", address)
 
     def _tell(self, method: str, *args: Any) -> None:
@@ -174,7 +172,4 @@ _watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LinkWatcher] = w
 
 def watcher() -> LinkWatcher:
     """This process's watcher: one per event loop (a process has one; tests run several, one after the other)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _watchers:
-        _watchers[loop] = LinkWatcher()
-    return _watchers[loop]
+    return _watchers.setdefault(asyncio.get_running_loop(), LinkWatcher())

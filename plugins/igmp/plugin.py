@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -91,13 +90,6 @@ def read_parameters(config: Mapping[str, Any]) -> Parameters:
     mistakes.raise_any()
     assert params is not None
     return params
-
-
-def _if_name(if_index: int) -> str:
-    try:
-        return socket.if_indextoname(if_index)
-    except OSError:
-        return f"if{if_index}"
 
 
 class IgmpPlugin(links.LinkSubscriber):
@@ -173,7 +165,7 @@ class IgmpPlugin(links.LinkSubscriber):
                 log.error("igmp: interface %d/%s: IGMP runs on whole interfaces (next_hop 0.0.0.0); skipped",
                           interface.if_index, interface.next_hop)  # fmt: skip
                 continue
-            name = _if_name(interface.if_index)
+            name = links.if_name(interface.if_index)
             self.routers[interface.if_index] = Router(
                 interface, params, primary.get(interface.if_index), every, name=name,
                 subnets=subnets.get(interface.if_index, ()),
@@ -316,4 +308,4 @@ class IgmpPlugin(links.LinkSubscriber):
 
     def _name(self, if_index: int) -> str:
         router = self.routers.get(if_index)
-        return router.name if router is not None else _if_name(if_index)
+        return router.name if router is not None else links.if_name(if_index)

@@ -158,13 +158,13 @@ class Addresses(NamedTuple):
     """{if_index: the subnets of its addresses (and of their peers)}: where hosts on the link send from."""
 
 
-def interface_addresses(addresses: Mapping[int, Iterable[Address]]) -> Addresses:
+def interface_addresses(addresses: Mapping[int, Mapping[tuple[str, int], Address]]) -> Addresses:
     """What the routers need of every interface's addresses (`LinkWatcher.addresses`: the primary first)."""
     primary: dict[int, str] = {}
     every: set[str] = set()
     subnets: dict[int, set[ipaddress.IPv4Network]] = {}
     for index, held in addresses.items():
-        for address in held:
+        for address in held.values():
             every.add(address.local)
             if not address.secondary:
                 primary.setdefault(index, address.local)

@@ -81,7 +81,7 @@ from mgm.bus.status import MgmError
 from mgm.core.config import Mistakes, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
-from mgm.plugins.links import LinkSubscriber, LinkWatcher, watcher
+from mgm.plugins.links import LinkSubscriber, LinkWatcher, if_name, watcher
 from mgm.plugins.proxy import links, merge, settings
 from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
@@ -118,13 +118,6 @@ def _find_upstream(name: settings.Name) -> links.Link | None:
         return links.Link(socket.if_nametoindex(name), name, True)
     except OSError:
         return None
-
-
-def _if_name(if_index: int) -> str:
-    try:
-        return socket.if_indextoname(if_index)
-    except OSError:
-        return f"if{if_index}"
 
 
 def _shown(name: settings.Name) -> str:
@@ -199,7 +192,7 @@ class ProxyPlugin(LinkSubscriber):
             upstream_text = f"{found.name} (if_index {found.index}, {address})"
         log.info("proxy: upstream %s; downstream %s; forwarding upstream: %s; immediate report of joins: %s",
                  upstream_text,
-                 ", ".join(f"{_if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
+                 ", ".join(f"{if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
                  "yes" if conf.forward_upstream else "no", immediate)  # fmt: skip
         if mgm is None:
             return
@@ -301,7 +294,7 @@ class ProxyPlugin(LinkSubscriber):
         old, link = self.upstream, self.up_link
         if old is None:
             return
-        name = link.name if link is not None else _if_name(old.if_index)
+        name = link.name if link is not None else if_name(old.if_index)
         configured = self.settings.upstream
         if isinstance(configured, int):
             back = (f"it is configured by if_index, so only an interface with if_index {configured} can take its "
@@ -343,7 +336,7 @@ class ProxyPlugin(LinkSubscriber):
         except (MgmError, TimeoutError) as exc:
             log.error("proxy: the manager refused the upstream %s (if_index %d): %s; nothing is joined upstream "
                       "(the proxy tries again at the interface's next link change, or restart it)",
-                      _if_name(iface.if_index), iface.if_index, exc)  # fmt: skip
+                      if_name(iface.if_index), iface.if_index, exc)  # fmt: skip
             if self.upstream == iface:
                 self._close_upstream()
             return False
@@ -441,11 +434,11 @@ class ProxyPlugin(LinkSubscriber):
         """A receiver came or went on a downstream interface: update the group's upstream membership."""
         if interface not in self.downstream:
             log.warning("proxy: local %s (%s, %s) on %s, which is not downstream: ignored",
-                        "join" if join else "leave", source, group, _if_name(interface.if_index))  # fmt: skip
+                        "join" if join else "leave", source, group, if_name(interface.if_index))  # fmt: skip
             return
         if group == ANY:
             log.warning("proxy: a (*,*) membership on %s cannot be joined upstream: ignored",
-                        _if_name(interface.if_index))  # fmt: skip
+                        if_name(interface.if_index))  # fmt: skip
             return
         by_iface = self.members.setdefault(group, {})
         if join:
@@ -517,7 +510,7 @@ class ProxyPlugin(LinkSubscriber):
         )
         for iface, enabled in verdicts.items():
             if not enabled:
-                log.debug("proxy: %s not forwarded out of %s", group, _if_name(iface.if_index))
+                log.debug("proxy: %s not forwarded out of %s", group, if_name(iface.if_index))
         return verdicts
 
     # --- internals ------------------------------------------------------------------------------
