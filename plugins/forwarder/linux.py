@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mgm.plugins import links
-from mgm.plugins.forwarder.mirror import Dataplane, Entry, Link, Mirror, SgKey
+from mgm.plugins.forwarder.mirror import Dataplane, Entry, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import (
     RT_TABLE_DEFAULT,
     VIFF_STATIC,
@@ -276,13 +276,13 @@ class LinuxForwarder(ForwarderPlugin, links.LinkSubscriber):
 
     def dumped(self, watcher: links.LinkWatcher) -> None:
         assert self.mirror is not None
-        self.mirror.set_links({i: Link(link.name, link.up) for i, link in watcher.links.items()})
+        self.mirror.set_links(watcher.links)
         self.log.debug("netlink: %d link(s): %s", len(watcher.links),
                        ", ".join(f"{i}={link.name}" for i, link in sorted(watcher.links.items())))  # fmt: skip
 
     def link_changed(self, link: links.Link, before: links.Link | None) -> None:
         assert self.mirror is not None
-        self.mirror.link_changed(link.index, Link(link.name, link.up))
+        self.mirror.link_changed(link.index, link)
 
     def link_removed(self, link: links.Link) -> None:
         assert self.mirror is not None

@@ -50,6 +50,7 @@ from mgm.plugins.forwarder.mroute import (
     SgCount,
     Upcall,
 )
+from mgm.plugins.links import Link
 
 SgKey = tuple[str, str]
 """(source, group) as dotted strings: the key of an MFE and of an MFC entry."""
@@ -71,14 +72,6 @@ class Entry:
 
     parent: int
     oifs: frozenset[int]
-
-
-@dataclass(slots=True)
-class Link:
-    """What netlink says about one interface."""
-
-    name: str
-    up: bool = False
 
 
 @dataclass(slots=True)

@@ -16,9 +16,10 @@ import pytest
 from test_forwarder_mirror import Recording, mfe, state
 
 from mgm.plugins.forwarder.linux import adopt_from_proc
-from mgm.plugins.forwarder.mirror import Entry, Link, Mirror
+from mgm.plugins.forwarder.mirror import Entry, Mirror
 from mgm.plugins.forwarder.mroute import VIFF_STATIC, VIFF_TUNNEL, VIFF_USE_IFINDEX, parse_ip_mr_vif
 from mgm.plugins.forwarder.sim import SimEntry, SimVif
+from mgm.plugins.links import Link
 
 S = "10.1.0.2"
 G1, G2, G3, G4, G5 = (f"239.1.1.{i}" for i in range(1, 6))
@@ -49,7 +50,7 @@ PROC_MFC = MFC_HEADER + (
 
 
 def _link(name: str) -> Link:
-    return Link(name, up=True)
+    return Link(0, name, True)  # the mirror keys its links by if_index
 
 
 @pytest.fixture

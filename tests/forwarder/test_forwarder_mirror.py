@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from mgm.plugins.forwarder.mirror import Link, Mirror
+from mgm.plugins.forwarder.mirror import Mirror
 from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, MrouteError, Upcall
 from mgm.plugins.forwarder.sim import SimDataplane, SimVif
+from mgm.plugins.links import Link
 
 S, G = "10.1.0.2", "239.1.1.1"
 ROUTING = {"protocol_id": 10006, "component_id": 1}
@@ -141,10 +142,10 @@ def test_an_mfe_waits_for_the_vif_of_its_incoming_interface(mirror: Mirror, plan
 
 
 def test_a_vif_waits_for_its_link_and_goes_with_it(mirror: Mirror, plane: Recording) -> None:
-    mirror.set_links({3: Link("r1", up=True)})
+    mirror.set_links({3: Link(3, "r1", True)})
     mirror.resync(state([3, 5], [mfe(S, G, 3, [5])]))
     assert 5 not in mirror.vifs and plane.mfc[(S, G)].oifs == frozenset()
-    mirror.link_changed(5, Link("r2", up=True))
+    mirror.link_changed(5, Link(5, "r2", True))
     assert plane.mfc[(S, G)].oifs == {mirror.vifs[5]}
     plane.vifs.pop(mirror.vifs[3])  # the kernel removes the VIF of a deleted link by itself
     mirror.link_removed(3)
