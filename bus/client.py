@@ -24,6 +24,7 @@ that finds a reply waiting (EVENTS) queues a drain itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import itertools
 import logging
@@ -579,7 +580,7 @@ class Client:
             handle = self.heartbeat_handle
             if handle is not None and now - self._last_sent >= HEARTBEAT_AFTER:
                 fut = self.request_nowait("heartbeat", {"handle": handle})
-                fut.add_done_callback(self._heartbeat_done)
+                fut.add_done_callback(functools.partial(self._heartbeat_done, handle))
             if self._started and not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
                 self.manager_lost = True
                 log.warning("no heartbeat from the manager on %s for %.0f s", self.events, MANAGER_LOST_AFTER)
@@ -589,12 +590,13 @@ class Client:
                     except Exception:
                         log.exception("on_manager_lost callback failed")
 
-    def _heartbeat_done(self, fut: asyncio.Future[dict[str, Any]]) -> None:
+    def _heartbeat_done(self, handle: Any, fut: asyncio.Future[dict[str, Any]]) -> None:
         """Say when heartbeats start failing and when they work again, not every second in between."""
         if fut.cancelled():
             return
         exc = fut.exception()
-        if isinstance(exc, MgmError) and exc.status == Status.ERROR_INVALID_PARAMETER and self.heartbeat_handle:
+        lapsed = isinstance(exc, MgmError) and exc.status == Status.ERROR_INVALID_PARAMETER
+        if lapsed and handle == self.heartbeat_handle:  # not a handle the owner has replaced since
             log.warning("the manager no longer knows our handle (%s): our registration lapsed", exc)
             self.heartbeat_handle = None  # no more heartbeats with it; the owner registers again
             if self.on_registration_lost is not None:

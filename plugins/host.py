@@ -348,11 +348,22 @@ class Host:
 
     def _on_registration_lost(self) -> None:
         assert self.ctx is not None
-        if self.stopping.is_set() or not self.registered:
-            return
+        if not self.stopping.is_set() and self.registered:
+            self.ctx.spawn(self._registration_lost())
+
+    async def _registration_lost(self) -> None:
+        """Our handle was refused: register again, unless the manager restarted (its new epoch registers us)."""
+        assert self.ctx is not None
+        epoch = self.ctx.client.epoch
+        try:
+            pong = await self.ctx.client.request("ping", {})
+        except (MgmError, TimeoutError):
+            return  # the manager is away: its heartbeat or a new epoch will tell
+        if pong.get("epoch") != epoch or not self.registered or self.stopping.is_set():
+            return  # a restarted manager: `new_epoch` registers us (or has already)
         why = ("the manager dropped our registration (no request from us within its liveness: was this process "
                "stalled?), releasing what we held")  # fmt: skip
-        self.ctx.spawn(self.register_again(why, self.ctx.client.epoch))
+        await self.register_again(why, epoch)
 
     async def register(self, wait_for_predecessor: float = 0.0) -> None:
         """Register; while the pair is taken, retry for `wait_for_predecessor` seconds.
