@@ -68,6 +68,8 @@ and a restart will not help either."""
 REGISTER_PATIENCE = 5.0
 """Seconds to keep trying to register while a crashed predecessor's registration lingers (liveness is 3 s)."""
 REGISTER_RETRY = 0.25
+LAPSE_CONFIRM = 2.0
+"""After the manager refused our handle, how long a heartbeat of a restarted manager may take to tell us so."""
 RESTART_GRACE = 5.0
 """After a manager restart, a local member the new manager has not announced again (IGMP replays at once)
 within this many seconds is gone (e.g. its host left while the manager was down): local_leave then."""
@@ -352,15 +354,20 @@ class Host:
             self.ctx.spawn(self._registration_lost())
 
     async def _registration_lost(self) -> None:
-        """Our handle was refused: register again, unless the manager restarted (its new epoch registers us)."""
+        """Our handle was refused: register again, unless the manager restarted (its new epoch registers us).
+
+        A restarted manager refuses the old handle too, before our subscriptions reach it; its heartbeat on
+        `hb` then tells the new epoch within a second.  Asking it ourselves (a ping) would register us before
+        we can hear our events (disable_igmp, local_join...), so we wait for that heartbeat instead.
+        """
         assert self.ctx is not None
         epoch = self.ctx.client.epoch
-        try:
-            pong = await self.ctx.client.request("ping", {})
-        except (MgmError, TimeoutError):
-            return  # the manager is away: its heartbeat or a new epoch will tell
-        if pong.get("epoch") != epoch or not self.registered or self.stopping.is_set():
-            return  # a restarted manager: `new_epoch` registers us (or has already)
+        await asyncio.sleep(LAPSE_CONFIRM)
+        client = self.ctx.client
+        if client.epoch != epoch or client.heartbeat_handle is not None or not self.registered:
+            return  # a restarted manager: `new_epoch` registered us (or is doing it)
+        if self.stopping.is_set():
+            return
         why = ("the manager dropped our registration (no request from us within its liveness: was this process "
                "stalled?), releasing what we held")  # fmt: skip
         await self.register_again(why, epoch)
