@@ -20,6 +20,7 @@ from typing import Any
 from netns import Namespace, NsProcess
 
 from mgm.plugins.forwarder import mroute
+from mgm.plugins.testing import scaled
 
 
 class AgentError(Exception):
@@ -117,9 +118,9 @@ def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
         vcount = sock.vif_count(req["vif"])
         return None if vcount is None else dataclasses.asdict(vcount)
     if op == "upcalls":
-        # Wait up to `timeout` for at least `n` upcalls, draining everything that is queued.
+        # Wait up to `timeout` (scaled: MGM_TEST_TIME_SCALE) for at least `n` upcalls, draining everything queued.
         got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + req.get("timeout", 10.0)
+        deadline = time.monotonic() + scaled(req.get("timeout", 10.0))
         while len(got) < req.get("n", 1):
             left = deadline - time.monotonic()
             if left <= 0:

@@ -16,6 +16,7 @@ from mroute_agent import Agent, AgentError, proc_tables
 from netns import Link, Namespace, Receiver, Topology, send_udp, wait_until
 
 from mgm.plugins.forwarder import mroute
+from mgm.plugins.testing import scaled
 
 pytestmark = [pytest.mark.netns, pytest.mark.mroute]  # every test here holds MRT_INIT
 
@@ -142,7 +143,7 @@ def test_static_entries_outlive_the_routing_socket_and_forward_again_at_the_next
     net.sender.call(send_udp, "239.1.1.8", 6005, 2, interval=0)
     rx.wait_count(2)
     first.stdin.close()  # the agent closes its routing socket (MRT_DONE) and exits
-    first.proc.popen.wait(10)
+    first.proc.popen.wait(scaled(10))
     tables = net.router.call(proc_tables)  # no process holds the routing socket now
     assert [(v["vif"], v["name"], v["flags"]) for v in tables["vif"]] == [
         (0, "r1", mroute.VIFF_USE_IFINDEX | mroute.VIFF_STATIC),

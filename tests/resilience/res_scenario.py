@@ -33,6 +33,7 @@ from netns import NsProcess, Receiver, Topology, send_udp, wait_until
 
 from mgm.bus.codec import unpack
 from mgm.bus.status import MgmError
+from mgm.plugins.testing import scaled
 
 G, PORT = "239.77.1.1", 7701
 INTERVAL = 0.005
@@ -203,7 +204,7 @@ class StateWatch:
     def running(self) -> Iterator[StateWatch]:
         self._thread.start()
         try:
-            if not self._ready.wait(WAIT):
+            if not self._ready.wait(scaled(WAIT)):
                 raise TimeoutError("no heartbeat on the events endpoint: the state watch is not live")
             yield self
         finally:

@@ -25,6 +25,8 @@ from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
 from netns import Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
 
+from mgm.plugins.testing import scaled
+
 pytestmark = pytest.mark.netns
 
 FORWARDER = "forwarder"
@@ -143,7 +145,7 @@ interfaces = ["r3", "r4"]
 control = "{control}"
 """)
     up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(work / "router.toml")], "mgm-up")
-    routing_a = Control(control, timeout=2.0)
+    routing_a = Control(control, timeout=scaled(2.0))
     try:
         wait_until(lambda: _pings(routing_a), 30, "the test routing protocol under mgm up")
         routing_a.call("add_membership", source="0.0.0.0", group=G_B, if_index=rtr.if_index("r4"))
