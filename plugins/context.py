@@ -20,7 +20,7 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mgm.bus.status import MgmError
+from mgm.bus.status import MgmError, Status
 from mgm.core.state import CORE_OPS
 from mgm.core.types import ANY, HOST_MASK, MGM_JOIN_STATE_FLAG, ClientId, Interface
 
@@ -69,8 +69,9 @@ class PluginContext:
         self.config = config
         self.handle = handle
         self.log = logging.getLogger(f"mgm.plugin.{name}")
-        self._interfaces: dict[Interface, None] = {}  # insertion-ordered set
-        self._memberships: dict[MembershipKey, None] = {}
+        # insertion-ordered sets; the value tells one add from a later add of the same key
+        self._interfaces: dict[Interface, object] = {}
+        self._memberships: dict[MembershipKey, object] = {}
         self._boundaries: dict[Interface, tuple[tuple[str, str], ...]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -108,14 +109,9 @@ class PluginContext:
         until you delete it or release the interface.
         """
         key = self._membership_key(source, group, interface, source_mask, group_mask, flags)
-        self._memberships[key] = None
+        self._memberships[key] = entry = object()
         fut = self.request("add_group_membership", _membership_args(key))
-
-        def forget_refused(f: asyncio.Future[dict[str, Any]]) -> None:
-            if not f.cancelled() and isinstance(f.exception(), MgmError):
-                self._memberships.pop(key, None)  # the manager said no: nothing to replay
-
-        fut.add_done_callback(forget_refused)
+        self._forget_if_refused(fut, self._memberships, key, entry)  # the manager said no: nothing to replay
         return fut
 
     def delete_membership(
@@ -135,14 +131,9 @@ class PluginContext:
 
     def take_interface(self, interface: Interface) -> asyncio.Future[dict[str, Any]]:
         """[MgmTakeInterfaceOwnership] Own `interface`; re-taken after a manager restart."""
-        self._interfaces[interface] = None
+        self._interfaces[interface] = entry = object()
         fut = self.request("take_interface_ownership", _interface_args(interface))
-
-        def forget_refused(f: asyncio.Future[dict[str, Any]]) -> None:
-            if not f.cancelled() and isinstance(f.exception(), MgmError):
-                self._interfaces.pop(interface, None)
-
-        fut.add_done_callback(forget_refused)
+        self._forget_if_refused(fut, self._interfaces, interface, entry)
         return fut
 
     def release_interface(self, interface: Interface) -> asyncio.Future[dict[str, Any]]:
@@ -247,6 +238,33 @@ class PluginContext:
             iface,
             flags,
         )
+
+    def _forget_if_refused(self, fut: asyncio.Future[dict[str, Any]], ledger: dict[Any, object], key: Any,
+                           entry: object) -> None:  # fmt: skip
+        """Drop `key` from `ledger` if the manager refuses the request that added it (as `entry`).
+
+        Unless the refusal only says our handle is unknown (ERROR_INVALID_PARAMETER, also the status of
+        a bad argument): a restarted manager, or one that dropped us, refuses every request until the
+        host registers again, and the replay that follows must include this entry.  A heartbeat with
+        the same handle, ordered after the request on this connection, tells which it was.
+        """
+        handle = self.handle
+
+        def forget() -> None:
+            if ledger.get(key) is entry:
+                del ledger[key]
+
+        def refused(f: asyncio.Future[dict[str, Any]]) -> None:
+            exc = None if f.cancelled() else f.exception()
+            if not isinstance(exc, MgmError):
+                return  # done, or no answer (the replay settles it)
+            if exc.status != Status.ERROR_INVALID_PARAMETER:
+                forget()
+                return
+            probe = self.client.request_nowait("heartbeat", {"handle": handle})
+            probe.add_done_callback(lambda p: p.cancelled() or p.exception() is not None or forget())
+
+        fut.add_done_callback(refused)
 
     def _log_failure(self, fut: asyncio.Future[dict[str, Any]], op: str, args: Mapping[str, Any]) -> None:
         if fut.cancelled():

@@ -314,6 +314,32 @@ def test_the_ledger_keeps_what_is_in_force_and_replays_it() -> None:
     ]  # fmt: skip
 
 
+def test_a_request_refused_because_the_manager_forgot_our_handle_stays_in_the_ledger_for_the_replay() -> None:
+    """A restarted manager refuses the old handle with ERROR_INVALID_PARAMETER, the status of a bad argument
+    too: a heartbeat with the same handle tells the two apart."""
+
+    async def main() -> tuple[PluginContext, FakeClient]:
+        ctx, client = make_ctx()
+        unknown = MgmError(Status.ERROR_INVALID_PARAMETER, "handle 7 is not registered on this connection")
+        client.refuse.update(add_group_membership=unknown, take_interface_ownership=unknown, heartbeat=unknown)
+        for fut in (ctx.take_interface(Interface(3)), ctx.add_membership("0.0.0.0", "239.1.1.1", Interface(3))):
+            with pytest.raises(MgmError):
+                await fut
+        await asyncio.sleep(0.01)  # the heartbeats' replies
+        assert [op for op, _ in client.sent].count("heartbeat") == 2
+        client.refuse.clear()
+        bad = MgmError(Status.ERROR_INVALID_PARAMETER, "group 10.0.0.1 is not a multicast address")
+        client.refuse["add_group_membership"] = bad
+        with pytest.raises(MgmError):
+            await ctx.add_membership("0.0.0.0", "10.0.0.1", Interface(3))
+        await asyncio.sleep(0.01)  # this time the heartbeat is answered: the refusal was about the request
+        return ctx, client
+
+    ctx, _ = asyncio.run(main())
+    assert ctx.interfaces == (Interface(3),)
+    assert [m[2] for m in ctx.memberships] == ["239.1.1.1"]
+
+
 def test_a_refusal_nobody_awaits_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     async def main() -> None:
         ctx, client = make_ctx()
