@@ -525,6 +525,7 @@ def test_two_quick_sighups_apply_one_after_the_other(tmp_path: Path) -> None:
     host, _, path = file_host(tmp_path)
     plugin = SlowReload()
     host.pm = plugin_manager("test-routing-a", plugin)
+
     def with_n(n: int) -> str:
         return CONFIG.replace("control =", f"n = {n}\ncontrol =")
 
