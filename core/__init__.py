@@ -1,1 +1,6 @@
-"""mgm.core: the MGM state machine (sans-I/O) and the manager process, mgmd."""
+"""mgm.core: the MGM's rules, free of I/O (state, args, mfe, sortedview, types).
+
+Its subpackages are the processes and tools around them: `manager` (mgmd), `cli` (the `mgm` command) and
+`runtime` (configuration, logs, keys).  docs/architecture.md gives the import rules; tests/test_layout.py
+checks them.
+"""

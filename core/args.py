@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from socket import inet_aton
 from typing import Any
 
 from mgm.bus.status import invalid
@@ -59,7 +58,8 @@ def parse_addr(value: object, what: str) -> int:
         return cached
     if _DOTTED_QUAD.fullmatch(value) is None:
         raise invalid(f"{what} {value[:40]!r} is not a dotted-quad address")
-    n = int.from_bytes(inet_aton(value), "big")  # the strict form is also inet_aton's decimal form
+    a, b, c, d = value.split(".")  # each 0-255, by the pattern
+    n = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
     _remember(value, n)
     return n
 

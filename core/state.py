@@ -140,8 +140,6 @@
 from __future__ import annotations
 
 import heapq
-import logging
-import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -167,6 +165,7 @@ from mgm.core.mfe import Mfe, interface_order, sg_key
 from mgm.core.sortedview import SortedKeys
 from mgm.core.types import (
     ANY,
+    CORE_OPS,
     HOST_MASK,
     IGMP_PROTOCOL_ID,
     MGM_FORWARD_STATE_FLAG,
@@ -174,8 +173,6 @@ from mgm.core.types import (
     Event,
     Interface,
 )
-
-log = logging.getLogger(__name__)
 
 Resolver = Callable[[str], Interface | None]
 
@@ -194,29 +191,6 @@ class _Deferred:
 
 DEFERRED: Final = _Deferred()
 
-CORE_OPS: Final = frozenset(
-    {
-        "register_protocol",
-        "deregister_protocol",
-        "take_interface_ownership",
-        "release_interface_ownership",
-        "get_protocol_on_interface",
-        "add_group_membership",
-        "delete_group_membership",
-        "group_enumeration_start",
-        "group_enumeration_next",
-        "group_enumeration_end",
-        "get_mfe",
-        "list_mfes",
-        "set_mfe",
-        "set_boundaries",
-        "new_packet",
-        "wrong_interface",
-        "mfe_counters",
-        "answer",
-        "heartbeat",
-    }
-)
 
 MAX_COUNTER = (1 << 64) - 1
 MAX_TIMEOUT = 10.0**9  # seconds; anything larger is a client bug, not a wish
@@ -400,6 +374,7 @@ class Mgm:
         mfe_timeout: float = 900.0,
         liveness: float = 3.0,
         cleanup_batch: int = CLEANUP_BATCH,
+        handle_salt: int = 0,
     ) -> None:
         self.resolver = resolver
         self.question_deadline = question_deadline
@@ -416,7 +391,8 @@ class Mgm:
         self._clients: dict[ClientId, _Client] = {}  # registration order
         self._by_handle: dict[int, _Client] = {}
         self._conns: dict[bytes, _Conn] = {}
-        self._handle_salt = random.getrandbits(32)
+        self._handle_salt = handle_salt  # the manager draws one at random: a restarted one's handles differ
+        self._notes: list[str] = []
         # departed clients still being cleaned up, in order, each with its remaining membership deletions
         self._leaving: deque[tuple[_Client, Iterator[tuple[Interface, int]]]] = deque()
         self._handle_count = 0
@@ -471,6 +447,11 @@ class Mgm:
         events, self._events = self._events, []
         return events
 
+    def take_notes(self) -> list[str]:
+        """What the shell should log since the last call (the rules do no I/O, logging included)."""
+        notes, self._notes = self._notes, []
+        return notes
+
     def take_completions(self) -> list[tuple[Any, dict[str, Any] | MgmError]]:
         done, self._completions = self._completions, []
         return done
@@ -494,7 +475,7 @@ class Mgm:
             else:
                 self._schedule_expiry(mfe)
         for conn in [c for c, s in self._conns.items() if s.last_seen + self.liveness <= now]:
-            log.info("connection %r silent for %.1f s: cleaning up its clients", conn, self.liveness)
+            self._notes.append(f"connection {conn!r} silent for {self.liveness:.1f} s: cleaning up its clients")
             self._lose(conn)
         self._clean_up()
 
@@ -627,8 +608,8 @@ class Mgm:
             return None
         try:
             found = self.resolver(format_addr(source))
-        except Exception:
-            log.exception("route resolver failed for %s", format_addr(source))
+        except Exception as exc:  # the resolver's own failure: the arrival interface stands in
+            self._notes.append(f"route resolver failed for {format_addr(source)}: {exc!r}")
             return None
         if found is None:
             return None
@@ -926,7 +907,7 @@ class Mgm:
             towards = self._towards(key & 0xFFFFFFFF)
             told = None if towards is None else self._told(towards)
             if towards is None:
-                log.info("no route towards %s: %s not sent", format_addr(key & 0xFFFFFFFF), change)
+                self._notes.append(f"no route towards {format_addr(key & 0xFFFFFFFF)}: {change} not sent")
             recipients = [] if told is None or told is client else [told]
         if change == "join":
             fields = {**sg, "member_update": True}

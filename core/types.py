@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 IGMP_PROTOCOL_ID = 10
 """RRAS PROTO_IP_IGMP: the one client that may share an interface."""
@@ -65,3 +65,30 @@ class Event:
     to: ClientId | None
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+
+CORE_OPS: Final = frozenset(
+    {
+        "register_protocol",
+        "deregister_protocol",
+        "take_interface_ownership",
+        "release_interface_ownership",
+        "get_protocol_on_interface",
+        "add_group_membership",
+        "delete_group_membership",
+        "group_enumeration_start",
+        "group_enumeration_next",
+        "group_enumeration_end",
+        "get_mfe",
+        "list_mfes",
+        "set_mfe",
+        "set_boundaries",
+        "new_packet",
+        "wrong_interface",
+        "mfe_counters",
+        "answer",
+        "heartbeat",
+    }
+)
+"""The MGM's operations on the wire (the bus adds ping and sync): the state machine handles exactly these;
+a plugin's context fills its handle into all but four of them."""

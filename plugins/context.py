@@ -21,8 +21,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.state import CORE_OPS
-from mgm.core.types import ANY, HOST_MASK, MGM_JOIN_STATE_FLAG, ClientId, Interface
+from mgm.core.types import ANY, CORE_OPS, HOST_MASK, MGM_JOIN_STATE_FLAG, ClientId, Interface
 
 if TYPE_CHECKING:
     from mgm.bus.client import Client

@@ -61,7 +61,7 @@ import pluggy
 from mgm.core.types import Interface
 
 if TYPE_CHECKING:
-    from mgm.core.config import Config
+    from mgm.core.runtime.config import Config
     from mgm.plugins.context import PluginContext
 
 PROJECT = "mgm"

@@ -43,10 +43,10 @@ import pluggy
 
 from mgm.bus import topics
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import Config, ConfigError, Mistakes, PluginConfig, effective_manager, find_line, load
-from mgm.core.keys import client_curve
-from mgm.core.logs import fields as log_fields
-from mgm.core.logs import setup_from as setup_logging
+from mgm.core.runtime.config import Config, ConfigError, Mistakes, PluginConfig, effective_manager, find_line, load
+from mgm.core.runtime.keys import client_curve
+from mgm.core.runtime.logs import fields as log_fields
+from mgm.core.runtime.logs import setup_from as setup_logging
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface
 from mgm.plugins import hookspecs
 from mgm.plugins.context import PluginContext
@@ -242,7 +242,7 @@ class Host:
     def __init__(self, name: str, config: Config, api: str, events: str, curve: Curve | None = None) -> None:
         self.name = name
         self.curve = curve
-        """CURVE keys for a tcp manager (mgm.core.keys.client_curve)."""
+        """CURVE keys for a tcp manager (mgm.core.runtime.keys.client_curve)."""
         self.config = config
         self.plugin = config.plugin(name)
         self.api = api

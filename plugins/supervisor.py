@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgm.core.config import (
+from mgm.core.runtime.config import (
     DEFAULT_SOURCE,
     Config,
     ConfigError,
@@ -43,8 +43,8 @@ from mgm.core.config import (
     loads,
     multicast_interfaces,
 )
-from mgm.core.keys import client_curve
-from mgm.core.logs import setup_from as setup_logging
+from mgm.core.runtime.keys import client_curve
+from mgm.core.runtime.logs import setup_from as setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The `mgm` command imports only the subcommand it runs (core/cli.py says so; this keeps it true)."""
+"""The `mgm` command imports only the subcommand it runs (core/cli/__init__.py says so; this keeps it true)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_a_subcommand_imports_its_own_module_and_no_other_subcommands(command: s
     modules = loaded(command, "--help")
     others = {module for name, (module, _) in SUBCOMMANDS.items() if name != command}
     assert SUBCOMMANDS[command][0] in modules
-    shared = {"mgm.core.keys", "mgm.core.show"}  # client keys (plugin, up), show's helpers (monitor)
+    shared = {"mgm.core.cli.show"}  # show's helpers (monitor)
     assert not modules & (others - shared)
     if command in ("manager", "show", "monitor"):
         assert not any(m.startswith("mgm.plugins") for m in modules), modules

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mgm.core.config import DEFAULT_SOURCE, ConfigError, InterfaceRef, find_line, load, loads
+from mgm.core.runtime.config import DEFAULT_SOURCE, ConfigError, InterfaceRef, find_line, load, loads
 
 GOOD = """\
 # a comment
@@ -166,7 +166,7 @@ def test_later_checks_get_the_same_kind_of_error() -> None:
 
 def test_the_command_line_wins_where_it_says_other_than_the_default() -> None:
     from mgm.bus.endpoints import default_api, default_events
-    from mgm.core.config import ManagerConfig, effective_manager
+    from mgm.core.runtime.config import ManagerConfig, effective_manager
 
     config = loads('[manager]\napi = "ipc:///tmp/c/api"\nlog_level = "debug"\n')
     assert effective_manager(config, default_api(), default_events(), "info") == ManagerConfig(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mgm.core.cli import SUBCOMMANDS, build_parser
-from mgm.core.config import load
+from mgm.core.runtime.config import load
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import ConfigError, load, loads
+from mgm.core.runtime.config import ConfigError, load, loads
 from mgm.core.types import ClientId, Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import hookimpl

@@ -1,4 +1,4 @@
-"""core/logs.py: one line per record, JSON with ts/level/logger/msg and the extra fields, text with key=value."""
+"""core/runtime/logs.py: one line per record, JSON with ts/level/logger/msg and the extra fields, text as key=value."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mgm.core.logs import fields, setup
+from mgm.core.runtime.logs import fields, setup
 from mgm.plugins.testing import MgmBus, wait_for
 
 REQUIRED = {"ts", "level", "logger", "msg"}

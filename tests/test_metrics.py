@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mgm.bus.status import MgmError
-from mgm.core.metrics import parse_address
+from mgm.core.manager.metrics import parse_address
 from mgm.plugins.testing import ManagerProc, MgmBus, wait_for
 
 

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
 from mgm.core.types import FORWARDER_PROTOCOL_ID
 from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import MAXVIFS, Upcall

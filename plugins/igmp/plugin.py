@@ -52,7 +52,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, ConfigError, Mistakes, PluginTable
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, ConfigError, Mistakes, PluginTable
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
 from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl

@@ -56,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from mgm.core.config import multicast_prefix
+from mgm.core.runtime.config import multicast_prefix
 from mgm.core.types import ANY, Interface
 from mgm.plugins.igmp import packet
 from mgm.plugins.igmp.packet import (

@@ -22,7 +22,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from mgm.core.config import MULTICAST, multicast_prefix
+from mgm.core.runtime.config import MULTICAST, multicast_prefix
 from mgm.core.types import ANY, is_link_local
 
 ASM = "asm"

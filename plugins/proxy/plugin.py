@@ -78,7 +78,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.config import Mistakes, plugin_table
+from mgm.core.runtime.config import Mistakes, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.links import LinkSubscriber, LinkWatcher, if_name, watcher
@@ -88,7 +88,7 @@ from mgm.plugins.proxy.report import Reporter, has_ipv4
 from mgm.plugins.proxy.upstream import UpstreamMemberships
 
 if TYPE_CHECKING:
-    from mgm.core.config import Config
+    from mgm.core.runtime.config import Config
     from mgm.plugins.context import PluginContext
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, Mistakes, PluginTable, plugin_table
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Config, ConfigError, Mistakes, PluginTable, plugin_table
 from mgm.core.types import ANY
 from mgm.plugins.proxy.merge import GroupFilter
 

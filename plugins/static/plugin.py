@@ -34,13 +34,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.config import InterfaceRef, plugin_table
+from mgm.core.runtime.config import InterfaceRef, plugin_table
 from mgm.core.types import Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
 
 if TYPE_CHECKING:
-    from mgm.core.config import Config
+    from mgm.core.runtime.config import Config
     from mgm.plugins.context import PluginContext
 
 log = logging.getLogger(__name__)

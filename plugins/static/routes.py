@@ -21,18 +21,17 @@ one of them losing silently as in smcroute.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.bus.status import MgmError
-from mgm.core.args import is_multicast, parse_addr
-from mgm.core.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, Mistakes, find_line
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Config, ConfigError, InterfaceRef, Mistakes, find_line
 from mgm.core.types import ANY, Interface, is_link_local
 
 ROUTE_KEYS = ("source", "group", "from", "to")
-LOOPBACK_NET, LOOPBACK_MASK = 0x7F000000, 0xFF000000
-CLASS_D_E_NET, CLASS_D_E_MASK = 0xE0000000, 0xE0000000  # 224.0.0.0/3: multicast, reserved and broadcast
+NOT_A_SOURCE = (ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv4Network("224.0.0.0/3"))
+"""Loopback, and multicast, reserved and broadcast (224.0.0.0/3): never the source of multicast traffic."""
 
 Membership = tuple[str, str, Interface]
 """(source, group, interface) of a membership a route adds; source 0.0.0.0 for (*,G)."""
@@ -144,19 +143,17 @@ def _route(config: Config, key: str, index: int, item: Any, owned: tuple[Interfa
     for required in ("group", "from", "to"):
         if required not in item:
             raise error("", f"a route needs {required!r}")
-    group = _address(error, "group", item["group"])
-    g = parse_addr(group, "group")
-    if not is_multicast(g):
+    group, g = _address(error, "group", item["group"])
+    if not g.is_multicast:
         raise error("group", f"{group} is not a multicast group (224.0.0.0/4)")
     if is_link_local(group):
         raise error("group", f"{group} is link-local (224.0.0.0/24), which is never forwarded")
     source = ANY
     if "source" in item:
-        source = _address(error, "source", item["source"])
-        s = parse_addr(source, "source")
-        if s == 0:
+        source, s = _address(error, "source", item["source"])
+        if s.is_unspecified:
             raise error("source", "leave out `source` for a (*,G) route rather than writing 0.0.0.0")
-        if s & CLASS_D_E_MASK == CLASS_D_E_NET or s & LOOPBACK_MASK == LOOPBACK_NET:
+        if any(s in net for net in NOT_A_SOURCE):
             raise error("source", f"{source} cannot be the source of multicast traffic (a unicast address is)")
     incoming = _owned(error, "from", item["from"], owned)
     to = item["to"]
@@ -173,12 +170,13 @@ def _route(config: Config, key: str, index: int, item: Any, owned: tuple[Interfa
     return Route(index, line, source, group, incoming, tuple(outgoing))
 
 
-def _address(error: Callable[[str, str], ConfigError], key: str, value: Any) -> str:
+def _address(error: Callable[[str, str], ConfigError], key: str, value: Any) -> tuple[str, ipaddress.IPv4Address]:
     try:
-        parse_addr(value, key)
-    except MgmError:
+        if type(value) is not str:
+            raise ValueError(value)
+        return value, ipaddress.IPv4Address(value)
+    except ValueError:
         raise error(key, f"must be a dotted-quad IPv4 address, not {value!r}") from None
-    return str(value)
 
 
 def _owned(
@@ -191,7 +189,7 @@ def _owned(
         if set(value) - {"interface", "next_hop"} or "interface" not in value:
             raise error(key, 'an interface table is {interface = NAME_OR_INDEX, next_hop = "A.B.C.D"}')
         name = value["interface"]
-        next_hop = _address(error, key, value.get("next_hop", ANY))
+        next_hop, _ = _address(error, key, value.get("next_hop", ANY))
     if isinstance(name, bool) or not isinstance(name, str | int):
         raise error(key, f"must name an interface (a name or an index as in `interfaces`), not {name!r}")
     matches = [r for r in owned if r.name_or_index == name and (next_hop is None or r.next_hop == next_hop)]

@@ -21,8 +21,8 @@ import zmq
 from mgm.bus.client import Client
 from mgm.bus.codec import decode_reply, pack
 from mgm.bus.status import MgmError, Status
-from mgm.core.mgmd import serve
-from mgm.core.state import CORE_OPS, DEFERRED, Mgm
+from mgm.core.manager.mgmd import serve
+from mgm.core.state import Mgm
 
 R = TypeVar("R")
 
@@ -256,7 +256,7 @@ def test_a_bug_in_the_core_is_an_error_reply_not_a_dead_manager(
 
     async def main() -> None:
         stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(serve(api, events, core=BuggyCore(), core_ops=CORE_OPS, deferred=DEFERRED,
+        task = asyncio.create_task(serve(api, events, core=BuggyCore(),
                                          ready=ready, stop=stop))
         await ready.wait()
         try:
@@ -276,7 +276,7 @@ def test_a_bug_in_the_core_is_an_error_reply_not_a_dead_manager(
             await task
         assert not (ipc_dir / "api").exists()
 
-    with caplog.at_level(logging.ERROR, logger="mgm.core.mgmd"):
+    with caplog.at_level(logging.ERROR, logger="mgm.core.manager.mgmd"):
         run(main())
     failures = [r for r in caplog.records if r.exc_info]
     assert len(failures) == 2 and "injected bug" in str(failures[0].exc_info[1] if failures[0].exc_info else "")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from netns import Topology, wait_until
 
-from mgm.core.routes import KernelRoutes, kernel_resolver
+from mgm.core.manager.routes import KernelRoutes, kernel_resolver
 from mgm.plugins.testing import BusClient
 
 ANY = "0.0.0.0"
@@ -100,7 +100,7 @@ def test_a_failing_lookup_is_a_warning_at_most_once_a_minute(caplog: pytest.LogC
     """Not "no route" (an answer, at debug) but a lookup that failed: the user must see it, without a flood."""
     now = [0.0]
     resolve = KernelRoutes(timeout=0.0, clock=lambda: now[0])  # no time to wait: every lookup times out
-    with caplog.at_level(logging.DEBUG, logger="mgm.core.routes"):
+    with caplog.at_level(logging.DEBUG, logger="mgm.core.manager.routes"):
         for at, source in ((0.0, "192.0.2.1"), (30.0, "192.0.2.2"), (61.0, "192.0.2.3")):
             now[0] = at
             assert resolve(source) is None

@@ -315,7 +315,7 @@ def test_random_requests_never_stop_the_manager_and_each_gets_one_reply(manager:
                                                                          ctx: zmq.Context[Any]) -> None:
     import random
 
-    from mgm.core.state import CORE_OPS
+    from mgm.core.types import CORE_OPS
 
     rng = random.Random(1234)
     ops = sorted(CORE_OPS | {"ping", "sync", "nonsense"})

@@ -8,8 +8,8 @@ import pytest
 from rules_harness import ANY, IGMP, PIM, Core, Proto, ev, iff, sgf
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.state import CORE_OPS, DEFERRED
-from mgm.core.types import ClientId, Event, Interface
+from mgm.core.state import DEFERRED
+from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 
 
 def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:

@@ -15,8 +15,7 @@ from rules_harness import ANY, IGMP, ONES, PIM, Core, Proto, iff
 from mgm.bus.status import MgmError, Status
 from mgm.core import args as core_args
 from mgm.core.args import ADDR_CACHE_MAX, format_addr, parse_addr
-from mgm.core.state import CORE_OPS
-from mgm.core.types import Interface
+from mgm.core.types import CORE_OPS, Interface
 
 G = "239.1.1.1"
 

@@ -20,7 +20,7 @@ from e2e_stack import FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID, MGM, START_WAIT, 
 from kernel_view import KernelView
 from netns import Namespace, Topology, send_udp, wait_until
 
-from mgm.core.config import (
+from mgm.core.runtime.config import (
     DEFAULT_SOURCE,
     IFF_LOOPBACK,
     IFF_MULTICAST,

@@ -21,7 +21,7 @@ from e2e_stack import MGM, START_WAIT, WAIT
 from kernel_view import KernelView
 from netns import Topology, send_udp, wait_until
 
-from mgm.core.config import Config, load
+from mgm.core.runtime.config import Config, load
 from mgm.plugins.forwarder.plugin import read_settings
 from mgm.plugins.forwarder.sim import SimForwarder
 from mgm.plugins.igmp.plugin import read_parameters

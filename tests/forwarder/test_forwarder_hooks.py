@@ -10,7 +10,7 @@ import pytest
 from test_forwarder_mirror import mfe, state
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.plugins.forwarder.plugin import COUNTERS_BATCH, read_settings
 from mgm.plugins.forwarder.sim import SimForwarder
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mgm.core.config import ConfigError
+from mgm.core.runtime.config import ConfigError
 from mgm.plugins.forwarder.mirror import Entry, Mirror
 from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, SgCount, Upcall
 from mgm.plugins.forwarder.nflog import (

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.core.types import Interface
 from mgm.plugins.igmp import packet
 from mgm.plugins.igmp.packet import (

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.core.types import IGMP_PROTOCOL_ID, Interface
 from mgm.plugins.host import plugin_manager
 from mgm.plugins.igmp import packet

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from proxy_fakes import FakeContext, FakeKernel, FakeReporter
 
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.core.types import Interface
 from mgm.plugins.links import link_of
 from mgm.plugins.proxy import plugin as proxy_plugin

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from proxy_fakes import FakeKernel
 
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.plugins.proxy import merge, settings
 from mgm.plugins.proxy.merge import ASM, GroupFilter, Op, plan, upstream_membership
 

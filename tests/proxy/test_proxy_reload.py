@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from proxy_fakes import FakeContext, FakeKernel, FakeReporter
 
-from mgm.core.config import ConfigError, load
+from mgm.core.runtime.config import ConfigError, load
 from mgm.core.types import Interface
 from mgm.plugins.proxy import plugin as proxy_plugin
 from mgm.plugins.proxy.links import Link

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mgm.core.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError, loads
 from mgm.plugins.igmp import packet
 from mgm.plugins.igmp.packet import ALLOW_NEW_SOURCES, CHANGE_TO_EXCLUDE_MODE, GroupRecord, V3Report
 from mgm.plugins.proxy import report, settings

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from mgm_testplugins.processes import ManagerProc
 
 from mgm.bus.codec import pack, unpack
-from mgm.core.state import CORE_OPS
+from mgm.core.types import CORE_OPS
 
 MAX_EXAMPLES = 250
 REPLY_WAIT = 5.0

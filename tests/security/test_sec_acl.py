@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.acl import Acl
-from mgm.core.config import ConfigError, loads
+from mgm.core.manager.acl import Acl
+from mgm.core.runtime.config import ConfigError, loads
 
 KEY_A = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
 KEY_B = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"

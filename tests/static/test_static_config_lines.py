@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from mgm.core.config import ConfigError, PluginTable, find_line, loads
+from mgm.core.runtime.config import ConfigError, PluginTable, find_line, loads
 
 MULTILINE = """\
 [plugins.static]

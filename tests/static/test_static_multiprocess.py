@@ -17,7 +17,7 @@ import pytest
 from mgm_testplugins.processes import ManagerProc, PluginProc, toml_config
 
 from mgm.bus.client import Client
-from mgm.core.config import loads
+from mgm.core.runtime.config import loads
 
 T = TypeVar("T")
 StartPlugin = Callable[..., PluginProc]

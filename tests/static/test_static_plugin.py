@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import ConfigError, load
+from mgm.core.runtime.config import ConfigError, load
 from mgm.core.types import Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.host import Host

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mgm.core.config import ConfigError, InterfaceRef, loads, plugin_table
+from mgm.core.runtime.config import ConfigError, InterfaceRef, loads, plugin_table
 from mgm.core.types import Interface
 from mgm.plugins.static.routes import ReloadPlan, RouteTable, memberships, parse, plan_reload, rpf
 

@@ -235,7 +235,7 @@ def test_show_sees_changes(manager: ManagerProc, start_plugin: StartPlugin, show
 
 def test_the_interfaces_table_shows_boundaries_as_prefixes() -> None:
     """Each interface's boundaries (from any owner) as prefixes, the first two and a count past that."""
-    from mgm.core.show import interfaces_table
+    from mgm.core.cli.show import interfaces_table
 
     def ranges(*prefixes: str) -> list[dict[str, Any]]:
         out = []
@@ -256,7 +256,7 @@ def test_the_interfaces_table_shows_boundaries_as_prefixes() -> None:
 
 
 def test_the_interfaces_table_says_who_forwards_and_whether_anything_is() -> None:
-    from mgm.core.show import interfaces_table
+    from mgm.core.cli.show import interfaces_table
 
     def footer(*names: str) -> str:
         protocols = [{"protocol_id": 65001, "component_id": 1, "name": name} for name in names]

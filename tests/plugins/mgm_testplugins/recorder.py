@@ -39,7 +39,7 @@ import zmq.asyncio
 
 from mgm.bus.codec import pack, unpack
 from mgm.bus.status import MgmError
-from mgm.core.config import Config
+from mgm.core.runtime.config import Config
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import ANSWER_LATER, hookimpl

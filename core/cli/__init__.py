@@ -17,12 +17,12 @@ from mgm.bus.endpoints import default_api, default_events
 
 # subcommand -> (module with `run(args) -> int`, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "manager": ("mgm.core.mgmd", "run the manager (mgmd) in the foreground"),
+    "manager": ("mgm.core.manager.mgmd", "run the manager (mgmd) in the foreground"),
     "plugin": ("mgm.plugins.host", "run one plugin in the foreground"),
     "up": ("mgm.plugins.supervisor", "run the manager and the configured plugins"),
-    "show": ("mgm.core.show", "print the manager's protocols, interfaces, groups or MFEs"),
-    "monitor": ("mgm.core.monitor", "watch the live bus: events, gaps, resyncs and rates"),
-    "keys": ("mgm.core.keys", "generate and list CURVE key pairs for tcp endpoints"),
+    "show": ("mgm.core.cli.show", "print the manager's protocols, interfaces, groups or MFEs"),
+    "monitor": ("mgm.core.cli.monitor", "watch the live bus: events, gaps, resyncs and rates"),
+    "keys": ("mgm.core.cli.keys", "generate and list CURVE key pairs for tcp endpoints"),
 }
 
 

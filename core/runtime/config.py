@@ -301,7 +301,7 @@ class Config:
 
 
 DEFAULT_LOG_LEVEL = "info"
-"""The `mgm` command's default --log-level (core/cli.py)."""
+"""The `mgm` command's default --log-level (core/cli/__init__.py)."""
 
 
 def effective_manager(config: Config, api: str, events: str, log_level: str) -> ManagerConfig:

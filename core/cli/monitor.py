@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from mgm.bus.client import Client
-from mgm.core.show import (
+from mgm.core.cli.show import (
     ToolError,
     Unreachable,
     add_config_option,

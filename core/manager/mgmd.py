@@ -24,11 +24,12 @@ import contextlib
 import logging
 import math
 import os
+import random
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 
@@ -37,41 +38,18 @@ from mgm.bus.codec import BUS_OPS
 from mgm.bus.server import XPUB_HWM, BusServer, Gate, ManagerRunning
 from mgm.bus.sockets import Curve, InsecureEndpoint, readable
 from mgm.bus.status import MgmError, Status
-from mgm.core.logs import fields as log_fields
-from mgm.core.logs import setup_from as setup_logging
-from mgm.core.metrics import DEFAULT_TOP_MFES, Counts, parse_address
-from mgm.core.routes import kernel_resolver
-from mgm.core.types import ClientId, Event, Interface
+from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, parse_address
+from mgm.core.manager.routes import kernel_resolver
+from mgm.core.runtime.logs import fields as log_fields
+from mgm.core.runtime.logs import setup_from as setup_logging
+from mgm.core.state import DEFERRED, Mgm
+from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
 
 
 HB_INTERVAL = 1.0
 MAX_SLEEP = 1.0
-
-
-class Core(Protocol):
-    """What mgmd needs of the core (mgm.core.state.Mgm; tests may pass a stand-in)."""
-
-    wall_offset: float
-
-    def handle(self, conn: bytes, op: str, args: dict[str, Any], now: float, token: Any = None) -> Any: ...
-    def take_events(self) -> list[Event]: ...
-    def take_completions(self) -> list[tuple[Any, Any]]: ...
-    def tick(self, now: float) -> None: ...
-    def next_deadline(self) -> float | None: ...
-    def connection_lost(self, conn: bytes, now: float) -> None: ...
-    def snapshot(self, stream: str) -> dict[str, Any]: ...
-    def streams(self) -> list[str]: ...
-
-
-def _real_core(
-    question_deadline: float, mfe_timeout: float, liveness: float, resolver: Callable[[str], Interface | None] | None
-) -> tuple[Core, frozenset[str], object]:
-    from mgm.core.state import CORE_OPS, DEFERRED, Mgm
-
-    core = Mgm(resolver=resolver, question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness)
-    return core, frozenset(CORE_OPS), DEFERRED
 
 
 class Manager:
@@ -82,9 +60,7 @@ class Manager:
         api: str,
         events: str,
         *,
-        core: Core | None = None,
-        core_ops: frozenset[str] | None = None,
-        deferred: object = None,
+        core: Mgm | None = None,
         question_deadline: float = 0.1,
         mfe_timeout: float = 900.0,
         liveness: float = 3.0,
@@ -97,17 +73,14 @@ class Manager:
         metrics: tuple[str, int] | None = None,
         top_mfes: int = DEFAULT_TOP_MFES,
     ) -> None:
-        if core is None:
-            core, core_ops, deferred = _real_core(question_deadline, mfe_timeout, liveness, resolver)
-        if core_ops is None:
-            raise TypeError("a core given to Manager needs core_ops (the ops it handles)")
+        if core is None:  # a test may give one (with a fault in it)
+            core = Mgm(resolver=resolver, question_deadline=question_deadline, mfe_timeout=mfe_timeout,
+                       liveness=liveness, handle_salt=random.getrandbits(32))  # fmt: skip
         self.core = core
-        self.core_ops = core_ops
-        self.deferred = deferred
         self.clock = clock
         core.wall_offset = time.time() - clock()
         self.counts = Counts()
-        """Requests, events, removals and syncs as plain ints; core/metrics.py reads them at scrape time."""
+        """Requests, events, removals and syncs as plain ints; core/manager/metrics.py reads them at scrape time."""
         self.server = BusServer(api, events, context=context, curve=curve, gate=gate, events_hwm=events_hwm,
                                 refusals=self.counts.refused)
         self._topics: dict[ClientId, str] = {}
@@ -122,7 +95,7 @@ class Manager:
         """The XPUB's FD fired, or a send on it may have taken the FD's edge of a subscription: read it."""
         self._next_hb = 0.0
         self._core_due: float | None = None
-        self._known_ops = core_ops | BUS_OPS  # the rest are refused with 50
+        self._known_ops = CORE_OPS | BUS_OPS  # the rest are refused with 50
         self.metrics = metrics
         self.top_mfes = top_mfes
         self.metrics_server: Any = None
@@ -136,9 +109,9 @@ class Manager:
         log.info("manager started (pid %d): api %s, events %s, epoch %d",
                  os.getpid(), self.server.api, self.server.events, self.server.epoch)
         if self.metrics is not None:
-            from mgm.core.metrics import MetricsServer, MgmCollector
+            from mgm.core.manager.metrics import MetricsServer, MgmCollector
 
-            self.metrics_server = MetricsServer(MgmCollector(self.counts, self.core, self.top_mfes))  # type: ignore[arg-type]
+            self.metrics_server = MetricsServer(MgmCollector(self.counts, self.core, self.top_mfes))
             try:
                 host, port = await self.metrics_server.start(*self.metrics)
             except OSError:
@@ -292,15 +265,14 @@ class Manager:
         if not requests:
             return
         handle = self.core.handle
-        core_ops, deferred = self.core_ops, self.deferred
         reply, reply_error = server.reply, server.reply_error
         counted, known = self.counts.requests, self._known_ops
         for conn, req_id, op, args in requests:
             status = 0
             try:
-                if op in core_ops:
+                if op in CORE_OPS:
                     result = handle(conn, op, args, now, (conn, req_id, op))
-                    if result is not deferred:
+                    if result is not DEFERRED:
                         reply(conn, req_id, result)
                     else:
                         continue  # counted when it completes
@@ -364,6 +336,8 @@ class Manager:
     def _flush(self, reason: str = "") -> None:
         """Publish the events the core produced, then send the replies of completed deferred requests."""
         core, server = self.core, self.server
+        for note in core.take_notes():
+            log.info("%s", note)
         events = core.take_events()
         if events:
             publish, topic_of, by_type = server.publish, self._topics, self.counts.events
@@ -431,26 +405,13 @@ async def serve(
     api: str,
     events: str,
     *,
-    question_deadline: float = 0.1,
-    mfe_timeout: float = 900.0,
-    liveness: float = 3.0,
-    resolver: Callable[[str], Interface | None] | None = None,
-    events_hwm: int = XPUB_HWM,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     handle_signals: bool = False,
-    core: Core | None = None,
-    core_ops: frozenset[str] | None = None,
-    deferred: object = None,
-    metrics: tuple[str, int] | None = None,
-    top_mfes: int = DEFAULT_TOP_MFES,
-    curve: Curve | None = None,
-    gate: Gate | None = None,
+    **options: Any,
 ) -> None:
-    """Run a manager until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
-    manager = Manager(api, events, core=core, core_ops=core_ops, deferred=deferred, curve=curve, gate=gate,
-                      question_deadline=question_deadline, mfe_timeout=mfe_timeout, liveness=liveness,
-                      resolver=resolver, events_hwm=events_hwm, metrics=metrics, top_mfes=top_mfes)
+    """Run a manager (`options` are `Manager`'s) until `stop` is set (or SIGTERM/SIGINT with `handle_signals`)."""
+    manager = Manager(api, events, **options)
     await manager.start()
     loop = asyncio.get_running_loop()
     if handle_signals:
@@ -501,15 +462,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "subscribers resync from the seq gap")
     parser.add_argument("--metrics", default=None, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; port 0 picks one, "
-                             "logged at start); see mgm.core.metrics for the list")
+                             "logged at start); see mgm.core.manager.metrics for the list")
     parser.add_argument("--metrics-top-mfes", type=int, default=DEFAULT_TOP_MFES, metavar="N",
                         help=f"per-MFE packet series only for the N busiest MFEs (default {DEFAULT_TOP_MFES}; "
                              "the sums cover all)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgm.core.acl import manager_security
-    from mgm.core.config import ConfigError, effective_manager, load
+    from mgm.core.manager.acl import manager_security
+    from mgm.core.runtime.config import ConfigError, effective_manager, load
 
     try:
         config = load(args.config)

@@ -64,8 +64,8 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 def tool_connection(args: argparse.Namespace) -> tuple[str, str, Curve | None]:
     """(api, events, CURVE keys): the command line's, else --config's (as `mgm plugin` takes them)."""
-    from mgm.core.config import ConfigError, effective_manager, load
-    from mgm.core.keys import client_curve
+    from mgm.core.runtime.config import ConfigError, effective_manager, load
+    from mgm.core.runtime.keys import client_curve
 
     api, events, config = args.api, args.events, None
     try:
@@ -112,7 +112,7 @@ async def start_client(client: Client) -> None:
 
 def tool_logging(log_level: str, log_format: str = "text") -> None:
     """Tools print what they found; the library's info lines only with --log-level debug."""
-    from mgm.core.logs import setup
+    from mgm.core.runtime.logs import setup
 
     setup(log_level if log_level in ("debug", "error") else "warning", log_format)
 

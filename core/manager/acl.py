@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from mgm.bus.sockets import Curve
 from mgm.bus.status import MgmError, Status
-from mgm.core.config import ClientKey, InterfaceRef, ManagerConfig
+from mgm.core.runtime.config import ClientKey, InterfaceRef, ManagerConfig
 
 log = logging.getLogger(__name__)
 
