@@ -248,5 +248,7 @@ class ForwarderPlugin:
     async def _report_counters(self, mgm: PluginContext) -> None:
         while True:
             await asyncio.sleep(self.settings.counters_interval)
+            if mgm.client.manager_lost:
+                continue  # queued, each would be refused by the next manager; the next report has it all
             await self.read_counters()
             self.report_counters(mgm)

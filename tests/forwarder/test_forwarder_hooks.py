@@ -19,6 +19,7 @@ S, G = "10.1.0.2", "239.1.1.1"
 
 class FakeClient:
     epoch: int | None = 1
+    manager_lost = False
 
 
 class FakeContext:
@@ -99,6 +100,27 @@ def test_the_counters_task_reports_on_its_interval() -> None:
             await asyncio.sleep(0.02)
         (first, *_rest) = ctx.ops("mfe_counters")
         assert first["entries"][0]["in_packets"] == 2
+        for task in ctx.tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_no_counters_while_the_manager_is_gone() -> None:
+    """Each would wait in the queue and be refused by the next manager (an unknown handle): one warning
+    per report and interval.  The first report after it is back carries everything."""
+
+    async def scenario() -> None:
+        plugin, ctx = await _started({"counters_interval": 0.01})
+        plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
+        ctx.client.manager_lost = True
+        await asyncio.sleep(0.1)
+        assert ctx.ops("mfe_counters") == []
+        ctx.client.manager_lost = False
+        deadline = asyncio.get_running_loop().time() + 10
+        while not ctx.ops("mfe_counters") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert ctx.ops("mfe_counters")[0]["entries"][0]["source"] == S
         for task in ctx.tasks:
             task.cancel()
 
