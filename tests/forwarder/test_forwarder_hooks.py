@@ -111,10 +111,10 @@ def test_no_counters_while_the_manager_is_gone() -> None:
     per report and interval.  The first report after it is back carries everything."""
 
     async def scenario() -> None:
-        plugin, ctx = await _started({"counters_interval": 0.01})
+        plugin, ctx = await _started({"counters_interval": 0.05})
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
         ctx.client.manager_lost = True
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # six intervals
         assert ctx.ops("mfe_counters") == []
         ctx.client.manager_lost = False
         deadline = asyncio.get_running_loop().time() + 10
