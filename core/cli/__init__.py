@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "monitor": ("mgm.core.cli.monitor", "watch the live bus: events, gaps, resyncs and rates"),
     "keys": ("mgm.core.cli.keys", "generate and list CURVE key pairs for tcp endpoints"),
 }
+OFF_THE_BUS = frozenset({"keys"})
+"""Subcommands that neither join the bus nor log: no endpoint, key or log options."""
 
 
 def _endpoint_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +48,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _endpoint_options(p)
+        if name not in OFF_THE_BUS:
+            _endpoint_options(p)
         if only is None or name == only:
             importlib.import_module(module).add_arguments(p)
     return parser
@@ -57,8 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")  # `mgm` itself has no option but -h
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
-    args.api = args.api or default_api()
-    args.events = args.events or default_events()
+    if args.command not in OFF_THE_BUS:
+        args.api = args.api or default_api()
+        args.events = args.events or default_events()
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     result: int = module.run(args)
     return result

@@ -57,3 +57,11 @@ def test_bad_names_and_missing_folders_are_errors(ipc_dir: Path) -> None:
     assert bad.returncode == 2 and "not a key name" in bad.stderr
     missing = keys("list", "--dir", str(ipc_dir / "nowhere"))
     assert missing.returncode == 1 and "no key folder" in missing.stderr
+
+
+def test_keys_offers_no_bus_options_because_it_does_not_join_the_bus() -> None:
+    done = keys("--help")
+    assert done.returncode == 0 and "generate" in done.stdout
+    for option in ("--api", "--events", "--curve-key", "--server-key", "--log-level"):
+        assert option not in done.stdout
+    assert keys("--api", "ipc:///x", "list").returncode == 2  # refused as unknown, not silently ignored
