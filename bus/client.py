@@ -60,7 +60,7 @@ EXPIRY_SLACK = 0.05
 """Deadlines this close together are handled by one wakeup: a timeout may fire up to 50 ms late."""
 BURST = 5000
 """Messages read per socket before other tasks get a turn."""
-# The manager counts BUS_OPS (ping, sync) as a sign of life too (core/manager/mgmd.py `_touch`), but the
+# The manager counts BUS_OPS (ping, sync) as a sign of life too (core/manager/mgmd.py calls the rules' `seen`), but the
 # client does not rely on that: after only these it still sends its heartbeat.
 
 _PROCESS_TOKEN = secrets.token_hex(4)

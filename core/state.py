@@ -192,6 +192,12 @@ class _Deferred:
 DEFERRED: Final = _Deferred()
 
 
+QUESTION_DEADLINE = 0.1
+"""Seconds an rpf or creation_alert question waits for its answer before the default is taken."""
+MFE_TIMEOUT = 900.0
+"""Seconds an MFE lives without traffic, unless a client set another timeout."""
+LIVENESS = 3.0
+"""Seconds of silence after which a connection's clients are cleaned up (a heartbeat each second keeps it)."""
 MAX_COUNTER = (1 << 64) - 1
 MAX_TIMEOUT = 10.0**9  # seconds; anything larger is a client bug, not a wish
 MAX_OPEN_ENUMERATIONS = 1024  # per client: a forgetful client cannot grow the core without end
@@ -370,9 +376,9 @@ class Mgm:
     def __init__(
         self,
         resolver: Resolver | None = None,
-        question_deadline: float = 0.1,
-        mfe_timeout: float = 900.0,
-        liveness: float = 3.0,
+        question_deadline: float = QUESTION_DEADLINE,
+        mfe_timeout: float = MFE_TIMEOUT,
+        liveness: float = LIVENESS,
         cleanup_batch: int = CLEANUP_BATCH,
         handle_salt: int = 0,
     ) -> None:
@@ -429,11 +435,15 @@ class Mgm:
 
     # --- the contract --------------------------------------------------------
 
+    def seen(self, conn: bytes, now: float) -> None:
+        """The connection sent something: a sign of life (also the bus's ping and sync, which the rules never see)."""
+        known = self._conns.get(conn)
+        if known is not None and now > known.last_seen:
+            known.last_seen = now
+
     def handle(self, conn: bytes, op: str, args: Mapping[str, Any], now: float, token: Any = None) -> Any:
         """Apply one request: its result dict, DEFERRED, or MgmError (nothing changed)."""
-        seen = self._conns.get(conn)
-        if seen is not None and now > seen.last_seen:
-            seen.last_seen = now  # anything the connection sends is a sign of life
+        self.seen(conn, now)
         method = self._ops.get(op) if type(op) is str else None
         if method is None:
             raise MgmError(Status.ERROR_NOT_SUPPORTED, f"the core has no operation {str(op)[:40]!r}")

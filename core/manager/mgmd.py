@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, parse_address
 from mgm.core.manager.routes import kernel_resolver
 from mgm.core.runtime.logs import fields as log_fields
 from mgm.core.runtime.logs import setup_from as setup_logging
-from mgm.core.state import DEFERRED, Mgm
+from mgm.core.state import DEFERRED, LIVENESS, MFE_TIMEOUT, QUESTION_DEADLINE, Mgm
 from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 
 log = logging.getLogger(__name__)
@@ -61,9 +60,9 @@ class Manager:
         events: str,
         *,
         core: Mgm | None = None,
-        question_deadline: float = 0.1,
-        mfe_timeout: float = 900.0,
-        liveness: float = 3.0,
+        question_deadline: float = QUESTION_DEADLINE,
+        mfe_timeout: float = MFE_TIMEOUT,
+        liveness: float = LIVENESS,
         resolver: Callable[[str], Interface | None] | None = None,
         context: zmq.Context[Any] | None = None,
         curve: Curve | None = None,
@@ -277,10 +276,10 @@ class Manager:
                     else:
                         continue  # counted when it completes
                 elif op == "ping":
-                    self._touch(conn, now)
+                    self.core.seen(conn, now)
                     reply(conn, req_id, server.ping())
                 elif op == "sync":
-                    self._touch(conn, now)
+                    self.core.seen(conn, now)
                     self._flush()  # the snapshot's seq must count every event that precedes it
                     reply(conn, req_id, server.sync(conn, args, self.core.snapshot))
                     if args.get("cursor") is None:
@@ -304,15 +303,6 @@ class Manager:
         kind = "state" if stream == topics.STATE else "proto" if str(stream).startswith("proto/") else "other"
         self.counts.syncs[kind] = self.counts.syncs.get(kind, 0) + 1
 
-    def _touch(self, conn: bytes, now: float) -> None:
-        """Any request is a sign of life (PROTOCOL v1), also the two the core never sees.
-
-        The core refreshes a connection's liveness on every request it
-        handles, before it checks anything; a heartbeat without a handle is
-        refused (87) and changes nothing else.  tests/bus pins this behaviour.
-        """
-        with contextlib.suppress(MgmError):
-            self.core.handle(conn, "heartbeat", {}, now, None)
 
     def _connections_lost(self, now: float) -> None:
         server = self.server
@@ -447,11 +437,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="configuration file: [manager] endpoints, log level, CURVE key and allow-list "
                              "(default: the embedded default)")
-    parser.add_argument("--question-deadline", type=float, default=0.1, metavar="SECONDS",
-                        help="how long rpf and creation_alert questions wait for an answer (default 0.1)")
-    parser.add_argument("--mfe-timeout", type=float, default=900.0, metavar="SECONDS",
-                        help="default MFE timeout without traffic (default 900)")
-    parser.add_argument("--liveness", type=float, default=3.0, metavar="SECONDS",
+    parser.add_argument("--question-deadline", type=float, default=QUESTION_DEADLINE, metavar="SECONDS",
+                        help="how long rpf and creation_alert questions wait for an answer (default %(default)s)")
+    parser.add_argument("--mfe-timeout", type=float, default=MFE_TIMEOUT, metavar="SECONDS",
+                        help="default MFE timeout without traffic (default %(default)s)")
+    parser.add_argument("--liveness", type=float, default=LIVENESS, metavar="SECONDS",
                         help="a registered client silent this long is treated as gone (default 3)")
     parser.add_argument("--resolver", choices=sorted(RESOLVERS), default=DEFAULT_RESOLVER,
                         help="how the interface towards a source (the incoming interface of its MFEs, the owner "
