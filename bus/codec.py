@@ -31,9 +31,6 @@ MAX_ID_LEN = 256
 BUS_OPS = frozenset({"ping", "sync"})
 """Ops the manager's bus layer answers itself; every other op is the MGM's (the core's)."""
 
-ENVELOPE_KEYS = frozenset({"v", "stream", "seq", "epoch", "type"})
-"""Keys the manager adds to every event; event fields must not use them."""
-
 
 def pack(obj: Any) -> bytes:
     """Encode one payload."""

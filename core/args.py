@@ -77,12 +77,6 @@ def is_multicast(n: int) -> bool:
     return (n & MULTICAST_MASK) == MULTICAST_NET
 
 
-def req_args(args: object) -> Mapping[str, Any]:
-    if not isinstance(args, Mapping):
-        raise invalid(f"args must be a map, not {type(args).__name__}")
-    return args
-
-
 def req_int(args: Mapping[str, Any], key: str, lo: int = 0, hi: int = UINT32_MAX) -> int:
     """An int argument in [lo, hi]; a bool is not an int here."""
     if key not in args:

@@ -20,14 +20,6 @@ def sg_key(source: int, group: int) -> int:
     return (group << 32) | source
 
 
-def key_source(key: int) -> int:
-    return key & 0xFFFFFFFF
-
-
-def key_group(key: int) -> int:
-    return key >> 32
-
-
 _ORDER: dict[Interface, tuple[int, int]] = {}
 _OIL_ENTRY: dict[Interface, dict[str, Any]] = {}
 _CACHE_MAX = 1 << 16  # interfaces are few; the bound only guards against a pathological client
