@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, ConfigError, PluginTable
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, plugin_table
 from mgm.core.types import FORWARDER_PROTOCOL_ID
 from mgm.plugins.forwarder.mirror import Dataplane, Mirror, SgKey
 from mgm.plugins.forwarder.mroute import MAXVIFS, Upcall
@@ -66,12 +66,7 @@ BACKENDS = ("auto", "mrt", "nft")
 
 def read_settings(config: Mapping[str, Any], extra_keys: frozenset[str] = frozenset()) -> Settings:
     """The forwarder's keys, checked; a mistake (a typo too) names the file, key and line."""
-
-    def error(key: str, message: str) -> ConfigError:
-        if isinstance(config, PluginTable):
-            return config.error(key, message)
-        return ConfigError("<config>", key, None, message)
-
+    error = plugin_table(config, "forwarder").error
     known = SETTINGS_KEYS | PLUGIN_COMMON_KEYS | extra_keys
     for key in config:
         if key not in known:

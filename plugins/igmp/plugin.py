@@ -52,7 +52,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, ConfigError, Mistakes, PluginTable
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Mistakes, plugin_table
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, Interface
 from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
@@ -72,12 +72,7 @@ COUNTER_LOG_INTERVAL = 60.0
 def read_parameters(config: Mapping[str, Any]) -> Parameters:
     """Check ``[plugins.igmp]``: unknown keys and bad values are a `ConfigError` naming file, key and line."""
     known = set(Parameters.KEYS) | PLUGIN_COMMON_KEYS
-
-    def error(key: str, message: str) -> ConfigError:
-        if isinstance(config, PluginTable):
-            return config.error(key, message)
-        return ConfigError("<config>", f"plugins.igmp.{key}", None, message)
-
+    error = plugin_table(config, "igmp").error
     mistakes = Mistakes()
     params: Parameters | None = None
     for key in config:

@@ -10,8 +10,8 @@ import pytest
 from test_forwarder_mirror import mfe, state
 
 from mgm.bus.status import MgmError, Status
-from mgm.core.runtime.config import ConfigError, loads
-from mgm.plugins.forwarder.plugin import COUNTERS_BATCH, read_settings
+from mgm.core.runtime.config import ConfigError, PluginTable, loads
+from mgm.plugins.forwarder.plugin import COUNTERS_BATCH, Settings, read_settings
 from mgm.plugins.forwarder.sim import SimForwarder
 
 S, G = "10.1.0.2", "239.1.1.1"
@@ -26,7 +26,7 @@ class FakeContext:
     """Records requests; each reply is a future the test settles."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
-        self.config = config or {}
+        self.config = PluginTable(config or {}, "forwarder-sim")
         self.client = FakeClient()
         self.requests: list[tuple[str, dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
         self.tasks: list[asyncio.Task[Any]] = []
@@ -167,7 +167,7 @@ def test_an_unknown_key_is_refused_with_its_line_and_the_known_ones() -> None:
     assert str(info.value).startswith("fwd.toml:2: plugins.forwarder.counter_interval: unknown key")
     assert "counters_interval" in str(info.value)
     sim = loads('[plugins.forwarder-sim]\ncontrol = "ipc:///tmp/x"\n', "sim.toml")
-    assert read_settings(sim.plugin("forwarder-sim").table, frozenset({"control"})) == read_settings({})
+    assert read_settings(sim.plugin("forwarder-sim").table, frozenset({"control"})) == Settings()
     with pytest.raises(ConfigError, match="control: unknown key"):
         read_settings(sim.plugin("forwarder-sim").table)
 

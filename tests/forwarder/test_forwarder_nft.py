@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mgm.core.runtime.config import ConfigError
+from mgm.core.runtime.config import ConfigError, PluginTable
 from mgm.plugins.forwarder.mirror import Entry, Mirror
 from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, SgCount, Upcall
 from mgm.plugins.forwarder.nflog import (
@@ -280,12 +280,12 @@ def test_nflog_messages_of_other_rules_and_truncated_ones_are_skipped() -> None:
 
 
 def test_the_backend_and_its_keys_are_checked() -> None:
-    settings = read_settings({"backend": "nft", "nft_table": "mgm2", "nflog_group": 9})
+    settings = read_settings(PluginTable({"backend": "nft", "nft_table": "mgm2", "nflog_group": 9}))
     assert (settings.backend, settings.nft_table, settings.nflog_group) == ("nft", "mgm2", 9)
-    assert read_settings({}).backend == "auto"
+    assert read_settings(PluginTable({})).backend == "auto"
     for bad in ({"backend": "ebpf"}, {"nft_table": "1bad"}, {"nflog_group": 70000}, {"backend": "nft", "table": 5}):
         with pytest.raises(ConfigError):
-            read_settings(bad)
+            read_settings(PluginTable(bad))
 
 
 # --- the first packet of a flow --------------------------------------------------------------------

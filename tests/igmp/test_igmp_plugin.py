@@ -95,11 +95,6 @@ def test_an_unknown_key_is_refused() -> None:
     assert info.value.line == 2
 
 
-def test_a_plain_mapping_gets_a_config_error_too() -> None:
-    with pytest.raises(ConfigError, match=r"plugins\.igmp\.version"):
-        read_parameters({"version": 4})
-
-
 # --- memberships and disable/enable --------------------------------------------------------------------
 
 
