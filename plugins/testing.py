@@ -28,7 +28,7 @@ What it gives (`MgmBus`):
 
 Every process runs in its own process group and is killed with its group at
 teardown, also when the test fails; the processes' logs are printed then.
-The building blocks (`Proc`, `ManagerProc`, `toml_config`, `wait_for`) serve
+The building blocks (`Proc`, `ManagerProc`, `toml_config`, `wait_for`, `wait_for_async`) serve
 fixtures of one's own; the mgmbus repository's conftest uses them too.
 
 Every timeout here (waits, replies, a stopping process's grace) is multiplied
@@ -39,7 +39,9 @@ Linux.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -47,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +112,25 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "a c
         if time.monotonic() >= deadline:
             raise TimeoutError(f"waited {_waited(timeout)} for {what}; last value {value!r}")
         time.sleep(POLL)
+
+
+async def wait_for_async(
+    predicate: Callable[[], T | Awaitable[T]], timeout: float = 10.0, what: str = "a condition"
+) -> T:
+    """`wait_for` inside an event loop: the loop runs between looks; `predicate` may be a coroutine function.
+
+    `timeout` is scaled by MGM_TEST_TIME_SCALE.
+    """
+    deadline = time.monotonic() + scaled(timeout)
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {_waited(timeout)} for {what}; last value {value!r}")
+        await asyncio.sleep(POLL)
 
 
 # --- processes ------------------------------------------------------------------------------

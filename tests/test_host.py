@@ -24,6 +24,7 @@ from mgm.core.types import ClientId, Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.host import Host, PluginLoadError, load_plugin, plugin_manager, protocol_of, resolve_interfaces
+from mgm.plugins.testing import wait_for_async
 
 
 class FakeClient:
@@ -472,8 +473,7 @@ def test_sighup_hands_the_file_read_again_to_mgm_reload(tmp_path: Path) -> None:
     async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.on_sighup)  # as Host.run does
         os.kill(os.getpid(), signal.SIGHUP)
-        while not plugin.calls:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: plugin.calls, 10, "the reload hook to be called")
 
     asyncio.run(main())
     [call] = plugin.calls
@@ -536,8 +536,7 @@ def test_two_quick_sighups_apply_one_after_the_other(tmp_path: Path) -> None:
             await asyncio.sleep(0)
         path.write_text(with_n(2))
         host.on_sighup()
-        while len(plugin.seen) < 4:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: len(plugin.seen) >= 4, 10, "both reloads to end")
 
     asyncio.run(main())
     assert plugin.seen == [("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]

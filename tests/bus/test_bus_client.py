@@ -23,22 +23,13 @@ from mgm.bus.codec import decode_reply, pack
 from mgm.bus.status import MgmError, Status
 from mgm.core.manager.mgmd import serve
 from mgm.core.state import Mgm
+from mgm.plugins.testing import wait_for, wait_for_async
 
 R = TypeVar("R")
 
 
 def run(coro: Coroutine[Any, Any, R], timeout: float = 60.0) -> R:
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll every 20 ms until `predicate()` is true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}; last value {value!r}")
-        await asyncio.sleep(0.02)
-    return value
 
 
 def membership(handle: int, i: int) -> dict[str, Any]:
@@ -99,7 +90,7 @@ def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(
                 Client(manager.api, manager.events, events_hwm=10) as follower:
             model = Memberships()
             follower.follow("state", model.on_event, model.on_snapshot)
-            await until(lambda: model.snapshots, 10, "the first snapshot")
+            await wait_for_async(lambda: model.snapshots, 10, "the first snapshot")
             handle = await registered(writer, 10, 1)
             n = 6000
             futures = [writer.request_nowait("add_group_membership", membership(handle, i)) for i in range(n)]
@@ -107,14 +98,12 @@ def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(
                         for i in range(0, n, 3)]
             # Stall this loop (and so the follower's reading) until the manager published everything:
             # far more than its 10-event queue and the socket buffers hold, so events are dropped.
-            deadline = time.monotonic() + 30
-            while not published(2 + n + n // 3) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: published(2 + n + n // 3), 30, "the manager to publish every event")
             assert all(r == {} for r in await asyncio.gather(*futures))
             _, _, truth = await writer.fetch_snapshot("state")
             expected = {m["group"] for m in truth["memberships"]}
             assert len(expected) == n - n // 3
-            await until(lambda: model.groups == expected, 15, "the follower to converge")
+            await wait_for_async(lambda: model.groups == expected, 15, "the follower to converge")
             assert model.snapshots >= 2, "events were dropped, so the follower must have synced again"
 
     run(main())
@@ -131,18 +120,19 @@ def test_a_restarted_manager_is_noticed_lost_then_as_a_new_epoch(start_manager: 
             client.on_new_epoch = lambda old, new: epochs.append((old, new))
             client.on_manager_lost = lambda: lost.append(True)
             client.follow("state", model.on_event, model.on_snapshot)
-            await until(lambda: model.snapshots, 10, "the first snapshot")
+            await wait_for_async(lambda: model.snapshots, 10, "the first snapshot")
             first = client.epoch
             handle = await registered(client, 10, 1)
             await client.request("add_group_membership", membership(handle, 1))
-            await until(lambda: model.groups == {"239.0.0.1"}, 5, "the membership")
+            await wait_for_async(lambda: model.groups == {"239.0.0.1"}, 5, "the membership")
 
             assert manager.stop() == 0
-            await until(lambda: lost, 10, "on_manager_lost")
+            await wait_for_async(lambda: lost, 10, "on_manager_lost")
             start_manager()
-            await until(lambda: epochs, 10, "on_new_epoch")
+            await wait_for_async(lambda: epochs, 10, "on_new_epoch")
             assert epochs[0][0] == first and epochs[0][1] != first and client.epoch == epochs[0][1]
-            await until(lambda: model.snapshots >= 2 and not model.groups, 10, "a resync to the empty new state")
+            await wait_for_async(lambda: model.snapshots >= 2 and not model.groups, 10,
+                                 "a resync to the empty new state")
             assert (await client.request("ping"))["epoch"] == client.epoch
             assert not client.manager_lost
 
@@ -163,13 +153,13 @@ def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable
                     gone.append(event)
 
             observer.follow("state", on_event, lambda stream, state: snapshots.append(state))
-            await until(lambda: snapshots, 10, "the first snapshot")
+            await wait_for_async(lambda: snapshots, 10, "the first snapshot")
             handle = await registered(plugin, 17, 2, if_index=None)
             plugin.heartbeat_handle = handle
             await asyncio.sleep(4.0)  # longer than liveness: only the client's heartbeats keep it
             assert gone == []
             plugin.heartbeat_handle = None
-            await until(lambda: gone, 10, "the silent client to be removed")
+            await wait_for_async(lambda: gone, 10, "the silent client to be removed")
             assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (17, 2)
             with pytest.raises(MgmError) as info:
                 await plugin.request("heartbeat", {"handle": handle})
@@ -206,7 +196,7 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
             owner.follow("proto/3/1", lambda e: rpf.append(e) if e["type"] == "rpf" else None,
                          lambda stream, state: synced.append(stream))
             await registered(owner, 3, 1)  # owns interface 1: it gets the rpf question and never answers
-            await until(lambda: synced, 5, "the owner's stream to be followed")
+            await wait_for_async(lambda: synced, 5, "the owner's stream to be followed")
             fwd_handle = await registered(fwd, 99, 1, if_index=None)
             ctx: zmq.Context[Any] = zmq.Context.instance()
             sock = ctx.socket(zmq.DEALER)
@@ -230,7 +220,7 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
                 assert not sock.poll(100)
             finally:
                 sock.close(0)
-            await until(lambda: rpf, 5, "the rpf question")
+            await wait_for_async(lambda: rpf, 5, "the rpf question")
             async with Client(manager.api, manager.events) as observer:
                 _, _, state = await observer.fetch_snapshot("state")
             assert [(m["source"], m["group"]) for m in state["mfes"]] == [("10.0.0.1", "239.1.2.3")]
@@ -338,7 +328,7 @@ def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
             client.follow("state", model.on_event, model.on_snapshot)
             handle = await registered(client, 10, 1)
             await client.request("add_group_membership", membership(handle, 7))
-            await until(lambda: model.groups == {"239.0.0.7"}, 10, "the membership over tcp")
+            await wait_for_async(lambda: model.groups == {"239.0.0.7"}, 10, "the membership over tcp")
 
     try:
         run(main())
@@ -400,7 +390,7 @@ def test_a_reply_that_cannot_be_delivered_releases_the_clients_of_its_connection
             synced: list[str] = []
             observer.follow("state", lambda e: gone.append(e) if e["type"] == "protocol_deregistered" else None,
                             lambda stream, state: synced.append(stream))
-            await until(lambda: synced, 5, "the observer's snapshot")
+            await wait_for_async(lambda: synced, 5, "the observer's snapshot")
             await registered(owner, 3, 1)  # owns interface 1: the rpf question keeps new_packet deferred
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
@@ -413,7 +403,7 @@ def test_a_reply_that_cannot_be_delivered_releases_the_clients_of_its_connection
                 "handle": handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
                 "next_hop": "0.0.0.0"}})])
             sock.close(linger=2000)  # gone before its deferred reply (the linger lets the request leave first)
-            await until(lambda: gone, 10, "the forwarder's registration to be released")
+            await wait_for_async(lambda: gone, 10, "the forwarder's registration to be released")
             assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (99, 1)
 
     run(main())

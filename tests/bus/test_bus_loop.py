@@ -11,15 +11,15 @@ core's deadlines while a client keeps the manager busy without pause.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
-from test_bus_client import Memberships, membership, registered, run, until
+from test_bus_client import Memberships, membership, registered, run
 
 from mgm.bus.client import Client
 from mgm.bus.codec import encode_request, unpack
+from mgm.plugins.testing import wait_for_async
 
 
 def test_a_pipelined_burst_gets_every_reply_and_its_follower_every_event(start_manager: Callable[..., Any]) -> None:
@@ -44,7 +44,7 @@ def test_a_pipelined_burst_gets_every_reply_and_its_follower_every_event(start_m
             failed = [r for r in results if isinstance(r, BaseException)]
             assert not failed, f"{len(failed)} of {len(results)} requests failed, first: {failed[0]!r}"
             expected = {membership(handle, i)["group"] for i in range(n)}
-            await until(lambda: model.groups == expected, 20, "the follower to see every membership")
+            await wait_for_async(lambda: model.groups == expected, 20, "the follower to see every membership")
             assert model.snapshots == 1, "the follower never lost an event, so it never resynced"
 
     run(main())
@@ -82,7 +82,7 @@ def test_heartbeats_and_the_cores_deadlines_still_come_while_a_client_floods_the
                         flooder.request_nowait("ping").add_done_callback(more)
 
                 more()
-                await until(lambda: answered > 1000, 20, "the flood to be under way")
+                await wait_for_async(lambda: answered > 1000, 20, "the flood to be under way")
                 # a client that registers and falls silent: only the core's liveness deadline removes it
                 silent.send_multipart([b"", encode_request(1, "register_protocol",
                                                            {"protocol_id": 20, "component_id": 1})])
@@ -99,18 +99,16 @@ def test_heartbeats_and_the_cores_deadlines_still_come_while_a_client_floods_the
                         beats += 1
                     return beats
 
-                await until(lambda: heartbeats() >= 3, 20, "heartbeats while the manager is flooded")
-                deadline = time.monotonic() + 20
-                while True:
+                await wait_for_async(lambda: heartbeats() >= 3, 20, "heartbeats while the manager is flooded")
+                async def removed() -> bool:
                     listing = await flooder.request("sync", {"stream": "state"})
-                    if all(p["protocol_id"] != 20 for p in listing["state"]["protocols"]):
-                        break
-                    assert time.monotonic() < deadline, "the silent client was never removed during the flood"
-                    await asyncio.sleep(0.05)
+                    return all(p["protocol_id"] != 20 for p in listing["state"]["protocols"])
+
+                await wait_for_async(removed, 20, "the silent client to be removed during the flood")
                 before = answered
-                await until(lambda: answered > before + 1000, 20, "the flood to go on meanwhile")
+                await wait_for_async(lambda: answered > before + 1000, 20, "the flood to go on meanwhile")
                 stop.set()
-                await until(lambda: answered == sent, 20, "every ping of the flood answered")
+                await wait_for_async(lambda: answered == sent, 20, "every ping of the flood answered")
                 assert not errors, f"{len(errors)} pings of the flood failed, first: {errors[0]!r}"
         finally:
             hb.close(linger=0)

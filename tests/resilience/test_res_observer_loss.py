@@ -24,6 +24,7 @@ from mgm_testplugins.processes import ManagerProc
 
 from mgm.bus.client import Client
 from mgm.bus.codec import decode_reply, encode_request
+from mgm.plugins.testing import wait_for_async
 
 WRITER, OTHER = 300, 301
 GROUPS = 1500
@@ -167,15 +168,6 @@ def state_of(api: str) -> tuple[int, dict[str, Any]]:
         writer.close()
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout} s for {what}")
-        await asyncio.sleep(0.02)
-    return value
-
-
 def test_a_stalled_observer_with_a_tiny_queue_resyncs_to_exactly_the_managers_state(
     start_manager: Callable[..., ManagerProc],
 ) -> None:
@@ -187,7 +179,7 @@ def test_a_stalled_observer_with_a_tiny_queue_resyncs_to_exactly_the_managers_st
         async with Client(manager.api, manager.events, events_hwm=5) as observer:
             mirror = Mirror()
             observer.follow("state", mirror.on_event, mirror.on_snapshot)
-            await until(lambda: mirror.snapshots, 10, "the first snapshot")
+            await wait_for_async(lambda: mirror.snapshots, 10, "the first snapshot")
             first_seq, _ = state_of(manager.api)
             writer, other = Writer(manager.api), Writer(manager.api)
             try:
@@ -201,7 +193,7 @@ def test_a_stalled_observer_with_a_tiny_queue_resyncs_to_exactly_the_managers_st
             assert succeeded > GROUPS and published > GROUPS
             assert truth["mfes"] and any(m["oil"] for m in truth["mfes"]) and truth["memberships"]
             want = expected(truth)
-            await until(lambda: mirror.state() == want, 20, "the observer's mirror to equal a fresh sync")
+            await wait_for_async(lambda: mirror.state() == want, 20, "the observer's mirror to equal a fresh sync")
             print(f"\nobserver: {published} events published, {mirror.events} applied, {mirror.snapshots} snapshots")
             assert mirror.snapshots >= 2, "events were dropped, so the observer must have synced again"
             assert mirror.events < published, "the tiny queue must have dropped events"

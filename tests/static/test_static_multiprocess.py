@@ -11,15 +11,15 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, PluginProc, toml_config
 
 from mgm.bus.client import Client
 from mgm.core.runtime.config import loads
+from mgm.plugins.testing import wait_for_async
 
-T = TypeVar("T")
 StartPlugin = Callable[..., PluginProc]
 STATIC = (10006, 1)
 FORWARDER = (65001, 1)  # any unused protocol id: the test's forwarder
@@ -38,19 +38,6 @@ RELOADED: dict[str, Any] = {
         {"group": "239.2.2.2", "from": 13, "to": [11, 14]},
     ],
 }
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 10.0) -> T:
-    """Poll an async probe until it returns something true (never a bare sleep standing for an event)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: T | None = None
-    while loop.time() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last seen {last!r}")
 
 
 async def static_memberships(fwd: Client) -> set[tuple[str, str, int]]:
@@ -92,7 +79,7 @@ def test_a_new_flow_gets_the_configured_incoming_interface_and_oil(manager: Mana
         fwd, handle = await forwarder(manager)
         try:
             want = {("10.0.0.1", "239.1.1.1", 11), ("10.0.0.1", "239.1.1.1", 12), ("0.0.0.0", "239.2.2.2", 11)}
-            await until(lambda: _equal(static_memberships(fwd), want), "the static routes' memberships")
+            await wait_for_async(lambda: _equal(static_memberships(fwd), want), 10, "the static routes' memberships")
             # (S,G): the packet arrives on 14; the route says it comes in on 10
             mfe = await new_packet(fwd, handle, "10.0.0.1", "239.1.1.1", arrival=14)
             assert (mfe["in_if_index"], mfe["in_protocol_id"], oil(mfe)) == (10, STATIC[0], [11, 12])
@@ -119,14 +106,14 @@ def test_sighup_applies_a_new_file_and_keeps_the_routes_when_the_new_file_is_bad
         fwd, handle = await forwarder(manager)
         try:
             before = {("10.0.0.1", "239.1.1.1", 11), ("10.0.0.1", "239.1.1.1", 12), ("0.0.0.0", "239.2.2.2", 11)}
-            await until(lambda: _equal(static_memberships(fwd), before), "the static routes' memberships")
+            await wait_for_async(lambda: _equal(static_memberships(fwd), before), 10, "the static routes' memberships")
             mfe = await new_packet(fwd, handle, "10.0.0.1", "239.1.1.1", arrival=14)
             assert (mfe["in_if_index"], oil(mfe)) == (10, [11, 12])
 
             path.write_text(toml_config({"static": RELOADED}))
             static.send_signal(signal.SIGHUP)
             after = {("10.0.0.1", "239.1.1.1", 11), ("0.0.0.0", "239.2.2.2", 11), ("0.0.0.0", "239.2.2.2", 14)}
-            await until(lambda: _equal(static_memberships(fwd), after), "the reloaded memberships")
+            await wait_for_async(lambda: _equal(static_memberships(fwd), after), 10, "the reloaded memberships")
 
             async def moved() -> dict[str, Any] | None:
                 current: dict[str, Any] = (await fwd.request("get_mfe", {"source": "10.0.0.1", "group": "239.1.1.1"}))[
@@ -134,7 +121,7 @@ def test_sighup_applies_a_new_file_and_keeps_the_routes_when_the_new_file_is_bad
                 ]
                 return current if current["in_if_index"] == 12 else None
 
-            mfe = await until(moved, "the (S,G) MFE to move to its new incoming interface")
+            mfe = await wait_for_async(moved, 10, "the (S,G) MFE to move to its new incoming interface")
             assert oil(mfe) == [11]  # 12 is now incoming; the route no longer lists it
 
             # a file with two incoming interfaces for one (S,G): refused, the routes in force stay
@@ -144,7 +131,7 @@ def test_sighup_applies_a_new_file_and_keeps_the_routes_when_the_new_file_is_bad
             path.write_text(text)
             static.send_signal(signal.SIGHUP)
             line = text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("routes"))) + 1
-            await until(_async(lambda: "reload refused" in static.log()), "the refusal in the plugin's log")
+            await wait_for_async(lambda: "reload refused" in static.log(), 10, "the refusal in the plugin's log")
             assert f"{path}:{line}: plugins.static.routes[2]" in static.log()
             assert loads(text, str(path))  # the file itself is valid TOML: the refusal is the plugin's own check
             assert await static_memberships(fwd) == after
@@ -159,16 +146,9 @@ async def _equal(probe: Awaitable[set[tuple[str, str, int]]], want: set[tuple[st
     return await probe == want
 
 
-def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return check()
-
-    return probe
-
-
 def test_the_plugin_log_names_the_file(static: PluginProc, ipc_dir: Path) -> None:
     async def body() -> None:
-        await until(_async(lambda: "route(s) from" in static.log()), "the start log line")
+        await wait_for_async(lambda: "route(s) from" in static.log(), 10, "the start log line")
 
     asyncio.run(body())
     assert f"2 route(s) from {ipc_dir / 'static.toml'}" in static.log()

@@ -26,6 +26,7 @@ from mgm.core.types import Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.host import Host
 from mgm.plugins.static.plugin import STATIC_COMPONENT_ID, STATIC_PROTOCOL_ID, StaticPlugin
+from mgm.plugins.testing import wait_for_async
 
 CONFIG = """\
 [plugins.static]
@@ -103,19 +104,10 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def start(host: Host, client: FakeClient) -> None:
     """mgm_start, and wait until what it sent (memberships, then a look at existing MFEs) is answered."""
     host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
-    await until(lambda: bool(client.ops("list_mfes")), "the start's look at existing MFEs")
+    await wait_for_async(lambda: bool(client.ops("list_mfes")), 5, "the start's look at existing MFEs")
     await settle()
 
 
@@ -228,7 +220,7 @@ def test_at_start_flows_from_before_are_moved_to_the_routes_incoming_interface(c
 
     async def body() -> None:
         host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
-        await until(lambda: bool(client.ops("set_mfe")), "the MFE to be moved")
+        await wait_for_async(lambda: bool(client.ops("set_mfe")), 5, "the MFE to be moved")
         await settle()
         # the first is ours and disagrees with its route; the second agrees; the third's interface is not ours
         assert [(a["source"], a["group"], a["if_index"]) for _, a in client.ops("set_mfe")] == [
@@ -250,7 +242,7 @@ def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path
         config_file.write_text(RELOADED)
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, host.on_sighup)  # as Host.run does
         os.kill(os.getpid(), signal.SIGHUP)
-        await until(lambda: bool(client.ops("set_mfe")), "the reload to finish")
+        await wait_for_async(lambda: bool(client.ops("set_mfe")), 5, "the reload to finish")
         await settle()
         assert [(op, a.get("if_index"), a.get("group")) for op, a in client.sent] == [
             ("take_interface_ownership", 14, None),
