@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClient
 
 from mgm.bus.status import MgmError, Status
 from mgm.core.runtime.config import ConfigError, load, loads
@@ -25,33 +26,6 @@ from mgm.plugins.context import PluginContext
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.host import Host, PluginLoadError, load_plugin, plugin_manager, protocol_of, resolve_interfaces
 from mgm.plugins.testing import wait_for_async
-
-
-class FakeClient:
-    """Stands for mgm.bus.client.Client: requests are recorded and answered from `refuse`."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.refuse: dict[str, MgmError] = {}
-        self.heartbeat_handle: int | None = None
-
-    def request_nowait(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        self.sent.append((op, args))
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        # the reply arrives later, as from a socket
-        if op in self.refuse:
-            loop.call_soon(fut.set_exception, self.refuse[op])
-        else:
-            loop.call_soon(fut.set_result, {})
-        return fut
-
-    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.request_nowait(op, args)
-
-    def ops(self, op: str) -> list[dict[str, Any]]:
-        return [a for o, a in self.sent if o == op]
-
 
 CONFIG = """\
 [plugins.test-routing-a]
@@ -408,16 +382,6 @@ class _JoinsOnly:
         pass
 
 
-class _RegisteringClient(FakeClient):
-    def request_nowait(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        fut = super().request_nowait(op, args)
-        if op != "register_protocol":
-            return fut
-        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda _: answered.set_result({"handle": 9}))
-        return answered
-
-
 class _NarrowedToCreation:
     """Implements both hooks but, configured as it is, would only ever return the default to rpf."""
 
@@ -445,7 +409,8 @@ def test_registration_names_the_questions_the_plugin_answers(plugin: object | No
     host, _, _ = make_host()
     if plugin is not None:
         host.pm = plugin_manager("test-routing-a", plugin)
-    client = _RegisteringClient()
+    client = FakeClient()
+    client.replies["register_protocol"] = {"handle": 9}
     assert host.ctx is not None
     host.ctx.client = client  # type: ignore[assignment]
     asyncio.run(host.register())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClient
 
 from mgm.bus.status import MgmError, Status
 from mgm.core.runtime.config import ConfigError, load
@@ -45,34 +46,6 @@ routes = [
   { group = "239.3.3.3", from = 10, to = [14] },
 ]
 """
-
-
-class FakeClient:
-    """Stands for mgm.bus.client.Client: records requests, answers {} or a refusal; list_mfes from `mfes`."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-        self.refuse: dict[str, MgmError] = {}
-        self.mfes: list[dict[str, Any]] = []
-        self.heartbeat_handle: int | None = None
-
-    def request_nowait(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        self.sent.append((op, args))
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        if op in self.refuse:
-            loop.call_soon(fut.set_exception, self.refuse[op])
-        elif op == "list_mfes":
-            loop.call_soon(fut.set_result, {"entries": list(self.mfes), "more": False})
-        else:
-            loop.call_soon(fut.set_result, {})
-        return fut
-
-    async def request(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.request_nowait(op, args)
-
-    def ops(self, *names: str) -> list[tuple[str, dict[str, Any]]]:
-        return [(o, a) for o, a in self.sent if o in names]
 
 
 def membership(op: str, source: str, group: str, if_index: int) -> tuple[str, dict[str, Any]]:
@@ -186,7 +159,7 @@ def test_the_rpf_answer_is_the_routes_incoming_interface(config_file: Path) -> N
         host.on_event(rpf_event("10.0.0.9", "239.2.2.2", 10, question=6))  # (*,G) route: from 13
         host.on_event(rpf_event("10.0.0.9", "239.9.9.9", 12, question=7))  # no route: the manager's choice
         await settle()
-        answers = {a["question"]: (a["if_index"], a["upstream_neighbor"]) for _, a in client.ops("answer")}
+        answers = {a["question"]: (a["if_index"], a["upstream_neighbor"]) for a in client.ops("answer")}
         assert answers == {5: (10, "0.0.0.0"), 6: (13, "0.0.0.0"), 7: (12, "0.0.0.0")}
 
     run(body)
@@ -200,7 +173,7 @@ def test_creation_alerts_keep_every_interface(config_file: Path) -> None:
         host.on_event({"type": "creation_alert", "question": 9, "source": "10.0.0.1", "group": "239.1.1.1",
                        "in_if_index": 10, "in_next_hop": "0.0.0.0", "oil": oil})  # fmt: skip
         await settle()
-        [(_, answer)] = client.ops("answer")
+        [answer] = client.ops("answer")
         assert [e["enabled"] for e in answer["oil"]] == [True, True]
 
     run(body)
@@ -223,7 +196,7 @@ def test_at_start_flows_from_before_are_moved_to_the_routes_incoming_interface(c
         await wait_for_async(lambda: bool(client.ops("set_mfe")), 5, "the MFE to be moved")
         await settle()
         # the first is ours and disagrees with its route; the second agrees; the third's interface is not ours
-        assert [(a["source"], a["group"], a["if_index"]) for _, a in client.ops("set_mfe")] == [
+        assert [(a["source"], a["group"], a["if_index"]) for a in client.ops("set_mfe")] == [
             ("10.0.0.1", "239.1.1.1", 10)
         ]
         host.call("mgm_stop", "stop", mgm=host.ctx)
@@ -253,7 +226,7 @@ def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path
             ("list_mfes", None, None),
             ("set_mfe", 12, "239.1.1.1"),  # the (S,G) route now comes in on 12
         ]
-        [(_, moved)] = client.ops("set_mfe")
+        [moved] = client.ops("set_mfe")
         assert moved == {"handle": 7, "source": "10.0.0.1", "group": "239.1.1.1", "upstream_neighbor": "0.0.0.0",
                          "if_index": 12, "next_hop": "0.0.0.0"}  # fmt: skip
         assert plugin.applied is not None and len(plugin.applied.table.routes) == 2
