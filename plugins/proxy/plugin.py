@@ -78,7 +78,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.runtime.config import Mistakes, plugin_table
+from mgm.core.runtime.config import Mistakes, PluginTable, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.links import LinkSubscriber, LinkWatcher, if_name, watcher
@@ -101,13 +101,13 @@ NO_UPSTREAM = Interface(0, ANY)
 """Stands for the upstream in creation alerts while there is none (if_index 0 is never an interface)."""
 
 
-def _if_index(name: settings.Name, table: Mapping[str, Any], key: str) -> int:
+def _if_index(name: settings.Name, table: PluginTable, key: str) -> int:
     if isinstance(name, int):
         return name
     try:
         return socket.if_nametoindex(name)
     except OSError:
-        raise settings.as_error(table, key, f"no interface named {name!r} here") from None
+        raise table.error(key, f"no interface named {name!r} here") from None
 
 
 def _find_upstream(name: settings.Name) -> links.Link | None:
@@ -160,8 +160,8 @@ class ProxyPlugin(LinkSubscriber):
         conf = self.settings
         if conf.upstream_listed and isinstance(conf.upstream, str) and _find_upstream(conf.upstream) is None:
             # the host would refuse it next, without saying that the proxy can wait for it
-            raise settings.as_error(
-                config, "upstream",
+            raise table.error(
+                "upstream",
                 f"no interface named {conf.upstream!r} here, and it is in `interfaces`, which the host takes at "
                 "start; to start the proxy before its upstream exists (PPPoE at boot), leave the upstream out of "
                 "`interfaces`: the proxy then takes it itself whenever it appears",
@@ -173,17 +173,18 @@ class ProxyPlugin(LinkSubscriber):
         self.start(config, mgm)
         mgm.spawn(self.watch_links(mgm))
 
-    def start(self, config: Mapping[str, Any], mgm: PluginContext | None = None) -> None:
-        """Resolve the interfaces and open the upstream membership sockets (`mgm` None: without the bus)."""
-        conf = self.settings or settings.read(config)
+    def start(self, config: Mapping[str, Any], mgm: PluginContext) -> None:
+        """Resolve the interfaces, open the upstream membership sockets and tell the manager what they need."""
+        table = plugin_table(config, "proxy")
+        conf = self.settings or settings.read(table)
         self.settings = conf
         for i, name in enumerate(conf.downstream):
-            iface = Interface(_if_index(name, config, f"downstream[{i}]"), ANY)
+            iface = Interface(_if_index(name, table, f"downstream[{i}]"), ANY)
             self.downstream[iface] = name
             self.filters[iface] = conf.filters.get(name, merge.ALL)
         found = _find_upstream(conf.upstream)
         if found is None and conf.upstream_listed and isinstance(conf.upstream, str):
-            raise settings.as_error(config, "upstream", f"no interface named {conf.upstream!r} here")
+            raise table.error("upstream", f"no interface named {conf.upstream!r} here")
         upstream_text = f"{_shown(conf.upstream)} does not exist yet: nothing is joined upstream until it appears"
         immediate = "on" if conf.immediate_report else "off"
         if found is not None:
@@ -194,8 +195,6 @@ class ProxyPlugin(LinkSubscriber):
                  upstream_text,
                  ", ".join(f"{if_name(i.if_index)}{self._filter_text(i)}" for i in self.downstream),
                  "yes" if conf.forward_upstream else "no", immediate)  # fmt: skip
-        if mgm is None:
-            return
         for iface, group_filter in self.filters.items():
             ranges = merge.boundary_ranges(group_filter)
             if ranges:  # the manager keeps the interface out of these groups' OILs, later joins included

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Config, ConfigError, Mistakes, PluginTable, plugin_table
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Config, Mistakes, plugin_table
 from mgm.core.types import ANY
 from mgm.plugins.proxy.merge import GroupFilter
 
@@ -175,10 +175,3 @@ def _check_igmp(config: Config, name: str, upstream: Name, downstream: list[Name
                 f"{iface!r} is not in [plugins.igmp] interfaces: the proxy learns the receivers of its downstream "
                 "interfaces from IGMP, so IGMP must run there",
             ))
-
-
-def as_error(table: Mapping[str, Any], key: str, message: str) -> ConfigError:
-    """A ConfigError about a key of the proxy's table (for checks made after loading, e.g. if_index lookups)."""
-    if isinstance(table, PluginTable):
-        return table.error(key, message)
-    return ConfigError("<config>", f"plugins.proxy.{key}", None, message)

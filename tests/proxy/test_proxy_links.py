@@ -208,7 +208,7 @@ def test_an_upstream_left_out_of_interfaces_may_not_exist_yet(caplog: pytest.Log
     assert proxy.mgm_protocol(conf) == (proxy_plugin.PROXY_PROTOCOL_ID, proxy_plugin.PROXY_COMPONENT_ID)
     assert proxy.settings is not None and not proxy.settings.upstream_listed
     with caplog.at_level(logging.INFO):
-        proxy.start(conf)
+        proxy.start(conf, FakeContext())
     assert proxy.upstream is None and proxy.kernel is None
     assert f"proxy: upstream {MISSING} does not exist yet" in caplog.text
     proxy.local(True, ANY, G1, Interface(1))  # remembered for when it appears

@@ -94,7 +94,7 @@ def make_proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forward: str) ->
     proxy = proxy_plugin.ProxyPlugin()
     table = load(path).plugin("proxy").table
     proxy.mgm_protocol(table)
-    proxy.start(table)  # the upstream does not exist: stand-ins take its place
+    proxy.start(table, FakeContext())  # the upstream does not exist: stand-ins take its place
     proxy.upstream, proxy.up_link, proxy.kernel = Interface(9), Link(9, "mgmnosuch0", True), FakeKernel("up0", 9)
     proxy.reporter = FakeReporter("up0", 9)
     proxy.local(True, ANY, GA, Interface(1))
