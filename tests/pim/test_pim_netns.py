@@ -1,0 +1,165 @@
+"""The pim plugin for real: `mgm plugin pim` in a router namespace, PIM peers on the same bridged link.
+
+The peers are small programs of this test (`peer`): they send Hellos with
+the options they are given from a raw PIM socket, and print every PIM
+message they hear decoded by scapy, an implementation independent of ours.
+This needs no multicast routing socket, so it runs on every kernel; the
+interop tests put FRR's pimd in the peers' place.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mgm_testplugins.processes import ManagerProc, toml_config
+from netns import Namespace, NsProcess, Topology, wait_until
+
+pytestmark = pytest.mark.netns
+
+SUBNET = "10.78.0"
+WAIT = 15.0
+FAST = {"hello_period": 1, "triggered_hello_delay": 0.2}
+PIM_PROTOCOL = 103
+
+
+def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: float | None = None) -> None:
+    """Hello every second with `options` (a holdtime 0 goodbye after `goodbye_after` s); print what is heard."""
+    from scapy.contrib.pim import PIMv2Hdr, PIMv2Hello
+
+    from mgm.plugins.pim.packet import Hello, build
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, PIM_PROTOCOL)
+    index = socket.if_nametoindex(ifname)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    mreqn = socket.inet_aton("224.0.0.13") + socket.inet_aton("0.0.0.0") + struct.pack("@i", index)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+    sock.settimeout(0.1)
+    started = next_hello = time.monotonic()
+    print(json.dumps({"event": "ready"}), flush=True)
+    while True:
+        now = time.monotonic()
+        if now >= next_hello:
+            holdtime = 0 if goodbye_after is not None and now - started >= goodbye_after else options["holdtime"]
+            sock.sendto(build(Hello(**{**options, "holdtime": holdtime})), ("224.0.0.13", 0))
+            next_hello = now + 1.0
+        try:
+            data, (source, _) = sock.recvfrom(65535)
+        except TimeoutError:
+            continue
+        if source == address:
+            continue
+        pim = PIMv2Hdr(data[(data[0] & 0x0F) * 4 :])
+        entry: dict[str, Any] = {"event": "pim", "source": source, "type": pim.type, "ttl": data[8]}
+        if pim.type == 0:
+            for option in pim[PIMv2Hello].option:
+                for name in ("holdtime", "dr_priority", "generation_id"):
+                    if hasattr(option, name):
+                        entry[name] = getattr(option, name)
+        print(json.dumps(entry), flush=True)
+
+
+class Node:
+    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
+        self.ns, self.ifname, self.address = ns, ifname, address
+
+
+def segment(topology: Topology, **nodes: int) -> dict[str, Node]:
+    """Namespaces named by `nodes` (role -> last octet of its address) on one bridged link."""
+    switch = topology.namespace("sw")
+    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
+    switch.ip("link", "set", "dev", "br0", "up")
+    result = {}
+    for role, octet in nodes.items():
+        ns = topology.namespace(role)
+        link = topology.link(ns, switch, f"{SUBNET}.{octet}/24", None)
+        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
+        ns.multicast_route(link.a_if)
+        result[role] = Node(ns, link.a_if, f"{SUBNET}.{octet}")
+    return result
+
+
+def start_pim(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
+    config = workdir / f"pim-{node.ns.role}.toml"
+    config.write_text(toml_config({"pim": {"interfaces": [node.ifname], **FAST, **table}}))
+    proc = node.ns.mgm("plugin", "pim", "--config", str(config), "--api", manager.api, "--events", manager.events,
+                       "--log-level", "debug", name=f"pim-{node.ns.role}")  # fmt: skip
+    wait_until(lambda: "pim: running on" in proc.log() or not proc.alive(), WAIT, "the pim plugin to start")
+    assert proc.alive(), proc.log()
+    return proc
+
+
+def start_peer(node: Node, **options: Any) -> NsProcess:
+    goodbye_after = options.pop("goodbye_after", None)
+    hello = {"holdtime": 5, "dr_priority": 1, "generation_id": 0x1000 + int(node.address.rsplit(".", 1)[1]),
+             **options}  # fmt: skip
+    proc = node.ns.spawn(peer, node.ifname, node.address, hello, goodbye_after, name=f"peer-{node.ns.role}")
+    wait_until(lambda: '"ready"' in proc.log(), WAIT, "the peer to start")
+    return proc
+
+
+def heard(proc: NsProcess, source: str) -> list[dict[str, Any]]:
+    return [e for line in proc.log().splitlines() if line.startswith("{")
+            if (e := json.loads(line)).get("event") == "pim" and e["source"] == source]  # fmt: skip
+
+
+def test_hellos_make_neighbours_both_ways_and_the_highest_address_is_dr(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, p2=2, p3=3)
+    router = nodes["rtr"]
+    pim = start_pim(router, manager, ipc_dir)
+    peers = [start_peer(nodes["p2"]), start_peer(nodes["p3"])]
+    for proc in peers:
+        wait_until(lambda proc=proc: heard(proc, router.address), WAIT, "our Hello at the peer")
+    hello = heard(peers[0], router.address)[0]
+    assert (hello["type"], hello["ttl"], hello["holdtime"], hello["dr_priority"]) == (0, 1, 4, 1)  # 3.5 x 1 s
+    for address in (f"{SUBNET}.2", f"{SUBNET}.3"):
+        wait_until(lambda a=address: f"neighbour {a} up" in pim.log(), WAIT, f"neighbour {address} up")
+    wait_until(lambda: f"the DR is now {SUBNET}.3" in pim.log(), WAIT, "the highest address to be DR")
+
+
+def test_the_highest_priority_wins_and_a_goodbye_ends_a_neighbour_at_once(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    nodes = segment(topology, rtr=1, p2=2)
+    pim = start_pim(nodes["rtr"], manager, ipc_dir, dr_priority=5)
+    start_peer(nodes["p2"], dr_priority=10, holdtime=60, goodbye_after=3.0)
+    wait_until(lambda: f"the DR is now {SUBNET}.2" in pim.log(), WAIT, "the priority 10 peer to be DR")
+    wait_until(lambda: f"neighbour {SUBNET}.2 down (goodbye)" in pim.log(), WAIT, "the goodbye to end it")
+    assert re.search(rf"the DR is now {SUBNET}\.1 \(us\)", pim.log()), pim.log()
+
+
+def test_a_stopping_plugin_says_goodbye(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
+    nodes = segment(topology, rtr=1, p2=2)
+    router = nodes["rtr"]
+    pim = start_pim(router, manager, ipc_dir, dr_priority=3)
+    watcher = start_peer(nodes["p2"])
+    wait_until(lambda: heard(watcher, router.address), WAIT, "our Hello at the peer")
+    assert heard(watcher, router.address)[0]["dr_priority"] == 3
+    pim.popen.send_signal(signal.SIGTERM)
+    wait_until(lambda: any(e["holdtime"] == 0 for e in heard(watcher, router.address)), WAIT, "our goodbye")
+    pim.popen.wait(timeout=WAIT)
+    assert "counters:" in pim.log() and "hello_sent" in pim.log(), pim.log()
+
+
+def test_config_mistakes_are_all_named_before_the_plugin_registers(ipc_dir: Path) -> None:
+    import subprocess
+
+    config = ipc_dir / "pim.toml"
+    config.write_text(toml_config({"pim": {"interfaces": ["lo"], "hello_period": 0, "dr_priority": -1,
+                                           "colour": "red"}}))  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "mgm.core.cli", "plugin", "pim", "--config", str(config),
+                           "--api", f"ipc://{ipc_dir}/none"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0
+    for key in ("hello_period", "dr_priority", "colour"):
+        assert f"plugins.pim.{key}" in done.stderr, done.stderr
