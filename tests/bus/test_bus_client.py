@@ -4,32 +4,55 @@ liveness, deferred replies, and a manager that survives a broken core."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 import zmq
 
-from mgm.bus.client import Client
+from mgm.bus.client import HEARTBEAT_AFTER, TIMER_PERIOD, Client
 from mgm.bus.codec import decode_reply, pack
 from mgm.bus.status import MgmError, Status
-from mgm.core.manager.mgmd import serve
-from mgm.core.state import Mgm
-from mgm.plugins.testing import wait_for, wait_for_async
+from mgm.core.manager.mgmd import Manager
+from mgm.core.state import LIVENESS, Mgm
+from mgm.plugins.testing import MGM, ManagerProc, Proc, wait_for, wait_for_async
 
 R = TypeVar("R")
 
 
 def run(coro: Coroutine[Any, Any, R], timeout: float = 60.0) -> R:
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class SkippingClock:
+    """A manager's clock: monotonic time plus the seconds the test skipped, so liveness lapses without waiting."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+    def skip(self, seconds: float) -> None:
+        self.skipped += seconds
+
+
+@contextlib.asynccontextmanager
+async def manager_in_this_loop(ipc_dir: Path, **options: Any) -> AsyncIterator[Manager]:
+    """A Manager on ipc_dir's endpoints in the test's own event loop (`options` are Manager's: core, clock...)."""
+    manager = Manager(f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events", **options)
+    await manager.start()
+    running = asyncio.ensure_future(manager.run())
+    try:
+        yield manager
+    finally:
+        manager.stop()
+        await running
 
 
 def membership(handle: int, i: int) -> dict[str, Any]:
@@ -139,49 +162,66 @@ def test_a_restarted_manager_is_noticed_lost_then_as_a_new_epoch(start_manager: 
     run(main())
 
 
-def test_heartbeats_keep_a_client_and_silence_removes_it(start_manager: Callable[..., Any]) -> None:
-    manager = start_manager()  # the default liveness: 3 s
+def test_heartbeats_keep_a_client_and_silence_removes_it(ipc_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert HEARTBEAT_AFTER + TIMER_PERIOD < LIVENESS, "the client must heartbeat well within the default liveness"
+    clock = SkippingClock()
 
     async def main() -> None:
-        async with Client(manager.api, manager.events) as observer, \
-                Client(manager.api, manager.events) as plugin:
-            gone: list[dict[str, Any]] = []
-            snapshots: list[dict[str, Any]] = []
+        async with manager_in_this_loop(ipc_dir, clock=clock) as manager:  # the default liveness: 3 s
+            api, events = manager.server.api, manager.server.events
+            async with Client(api, events) as observer, Client(api, events) as plugin:
+                gone: list[dict[str, Any]] = []
+                snapshots: list[dict[str, Any]] = []
 
-            def on_event(event: dict[str, Any]) -> None:
-                if event["type"] == "protocol_deregistered":
-                    gone.append(event)
+                def on_event(event: dict[str, Any]) -> None:
+                    if event["type"] == "protocol_deregistered":
+                        gone.append(event)
 
-            observer.follow("state", on_event, lambda stream, state: snapshots.append(state))
-            await wait_for_async(lambda: snapshots, 10, "the first snapshot")
-            handle = await registered(plugin, 17, 2, if_index=None)
-            plugin.heartbeat_handle = handle
-            await asyncio.sleep(4.0)  # longer than liveness: only the client's heartbeats keep it
-            assert gone == []
-            plugin.heartbeat_handle = None
-            await wait_for_async(lambda: gone, 10, "the silent client to be removed")
-            assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (17, 2)
-            with pytest.raises(MgmError) as info:
-                await plugin.request("heartbeat", {"handle": handle})
-            assert info.value.status == Status.ERROR_INVALID_PARAMETER
+                async def next_heartbeat() -> None:
+                    seen = manager.counts.requests.get(("heartbeat", 0), 0)
+                    await wait_for_async(lambda: manager.counts.requests.get(("heartbeat", 0), 0) > seen, 10,
+                                         "the client's next heartbeat")
 
-    run(main())
-    assert "client 17/2 gone (timeout)" in manager.log()
+                observer.follow("state", on_event, lambda stream, state: snapshots.append(state))
+                await wait_for_async(lambda: snapshots, 10, "the first snapshot")
+                handle = await registered(plugin, 17, 2, if_index=None)
+                plugin.heartbeat_handle = handle
+                for _ in range(2):  # 4 s of the manager's time, longer than liveness: only heartbeats keep it
+                    clock.skip(2.0)
+                    await observer.request("ping")  # a turn at the new time: the manager checks the deadlines
+                    await next_heartbeat()
+                _, _, state = await observer.fetch_snapshot("state")
+                assert [(p["protocol_id"], p["component_id"]) for p in state["protocols"]] == [(17, 2)]
+                assert gone == []
+                plugin.heartbeat_handle = None
+                clock.skip(LIVENESS)
+                await observer.request("ping")
+                await wait_for_async(lambda: gone, 10, "the silent client to be removed")
+                assert (gone[0]["protocol_id"], gone[0]["component_id"]) == (17, 2)
+                with pytest.raises(MgmError) as info:
+                    await plugin.request("heartbeat", {"handle": handle})
+                assert info.value.status == Status.ERROR_INVALID_PARAMETER
+
+    with caplog.at_level(logging.INFO, logger="mgm.core.manager.mgmd"):
+        run(main())
+    assert "client 17/2 gone (timeout)" in caplog.text
 
 
-def test_any_request_keeps_a_client_alive_also_ping_and_sync(start_manager: Callable[..., Any]) -> None:
-    manager = start_manager(liveness=1.0)
+def test_any_request_keeps_a_client_alive_also_ping_and_sync(ipc_dir: Path) -> None:
+    clock = SkippingClock()
 
     async def main() -> None:
-        async with Client(manager.api, manager.events) as client:
-            await registered(client, 18, 1, if_index=None)
-            end = time.monotonic() + 2.5  # well past the liveness of 1 s
-            while time.monotonic() < end:
-                await client.request("ping")
-                await client.request("sync", {"stream": "proto/18/1"})
-                await asyncio.sleep(0.2)
-            _, _, state = await client.fetch_snapshot("state")
-            assert [(p["protocol_id"], p["component_id"]) for p in state["protocols"]] == [(18, 1)]
+        async with manager_in_this_loop(ipc_dir, liveness=1.0, clock=clock) as manager:
+            api, events = manager.server.api, manager.server.events
+            async with Client(api, events) as client, Client(api, events) as other:
+                await registered(client, 18, 1, if_index=None)
+                # 3.6 s of the manager's time, well past the liveness of 1 s; each op alone keeps the client
+                for op, args in [("ping", {}), ("sync", {"stream": "proto/18/1"})] * 3:
+                    clock.skip(0.6)
+                    await other.request("ping")  # a turn at the new time: the client's deadline is checked first
+                    await client.request(op, args)
+                _, _, state = await client.fetch_snapshot("state")
+                assert [(p["protocol_id"], p["component_id"]) for p in state["protocols"]] == [(18, 1)]
 
     run(main())
 
@@ -242,28 +282,18 @@ class BuggyCore(Mgm):
 def test_a_bug_in_the_core_is_an_error_reply_not_a_dead_manager(
     ipc_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
-
     async def main() -> None:
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(serve(api, events, core=BuggyCore(),
-                                         ready=ready, stop=stop))
-        await ready.wait()
-        try:
-            async with Client(api, events) as client:
-                for if_index in (666, 667):  # an exception; a result that cannot be packed
-                    with pytest.raises(MgmError) as info:
-                        await client.request("get_protocol_on_interface", {"if_index": if_index,
-                                                                            "next_hop": "0.0.0.0"})
-                    assert info.value.status == Status.ERROR_CAN_NOT_COMPLETE
-                    assert "internal error" in info.value.message
+        async with manager_in_this_loop(ipc_dir, core=BuggyCore()) as manager, \
+                Client(manager.server.api, manager.server.events) as client:
+            for if_index in (666, 667):  # an exception; a result that cannot be packed
                 with pytest.raises(MgmError) as info:
-                    await client.request("get_protocol_on_interface", {"if_index": 1, "next_hop": "0.0.0.0"})
-                assert info.value.status == Status.ERROR_NOT_FOUND  # the core still works
-                assert (await client.request("ping"))["version"] == 1
-        finally:
-            stop.set()
-            await task
+                    await client.request("get_protocol_on_interface", {"if_index": if_index, "next_hop": "0.0.0.0"})
+                assert info.value.status == Status.ERROR_CAN_NOT_COMPLETE
+                assert "internal error" in info.value.message
+            with pytest.raises(MgmError) as info:
+                await client.request("get_protocol_on_interface", {"if_index": 1, "next_hop": "0.0.0.0"})
+            assert info.value.status == Status.ERROR_NOT_FOUND  # the core still works
+            assert (await client.request("ping"))["version"] == 1
         assert not (ipc_dir / "api").exists()
 
     with caplog.at_level(logging.ERROR, logger="mgm.core.manager.mgmd"):
@@ -300,7 +330,7 @@ def test_a_request_to_a_manager_that_went_away_times_out(start_manager: Callable
 
 
 
-def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
+def test_over_tcp_on_loopback(ipc_dir: Path, procs: list[Proc]) -> None:
     ports = []
     for _ in range(2):
         with socket.socket() as s:
@@ -317,10 +347,11 @@ def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
     config.write_text(f'[[manager.clients]]\nname = "client"\npublic_key = "{client_key}"\n'
                       'protocol_ids = [10]\ninterfaces = [1]\n')
     curve = client_curve(ipc_dir / "keys" / "client.key_secret", load_public_key(ipc_dir / "keys" / "manager.key"))
-    log = open(ipc_dir / "manager.log", "wb")  # noqa: SIM115 -- closed below
-    proc = subprocess.Popen([sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events,
-                             "--config", str(config), "--curve-key", str(ipc_dir / "keys" / "manager.key_secret")],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = ManagerProc("manager", [*MGM, "manager", "--api", api, "--events", events, "--config", str(config),
+                                   "--curve-key", str(ipc_dir / "keys" / "manager.key_secret")],
+                       ipc_dir / "manager.log", api=api, events=events)  # fmt: skip
+    proc.start()
+    procs.append(proc)  # stopped at teardown, its log printed if the test fails
 
     async def main() -> None:
         async with Client(api, events, connect_timeout=15, curve=curve) as client:
@@ -330,13 +361,8 @@ def test_over_tcp_on_loopback(ipc_dir: Path) -> None:
             await client.request("add_group_membership", membership(handle, 7))
             await wait_for_async(lambda: model.groups == {"239.0.0.7"}, 10, "the membership over tcp")
 
-    try:
-        run(main())
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        log.close()
-    assert proc.returncode == 0
+    run(main())
+    assert proc.stop() == 0
 
 
 def test_start_waits_for_a_late_manager_without_calling_it_lost(start_manager: Callable[..., Any],
