@@ -38,9 +38,9 @@ from mgm.bus.server import XPUB_HWM, BusServer, Gate, ManagerRunning
 from mgm.bus.sockets import Curve, InsecureEndpoint, readable
 from mgm.bus.status import MgmError, Status
 from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, parse_address
-from mgm.core.manager.routes import kernel_resolver
 from mgm.core.runtime.logs import fields as log_fields
 from mgm.core.runtime.logs import setup_from as setup_logging
+from mgm.core.runtime.routes import kernel_resolver
 from mgm.core.state import DEFERRED, LIVENESS, MFE_TIMEOUT, QUESTION_DEADLINE, Mgm
 from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 

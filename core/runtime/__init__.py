@@ -1,2 +1,2 @@
-"""mgm.core.runtime: what every mgmbus process uses at start: the configuration loader, logging set-up and
-the choice of CURVE keys.  Plugins and the host import it; it imports only mgm.bus and the rules' types."""
+"""mgm.core.runtime: the plumbing every mgmbus process may use: the configuration loader, logging set-up, the
+choice of CURVE keys, and the kernel's unicast routes.  It imports only mgm.bus and the rules' types."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from netns import Topology, wait_until
 
-from mgm.core.manager.routes import KernelRoutes, kernel_resolver
+from mgm.core.runtime.routes import KernelRoutes, kernel_resolver
 from mgm.plugins.testing import BusClient
 
 ANY = "0.0.0.0"
@@ -27,6 +27,12 @@ def resolve_all(sources: list[str]) -> list[Any]:
     resolve = kernel_resolver()
     answers = (resolve(s) for s in sources)
     return [None if i is None else [i.if_index, i.next_hop] for i in answers]
+
+
+def routes_of(destinations: list[str]) -> list[Any]:
+    """Run inside a namespace: `KernelRoutes.route` of each destination (interface and gateway), as JSON."""
+    routes = KernelRoutes()
+    return [None if r is None else [r.if_index, r.gateway] for r in map(routes.route, destinations)]
 
 
 def resolve_all_in_a_loop(sources: list[str]) -> list[Any]:
@@ -56,6 +62,7 @@ def test_the_kernel_resolver_follows_the_unicast_routes(topology: Topology) -> N
     ]  # fmt: skip
     assert rtr.call(resolve_all, sources) == want
     assert rtr.call(resolve_all_in_a_loop, sources) == want
+    assert rtr.call(routes_of, sources[:3]) == [[up.if_index(rtr), None], [down.if_index(rtr), "10.2.0.2"], None]
 
 
 @pytest.mark.netns
@@ -100,7 +107,7 @@ def test_a_failing_lookup_is_a_warning_at_most_once_a_minute(caplog: pytest.LogC
     """Not "no route" (an answer, at debug) but a lookup that failed: the user must see it, without a flood."""
     now = [0.0]
     resolve = KernelRoutes(timeout=0.0, clock=lambda: now[0])  # no time to wait: every lookup times out
-    with caplog.at_level(logging.DEBUG, logger="mgm.core.manager.routes"):
+    with caplog.at_level(logging.DEBUG, logger="mgm.core.runtime.routes"):
         for at, source in ((0.0, "192.0.2.1"), (30.0, "192.0.2.2"), (61.0, "192.0.2.3")):
             now[0] = at
             assert resolve(source) is None

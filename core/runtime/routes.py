@@ -1,4 +1,7 @@
-"""The manager's route resolver: the interface towards a source, from the kernel's unicast routing table.
+"""The kernel's unicast routes: the interface (and gateway) towards an address, by one RTM_GETROUTE each.
+
+The manager's route resolver (the incoming interface of a new flow) and PIM's RPF (the neighbour
+towards a source or an RP) both ask it.
 
 The core asks it synchronously, in the middle of a transition, for a new
 (S,G) and for a source-specific alert (mgm.core.state `_towards`).  pyroute2's
@@ -21,6 +24,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from mgm.core.types import ANY, Interface
 
@@ -33,11 +37,19 @@ RTM_GETROUTE = 26
 RTN_UNICAST = 1
 RTA_DST = 1
 RTA_OIF = 4
+RTA_GATEWAY = 5
 _NLMSG = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _RTA = struct.Struct("=HH")  # rtattr: length, type
 _INT = struct.Struct("=i")
 _REQUEST_LEN = _NLMSG.size + _RTMSG.size + _RTA.size + 4
+
+class Route(NamedTuple):
+    """A unicast route: its interface, and its gateway (None: the destination is on that link)."""
+
+    if_index: int
+    gateway: str | None
+
 
 NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL})
 """The kernel's answers for no route, an unreachable, a prohibit and a blackhole route: no interface towards S."""
@@ -70,21 +82,28 @@ class KernelRoutes:
             self._sock = None
 
     def __call__(self, source: str) -> Interface | None:
+        """The interface towards `source` as the manager's core wants it (next hop 0.0.0.0), or None."""
+        found = self.route(source)
+        return None if found is None else Interface(found.if_index, ANY)
+
+    def route(self, destination: str) -> Route | None:
+        """The unicast route towards `destination` (its interface and gateway), or None: no route, a local
+        address, or a lookup that failed (warned about at most once a minute)."""
         failure: Exception
         try:
-            return self._lookup(source)
+            return self._lookup(destination)
         except OSError as exc:
             if exc.errno in NO_ROUTE:
-                log.debug("no route towards %s: %s", source, os.strerror(exc.errno))
+                log.debug("no route towards %s: %s", destination, os.strerror(exc.errno))
                 return None
             failure = exc
         except (ValueError, struct.error) as exc:  # an answer we cannot read
             failure = exc
         self.close()  # the next lookup starts on a fresh socket, with no late answer queued
-        self._warn(source, failure)
+        self._warn(destination, failure)
         return None
 
-    def _lookup(self, source: str) -> Interface | None:
+    def _lookup(self, source: str) -> Route | None:
         if self._sock is None:
             self._sock = _open()
         sock = self._sock
@@ -111,7 +130,7 @@ class KernelRoutes:
                 raise OSError(code, os.strerror(code))
             if kind != RTM_NEWROUTE:
                 raise ValueError(f"netlink message type {kind} in answer to RTM_GETROUTE")
-            return _route_interface(data[:length])
+            return _route(data[:length])
 
     def _warn(self, source: str, exc: Exception) -> None:
         now = self._clock()
@@ -137,19 +156,23 @@ def _open() -> socket.socket:
     return sock
 
 
-def _route_interface(msg: bytes) -> Interface | None:
-    """RTA_OIF of an RTM_NEWROUTE answer, if the route is unicast (not local, broadcast...)."""
+def _route(msg: bytes) -> Route | None:
+    """RTA_OIF and RTA_GATEWAY of an RTM_NEWROUTE answer, if the route is unicast (not local, broadcast...)."""
     if _RTMSG.unpack_from(msg, _NLMSG.size)[7] != RTN_UNICAST:
         return None
+    if_index: int | None = None
+    gateway: str | None = None
     pos = _NLMSG.size + _RTMSG.size
     while pos + _RTA.size <= len(msg):
         rta_len, rta_type = _RTA.unpack_from(msg, pos)
         if rta_len < _RTA.size:
             break
         if rta_type == RTA_OIF and rta_len >= _RTA.size + 4:
-            return Interface(_INT.unpack_from(msg, pos + _RTA.size)[0], ANY)
+            if_index = _INT.unpack_from(msg, pos + _RTA.size)[0]
+        elif rta_type == RTA_GATEWAY and rta_len >= _RTA.size + 4:
+            gateway = socket.inet_ntoa(msg[pos + _RTA.size : pos + _RTA.size + 4])
         pos += (rta_len + 3) & ~3
-    return None
+    return None if if_index is None else Route(if_index, gateway)
 
 
 def kernel_resolver() -> Callable[[str], Interface | None]:
