@@ -1,12 +1,24 @@
 """The `pim` plugin: PIM-SM (RFC 7761) for IPv4, as a routing protocol that owns its interfaces in the MGM.
 
-What runs in this version: on every interface of ``[plugins.pim]
-interfaces``, neighbour discovery (Hellos with holdtime, DR priority,
-generation ID and LAN prune delay; triggered Hellos; neighbour expiry and
-goodbyes) and DR election, logged as they change and counted per message
-type.  Not yet: Join/Prune, Register, Assert, RPF and the static RP map, so
-PIM forwards nothing on its own yet; IGMP's receivers on its interfaces
-are forwarded as on any interface IGMP shares.  The start-up log says so.
+What runs in this version, on every interface of ``[plugins.pim]
+interfaces``:
+
+* neighbour discovery (Hellos with holdtime, DR priority, generation ID
+  and LAN prune delay; triggered Hellos; neighbour expiry and goodbyes)
+  and DR election, logged as they change and counted per message type;
+* the last-hop router's upstream joins: receivers of a group (IGMP's
+  members on our interfaces, `local_join`, and the other protocols'
+  receivers, the manager's join alerts) make a (*,G) join towards the
+  group's RP from the static RP map, source-specific receivers an (S,G)
+  join towards S, each to the RPF neighbour the kernel's unicast routes
+  give (re-checked every few seconds and whenever a neighbour comes or
+  goes); the first packet of a flow on the shared tree (the manager's
+  rpf question for the new MFE) makes an (S,G) join, the switch to the
+  shortest-path tree, unless ``spt_switchover = "never"``.
+
+Not yet: Join/Prune received (the downstream state, so we are no
+upstream router or RP for others), Register, Assert, join suppression and
+prune override on LANs.  The start-up log says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -18,27 +30,33 @@ deadline, on the host's loop.
 Configuration (``[plugins.pim]``, seconds unless said): ``interfaces``,
 ``hello_period`` (30), ``hello_holdtime`` (3.5 x hello_period),
 ``dr_priority`` (1), ``propagation_delay`` (0.5), ``override_interval``
-(2.5), ``triggered_hello_delay`` (5).  Any other key is an error.
+(2.5), ``triggered_hello_delay`` (5), ``join_prune_interval`` (60),
+``rp`` (a list of ``{address = "RP", groups = ["224.0.0.0/4"]}``, the
+longest prefix wins), ``spt_switchover`` ("immediate" or "never").  Any
+other key is an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Mistakes, plugin_table
+from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Mistakes, multicast_prefix, plugin_table
+from mgm.core.runtime.routes import KernelRoutes
 from mgm.core.types import ANY, Interface
 from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.rawsocket import interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
 from mgm.plugins.pim.neighbors import PimLink
+from mgm.plugins.pim.upstream import Key, Rpf, Upstream
 
 if TYPE_CHECKING:
     from mgm.plugins.context import PluginContext
@@ -56,6 +74,8 @@ IP_MULTICAST_LOOP = 34
 IP_ADD_MEMBERSHIP = 35
 RECV_SIZE = 65535
 TOS_INTERNETWORK_CONTROL = 0xC0
+RPF_CHECK_INTERVAL = 5.0
+"""How often the RPF neighbour of every upstream entry is looked up again (a route change moves the join)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +86,20 @@ class Settings:
     propagation_delay: float = 0.5
     override_interval: float = 2.5
     triggered_hello_delay: float = 5.0
+    join_prune_interval: float = 60.0
+    rp: tuple[tuple[ipaddress.IPv4Network, str], ...] = field(default=())
+    """(group range, RP address), longest prefix first."""
+    spt_switchover: str = "immediate"
+
+    def rp_for(self, group: str) -> str | None:
+        address = ipaddress.IPv4Address(group)
+        return next((rp for prefix, rp in self.rp if address in prefix), None)
 
 
 
 LIMITS = {"hello_period": (1.0, 18724.0), "hello_holdtime": (1.0, 65534.0), "propagation_delay": (0.0, 32.767),
-          "override_interval": (0.0, 65.535), "triggered_hello_delay": (0.0, 60.0)}  # fmt: skip
+          "override_interval": (0.0, 65.535), "triggered_hello_delay": (0.0, 60.0),
+          "join_prune_interval": (1.0, 18724.0)}  # fmt: skip
 """Each setting's range: what its field on the wire carries (a 16-bit holdtime, 0xFFFF meaning forever)."""
 
 
@@ -88,6 +117,15 @@ def read_settings(config: Mapping[str, Any]) -> Settings:
                 mistakes.add(error(key, f"must be an integer from 0 to 4294967295, not {value!r}"))
             else:
                 values[key] = value
+        elif key == "spt_switchover":
+            if value not in ("immediate", "never"):
+                mistakes.add(error(key, f'must be "immediate" or "never", not {value!r}'))
+            else:
+                values[key] = value
+        elif key == "rp":
+            rp = mistakes.check(_rp_map, error, value)
+            if rp is not None:
+                values[key] = rp
         elif key in LIMITS:
             low, high = LIMITS[key]
             if type(value) not in (int, float) or not low <= value <= high:
@@ -100,6 +138,32 @@ def read_settings(config: Mapping[str, Any]) -> Settings:
         raise error("hello_holdtime", f"{settings.hello_holdtime:g} s is shorter than hello_period "
                     f"({settings.hello_period:g} s): neighbours would expire between Hellos")
     return settings
+
+
+def _rp_map(error: Any, value: Any) -> tuple[tuple[ipaddress.IPv4Network, str], ...]:
+    """``rp = [{address = "10.0.0.1", groups = ["239.0.0.0/8"]}, ...]``, checked; longest prefixes first."""
+    if not isinstance(value, list):
+        raise error("rp", 'must be a list of {address = "RP", groups = ["224.0.0.0/4", ...]}')
+    found: dict[ipaddress.IPv4Network, str] = {}
+    for i, entry in enumerate(value):
+        where = f"rp[{i}]"
+        if not isinstance(entry, Mapping) or "address" not in entry or set(entry) - {"address", "groups"}:
+            raise error(where, 'must be {address = "RP", groups = [...]} (groups default to 224.0.0.0/4)')
+        try:
+            address = ipaddress.IPv4Address(entry["address"])
+        except ValueError:
+            raise error(f"{where}.address", f"must be an IPv4 unicast address, not {entry['address']!r}") from None
+        if address.is_multicast or address.is_unspecified:
+            raise error(f"{where}.address", f"{address} cannot be an RP (a unicast address is)")
+        for prefix_text in entry.get("groups", ["224.0.0.0/4"]):
+            try:
+                prefix = multicast_prefix(prefix_text)
+            except ValueError as exc:
+                raise error(f"{where}.groups", str(exc)) from None
+            if prefix in found and found[prefix] != str(address):
+                raise error(f"{where}.groups", f"{prefix} already has the RP {found[prefix]}")
+            found[prefix] = str(address)
+    return tuple(sorted(found.items(), key=lambda kv: -kv[0].prefixlen))
 
 
 class PimPlugin(links.LinkSubscriber):
@@ -115,6 +179,13 @@ class PimPlugin(links.LinkSubscriber):
         self._timer: asyncio.TimerHandle | None = None
         self.watcher: links.LinkWatcher | None = None
         self.stopped = False
+        self.upstream: Upstream | None = None
+        self.routes: KernelRoutes | None = None
+        self.wanted: dict[Key, set[str]] = {}
+        """Why each upstream entry is joined: "local N" (IGMP's members on our interface N), "alert" (other
+        protocols' receivers), "spt" (a flow of a joined group, on the shortest-path tree)."""
+        self._next_rpf_check = 0.0
+        self._no_rp_said: set[str] = set()
 
     @hookimpl
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
@@ -129,6 +200,37 @@ class PimPlugin(links.LinkSubscriber):
     @hookimpl
     def mgm_stop(self, mgm: PluginContext) -> None:
         self.stop()
+
+    @hookimpl
+    def mgm_local_join(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
+                       interface: Interface) -> None:  # fmt: skip
+        self._reason(_key(source, group), f"local {interface.if_index}", True)
+
+    @hookimpl
+    def mgm_local_leave(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
+                        interface: Interface) -> None:  # fmt: skip
+        self._reason(_key(source, group), f"local {interface.if_index}", False)
+
+    @hookimpl
+    def mgm_join_alert(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
+                       member_update: bool) -> None:  # fmt: skip
+        if member_update:  # receivers of another protocol
+            self._reason(_key(source, group), "alert", True)
+
+    @hookimpl
+    def mgm_prune_alert(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
+                        interface: Interface, member_delete: bool, question: int | None) -> None:  # fmt: skip
+        if member_delete:
+            self._reason(_key(source, group), "alert", False)
+
+    @hookimpl
+    def mgm_rpf(self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str,
+                question: int) -> None:  # fmt: skip
+        """A new flow arrives on one of our interfaces: on the shared tree of a joined group, switch to the
+        shortest-path tree (the manager's choice of incoming interface stands)."""
+        settings = self.settings
+        if settings is not None and settings.spt_switchover == "immediate" and (None, group) in self.wanted:
+            self._reason((source, group), "spt", True)
 
     # --- the shell ----------------------------------------------------------------------------
 
@@ -171,8 +273,17 @@ class PimPlugin(links.LinkSubscriber):
             link.start(now)
             log.info("pim: running on %s (if_index %d, address %s, DR priority %d, generation id %08x)",
                      self.names[if_index], if_index, link.address, link.dr_priority, link.generation_id)  # fmt: skip
-        log.warning("pim: this version runs neighbour discovery and DR election only: no Join/Prune, Register or "
-                    "Assert yet, so PIM itself forwards nothing")  # fmt: skip
+        self.upstream = Upstream(settings.join_prune_interval)
+        try:
+            self.routes = KernelRoutes()
+        except OSError as exc:
+            log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
+        for prefix, rp in settings.rp:
+            log.info("pim: RP %s for %s", rp, prefix)
+        log.warning("pim: this version is a last-hop router only: it joins upstream for its receivers, but takes "
+                    "no joins from others (no RP or upstream duty), sends no Register and no Assert")  # fmt: skip
+        for key in self.wanted:
+            self._evaluate(key, now)
         self._after()
 
     def stop(self) -> None:
@@ -187,11 +298,18 @@ class PimPlugin(links.LinkSubscriber):
             if link.running:
                 self._send(if_index, link.stop())  # goodbye: neighbours drop us now, not after our holdtime
         self._log_events()
+        if self.upstream is not None:  # prune what we joined: upstream stops at once, not after the holdtime
+            for key in list(self.upstream.entries):
+                self.upstream.unwant(key)
+            for (if_index, _neighbor), message in self.upstream.tick(0.0):
+                self._send(if_index, message)
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        if self.routes is not None:
+            self.routes.close()
         log.info("pim: counters: %s", self.counters or "none")
 
     # --- addresses: Hellos go from the primary one, and the DR election compares it ---------------
@@ -212,6 +330,54 @@ class PimPlugin(links.LinkSubscriber):
                 log.info("pim: %s: primary address %s -> %s", self.names[if_index], link.address, new)
                 link.readdress(new)
         self._after()
+
+    # --- upstream joins ---------------------------------------------------------------------------
+
+    def _reason(self, key: Key, reason: str, present: bool) -> None:
+        reasons = self.wanted.setdefault(key, set())
+        before = bool(reasons)
+        (reasons.add if present else reasons.discard)(reason)
+        if not reasons:
+            del self.wanted[key]
+            if key[0] is None:  # the group's receivers are gone: its shortest-path trees go too
+                for spt in [k for k, why in self.wanted.items() if k[1] == key[1] and why == {"spt"}]:
+                    del self.wanted[spt]
+                    self._evaluate(spt)
+        if before != bool(reasons):
+            log.info("pim: (%s,%s) %s (%s)", key[0] or "*", key[1], "wanted" if reasons else "no longer wanted",
+                     reason)  # fmt: skip
+        self._evaluate(key)
+        self._after()
+
+    def _evaluate(self, key: Key, now: float | None = None) -> None:
+        """Tell the upstream state whether `key` is wanted and through which neighbour."""
+        if self.upstream is None or self._loop is None:
+            return  # not started: `start` evaluates every wanted key
+        now = self._loop.time() if now is None else now
+        if key not in self.wanted:
+            self.upstream.unwant(key)
+            return
+        source, group = key
+        target = source
+        if target is None:
+            target = self.settings.rp_for(group) if self.settings is not None else None
+            if target is None:
+                if group not in self._no_rp_said:
+                    self._no_rp_said.add(group)
+                    log.warning("pim: no RP for %s in the rp map: no (*,G) join", group)
+                return
+        self.upstream.want(key, target, self._rpf(target), now)
+
+    def _rpf(self, target: str) -> Rpf | None:
+        """RPF'(target): our interface towards it and the PIM neighbour there (the gateway, else the target)."""
+        if self.routes is None:
+            return None
+        route = self.routes.route(target)
+        link = self.links.get(route.if_index) if route is not None else None
+        if route is None or link is None or target == link.address:
+            return None  # no route, not through PIM, or we are the RP
+        neighbor = route.gateway or target
+        return (route.if_index, neighbor) if neighbor in link.neighbors else None
 
     def neighbors(self) -> dict[str, list[dict[str, object]]]:
         """{interface name: its neighbours}, for logs and tests."""
@@ -259,7 +425,16 @@ class PimPlugin(links.LinkSubscriber):
             for hello in link.tick(now):
                 self._send(if_index, hello)
         self._log_events()
-        deadline = min((link.next_deadline() for link in self.links.values()), default=float("inf"))
+        if self.upstream is None:
+            return
+        if now >= self._next_rpf_check:
+            self._next_rpf_check = now + RPF_CHECK_INTERVAL
+            for key in list(self.wanted):
+                self._evaluate(key, now)
+        for (if_index, _neighbor), message in self.upstream.tick(now):
+            self._send(if_index, message)
+        deadline = min([self._next_rpf_check, self.upstream.next_deadline(),
+                        *(link.next_deadline() for link in self.links.values())])  # fmt: skip
         if deadline != float("inf"):
             if self._timer is not None:
                 self._timer.cancel()
@@ -269,6 +444,10 @@ class PimPlugin(links.LinkSubscriber):
         for if_index, link in self.links.items():
             name = self.names[if_index]
             for event in link.take_events():
+                if event.kind in ("up", "down"):
+                    self._next_rpf_check = 0.0  # a neighbour came or went: look at every RPF' again
+                elif event.kind == "restarted" and self.upstream is not None and self._loop is not None:
+                    self.upstream.neighbor_restarted((if_index, event.address), self._loop.time())
                 if event.kind == "up":
                     n = link.neighbors.get(event.address)
                     log.info("pim: %s: neighbour %s up (DR priority %s, generation id %s)", name, event.address,
@@ -292,6 +471,10 @@ class PimPlugin(links.LinkSubscriber):
             self._count("send_failed")
             log.warning("pim: %s: cannot send a %s: %s", self.names.get(if_index, if_index),
                         type(message).__name__, exc)  # fmt: skip
+
+
+def _key(source: str, group: str) -> Key:
+    return (None if source == ANY else source, group)
 
 
 def _type_of(message: packet.Message) -> int:

@@ -33,7 +33,7 @@ PIM_PROTOCOL = 103
 
 def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: float | None = None) -> None:
     """Hello every second with `options` (a holdtime 0 goodbye after `goodbye_after` s); print what is heard."""
-    from scapy.contrib.pim import PIMv2Hdr, PIMv2Hello
+    from scapy.contrib.pim import PIMv2Hdr, PIMv2Hello, PIMv2JoinPrune
 
     from mgm.plugins.pim.packet import Hello, build
 
@@ -65,6 +65,12 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
                 for name in ("holdtime", "dr_priority", "generation_id"):
                     if hasattr(option, name):
                         entry[name] = getattr(option, name)
+        elif pim.type == 3:
+            jp = pim[PIMv2JoinPrune]
+            entry.update(upstream=jp.up_neighbor_ip, holdtime=jp.holdtime, groups={
+                g.gaddr: {kind: [[a.src_ip, a.wildcard, a.rpt] for a in addrs]
+                          for kind, addrs in (("joins", g.join_ips), ("prunes", g.prune_ips))}
+                for g in jp.jp_ips})  # fmt: skip
         print(json.dumps(entry), flush=True)
 
 
@@ -150,6 +156,42 @@ def test_a_stopping_plugin_says_goodbye(manager: ManagerProc, ipc_dir: Path, top
     wait_until(lambda: any(e["holdtime"] == 0 for e in heard(watcher, router.address)), WAIT, "our goodbye")
     pim.popen.wait(timeout=WAIT)
     assert "counters:" in pim.log() and "hello_sent" in pim.log(), pim.log()
+
+
+def test_receivers_make_a_star_g_join_towards_the_rp_and_their_leave_a_prune(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    """Last-hop router: a host behind IGMP joins G; PIM joins (*,G) towards the RP (the peer), refreshes it,
+    and prunes it after the leave.  The peer decodes every Join/Prune with scapy."""
+    rtr, rp_ns, host_ns = topology.namespaces("rtr", "rp", "host")
+    up = topology.link(rtr, rp_ns, f"{SUBNET}.1/24", f"{SUBNET}.2/24")
+    down = topology.link(rtr, host_ns, "10.79.0.1/24", "10.79.0.2/24")
+    host_ns.multicast_route(down.b_if)
+    group, rp = "239.78.9.9", f"{SUBNET}.2"
+    start_pim(Node(rtr, up.a_if, f"{SUBNET}.1"), manager, ipc_dir, join_prune_interval=1,
+              rp=[{"address": rp, "groups": ["239.78.0.0/16"]}])  # fmt: skip
+    config = ipc_dir / "igmp.toml"
+    fast_leave = {"query_response_interval": 0.5, "last_member_query_interval": 0.2, "last_member_query_count": 2}
+    config.write_text(toml_config({"igmp": {"interfaces": [down.a_if], **fast_leave}}))
+    igmp = rtr.mgm("plugin", "igmp", "--config", str(config), "--api", manager.api, "--events", manager.events,
+                   name="igmp")  # fmt: skip
+    wait_until(lambda: "igmp: running IGMPv" in igmp.log() or not igmp.alive(), WAIT, "the igmp plugin")
+    peer_proc = start_peer(Node(rp_ns, up.b_if, rp))
+
+    def joins_and_prunes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        messages = [e for e in heard(peer_proc, f"{SUBNET}.1") if e["type"] == 3 and group in e["groups"]]
+        return ([m for m in messages if m["groups"][group]["joins"]],
+                [m for m in messages if m["groups"][group]["prunes"]])  # fmt: skip
+
+    receiver = host_ns.receiver(group, 5099)
+    receiver.wait_joined()
+    wait_until(lambda: len(joins_and_prunes()[0]) >= 2, WAIT, "a (*,G) join and its periodic refresh at the RP")
+    join = joins_and_prunes()[0][0]
+    assert (join["upstream"], join["holdtime"], join["ttl"]) == (rp, 4, 1)  # 3.5 x 1 s
+    assert join["groups"][group] == {"joins": [[rp, 1, 1]], "prunes": []}  # the RP, wildcard and RPT bits
+    receiver.leave()
+    wait_until(lambda: joins_and_prunes()[1], WAIT, "the (*,G) prune after the leave")
+    assert joins_and_prunes()[1][0]["groups"][group] == {"joins": [], "prunes": [[rp, 1, 1]]}
 
 
 def test_config_mistakes_are_all_named_before_the_plugin_registers(ipc_dir: Path) -> None:

@@ -1,0 +1,116 @@
+"""PIM-SM upstream join state (RFC 7761 4.5.6 and 4.5.7, simplified): which joins and prunes go to which
+neighbour, and when.  No I/O: the plugin says what it wants and where its RPF neighbours are, and sends
+the `JoinPrune` messages `tick` returns.
+
+An entry is (*,G), joined towards the group's RP (the Join carries the RP with the W and R bits), or
+(S,G), joined towards S.  Kept here:
+
+* JoinDesired becomes true: a Join to RPF' at once, then one every `join_prune_interval` (t_periodic)
+  with a holdtime of 3.5 times that; false: a Prune to the last RPF', and the entry goes.
+* RPF' changes (a route change, a neighbour that comes or goes): a Join to the new neighbour, a Prune to
+  the old one (4.5.7 "RPF'(S,G) changes").  No RPF' (no route, or no PIM neighbour there): nothing is
+  sent until there is one.
+* A neighbour that restarted (new generation ID) lost our joins: they are sent again at once.
+* What is due in one `tick` goes out packed, one message per neighbour, its groups together.
+
+Not yet: join suppression and prune override on a LAN (4.5.7's timers on others' joins), (S,G,rpt)
+prunes after a switch to the shortest-path tree, and the upstream half of asserts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mgm.plugins.pim.packet import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup
+
+JOIN_PRUNE_INTERVAL = 60.0
+MAX_GROUPS_PER_MESSAGE = 64
+"""Keeps a message far below an Ethernet MTU with a few sources per group (each group takes 12 octets,
+each source 8)."""
+
+Key = tuple[str | None, str]
+"""(source, group); source None for (*,G)."""
+Rpf = tuple[int, str]
+"""(if_index, neighbour address)."""
+
+
+@dataclass(slots=True)
+class Entry:
+    key: Key
+    target: str
+    """The address joined towards: the RP of a (*,G), S of an (S,G)."""
+    rpf: Rpf | None
+    next_join: float
+
+
+@dataclass(slots=True)
+class _Batch:
+    joins: dict[Key, str] = field(default_factory=dict)
+    prunes: dict[Key, str] = field(default_factory=dict)
+
+
+class Upstream:
+    def __init__(self, join_prune_interval: float = JOIN_PRUNE_INTERVAL) -> None:
+        self.interval = join_prune_interval
+        self.holdtime = min(0xFFFE, round(3.5 * join_prune_interval))
+        self.entries: dict[Key, Entry] = {}
+        self._due: dict[Rpf, _Batch] = {}
+
+    def want(self, key: Key, target: str, rpf: Rpf | None, now: float) -> None:
+        """JoinDesired(key) is true, towards `target` through `rpf` (None: no RPF' now)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            self.entries[key] = entry = Entry(key, target, None, math.inf)
+        if entry.rpf == rpf and entry.target == target:
+            return
+        if entry.rpf is not None:
+            self._queue(entry.rpf, key, entry.target, join=False)
+        entry.rpf, entry.target = rpf, target
+        if rpf is None:
+            entry.next_join = math.inf
+        else:
+            self._queue(rpf, key, target, join=True)
+            entry.next_join = now + self.interval
+
+    def unwant(self, key: Key) -> None:
+        """JoinDesired(key) is false: prune it where it was joined."""
+        entry = self.entries.pop(key, None)
+        if entry is not None and entry.rpf is not None:
+            self._queue(entry.rpf, key, entry.target, join=False)
+
+    def neighbor_restarted(self, rpf: Rpf, now: float) -> None:
+        for entry in self.entries.values():
+            if entry.rpf == rpf:
+                self._queue(rpf, entry.key, entry.target, join=True)
+                entry.next_join = now + self.interval
+
+    def tick(self, now: float) -> list[tuple[Rpf, JoinPrune]]:
+        """The messages due by `now`, each with the (interface, neighbour) it goes to."""
+        for entry in self.entries.values():
+            if entry.rpf is not None and entry.next_join <= now:
+                self._queue(entry.rpf, entry.key, entry.target, join=True)
+                entry.next_join = now + self.interval
+        due, self._due = self._due, {}
+        return [(rpf, message) for rpf, batch in sorted(due.items()) for message in self._pack(rpf[1], batch)]
+
+    def next_deadline(self) -> float:
+        if self._due:
+            return -math.inf
+        return min((e.next_join for e in self.entries.values()), default=math.inf)
+
+    def _queue(self, rpf: Rpf, key: Key, target: str, *, join: bool) -> None:
+        batch = self._due.setdefault(rpf, _Batch())
+        (batch.joins if join else batch.prunes)[key] = target
+        (batch.prunes if join else batch.joins).pop(key, None)  # the later of the two wins
+
+    def _pack(self, neighbor: str, batch: _Batch) -> list[JoinPrune]:
+        groups: dict[str, tuple[list[EncodedSource], list[EncodedSource]]] = {}
+        for index, entries in enumerate((batch.joins, batch.prunes)):
+            for (source, group), target in sorted(entries.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
+                encoded = (EncodedSource(target, wildcard=True, rpt=True) if source is None
+                           else EncodedSource(source))  # fmt: skip
+                groups.setdefault(group, ([], []))[index].append(encoded)
+        entries = [JoinPruneGroup(EncodedGroup(g), tuple(j), tuple(p)) for g, (j, p) in groups.items()]
+        return [JoinPrune(neighbor, self.holdtime, tuple(entries[i : i + MAX_GROUPS_PER_MESSAGE]))
+                for i in range(0, len(entries), MAX_GROUPS_PER_MESSAGE)]  # fmt: skip

@@ -1,0 +1,81 @@
+"""PIM upstream join state without sockets or clocks: what goes to which neighbour, and when."""
+
+from __future__ import annotations
+
+from mgm.plugins.pim.packet import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup, build, parse
+from mgm.plugins.pim.upstream import MAX_GROUPS_PER_MESSAGE, Upstream
+
+RP, S, G, G2 = "10.0.0.1", "10.9.0.5", "239.1.1.1", "239.1.1.2"
+UP = (2, "10.0.0.1")
+OTHER = (3, "10.0.1.1")
+STAR = EncodedSource(RP, wildcard=True, rpt=True)
+
+
+def test_a_star_g_join_goes_at_once_then_every_interval_and_a_prune_when_unwanted() -> None:
+    up = Upstream(join_prune_interval=60.0)
+    up.want((None, G), RP, UP, 0.0)
+    assert up.tick(0.0) == [(UP, JoinPrune("10.0.0.1", 210, (JoinPruneGroup(EncodedGroup(G), joins=(STAR,)),)))]
+    assert up.next_deadline() == 60.0 and up.tick(59.0) == []
+    ((_, periodic),) = up.tick(60.0)
+    assert periodic.groups[0].joins == (STAR,)
+    up.unwant((None, G))
+    ((rpf, prune),) = up.tick(61.0)
+    assert rpf == UP and prune.groups == (JoinPruneGroup(EncodedGroup(G), prunes=(STAR,)),)
+    assert up.entries == {} and up.tick(1000.0) == []
+
+
+def test_a_new_rpf_neighbour_gets_the_join_and_the_old_one_the_prune() -> None:
+    up = Upstream()
+    up.want((S, G), S, UP, 0.0)
+    up.tick(0.0)
+    up.want((S, G), S, OTHER, 5.0)
+    sent = dict(up.tick(5.0))
+    assert sent[OTHER].groups[0].joins == (EncodedSource(S),) and sent[OTHER].upstream_neighbor == "10.0.1.1"
+    assert sent[UP].groups[0].prunes == (EncodedSource(S),) and sent[UP].groups[0].joins == ()
+
+
+def test_without_rpf_nothing_is_sent_until_there_is_one() -> None:
+    up = Upstream()
+    up.want((None, G), RP, None, 0.0)
+    assert up.tick(0.0) == [] and up.tick(500.0) == []
+    up.want((None, G), RP, UP, 501.0)
+    assert [rpf for rpf, _ in up.tick(501.0)] == [UP]
+    up.want((None, G), RP, None, 502.0)  # the neighbour went: it is pruned (it may still hear)
+    ((rpf, message),) = up.tick(502.0)
+    assert rpf == UP and message.groups[0].prunes == (STAR,)
+
+
+def test_a_restarted_neighbour_gets_our_joins_again_at_once() -> None:
+    up = Upstream()
+    up.want((None, G), RP, UP, 0.0)
+    up.want((S, G2), S, OTHER, 0.0)
+    up.tick(0.0)
+    up.neighbor_restarted(UP, 10.0)
+    assert [rpf for rpf, _ in up.tick(10.0)] == [UP]
+
+
+def test_what_is_due_together_is_packed_per_neighbour_and_group() -> None:
+    up = Upstream()
+    up.want((None, G), RP, UP, 0.0)
+    up.want((S, G), S, UP, 0.0)
+    up.want((S, G2), S, UP, 0.0)
+    ((_, message),) = up.tick(0.0)
+    assert message.groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR, EncodedSource(S))),
+                              JoinPruneGroup(EncodedGroup(G2), joins=(EncodedSource(S),)))  # fmt: skip
+    assert parse(build(message)) == message
+
+
+def test_a_join_then_a_prune_before_the_tick_sends_only_the_prune() -> None:
+    up = Upstream()
+    up.want((S, G), S, UP, 0.0)
+    up.unwant((S, G))
+    ((_, message),) = up.tick(0.0)
+    assert message.groups == (JoinPruneGroup(EncodedGroup(G), prunes=(EncodedSource(S),)),)
+
+
+def test_many_groups_go_in_several_messages() -> None:
+    up = Upstream()
+    for i in range(MAX_GROUPS_PER_MESSAGE + 1):
+        up.want((None, f"239.2.0.{i}"), RP, UP, 0.0)
+    sizes = [len(message.groups) for _, message in up.tick(0.0)]
+    assert sizes == [MAX_GROUPS_PER_MESSAGE, 1]
