@@ -28,8 +28,9 @@ What it gives (`MgmBus`):
 
 Every process runs in its own process group and is killed with its group at
 teardown, also when the test fails; the processes' logs are printed then.
-The building blocks (`Proc`, `ManagerProc`, `toml_config`, `wait_for`, `wait_for_async`) serve
-fixtures of one's own; the mgmbus repository's conftest uses them too.
+The building blocks (`Proc`, `ManagerProc` and its `wait_ready`,
+`manager_argv`, `toml_config`, `wait_for`, `wait_for_async`) serve fixtures
+of one's own; the mgmbus repository's conftest uses them too.
 
 Every timeout here (waits, replies, a stopping process's grace) is multiplied
 by ``$MGM_TEST_TIME_SCALE`` (default 1; `scaled(seconds)` for waits of one's
@@ -229,6 +230,27 @@ class ManagerProc(Proc):
         except TimeoutError:
             return False
 
+    def wait_ready(self, ready: Callable[[], Any] | None = None, what: str = "the manager to answer ping") -> None:
+        """Return once the started manager answers ping (or `ready()` is true); AssertionError with its log if it
+        exits first or is not ready within START_TIMEOUT (scaled)."""
+        check = ready or self.ping
+        try:
+            wait_for(lambda: not self.alive() or check(), START_TIMEOUT, what)
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}:\n{self.log()}") from None
+        if not self.alive():
+            raise AssertionError(f"{self.name} exited with {self.popen.returncode if self.popen else '?'}:\n"
+                                 f"{self.log()}")  # fmt: skip
+
+
+def manager_argv(api: str, events: str, log_level: str = "debug", **options: Any) -> list[str]:
+    """`mgm manager` on `api` and `events` for a test: TEST_MANAGER_OPTIONS, then `options` as --options
+    (``question_deadline=0.3`` becomes ``--question-deadline 0.3``)."""
+    argv = [*MGM, "manager", "--api", api, "--events", events, "--log-level", log_level]
+    for key, value in {**TEST_MANAGER_OPTIONS, **options}.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
 
 @dataclass
 class PluginProc(Proc):
@@ -421,21 +443,12 @@ class MgmBus:
         if self.manager is not None and self.manager.alive():
             raise RuntimeError("this test's manager is still running: stop it first (mgm_bus.manager.stop())")
         self._managers += 1
-        argv = [*MGM, "manager", "--api", self.api, "--events", self.events, "--log-level", self.log_level,
-                "--log-format", self.log_format]  # fmt: skip
-        for key, value in {**TEST_MANAGER_OPTIONS, **options}.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        argv = manager_argv(self.api, self.events, self.log_level, **{"log_format": self.log_format, **options})
         proc = ManagerProc("manager", argv, self.dir / f"manager-{self._managers}.log", api=self.api,
                            events=self.events)  # fmt: skip
         proc.start()
         self.manager = proc
-        try:
-            wait_for(lambda: proc.ping() or not proc.alive(), START_TIMEOUT, "the manager to answer ping")
-        except TimeoutError:
-            raise AssertionError(f"the manager did not answer ping:\n{proc.log()}") from None
-        if not proc.alive():
-            raise AssertionError(f"the manager exited with {proc.popen.returncode if proc.popen else '?'}:\n"
-                                 f"{proc.log()}")  # fmt: skip
+        proc.wait_ready()
         return proc
 
     def _running_manager(self) -> ManagerProc:

@@ -7,8 +7,10 @@ Any test may use them:
 * ``manager`` -- ``mgm manager`` running on ``ipc_dir``; a `ManagerProc` with
   ``api``, ``events``, ``request(op, args)`` (blocking) and ``log()``.
   ``start_manager(**options)`` starts one with other options
-  (``question_deadline=0.3``...) or again after a stop.  Both run
-  ``--resolver none`` unless given ``resolver="kernel"`` (as `mgm_bus`).
+  (``question_deadline=0.3``...) or again after a stop;
+  ``start_manager(directory)`` a further one on endpoints in that
+  directory.  All run ``--resolver none`` unless given ``resolver="kernel"``
+  (as `mgm_bus`).
 * ``start_plugin(name, table)`` -- ``mgm plugin NAME`` with ``table`` as its
   ``[plugins.NAME]`` table.  For the recorder test plugins (names
   ``test-*``) a ``control`` endpoint is added and the call returns once the
@@ -35,7 +37,7 @@ from typing import Any
 import pytest
 from mgm_testplugins.control import Control
 
-from mgm.plugins.testing import MGM, TEST_MANAGER_OPTIONS, ManagerProc, PluginProc, Proc, toml_config, wait_for
+from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, manager_argv, toml_config, wait_for
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -73,23 +75,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def start_manager(ipc_dir: Path, procs: list[Proc]) -> Callable[..., ManagerProc]:
     count = 0
 
-    def start(**options: Any) -> ManagerProc:
+    def start(directory: Path | None = None, **options: Any) -> ManagerProc:
         nonlocal count
-        running = [p for p in procs if isinstance(p, ManagerProc) and p.alive()]
+        directory = directory or ipc_dir
+        api, events = f"ipc://{directory}/api", f"ipc://{directory}/events"
+        running = [p for p in procs if isinstance(p, ManagerProc) and p.api == api and p.alive()]
         assert not running, "a manager of this test is still running on these endpoints: stop it first"
         count += 1
-        api, events = f"ipc://{ipc_dir}/api", f"ipc://{ipc_dir}/events"
-        argv = [*MGM, "manager", "--api", api, "--events", events, "--log-level", "debug"]
-        for key, value in {**TEST_MANAGER_OPTIONS, **options}.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        proc = ManagerProc("manager", argv, ipc_dir / f"manager-{count}.log", api=api, events=events)
+        proc = ManagerProc("manager", manager_argv(api, events, **options), directory / f"manager-{count}.log",
+                           api=api, events=events)  # fmt: skip
         proc.start()
         procs.append(proc)
-        try:
-            wait_for(lambda: proc.ping() or not proc.alive(), 15, "the manager to answer ping")
-        except TimeoutError:
-            raise AssertionError(f"the manager did not answer ping:\n{proc.log()}") from None
-        assert proc.alive(), f"the manager exited with {proc.popen.returncode if proc.popen else '?'}:\n{proc.log()}"
+        proc.wait_ready()
         return proc
 
     return start
@@ -119,7 +116,7 @@ def start_plugin(start_manager: Callable[..., ManagerProc], ipc_dir: Path, procs
         ready: Callable[[], Any] | None = None,
         wait: bool = True,
     ) -> PluginProc:
-        managers = [p for p in procs if isinstance(p, ManagerProc)]
+        managers = [p for p in procs if isinstance(p, ManagerProc) and p.api == f"ipc://{ipc_dir}/api"]
         manager = managers[-1] if managers else start_manager()
         table = dict(table or {})
         if control is None:

@@ -235,39 +235,32 @@ def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir:
 
 
 def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_when_it_goes(
-    manager: ManagerProc, ipc_dir: Path, topology: Topology
+    manager: ManagerProc, start_manager: Callable[..., ManagerProc], ipc_dir: Path, topology: Topology
 ) -> None:
     nodes = segment(topology, rtr=5, rlow=3, hst=2)
     high, low, host = nodes["rtr"], nodes["rlow"], nodes["hst"]
     second_dir = ipc_dir / "second"  # the low router has a manager of its own, as on another machine
     second_dir.mkdir()
-    api, events = f"ipc://{second_dir}/api", f"ipc://{second_dir}/events"
-    argv = [sys.executable, "-m", "mgm.core.cli", "manager", "--api", api, "--events", events]
-    second = ManagerProc("manager-2", argv, second_dir / "manager.log", api=api, events=events)
-    second.start()
-    try:
-        wait_until(second.ping, WAIT, "the second manager")
-        sniffer = start_sniffer(host)
-        high_igmp = start_igmp(high, manager, ipc_dir)
-        wait_until(lambda: queries(sniffer, high.address), WAIT, "queries from the high router, alone on the link")
-        low_igmp = start_igmp(low, second, second_dir)
+    second = start_manager(second_dir)
+    sniffer = start_sniffer(host)
+    high_igmp = start_igmp(high, manager, ipc_dir)
+    wait_until(lambda: queries(sniffer, high.address), WAIT, "queries from the high router, alone on the link")
+    low_igmp = start_igmp(low, second, second_dir)
 
-        def settled() -> bool:
-            """Three general queries in a row from the low router, none from the high one among them."""
-            general = [q for q in queries(sniffer) if q["group"] == ANY]
-            tail = general[-3:]
-            return len(tail) == 3 and all(q["source"] == low.address for q in tail)
+    def settled() -> bool:
+        """Three general queries in a row from the low router, none from the high one among them."""
+        general = [q for q in queries(sniffer) if q["group"] == ANY]
+        tail = general[-3:]
+        return len(tail) == 3 and all(q["source"] == low.address for q in tail)
 
-        wait_until(settled, WAIT, "the low address to be the only querier")
-        assert "we stop querying" in high_igmp.log()
-        before = len(queries(sniffer, high.address))
+    wait_until(settled, WAIT, "the low address to be the only querier")
+    assert "we stop querying" in high_igmp.log()
+    before = len(queries(sniffer, high.address))
 
-        low_igmp.stop()
-        wait_until(lambda: len(queries(sniffer, high.address)) > before, WAIT,
-                   "the high router to query again once the other querier is gone")  # fmt: skip
-        assert "we are querier again" in high_igmp.log()
-    finally:
-        second.stop()
+    low_igmp.stop()
+    wait_until(lambda: len(queries(sniffer, high.address)) > before, WAIT,
+               "the high router to query again once the other querier is gone")  # fmt: skip
+    assert "we are querier again" in high_igmp.log()
 
 
 def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_re_adds(

@@ -114,12 +114,8 @@ def start_tcp_manager(directory: Path, keys: Keys, config_text: str, procs: list
     proc.start()
     procs.append(proc)
     manager = TcpManager(proc, api, events, keys, config)
-    try:
-        wait_for(lambda: not proc.alive() or manager.request("observer", "ping", timeout=0.5), 15,
-                 "the tcp manager to answer an allowed key's ping")
-    except TimeoutError:
-        raise AssertionError(f"the manager did not answer:\n{proc.log()}") from None
-    assert proc.alive(), f"the manager exited:\n{proc.log()}"
+    proc.wait_ready(lambda: manager.request("observer", "ping", timeout=0.5),
+                    "the tcp manager to answer an allowed key's ping")
     return manager
 
 
