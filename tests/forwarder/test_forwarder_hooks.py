@@ -13,6 +13,7 @@ from mgm.bus.status import MgmError, Status
 from mgm.core.runtime.config import ConfigError, PluginTable, loads
 from mgm.plugins.forwarder.plugin import COUNTERS_BATCH, Settings, read_settings
 from mgm.plugins.forwarder.sim import SimForwarder
+from mgm.plugins.testing import wait_for_async
 
 S, G = "10.1.0.2", "239.1.1.1"
 
@@ -95,9 +96,7 @@ def test_the_counters_task_reports_on_its_interval() -> None:
         plugin, ctx = await _started({"counters_interval": 0.05})
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
         plugin.inject(S, G, 3, count=2)
-        deadline = asyncio.get_running_loop().time() + 10
-        while not ctx.ops("mfe_counters") and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        await wait_for_async(lambda: ctx.ops("mfe_counters"), 10, "a counters report")
         (first, *_rest) = ctx.ops("mfe_counters")
         assert first["entries"][0]["in_packets"] == 2
         for task in ctx.tasks:
@@ -117,9 +116,7 @@ def test_no_counters_while_the_manager_is_gone() -> None:
         await asyncio.sleep(0.3)  # six intervals
         assert ctx.ops("mfe_counters") == []
         ctx.client.manager_lost = False
-        deadline = asyncio.get_running_loop().time() + 10
-        while not ctx.ops("mfe_counters") and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: ctx.ops("mfe_counters"), 10, "a counters report")
         assert ctx.ops("mfe_counters")[0]["entries"][0]["source"] == S
         for task in ctx.tasks:
             task.cancel()
