@@ -96,7 +96,6 @@ class IgmpPlugin(links.LinkSubscriber):
         self.io: IgmpSocket | None = None
         self.ctx: PluginContext | None = None
         self.disabled: set[int] = set()
-        self.applied: dict[int, set[tuple[str, str]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_counter_log = 0.0
@@ -132,13 +131,12 @@ class IgmpPlugin(links.LinkSubscriber):
         if router is None:
             return  # not started yet: the routers begin with nothing to add
         wanted = router.memberships()
-        applied = self.applied.setdefault(interface.if_index, set())
+        held = {(key[0], key[2]) for key in mgm.memberships if key[4] == router.interface}  # the context's ledger
         for source, group in sorted(wanted):
             mgm.add_membership(source, group, router.interface)
-        gone = sorted(applied - wanted)
+        gone = sorted(held - wanted)
         for source, group in gone:
             mgm.delete_membership(source, group, router.interface)
-        self.applied[interface.if_index] = set(wanted)
         log.info("igmp: %s enabled: %d membership(s) added again, %d deleted that went away meanwhile",
                  router.name, len(wanted), len(gone))  # fmt: skip
 
@@ -165,7 +163,6 @@ class IgmpPlugin(links.LinkSubscriber):
                 interface, params, primary.get(interface.if_index), every, name=name,
                 subnets=subnets.get(interface.if_index, ()),
             )  # fmt: skip
-            self.applied[interface.if_index] = set()
         if not self.routers:
             log.warning("igmp: no interface to run on (configure [plugins.igmp] interfaces)")
             return
@@ -277,15 +274,11 @@ class IgmpPlugin(links.LinkSubscriber):
                      router.name, what, "joined" if change.added else "left")  # fmt: skip
             return
         assert self.ctx is not None
-        applied = self.applied.setdefault(if_index, set())
-        key = (change.source, change.group)
         if change.added:
             log.info("igmp: %s: %s joined: adding the membership", router.name, what)
-            applied.add(key)
             self.ctx.add_membership(change.source, change.group, router.interface)
         else:
             log.info("igmp: %s: %s left: deleting the membership", router.name, what)
-            applied.discard(key)
             self.ctx.delete_membership(change.source, change.group, router.interface)
 
     def address_added(self, address: links.Address) -> None:

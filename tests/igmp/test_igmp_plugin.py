@@ -22,16 +22,27 @@ G1, G2, G3 = "239.1.1.1", "239.2.2.2", "239.3.3.3"
 
 
 class RecordingContext:
-    """Stands in for PluginContext: records membership calls in order."""
+    """Stands in for PluginContext: records membership calls in order, and keeps its ledger of memberships."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, Interface]] = []
+        self.ledger: dict[tuple[str, str, Interface], None] = {}
 
     def add_membership(self, source: str, group: str, interface: Interface, **kw: Any) -> None:
         self.calls.append(("add", source, group, interface))
+        self.ledger[(source, group, interface)] = None
 
     def delete_membership(self, source: str, group: str, interface: Interface, **kw: Any) -> None:
         self.calls.append(("delete", source, group, interface))
+        self.ledger.pop((source, group, interface), None)
+
+    @property
+    def memberships(self) -> tuple[tuple[str, str, str, str, Interface, int], ...]:
+        """PluginContext.memberships' shape: (source, source_mask, group, group_mask, interface, flags)."""
+        return tuple((s, "", g, "", i, 1) for s, g, i in self.ledger)
+
+    def held(self, if_index: int) -> set[tuple[str, str]]:
+        return {(s, g) for s, g, i in self.ledger if i.if_index == if_index}
 
     def take(self) -> list[tuple[str, str, str, Interface]]:
         out, self.calls = self.calls, []
@@ -50,7 +61,6 @@ def plugin_with_routers(*interfaces: Interface) -> tuple[IgmpPlugin, RecordingCo
         router = Router(interface, Parameters(), ME)
         router.start(0.0)
         plugin.routers[interface.if_index] = router
-        plugin.applied[interface.if_index] = set()
     plugin._flush()  # no socket: the startup queries are dropped, nothing is scheduled
     return plugin, ctx, plugin.routers
 
@@ -107,7 +117,7 @@ def test_router_changes_become_membership_calls_on_the_right_interface() -> None
     expire(routers[5], 261.0)
     plugin._flush()
     assert ctx.take() == [("delete", ANY, G1, IF)]
-    assert plugin.applied == {5: set(), 6: {(ANY, G2)}}
+    assert (ctx.held(5), ctx.held(6)) == (set(), {(ANY, G2)})
 
 
 def test_while_disabled_nothing_reaches_the_manager_and_enable_catches_up() -> None:
@@ -129,7 +139,7 @@ def test_while_disabled_nothing_reaches_the_manager_and_enable_catches_up() -> N
 
     plugin.mgm_enable_igmp(ctx, IF)  # type: ignore[arg-type]
     assert ctx.take() == [("add", ANY, G2, IF), ("add", ANY, G3, IF), ("delete", ANY, G1, IF)]
-    assert plugin.applied[5] == {(ANY, G2), (ANY, G3)}
+    assert ctx.held(5) == {(ANY, G2), (ANY, G3)}
 
     router.receive(30.0, HOST, packet.ALL_ROUTERS, packet.build_leave(G3))
     expire(router, 40.0)

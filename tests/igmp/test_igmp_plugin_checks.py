@@ -65,7 +65,6 @@ def rig() -> Iterator[tuple[IgmpPlugin, FakeIo, RecordingContext]]:
     router = Router(IF, Parameters(), ME, {ME}, name="veth0", subnets=[ipaddress.IPv4Network("10.0.0.0/24")])
     router.start(loop.time())
     plugin.routers[IF.if_index] = router
-    plugin.applied[IF.if_index] = set()
     try:
         yield plugin, io, ctx
     finally:
