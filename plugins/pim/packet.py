@@ -36,6 +36,7 @@ HOLDTIME_FOREVER = 0xFFFF
 """A neighbour that sends this holdtime never times out (4.3.1)."""
 
 FAMILY_IPV4 = 1
+FAMILY_IPV6 = 2
 NATIVE_ENCODING = 0
 GROUP_FLAG_BIDIR, GROUP_FLAG_ZONE = 0x80, 0x01
 SOURCE_FLAG_SPARSE, SOURCE_FLAG_WILDCARD, SOURCE_FLAG_RPT = 0x04, 0x02, 0x01
@@ -263,16 +264,28 @@ def _parse_hello(body: bytes) -> Hello:
             delay, override = struct.unpack("!HH", value)
             values.update(propagation_delay=delay & 0x7FFF, override_interval=override, tracking=bool(delay & 0x8000))
         elif kind == OPT_ADDRESS_LIST:
-            addresses, pos = [], 0
-            while pos < len(value):
-                address, pos = decode_unicast(value, pos, "Hello address list")
-                addresses.append(address)
-            values["secondary"] = tuple(addresses)
+            values["secondary"] = _address_list(value)
         elif kind in (OPT_HOLDTIME, OPT_DR_PRIORITY, OPT_GENERATION_ID, OPT_LAN_PRUNE_DELAY):
             raise MalformedPacket(f"Hello: option {kind} with length {length}")
         else:
             unknown.append((kind, bytes(value)))
     return Hello(unknown=tuple(unknown), **values)  # type: ignore[arg-type]
+
+
+def _address_list(value: bytes) -> tuple[str, ...]:
+    """The IPv4 addresses of a Hello's address list; other families are skipped (FRR lists its IPv6 link-local
+    addresses here too), and a family we cannot size ends the list, not the Hello."""
+    addresses, pos = [], 0
+    while pos + 2 <= len(value):
+        family = value[pos]
+        if family == FAMILY_IPV4:
+            address, pos = decode_unicast(value, pos, "Hello address list")
+            addresses.append(address)
+        elif family == FAMILY_IPV6:
+            pos += 2 + 16
+        else:
+            break
+    return tuple(addresses)
 
 
 def _parse_join_prune(body: bytes) -> JoinPrune:

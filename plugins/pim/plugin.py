@@ -186,6 +186,7 @@ class PimPlugin(links.LinkSubscriber):
         protocols' receivers), "spt" (a flow of a joined group, on the shortest-path tree)."""
         self._next_rpf_check = 0.0
         self._no_rp_said: set[str] = set()
+        self._malformed_from: set[tuple[int, str]] = set()
 
     @hookimpl
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
@@ -405,7 +406,10 @@ class PimPlugin(links.LinkSubscriber):
                 message = packet.parse(data[ihl:])
             except packet.MalformedPacket as exc:
                 self._count("malformed")
-                log.debug("pim: %s: malformed message from %s dropped: %s", self.names[if_index], source, exc)
+                first = (if_index, source) not in self._malformed_from
+                self._malformed_from.add((if_index, source))
+                log.log(logging.WARNING if first else logging.DEBUG, "pim: %s: malformed message from %s dropped: "
+                        "%s%s", self.names[if_index], source, exc, " (later ones at debug level)" if first else "")
                 continue
             self._count(f"{packet.TYPE_NAMES.get(_type_of(message), 'unknown')}_received")
             if isinstance(message, packet.Hello):

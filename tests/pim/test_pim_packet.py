@@ -162,3 +162,13 @@ def test_a_wrong_address_family_is_malformed() -> None:
     data[2:4] = struct.pack("!H", checksum(bytes(data)))
     with pytest.raises(MalformedPacket, match="address family 2"):
         parse(bytes(data))
+
+
+def test_ipv6_addresses_in_a_hellos_address_list_are_skipped_not_the_hello() -> None:
+    """FRR lists its IPv6 link-local addresses in the address list of its IPv4 Hellos (seen in the interop test)."""
+    ipv6 = bytes([2, 0]) + bytes.fromhex("fe800000000000000000000000000001")
+    ipv4 = bytes([1, 0, 10, 0, 0, 9])
+    data = bytearray(build(Hello(holdtime=105, unknown=((packet.OPT_ADDRESS_LIST, ipv6 + ipv4 + bytes([7, 0])),))))
+    data[2:4] = b"\0\0"
+    data[2:4] = struct.pack("!H", checksum(bytes(data)))
+    assert parse(bytes(data)) == Hello(holdtime=105, secondary=("10.0.0.9",))
