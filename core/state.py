@@ -777,14 +777,17 @@ class Mgm:
 
     # --- memberships -------------------------------------------------------------
 
-    def _op_add_group_membership(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _membership_request(self, conn: bytes, args: Mapping[str, Any]) -> tuple[_Client, int, _Owners]:
+        """The client, the (group << 32 | source) key and the owned interface of an add or delete."""
         client = self._client(conn, args)
         source, group = req_membership_key(args)
         owners = self._owned(client, args)
-        flags = self._flags(args)
-        key = (group << 32) | source
+        return client, (group << 32) | source, owners
+
+    def _op_add_group_membership(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+        client, key, owners = self._membership_request(conn, args)
         iface = owners.iface
-        if flags == MGM_FORWARD_STATE_FLAG:
+        if self._flags(args) == MGM_FORWARD_STATE_FLAG:
             self._forward(client, key, iface, add=True)
             return {}
         # The addresses were checked to be canonical, so the request's own strings are the event's.
@@ -800,13 +803,9 @@ class Mgm:
     def _op_delete_group_membership(
         self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
     ) -> dict[str, Any]:
-        client = self._client(conn, args)
-        source, group = req_membership_key(args)
-        owners = self._owned(client, args)
-        flags = self._flags(args)
-        key = (group << 32) | source
+        client, key, owners = self._membership_request(conn, args)
         iface = owners.iface
-        if flags == MGM_FORWARD_STATE_FLAG:
+        if self._flags(args) == MGM_FORWARD_STATE_FLAG:
             self._forward(client, key, iface, add=False)
             return {}
         keys = client.members.get(iface)
