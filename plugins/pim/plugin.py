@@ -274,6 +274,7 @@ class PimPlugin(links.LinkSubscriber):
             link.start(now)
             log.info("pim: running on %s (if_index %d, address %s, DR priority %d, generation id %08x)",
                      self.names[if_index], if_index, link.address, link.dr_priority, link.generation_id)  # fmt: skip
+            log.info("pim: %s: the DR is now %s (us, until a neighbour outranks us)", self.names[if_index], link.dr)
         self.upstream = Upstream(settings.join_prune_interval)
         try:
             self.routes = KernelRoutes()
