@@ -81,7 +81,8 @@ def read_parameters(config: Mapping[str, Any]) -> Parameters:
     try:
         params = Parameters.from_config(config)
     except ParameterError as exc:
-        mistakes.add(error(exc.key, exc.message))
+        for each in (exc, *exc.also):
+            mistakes.add(error(each.key, each.message))
     mistakes.raise_any()
     assert params is not None
     return params

@@ -52,7 +52,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -101,6 +101,8 @@ class ParameterError(ValueError):
         super().__init__(message)
         self.key = key
         self.message = message
+        self.also: list[ParameterError] = []
+        """The other bad values of the same configuration (`Parameters.from_config` checks them all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,27 +140,45 @@ class Parameters:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Parameters:
-        """Read the keys of `KEYS` present in `config`; `ParameterError` names the first bad one."""
-        version = config.get("version", 3)
-        if isinstance(version, bool) or version not in (2, 3):
-            raise ParameterError("version", f"must be 2 (RFC 2236) or 3 (RFC 3376), not {version!r}")
-        robustness = _integer(config, "robustness", 2, 1, 7)
-        qi = _seconds(config, "query_interval", 125.0, 1.0, float(MAX_CODE_VALUE))
+        """Read the keys of `KEYS` present in `config`; `ParameterError` names every bad one (`also`: the rest)."""
+        errors: list[ParameterError] = []
+
+        def checked(check: Callable[..., Any], *args: Any, fallback: Any) -> Any:
+            try:
+                return check(*args)
+            except ParameterError as exc:
+                errors.append(exc)
+                return fallback  # the later checks go on with the default
+
+        version = checked(_version, config, fallback=3)
+        robustness = checked(_integer, config, "robustness", 2, 1, 7, fallback=2)
+        qi = checked(_seconds, config, "query_interval", 125.0, 1.0, float(MAX_CODE_VALUE), fallback=125.0)
         max_tenths = MAX_V2_TENTHS if version == 2 else MAX_CODE_VALUE
-        qri = _seconds(config, "query_response_interval", 10.0, 0.1, max_tenths / 10)
-        if qri >= qi:
-            raise ParameterError(
+        qri = checked(_seconds, config, "query_response_interval", 10.0, 0.1, max_tenths / 10, fallback=None)
+        if qri is not None and qri >= qi:
+            errors.append(ParameterError(
                 "query_response_interval", f"must be less than query_interval ({qi} s), not {qri} s (RFC 3376 8.3)"
-            )
-        lmqi = _seconds(config, "last_member_query_interval", 1.0, 0.1, max_tenths / 10)
-        lmqc = _integer(config, "last_member_query_count", robustness, 1, 255)
-        sqi = _seconds(config, "startup_query_interval", qi / 4, 0.1, float(MAX_CODE_VALUE))
-        sqc = _integer(config, "startup_query_count", robustness, 1, 255)
-        ssm = _prefixes(config, "ssm_range", [str(n) for n in DEFAULT_SSM_RANGE])
+            ))  # fmt: skip
+        lmqi = checked(_seconds, config, "last_member_query_interval", 1.0, 0.1, max_tenths / 10, fallback=1.0)
+        lmqc = checked(_integer, config, "last_member_query_count", robustness, 1, 255, fallback=robustness)
+        sqi = checked(_seconds, config, "startup_query_interval", qi / 4, 0.1, float(MAX_CODE_VALUE), fallback=qi / 4)
+        sqc = checked(_integer, config, "startup_query_count", robustness, 1, 255, fallback=robustness)
+        ssm = checked(_prefixes, config, "ssm_range", [str(n) for n in DEFAULT_SSM_RANGE], fallback=DEFAULT_SSM_RANGE)
         local = config.get("require_local_source", True)
         if not isinstance(local, bool):
-            raise ParameterError("require_local_source", f"must be true or false, not {local!r}")
+            errors.append(ParameterError("require_local_source", f"must be true or false, not {local!r}"))
+        if errors:
+            first, *rest = errors
+            first.also = rest
+            raise first
         return cls(version, robustness, qi, qri, lmqi, lmqc, sqi, sqc, ssm, local)
+
+
+def _version(config: Mapping[str, Any]) -> int:
+    version = config.get("version", 3)
+    if isinstance(version, bool) or version not in (2, 3):
+        raise ParameterError("version", f"must be 2 (RFC 2236) or 3 (RFC 3376), not {version!r}")
+    return int(version)
 
 
 def _integer(config: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:

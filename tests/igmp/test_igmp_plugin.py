@@ -99,6 +99,16 @@ def test_a_bad_value_names_file_key_and_line() -> None:
     assert "from 1 to 7" in str(info.value)
 
 
+def test_every_bad_value_is_named_at_once_with_its_line() -> None:
+    text = ('[plugins.igmp]\nrobustness = 0\nquery_interval = 10\nquery_response_interval = 12\n'
+            'ssm_range = "1.2.3.0/24"\n')
+    with pytest.raises(ConfigError) as info:
+        read_parameters(table(text))
+    found = [(e.key_path, e.line) for e in (info.value, *info.value.also)]
+    assert found == [("plugins.igmp.robustness", 2), ("plugins.igmp.query_response_interval", 4),
+                     ("plugins.igmp.ssm_range", 5)]  # fmt: skip
+
+
 def test_an_unknown_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown key") as info:
         read_parameters(table("[plugins.igmp]\nquerier_interval = 3\n"))
