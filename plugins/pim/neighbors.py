@@ -56,12 +56,6 @@ class Neighbor:
     secondary: tuple[str, ...]
     since: float
 
-    def as_dict(self, now: float) -> dict[str, object]:
-        return {"address": self.address, "holdtime": self.holdtime, "dr_priority": self.dr_priority,
-                "generation_id": self.generation_id, "up_for": round(now - self.since, 1),
-                "expires_in": None if math.isinf(self.expires) else round(self.expires - now, 1),
-                "secondary": list(self.secondary)}  # fmt: skip
-
 
 @dataclass(frozen=True, slots=True)
 class NeighborEvent:

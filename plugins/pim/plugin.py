@@ -381,11 +381,6 @@ class PimPlugin(links.LinkSubscriber):
         neighbor = route.gateway or target
         return (route.if_index, neighbor) if neighbor in link.neighbors else None
 
-    def neighbors(self) -> dict[str, list[dict[str, object]]]:
-        """{interface name: its neighbours}, for logs and tests."""
-        now = self._loop.time() if self._loop is not None else 0.0
-        return {self.names[i]: [n.as_dict(now) for n in link.neighbors.values()] for i, link in self.links.items()}
-
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
@@ -482,10 +477,13 @@ def _key(source: str, group: str) -> Key:
     return (None if source == ANY else source, group)
 
 
+_TYPES: dict[type, int] = {packet.Hello: packet.HELLO, packet.JoinPrune: packet.JOIN_PRUNE,
+                           packet.Assert: packet.ASSERT, packet.Register: packet.REGISTER,
+                           packet.RegisterStop: packet.REGISTER_STOP}  # fmt: skip
+
+
 def _type_of(message: packet.Message) -> int:
-    types = {packet.Hello: packet.HELLO, packet.JoinPrune: packet.JOIN_PRUNE, packet.Assert: packet.ASSERT,
-             packet.Register: packet.REGISTER, packet.RegisterStop: packet.REGISTER_STOP}  # fmt: skip
-    return message.type if isinstance(message, packet.Unknown) else types[type(message)]
+    return message.type if isinstance(message, packet.Unknown) else _TYPES[type(message)]
 
 
 def open_socket(interfaces: Mapping[int, object]) -> socket.socket:
