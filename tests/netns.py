@@ -384,6 +384,36 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     return removed
 
 
+class Node:
+    """One namespace on a shared link: its interface there and its address."""
+
+    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
+        self.ns = ns
+        self.ifname = ifname
+        self.address = address
+
+    @property
+    def if_index(self) -> int:
+        return self.ns.if_index(self.ifname)
+
+
+def segment(topology: Topology, subnet: str, **nodes: int) -> dict[str, Node]:
+    """Namespaces named by `nodes` (role -> last octet of its address in `subnet`, a /24 like "10.77.0") on one
+    bridged link: a bridge with multicast snooping off, so it floods like a hub."""
+    switch = topology.namespace("sw")
+    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
+    switch.ip("link", "set", "dev", "br0", "up")
+    result = {}
+    for role, octet in nodes.items():
+        ns = topology.namespace(role)
+        address = f"{subnet}.{octet}"
+        link = topology.link(ns, switch, f"{address}/24", None)
+        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
+        ns.multicast_route(link.a_if)
+        result[role] = Node(ns, link.a_if, address)
+    return result
+
+
 @pytest.fixture
 def topology(request: pytest.FixtureRequest) -> Iterator[Topology]:
     """A `Topology` removed at teardown; on failure the logs of its processes are printed."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from mgm_testplugins.processes import ManagerProc
-from netns import NsProcess, Topology, wait_until
-from test_igmp_netns import ANY, WAIT, igmp_memberships, segment, start_igmp, wait_memberships
+from netns import NsProcess, Topology, segment, wait_until
+from test_igmp_netns import ANY, SUBNET, WAIT, igmp_memberships, start_igmp, wait_memberships
 
 pytestmark = pytest.mark.netns
 
@@ -40,7 +40,7 @@ def stopped_counters(igmp: NsProcess) -> dict[str, int]:
 def test_any_source_joins_for_an_ssm_group_make_no_membership_a_source_join_does(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, asm=2, old=3, ssm=4)
+    nodes = segment(topology, SUBNET, rtr=1, asm=2, old=3, ssm=4)
     router, asm, old, ssm = nodes["rtr"], nodes["asm"], nodes["old"], nodes["ssm"]
     old.ns.sysctl(f"net.ipv4.conf.{old.ifname}.force_igmp_version", 2)
     igmp = start_igmp(router, manager, ipc_dir)
@@ -76,7 +76,7 @@ def test_any_source_joins_for_an_ssm_group_make_no_membership_a_source_join_does
 def test_a_host_outside_the_interfaces_subnet_is_not_listened_to(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, near=2, far=3)
+    nodes = segment(topology, SUBNET, rtr=1, near=2, far=3)
     router, near, far = nodes["rtr"], nodes["near"], nodes["far"]
     far.ns.ip("addr", "flush", "dev", far.ifname)
     far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)  # same link, another subnet than the router's
@@ -99,7 +99,7 @@ def test_a_host_outside_the_interfaces_subnet_is_not_listened_to(
 def test_an_address_added_to_the_interface_widens_the_subnet_check_at_once(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, far=3)
+    nodes = segment(topology, SUBNET, rtr=1, far=3)
     router, far = nodes["rtr"], nodes["far"]
     far.ns.ip("addr", "flush", "dev", far.ifname)
     far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
-from netns import Namespace, NsProcess, Topology, wait_until
+from netns import Node, NsProcess, Topology, segment, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -83,33 +83,6 @@ def sniff(ifname: str) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-class Node:
-    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
-        self.ns = ns
-        self.ifname = ifname
-        self.address = address
-
-    @property
-    def if_index(self) -> int:
-        return self.ns.if_index(self.ifname)
-
-
-def segment(topology: Topology, **nodes: int) -> dict[str, Node]:
-    """Namespaces named by `nodes` (role -> last octet of its address) on one bridged link."""
-    switch = topology.namespace("sw")
-    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
-    switch.ip("link", "set", "dev", "br0", "up")
-    result = {}
-    for role, octet in nodes.items():
-        ns = topology.namespace(role)
-        address = f"{SUBNET}.{octet}"
-        link = topology.link(ns, switch, f"{address}/24", None)
-        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
-        ns.multicast_route(link.a_if)
-        result[role] = Node(ns, link.a_if, address)
-    return result
 
 
 def start_igmp(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
@@ -174,7 +147,7 @@ def wait_memberships(manager: ManagerProc, check: Callable[[set[tuple[str, str, 
 def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     start_igmp(router, manager, ipc_dir)
     sniffer = start_sniffer(host)
@@ -195,7 +168,7 @@ def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
 
 
 def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 2)
     start_igmp(router, manager, ipc_dir, version=2)
@@ -216,7 +189,7 @@ def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir
 
 
 def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     start_igmp(router, manager, ipc_dir)
     source = "10.99.0.5"
@@ -237,7 +210,7 @@ def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir:
 def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_when_it_goes(
     manager: ManagerProc, start_manager: Callable[..., ManagerProc], ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=5, rlow=3, hst=2)
+    nodes = segment(topology, SUBNET, rtr=5, rlow=3, hst=2)
     high, low, host = nodes["rtr"], nodes["rlow"], nodes["hst"]
     second_dir = ipc_dir / "second"  # the low router has a manager of its own, as on another machine
     second_dir.mkdir()
@@ -266,7 +239,7 @@ def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_wh
 def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_re_adds(
     manager: ManagerProc, ipc_dir: Path, start_plugin: Any, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     igmp = start_igmp(router, manager, ipc_dir)
     rx = host.ns.receiver("239.6.6.6", 5006)
@@ -289,7 +262,7 @@ def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_r
 def test_each_interface_gets_its_own_queries_and_memberships(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     other = topology.namespace("h2")
     link = topology.link(router.ns, other, "10.78.0.1/24", "10.78.0.2/24")
@@ -311,7 +284,7 @@ def test_each_interface_gets_its_own_queries_and_memberships(
 
 def test_a_v1_host_is_tracked_by_queries_alone(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
     """IGMPv1 has no leave: the membership goes when the host stops answering, one membership interval later."""
-    nodes = segment(topology, rtr=1, hst=2)
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
     router, host = nodes["rtr"], nodes["hst"]
     host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 1)
     igmp = start_igmp(router, manager, ipc_dir)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
-from netns import Namespace, NsProcess, Topology, wait_until
+from netns import Node, NsProcess, Topology, segment, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -74,26 +74,6 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
         print(json.dumps(entry), flush=True)
 
 
-class Node:
-    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
-        self.ns, self.ifname, self.address = ns, ifname, address
-
-
-def segment(topology: Topology, **nodes: int) -> dict[str, Node]:
-    """Namespaces named by `nodes` (role -> last octet of its address) on one bridged link."""
-    switch = topology.namespace("sw")
-    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
-    switch.ip("link", "set", "dev", "br0", "up")
-    result = {}
-    for role, octet in nodes.items():
-        ns = topology.namespace(role)
-        link = topology.link(ns, switch, f"{SUBNET}.{octet}/24", None)
-        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
-        ns.multicast_route(link.a_if)
-        result[role] = Node(ns, link.a_if, f"{SUBNET}.{octet}")
-    return result
-
-
 def start_pim(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
     config = workdir / f"pim-{node.ns.role}.toml"
     config.write_text(toml_config({"pim": {"interfaces": [node.ifname], **FAST, **table}}))
@@ -121,7 +101,7 @@ def heard(proc: NsProcess, source: str) -> list[dict[str, Any]]:
 def test_hellos_make_neighbours_both_ways_and_the_highest_address_is_dr(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, p2=2, p3=3)
+    nodes = segment(topology, SUBNET, rtr=1, p2=2, p3=3)
     router = nodes["rtr"]
     pim = start_pim(router, manager, ipc_dir)
     peers = [start_peer(nodes["p2"]), start_peer(nodes["p3"])]
@@ -137,7 +117,7 @@ def test_hellos_make_neighbours_both_ways_and_the_highest_address_is_dr(
 def test_the_highest_priority_wins_and_a_goodbye_ends_a_neighbour_at_once(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, rtr=1, p2=2)
+    nodes = segment(topology, SUBNET, rtr=1, p2=2)
     pim = start_pim(nodes["rtr"], manager, ipc_dir, dr_priority=5)
     start_peer(nodes["p2"], dr_priority=10, holdtime=60, goodbye_after=3.0)
     wait_until(lambda: f"the DR is now {SUBNET}.2" in pim.log(), WAIT, "the priority 10 peer to be DR")
@@ -146,7 +126,7 @@ def test_the_highest_priority_wins_and_a_goodbye_ends_a_neighbour_at_once(
 
 
 def test_a_stopping_plugin_says_goodbye(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
-    nodes = segment(topology, rtr=1, p2=2)
+    nodes = segment(topology, SUBNET, rtr=1, p2=2)
     router = nodes["rtr"]
     pim = start_pim(router, manager, ipc_dir, dr_priority=3)
     watcher = start_peer(nodes["p2"])
