@@ -261,6 +261,7 @@ class Host:
         self.igmp_disabled: set[Interface] = set()
         self.answered: dict[int, None] = {}  # question ids handled, oldest first, bounded
         self.registered = False
+        self._registering = asyncio.Lock()
         self.started = False
         self.early: list[Callable[[], None]] = []
         self.unconfirmed: set[tuple[str, str, str, str, Interface]] = set()  # local members of the last epoch
@@ -438,19 +439,24 @@ class Host:
     async def register_again(self, why: str, epoch: int | None) -> None:
         """The manager knows nothing of us (`why`): register, replay the ledger, tell the plugin."""
         assert self.ctx is not None
-        log.warning("plugin %s: %s; registering again", self.name, why)
-        self.registered = False
-        self.answered.clear()
-        self.igmp_disabled.clear()  # a new manager has disabled nothing
-        self.unconfirmed = set(self.local_members)
-        try:
-            await self.register(REGISTER_PATIENCE)  # a dropped client's cleanup may still be running (183)
-        except MgmError as exc:
-            log.error("plugin %s: cannot register again (%s): %s", self.name, why, exc)
-            self.stopping.set()
-            return
-        await self.ctx.replay()
-        self.call("mgm_replay", "replay", mgm=self.ctx)
+        async with self._registering:  # two quick restarts: the second waits for the first's registration
+            if self.registered and await self._handle_known():
+                log.info("plugin %s: %s; already registered there (a registration begun for the one before)",
+                         self.name, why)  # fmt: skip
+                return
+            log.warning("plugin %s: %s; registering again", self.name, why)
+            self.registered = False
+            self.answered.clear()
+            self.igmp_disabled.clear()  # a new manager has disabled nothing
+            self.unconfirmed = set(self.local_members)
+            try:
+                await self.register(REGISTER_PATIENCE)  # a dropped client's cleanup may still be running (183)
+            except MgmError as exc:
+                log.error("plugin %s: cannot register again (%s): %s", self.name, why, exc)
+                self.stopping.set()
+                return
+            await self.ctx.replay()
+            self.call("mgm_replay", "replay", mgm=self.ctx)
         await asyncio.sleep(RESTART_GRACE)
         if self.ctx.client.epoch != epoch:
             return  # restarted again meanwhile: that epoch's task decides
@@ -458,6 +464,15 @@ class Host:
             self.local_members.discard(gone)
             self._local("mgm_local_leave", gone, "local_leave (not announced again after the manager restart)")
         self.unconfirmed = set()
+
+    async def _handle_known(self) -> bool:
+        """Whether the manager now answering knows our handle (a heartbeat with it is accepted)."""
+        assert self.ctx is not None
+        try:
+            await self.ctx.client.request("heartbeat", {"handle": self.ctx.handle})
+        except MgmError:
+            return False
+        return True
 
     # --- SIGHUP -----------------------------------------------------------------------------------
 

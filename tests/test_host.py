@@ -505,3 +505,45 @@ def test_two_quick_sighups_apply_one_after_the_other(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert plugin.seen == [("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]
+
+
+class RestartingManagers(FakeClient):
+    """Each registration gets a new handle; a heartbeat is accepted with the newest only; a second
+    registration of the same protocol is refused (ERROR_ALREADY_EXISTS), as by one manager."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.newest = 0  # the plugin's handle 7 is the old manager's
+        self.epoch = 3  # the manager that answers is the second restart's
+
+    def request_nowait(self, op: str, args: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        self.refuse.pop(op, None)
+        if op == "register_protocol":
+            if self.newest:
+                self.refuse[op] = MgmError(Status.ERROR_ALREADY_EXISTS, "protocol 100/1 is registered")
+            else:
+                self.newest = 8
+                self.replies[op] = {"handle": self.newest}
+        elif op == "heartbeat" and args.get("handle") != self.newest:
+            self.refuse[op] = MgmError(Status.ERROR_INVALID_PARAMETER, f"handle {args.get('handle')} is not registered")
+        return super().request_nowait(op, args)
+
+
+def test_two_quick_manager_restarts_register_once_and_the_plugin_lives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second restart's task finds the first's registration at the manager that now answers (CI saw a
+    plugin stop: both registered, the second was refused as a duplicate until its patience ran out)."""
+    import mgm.plugins.host as host_module
+
+    monkeypatch.setattr(host_module, "RESTART_GRACE", 0.0)
+    monkeypatch.setattr(host_module, "REGISTER_PATIENCE", 0.0)
+    host, _, _ = make_host()
+    client = RestartingManagers()
+    assert host.ctx is not None
+    host.ctx.client = client  # type: ignore[assignment]
+
+    async def main() -> None:
+        await asyncio.gather(host.new_epoch(1, 2), host.new_epoch(2, 3))
+
+    asyncio.run(main())
+    assert len(client.ops("register_protocol")) == 1
+    assert not host.stopping.is_set() and host.registered and host.ctx.handle == 8
