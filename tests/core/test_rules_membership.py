@@ -13,22 +13,12 @@ G = "239.1.1.1"
 S = "10.0.0.1"
 
 
-def added(p: Proto, source: str, group: str, if_index: int) -> object:
-    return ev(
-        None, "membership_added", protocol_id=p.pid, component_id=p.cid, **sgf(source, group), **iff(if_index), flags=1
-    )
+def added(p: Proto, source: str, group: str, if_index: int, type_: str = "membership_added") -> object:
+    return ev(None, type_, protocol_id=p.pid, component_id=p.cid, **sgf(source, group), **iff(if_index), flags=1)
 
 
 def deleted(p: Proto, source: str, group: str, if_index: int) -> object:
-    return ev(
-        None,
-        "membership_deleted",
-        protocol_id=p.pid,
-        component_id=p.cid,
-        **sgf(source, group),
-        **iff(if_index),
-        flags=1,
-    )
+    return added(p, source, group, if_index, "membership_deleted")
 
 
 def join_alert(to: Proto, source: str = ANY, group: str = G, update: bool = True) -> object:
@@ -196,79 +186,42 @@ def test_alert_table_reads_as_documented() -> None:
     assert ALERTS[("(*,G)", "join", 1)] != ALERTS[("(*,G)", "join", 2)]
 
 
-def test_first_client_for_g_alerts_every_other_registered_client(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): the first client with receivers for G -> join_alert to every other registered client."""
-    a, b, c = three
-    b.join(ANY, G, 3)
-    assert core.events() == [added(b, ANY, G, 3), join_alert(a), join_alert(c)]
+# Each row: the (client, interface) pairs joined before (clients a, b, c = 0, 1, 2 own (1,2), (3,4), (5,6)),
+# then one join or leave of (*,G), and the clients the (*,G) table alerts for it (join_alert for a join,
+# prune_alert naming the interface for a leave).
+STAR_G_TABLE = [
+    pytest.param((), "join", (1, 3), (0, 2), id="first client for G alerts every other registered client"),
+    pytest.param(((1, 3),), "join", (2, 5), (1,), id="second client for G alerts the first only"),
+    pytest.param(((1, 3), (2, 5)), "join", (0, 1), (), id="later clients alert nobody"),
+    pytest.param(((0, 1),), "join", (0, 2), (), id="a client already with receivers adding an interface is not new"),
+    pytest.param(((0, 1), (1, 3), (2, 5)), "leave", (0, 1), (), id="one of three clients leaving alerts nobody"),
+    pytest.param(((0, 1), (1, 3)), "leave", (1, 3), (0,), id="second-to-last client leaving alerts the one remaining"),
+    pytest.param(((1, 3),), "leave", (1, 3), (0, 2), id="last client leaving alerts every other registered client"),
+    pytest.param(((0, 1), (0, 2)), "leave", (0, 1), (), id="only a client's last interface going counts"),
+]
 
 
-def test_second_client_for_g_alerts_the_first(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): the second client with receivers -> join_alert to the first only."""
-    _a, b, c = three
-    b.join(ANY, G, 3)
+@pytest.mark.parametrize(("before", "op", "change", "alerted"), STAR_G_TABLE)
+def test_star_g_alert_table(
+    core: Core,
+    three: tuple[Proto, Proto, Proto],
+    before: tuple[tuple[int, int], ...],
+    op: str,
+    change: tuple[int, int],
+    alerted: tuple[int, ...],
+) -> None:
+    """(*,G): join_alert for a client's first receivers, prune_alert for its last, to the clients the table names."""
+    for who, if_index in before:
+        three[who].join(ANY, G, if_index)
     core.drop()
-    c.join(ANY, G, 5)
-    assert core.events() == [added(c, ANY, G, 5), join_alert(b)]
-
-
-def test_third_client_for_g_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): later clients -> no join_alert."""
-    a, b, c = three
-    b.join(ANY, G, 3)
-    c.join(ANY, G, 5)
-    core.drop()
-    a.join(ANY, G, 1)
-    assert core.events() == [added(a, ANY, G, 1)]
-
-
-def test_same_client_second_interface_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): a client already with receivers adding an interface is not a new client."""
-    a, _b, _c = three
-    a.join(ANY, G, 1)
-    core.drop()
-    a.join(ANY, G, 2)
-    assert core.events() == [added(a, ANY, G, 2)]
-
-
-def test_leave_of_one_of_three_clients_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): a client leaving while two others remain -> no prune_alert."""
-    a, b, c = three
-    a.join(ANY, G, 1)
-    b.join(ANY, G, 3)
-    c.join(ANY, G, 5)
-    core.drop()
-    a.leave(ANY, G, 1)
-    assert core.events() == [deleted(a, ANY, G, 1)]
-
-
-def test_second_to_last_leaving_alerts_the_remaining_one(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): the last interface of the second-to-last client goes -> prune_alert to the one remaining."""
-    a, b, _c = three
-    a.join(ANY, G, 1)
-    b.join(ANY, G, 3)
-    core.drop()
-    b.leave(ANY, G, 3)
-    assert core.events() == [deleted(b, ANY, G, 3), prune_alert(a, 3)]
-
-
-def test_last_leaving_alerts_every_other_registered_client(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): the last interface of the last client goes -> prune_alert to every other registered client."""
-    a, b, c = three
-    b.join(ANY, G, 3)
-    core.drop()
-    b.leave(ANY, G, 3)
-    assert core.events() == [deleted(b, ANY, G, 3), prune_alert(a, 3), prune_alert(c, 3)]
-
-
-def test_leaving_one_of_two_interfaces_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """(*,G): only a client's *last* interface going counts."""
-    a, _b, _c = three
-    a.join(ANY, G, 1)
-    a.join(ANY, G, 2)
-    core.drop()
-    a.leave(ANY, G, 1)
-    assert core.events() == [deleted(a, ANY, G, 1)]
+    p, if_index = three[change[0]], change[1]
+    if op == "join":
+        p.join(ANY, G, if_index)
+        expected = [added(p, ANY, G, if_index), *(join_alert(three[k]) for k in alerted)]
+    else:
+        p.leave(ANY, G, if_index)
+        expected = [deleted(p, ANY, G, if_index), *(prune_alert(three[k], if_index) for k in alerted)]
+    assert core.events() == expected
 
 
 def test_igmp_counts_as_a_client_in_the_alert_rules(core: Core) -> None:
