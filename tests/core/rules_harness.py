@@ -95,6 +95,10 @@ class Core:
         handle = self.req(conn, "register_protocol", **args)["handle"]
         return Proto(self, pid, cid, conn, handle)
 
+    def protos(self, *pids: int) -> list[Proto]:
+        """Register each protocol (component 1) in this order."""
+        return [self.register(pid) for pid in pids]
+
     def events(self) -> list[Event]:
         return self.mgm.take_events()
 

@@ -13,8 +13,7 @@ from mgm.bus.status import Status
 @pytest.fixture
 def joined(core: Core) -> Proto:
     """Memberships over several clients and interfaces, added out of order."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     pim.take(2)
     igmp.take(1)

@@ -32,7 +32,7 @@ def prune_alert(to: Proto, if_index: int, source: str = ANY, group: str = G) -> 
 @pytest.fixture
 def three(core: Core) -> tuple[Proto, Proto, Proto]:
     """Three routing protocols, each owning two interfaces (1,2), (3,4), (5,6)."""
-    a, b, c = core.register(PIM), core.register(DVMRP), core.register(40)
+    a, b, c = core.protos(PIM, DVMRP, 40)
     for p, ifs in ((a, (1, 2)), (b, (3, 4)), (c, (5, 6))):
         for i in ifs:
             p.take(i)
@@ -56,8 +56,7 @@ def test_add_records_the_membership(core: Core) -> None:
 
 def test_add_on_an_interface_not_owned_is_invalid_parameter(core: Core) -> None:
     """[ours] A client must own the interface before adding a membership on it (87)."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     dvmrp.take(1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 2)
@@ -123,8 +122,7 @@ def test_re_add_is_no_error_and_changes_nothing(core: Core) -> None:
 
 def test_igmp_add_tells_the_routing_owner_local_join(core: Core) -> None:
     """IGMP adding on an interface a routing protocol owns: that owner gets local_join."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(1)
     core.drop()
@@ -135,8 +133,7 @@ def test_igmp_add_tells_the_routing_owner_local_join(core: Core) -> None:
 
 def test_igmp_delete_tells_the_routing_owner_local_leave(core: Core) -> None:
     """local_leave mirrors local_join when IGMP deletes."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(1)
     igmp.join(ANY, G, 1)
@@ -156,8 +153,7 @@ def test_no_local_join_where_igmp_owns_alone(core: Core) -> None:
 
 def test_routing_protocol_membership_is_no_local_join_to_igmp(core: Core) -> None:
     """A routing protocol's own membership is never reported to IGMP beside it."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(1)
     core.drop()
@@ -167,8 +163,7 @@ def test_routing_protocol_membership_is_no_local_join_to_igmp(core: Core) -> Non
 
 def test_local_members_are_in_the_owners_snapshot(core: Core) -> None:
     """The proto snapshot lists the local joins in effect for the routing owner."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(1)
     igmp.join(ANY, G, 1)
@@ -226,8 +221,7 @@ def test_star_g_alert_table(
 
 def test_igmp_counts_as_a_client_in_the_alert_rules(core: Core) -> None:
     """[ours] IGMP is a client like any other for join_alert/prune_alert."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(2)
     igmp.join(ANY, G, 2)
@@ -303,8 +297,7 @@ def test_sg_owner_towards_s_is_not_alerted_about_itself(core: Core, three: tuple
 
 def test_sg_alert_goes_to_igmp_where_it_owns_alone(core: Core) -> None:
     """The owner towards S is IGMP where IGMP owns that interface alone."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     igmp.take(7)
     pim.take(1)
     core.routes[S] = Interface(7)
@@ -315,9 +308,7 @@ def test_sg_alert_goes_to_igmp_where_it_owns_alone(core: Core) -> None:
 
 def test_sg_alert_goes_to_the_routing_owner_not_igmp_beside_it(core: Core) -> None:
     """Alerts for an interface go to its routing protocol, never to IGMP beside it."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    igmp, pim, dvmrp = core.protos(IGMP, PIM, DVMRP)
     igmp.take(7)
     dvmrp.take(7)
     pim.take(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
 
 from mgm.bus.status import Status
@@ -22,8 +23,7 @@ def test_take_publishes_interface_owned(core: Core) -> None:
 
 def test_second_routing_protocol_is_already_exists(core: Core) -> None:
     """At most one routing protocol owns an interface: a second gets ERROR_ALREADY_EXISTS."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     pim.take(1)
     core.refused(Status.ERROR_ALREADY_EXISTS, dvmrp.take, 1)
 
@@ -37,8 +37,7 @@ def test_same_client_taking_twice_is_already_exists(core: Core) -> None:
 
 def test_next_hops_tell_interfaces_apart(core: Core) -> None:
     """An interface is (if_index, next_hop): two next hops of one link are two interfaces."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     pim.take(1, "10.0.0.2")
     dvmrp.take(1, "10.0.0.3")
     assert core.req(b"x", "get_protocol_on_interface", **iff(1, "10.0.0.3")) == owned(DVMRP)
@@ -46,8 +45,7 @@ def test_next_hops_tell_interfaces_apart(core: Core) -> None:
 
 def test_igmp_may_co_own_with_one_routing_protocol(core: Core) -> None:
     """IGMP (protocol 10) may own an interface together with one routing protocol, in either order."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     igmp.take(1)
     pim.take(1)
     pim.take(2)
@@ -60,50 +58,42 @@ def test_second_igmp_component_is_already_exists(core: Core) -> None:
     core.refused(Status.ERROR_ALREADY_EXISTS, core.register(IGMP, 2).take, 1)
 
 
-def test_routing_protocol_taking_from_igmp_brackets_with_disable_enable(core: Core) -> None:
-    """A routing protocol taking an interface IGMP owns: disable_igmp, the change, enable_igmp, in that order."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
-    igmp.take(1)
-    core.drop()
-    pim.take(1)
-    assert core.events() == [
-        ev(igmp, "disable_igmp", **iff(1)),
-        ev(None, "interface_owned", **owned(PIM, **iff(1))),
-        ev(igmp, "enable_igmp", **iff(1)),
-    ]
-
-
 def test_igmp_taking_beside_a_routing_protocol_has_no_bracket(core: Core) -> None:
     """IGMP joining an interface a routing protocol owns is just interface_owned."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     core.drop()
     igmp.take(1)
     assert core.events() == [ev(None, "interface_owned", **owned(IGMP, **iff(1)))]
 
 
-def test_routing_protocol_releasing_beside_igmp_brackets_with_disable_enable(core: Core) -> None:
-    """A routing protocol releasing an interface IGMP also owns: disable_igmp, release, enable_igmp."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+@pytest.mark.parametrize(
+    ("pim_owns", "change", "published"),
+    [(False, "take", "interface_owned"), (True, "release", "interface_released")],
+    ids=["taking from igmp", "releasing beside igmp"],
+)
+def test_routing_protocol_beside_igmp_brackets_with_disable_enable(
+    core: Core, pim_owns: bool, change: str, published: str
+) -> None:
+    """A routing protocol taking an interface IGMP owns, or releasing one IGMP also owns: disable_igmp, the change,
+    enable_igmp, in that order."""
+    igmp, pim = core.protos(IGMP, PIM)
     igmp.take(1)
-    pim.take(1)
+    if pim_owns:
+        pim.take(1)
     core.drop()
-    pim.release(1)
+    getattr(pim, change)(1)
     assert core.events() == [
         ev(igmp, "disable_igmp", **iff(1)),
-        ev(None, "interface_released", **owned(PIM, **iff(1))),
+        ev(None, published, **owned(PIM, **iff(1))),
         ev(igmp, "enable_igmp", **iff(1)),
     ]
-    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == owned(IGMP)
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == owned(IGMP if pim_owns else PIM)
 
 
 def test_igmp_memberships_survive_the_ownership_change(core: Core) -> None:
     """[ours] IGMP's memberships stay across disable/enable; the MFE keeps forwarding."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     igmp.take(1)
     igmp.join(ANY, "239.1.1.1", 1)
     pim.take(1)
@@ -114,8 +104,7 @@ def test_igmp_memberships_survive_the_ownership_change(core: Core) -> None:
 
 def test_igmp_re_add_after_enable_tells_the_new_owner(core: Core) -> None:
     """[ours] A re-add is NO_ERROR and changes nothing, but the new owner gets the local_join."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
+    igmp, pim = core.protos(IGMP, PIM)
     igmp.take(1)
     igmp.join(ANY, "239.1.1.1", 1)
     pim.take(1)
@@ -128,8 +117,7 @@ def test_igmp_re_add_after_enable_tells_the_new_owner(core: Core) -> None:
 
 def test_release_not_owned_is_invalid_parameter(core: Core) -> None:
     """release of an interface the client does not own is ERROR_INVALID_PARAMETER."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     dvmrp.take(1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.release, 1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.release, 7)
@@ -137,8 +125,7 @@ def test_release_not_owned_is_invalid_parameter(core: Core) -> None:
 
 def test_release_deletes_the_clients_memberships_there_with_their_effects(core: Core) -> None:
     """Releasing deletes the client's memberships on the interface, each with its events, then releases."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     pim.take(1)
     pim.take(2)
     pim.join(ANY, "239.1.1.1", 1)
@@ -157,8 +144,7 @@ def test_release_deletes_the_clients_memberships_there_with_their_effects(core: 
 
 def test_release_deletes_mfes_whose_incoming_interface_it_was(core: Core) -> None:
     """Releasing deletes the MFEs coming in on the interface (the owner kept them)."""
-    pim = core.register(PIM)
-    fwd = core.register(FWD)
+    pim, fwd = core.protos(PIM, FWD)
     pim.take(1)
     core.routes["10.0.0.1"] = Interface(1)
     core.routes["10.0.0.2"] = Interface(2)
@@ -178,9 +164,7 @@ def test_release_deletes_mfes_whose_incoming_interface_it_was(core: Core) -> Non
 
 def test_igmp_releasing_beside_owner_keeps_the_owners_mfes(core: Core) -> None:
     """[ours] IGMP releasing an interface a routing protocol owns leaves that protocol's MFEs alone."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
-    fwd = core.register(FWD)
+    igmp, pim, fwd = core.protos(IGMP, PIM, FWD)
     pim.take(1)
     igmp.take(1)
     core.routes["10.0.0.1"] = Interface(1)
@@ -213,8 +197,7 @@ def test_get_protocol_on_unowned_interface_is_not_found(core: Core) -> None:
 
 def test_take_after_release_is_allowed(core: Core) -> None:
     """A released interface can be taken by another routing protocol."""
-    pim = core.register(PIM)
-    dvmrp = core.register(DVMRP)
+    pim, dvmrp = core.protos(PIM, DVMRP)
     pim.take(1)
     pim.release(1)
     assert dvmrp.take(1) == {}
@@ -222,9 +205,7 @@ def test_take_after_release_is_allowed(core: Core) -> None:
 
 def test_taking_an_incoming_interface_reassigns_its_mfes(core: Core) -> None:
     """[ours] An MFE's in_protocol_id follows the owner of its incoming interface (mfe_updated)."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM)
-    fwd = core.register(FWD)
+    igmp, pim, fwd = core.protos(IGMP, PIM, FWD)
     igmp.take(1)
     core.routes["10.0.0.1"] = Interface(1)
     fwd.packet("10.0.0.1", "239.1.1.1", 1)

@@ -168,8 +168,7 @@ def test_connection_lost_of_unknown_connection_is_harmless(core: Core) -> None:
 
 def test_cleanup_deletes_mfes_of_released_incoming_interfaces(core: Core) -> None:
     """Cleanup releases interfaces, which deletes the MFEs coming in on them."""
-    pim = core.register(PIM)
-    fwd = core.register(99)
+    pim, fwd = core.protos(PIM, 99)
     pim.take(1)
     core.routes["10.0.0.1"] = Interface(1)
     res = fwd.packet("10.0.0.1", "239.1.1.1", 1)
@@ -189,8 +188,7 @@ def _big_departure(batch: int) -> tuple[Core, Proto, Proto, Proto]:
     core = Core(liveness=1e9, cleanup_batch=batch)
     igmp = core.register(IGMP, conn=b"shared")
     other = core.register(PIM, 2, conn=b"shared")
-    pim = core.register(PIM)
-    fwd = core.register(99)
+    pim, fwd = core.protos(PIM, 99)
     for i in (1, 2):
         pim.take(i)
         igmp.take(i)

@@ -186,9 +186,7 @@ def test_mfe_counters_entries_are_checked(core: Core, pim: Proto, entry: Any) ->
 def test_answer_arguments_are_checked(core: Core) -> None:
     """An answer's fields are checked like any request (rpf: interface and neighbour; creation: oil verdicts)."""
     core.routes["10.0.0.1"] = Interface(1)
-    pim = core.register(PIM)
-    igmp = core.register(IGMP)
-    fwd = core.register(99)
+    pim, igmp, fwd = core.protos(PIM, IGMP, 99)
     pim.take(1)
     pim.take(2)
     igmp.take(2)
