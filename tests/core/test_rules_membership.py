@@ -120,22 +120,14 @@ def test_re_add_is_no_error_and_changes_nothing(core: Core) -> None:
 # --- local join / leave ---------------------------------------------------------------
 
 
-def test_igmp_add_tells_the_routing_owner_local_join(core: Core) -> None:
-    """IGMP adding on an interface a routing protocol owns: that owner gets local_join."""
+def test_igmp_add_and_delete_tell_the_routing_owner_local_join_and_leave(core: Core) -> None:
+    """IGMP adding on an interface a routing protocol owns: that owner gets local_join; local_leave mirrors it."""
     igmp, pim = core.protos(IGMP, PIM)
     pim.take(1)
     igmp.take(1)
     core.drop()
     igmp.join(S, G, 1)
-    events = core.events()
-    assert events[:2] == [added(igmp, S, G, 1), ev(pim, "local_join", **sgf(S, G), **iff(1))]
-
-
-def test_igmp_delete_tells_the_routing_owner_local_leave(core: Core) -> None:
-    """local_leave mirrors local_join when IGMP deletes."""
-    igmp, pim = core.protos(IGMP, PIM)
-    pim.take(1)
-    igmp.take(1)
+    assert core.events()[:2] == [added(igmp, S, G, 1), ev(pim, "local_join", **sgf(S, G), **iff(1))]
     igmp.join(ANY, G, 1)
     core.drop()
     igmp.leave(ANY, G, 1)
@@ -280,42 +272,28 @@ def test_last_sg_client_leaving_alerts_the_owner_towards_s(core: Core, three: tu
     assert core.events() == [deleted(b, S, G, 3), prune_alert(c, 3, S)]
 
 
-def test_sg_without_a_route_alerts_nobody(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """Where S cannot be resolved, the (S,G) alerts are not sent."""
+@pytest.mark.parametrize("towards", [None, 2], ids=["S cannot be resolved", "[ours] the owner towards S joins itself"])
+def test_sg_join_alerting_nobody(core: Core, three: tuple[Proto, Proto, Proto], towards: int | None) -> None:
+    """No (S,G) alert where S cannot be resolved, nor to the owner towards S about its own receivers."""
     a, _b, _c = three
+    if towards is not None:
+        core.routes[S] = Interface(towards)
     a.join(S, G, 1)
     assert core.events() == [added(a, S, G, 1)]
 
 
-def test_sg_owner_towards_s_is_not_alerted_about_itself(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
-    """[ours] The owner towards S joining (S,G) itself gets no alert about its own receivers."""
-    a, _b, _c = three
-    core.routes[S] = Interface(2)
-    a.join(S, G, 1)
-    assert core.events() == [added(a, S, G, 1)]
-
-
-def test_sg_alert_goes_to_igmp_where_it_owns_alone(core: Core) -> None:
-    """The owner towards S is IGMP where IGMP owns that interface alone."""
-    igmp, pim = core.protos(IGMP, PIM)
-    igmp.take(7)
-    pim.take(1)
-    core.routes[S] = Interface(7)
-    core.drop()
-    pim.join(S, G, 1)
-    assert core.events() == [added(pim, S, G, 1), join_alert(igmp, S)]
-
-
-def test_sg_alert_goes_to_the_routing_owner_not_igmp_beside_it(core: Core) -> None:
-    """Alerts for an interface go to its routing protocol, never to IGMP beside it."""
+@pytest.mark.parametrize("routing_owner", [False, True], ids=["igmp alone", "a routing protocol beside igmp"])
+def test_sg_alert_goes_to_the_routing_owner_else_igmp(core: Core, routing_owner: bool) -> None:
+    """Alerts for an interface go to its routing protocol, never to IGMP beside it; to IGMP where it owns alone."""
     igmp, pim, dvmrp = core.protos(IGMP, PIM, DVMRP)
     igmp.take(7)
-    dvmrp.take(7)
+    if routing_owner:
+        dvmrp.take(7)
     pim.take(1)
     core.routes[S] = Interface(7)
     core.drop()
     pim.join(S, G, 1)
-    assert core.events() == [added(pim, S, G, 1), join_alert(dvmrp, S)]
+    assert core.events() == [added(pim, S, G, 1), join_alert(dvmrp if routing_owner else igmp, S)]
 
 
 def test_sg_join_does_not_count_for_star_g(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
