@@ -514,7 +514,7 @@ class NftDataplane:
         index = _if_indexes()
         ifs: set[int] = set()
         chains: dict[str, set[int]] = {}
-        sg: list[tuple[list[Any], Any]] = []
+        sg: list[tuple[Any, Any]] = []
         for item in data.get("nftables", []):
             if "set" in item and item["set"]["name"] == "ifs":
                 ifs = {_if_index(v, index) for v in item["set"].get("elem", [])}
@@ -556,7 +556,7 @@ class NftDataplane:
 def _ones_complement_sum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
