@@ -261,7 +261,7 @@ class PluginContext:
                 forget()
                 return
             probe = self.client.request_nowait("heartbeat", {"handle": handle})
-            probe.add_done_callback(lambda p: p.cancelled() or p.exception() is not None or forget())
+            probe.add_done_callback(lambda p: forget() if not p.cancelled() and p.exception() is None else None)
 
         fut.add_done_callback(refused)
 

@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,7 +100,7 @@ def _waited(seconds: float) -> str:
     return f"{scaled(seconds):g} s ({seconds} s x {TIME_SCALE_VAR}={TIME_SCALE:g})"
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "a condition") -> T:
+def wait_for(predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "a condition") -> T:
     """Poll `predicate` every 20 ms until it returns something true, else raise TimeoutError naming `what`.
 
     `timeout` is scaled by MGM_TEST_TIME_SCALE.
@@ -128,7 +128,7 @@ async def wait_for_async(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             raise TimeoutError(f"waited {_waited(timeout)} for {what}; last value {value!r}")
         await asyncio.sleep(POLL)
@@ -212,7 +212,7 @@ class ManagerProc(Proc):
 
         from mgm.bus.codec import decode_reply
 
-        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(self.api)
@@ -313,7 +313,7 @@ class BusClient:
     def __post_init__(self) -> None:
         import zmq
 
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[Any] = zmq.Context.instance()
         self._dealer = ctx.socket(zmq.DEALER)
         self._dealer.setsockopt(zmq.LINGER, 0)
         self._dealer.connect(self.api)
@@ -482,7 +482,7 @@ class MgmBus:
 
         def seen(type_: str) -> list[dict[str, Any]]:
             if not proc.alive():
-                raise AssertionError(f"plugin {name} exited with {proc.popen.returncode}:\n{proc.log()}")  # type: ignore[union-attr]
+                raise AssertionError(f"plugin {name} exited with {proc.wait(0)}:\n{proc.log()}")
             return [e for e in client.events()[mark:] if e.get("type") == type_]
 
         try:
@@ -496,7 +496,7 @@ class MgmBus:
         except TimeoutError as exc:
             raise AssertionError(f"{exc}:\n{proc.log()}") from None
         if not proc.alive():
-            raise AssertionError(f"plugin {name} exited with {proc.popen.returncode}:\n{proc.log()}")  # type: ignore[union-attr]
+            raise AssertionError(f"plugin {name} exited with {proc.wait(0)}:\n{proc.log()}")
         return proc
 
     # the client
@@ -536,7 +536,7 @@ class MgmBus:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Remember whether the test itself failed, so `mgm_bus` prints the processes' logs only then."""
     report = yield
     if report.when == "call":
