@@ -211,6 +211,13 @@ class PimLink:
         return max([self.override_interval, *(n.override_interval / 1000 for n in self.neighbors.values()
                                               if n.override_interval is not None)])  # fmt: skip
 
+    def prune_override_interval(self, sender: str) -> float:
+        """How long a Prune from `sender` waits for another router's overriding Join (4.5.2's
+        J/P_Override_Interval), or 0 when `sender` is our only neighbour here: nobody could override."""
+        if set(self.neighbors) <= {sender}:
+            return 0.0
+        return self.effective_propagation_delay() + self.effective_override_interval()
+
     def take_events(self) -> list[NeighborEvent]:
         events, self._events = self._events, []
         return events

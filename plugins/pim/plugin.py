@@ -14,11 +14,19 @@ interfaces``:
   give (re-checked every few seconds and whenever a neighbour comes or
   goes); the first packet of a flow on the shared tree (the manager's
   rpf question for the new MFE) makes an (S,G) join, the switch to the
-  shortest-path tree, unless ``spt_switchover = "never"``.
+  shortest-path tree, unless ``spt_switchover = "never"``;
+* the downstream state of an upstream router or RP: the Joins and Prunes
+  our neighbours address to us make per-interface (*,G) and (S,G) state
+  (mgm.plugins.pim.downstream), which becomes our MGM membership on that
+  interface (the manager adds it to the outgoing lists of the group's
+  MFEs, and alerts the other protocols) and a reason for our own join
+  upstream; an RP (an ``rp`` address that is ours) joins no further;
+* join suppression and prune override on LANs, from the Joins and Prunes
+  other routers send to our upstream neighbours.
 
-Not yet: Join/Prune received (the downstream state, so we are no
-upstream router or RP for others), Register, Assert, join suppression and
-prune override on LANs.  The start-up log says so.
+Not yet: Register (so a source's first-hop router must be on the RP's
+shortest path, or be the RP), (S,G,rpt) state, Assert.  The start-up log
+says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -55,6 +63,7 @@ from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.rawsocket import interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
+from mgm.plugins.pim.downstream import Downstream
 from mgm.plugins.pim.neighbors import PimLink
 from mgm.plugins.pim.upstream import Key, Rpf, Upstream
 
@@ -180,10 +189,13 @@ class PimPlugin(links.LinkSubscriber):
         self.watcher: links.LinkWatcher | None = None
         self.stopped = False
         self.upstream: Upstream | None = None
+        self.downstream = Downstream()
+        self.mgm: PluginContext | None = None
         self.routes: KernelRoutes | None = None
         self.wanted: dict[Key, set[str]] = {}
         """Why each upstream entry is joined: "local N" (IGMP's members on our interface N), "alert" (other
-        protocols' receivers), "spt" (a flow of a joined group, on the shortest-path tree)."""
+        protocols' receivers), "downstream N" (a neighbour's join on our interface N), "spt" (a flow of a
+        group with receivers here, on the shortest-path tree)."""
         self._next_rpf_check = 0.0
         self._no_rp_said: set[str] = set()
         self._malformed_from: set[tuple[int, str]] = set()
@@ -196,6 +208,7 @@ class PimPlugin(links.LinkSubscriber):
     @hookimpl
     def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
         settings = self.settings or read_settings(config)
+        self.mgm = mgm
         mgm.spawn(self.start(settings, mgm.interfaces))
 
     @hookimpl
@@ -227,10 +240,13 @@ class PimPlugin(links.LinkSubscriber):
     @hookimpl
     def mgm_rpf(self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str,
                 question: int) -> None:  # fmt: skip
-        """A new flow arrives on one of our interfaces: on the shared tree of a joined group, switch to the
-        shortest-path tree (the manager's choice of incoming interface stands)."""
+        """A new flow arrives on one of our interfaces: on the shared tree of a group with receivers on this
+        router (not only downstream routers: theirs is the switch), switch to the shortest-path tree (the
+        manager's choice of incoming interface stands)."""
         settings = self.settings
-        if settings is not None and settings.spt_switchover == "immediate" and (None, group) in self.wanted:
+        reasons = self.wanted.get((None, group), set())
+        if (settings is not None and settings.spt_switchover == "immediate"
+                and any(not reason.startswith("downstream") for reason in reasons)):  # fmt: skip
             self._reason((source, group), "spt", True)
 
     # --- the shell ----------------------------------------------------------------------------
@@ -282,8 +298,8 @@ class PimPlugin(links.LinkSubscriber):
             log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
-        log.warning("pim: this version is a last-hop router only: it joins upstream for its receivers, but takes "
-                    "no joins from others (no RP or upstream duty), sends no Register and no Assert")  # fmt: skip
+        log.warning("pim: this version sends and takes no Register (a source's first-hop router must be on the "
+                    "RP's shortest path, or be the RP), keeps no (S,G,rpt) state and sends no Assert")  # fmt: skip
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
@@ -394,8 +410,8 @@ class PimPlugin(links.LinkSubscriber):
             except (BlockingIOError, InterruptedError):
                 break
             if_index = arrival_interface(ancillary)
-            link = self.links.get(if_index) if if_index is not None else None
-            if link is None:
+            link = None if if_index is None else self.links.get(if_index)
+            if if_index is None or link is None:
                 continue  # an interface we do not run on
             ihl = (data[0] & 0x0F) * 4 if data else 0
             try:
@@ -410,7 +426,20 @@ class PimPlugin(links.LinkSubscriber):
             self._count(f"{packet.TYPE_NAMES.get(_type_of(message), 'unknown')}_received")
             if isinstance(message, packet.Hello):
                 link.receive_hello(source, message, now)
+            elif isinstance(message, packet.JoinPrune):
+                self._receive_join_prune(if_index, link, source, message, now)
         self._after()
+
+    def _receive_join_prune(self, if_index: int, link: PimLink, source: str, message: packet.JoinPrune,
+                            now: float) -> None:  # fmt: skip
+        if source not in link.neighbors:  # 4.3.1: nothing but Hellos from a router that has sent none
+            self._count("join_prune_from_non_neighbor")
+            return
+        if message.upstream_neighbor == link.address:
+            self.downstream.receive(if_index, message, now, override_interval=link.prune_override_interval(source))
+        elif self.upstream is not None:
+            self.upstream.overheard((if_index, message.upstream_neighbor), message, now,
+                                    link.effective_override_interval())  # fmt: skip
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -425,6 +454,8 @@ class PimPlugin(links.LinkSubscriber):
             for hello in link.tick(now):
                 self._send(if_index, hello)
         self._log_events()
+        self.downstream.tick(now)
+        self._downstream_events()
         if self.upstream is None:
             return
         if now >= self._next_rpf_check:
@@ -433,12 +464,24 @@ class PimPlugin(links.LinkSubscriber):
                 self._evaluate(key, now)
         for (if_index, _neighbor), message in self.upstream.tick(now):
             self._send(if_index, message)
-        deadline = min([self._next_rpf_check, self.upstream.next_deadline(),
+        deadline = min([self._next_rpf_check, self.upstream.next_deadline(), self.downstream.next_deadline(),
                         *(link.next_deadline() for link in self.links.values())])  # fmt: skip
         if deadline != float("inf"):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _downstream_events(self) -> None:
+        """A neighbour's join on one of our interfaces is our membership there, and a reason to join upstream."""
+        for kind, if_index, key in self.downstream.take_events():
+            source, group = key
+            joined = kind == "joined"
+            log.info("pim: %s: (%s,%s) %s downstream", self.names.get(if_index, if_index), source or "*", group,
+                     kind)  # fmt: skip
+            if self.mgm is not None:
+                change = self.mgm.add_membership if joined else self.mgm.delete_membership
+                change(source or ANY, group, Interface(if_index, ANY))
+            self._reason(key, f"downstream {if_index}", joined)
 
     def _log_events(self) -> None:
         for if_index, link in self.links.items():

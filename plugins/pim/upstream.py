@@ -13,13 +13,18 @@ An entry is (*,G), joined towards the group's RP (the Join carries the RP with t
 * A neighbour that restarted (new generation ID) lost our joins: they are sent again at once.
 * What is due in one `tick` goes out packed, one message per neighbour, its groups together.
 
-Not yet: join suppression and prune override on a LAN (4.5.7's timers on others' joins), (S,G,rpt)
-prunes after a switch to the shortest-path tree, and the upstream half of asserts.
+* On a LAN, what other routers send to our RPF' counts (4.5.7, `overheard`): their Join of an entry we
+  join too suppresses our next periodic Join for t_suppressed (1.1 to 1.4 times the period, at most their
+  holdtime), and their Prune of it makes us override with a Join within t_override (at most the link's
+  override interval).
+
+Not yet: (S,G,rpt) prunes after a switch to the shortest-path tree, and the upstream half of asserts.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 from mgm.plugins.pim.packet import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup
@@ -51,8 +56,9 @@ class _Batch:
 
 
 class Upstream:
-    def __init__(self, join_prune_interval: float = JOIN_PRUNE_INTERVAL) -> None:
+    def __init__(self, join_prune_interval: float = JOIN_PRUNE_INTERVAL, rng: random.Random | None = None) -> None:
         self.interval = join_prune_interval
+        self._rng = rng or random.Random()
         self.holdtime = min(0xFFFE, round(3.5 * join_prune_interval))
         self.entries: dict[Key, Entry] = {}
         self._due: dict[Rpf, _Batch] = {}
@@ -85,6 +91,24 @@ class Upstream:
                 self._queue(rpf, entry.key, entry.target, join=True)
                 entry.next_join = now + self.interval
 
+    def overheard(self, rpf: Rpf, message: JoinPrune, now: float, override_interval: float) -> None:
+        """Another router's Join/Prune to `rpf` (our RPF' for some entries) on its link."""
+        holdtime = math.inf if message.holdtime == 0xFFFF else message.holdtime
+        suppress = min(self._rng.uniform(1.1, 1.4) * self.interval, holdtime)
+        for entry_group in message.groups:
+            group = entry_group.group.address
+            for joined, sources in ((True, entry_group.joins), (False, entry_group.prunes)):
+                for source in sources:
+                    if source.rpt and not source.wildcard:
+                        continue  # (S,G,rpt): we keep no such entry
+                    entry = self.entries.get((None if source.wildcard else source.address, group))
+                    if entry is None or entry.rpf != rpf:
+                        continue
+                    if joined:  # see Join: suppress ours
+                        entry.next_join = max(entry.next_join, now + suppress)
+                    else:  # see Prune: override it
+                        entry.next_join = min(entry.next_join, now + self._rng.uniform(0, override_interval))
+
     def tick(self, now: float) -> list[tuple[Rpf, JoinPrune]]:
         """The messages due by `now`, each with the (interface, neighbour) it goes to."""
         for entry in self.entries.values():
@@ -111,6 +135,6 @@ class Upstream:
                 encoded = (EncodedSource(target, wildcard=True, rpt=True) if source is None
                            else EncodedSource(source))  # fmt: skip
                 groups.setdefault(group, ([], []))[index].append(encoded)
-        entries = [JoinPruneGroup(EncodedGroup(g), tuple(j), tuple(p)) for g, (j, p) in groups.items()]
-        return [JoinPrune(neighbor, self.holdtime, tuple(entries[i : i + MAX_GROUPS_PER_MESSAGE]))
-                for i in range(0, len(entries), MAX_GROUPS_PER_MESSAGE)]  # fmt: skip
+        packed = [JoinPruneGroup(EncodedGroup(g), tuple(j), tuple(p)) for g, (j, p) in groups.items()]
+        return [JoinPrune(neighbor, self.holdtime, tuple(packed[i : i + MAX_GROUPS_PER_MESSAGE]))
+                for i in range(0, len(packed), MAX_GROUPS_PER_MESSAGE)]  # fmt: skip

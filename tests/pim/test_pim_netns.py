@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
-from netns import Node, NsProcess, Topology, segment, wait_until
+from netns import Node, NsProcess, Topology, segment, send_udp, wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -31,8 +31,10 @@ FAST = {"hello_period": 1, "triggered_hello_delay": 0.2}
 PIM_PROTOCOL = 103
 
 
-def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: float | None = None) -> None:
-    """Hello every second with `options` (a holdtime 0 goodbye after `goodbye_after` s); print what is heard."""
+def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: float | None = None,
+         outbox: str | None = None) -> None:
+    """Hello every second with `options` (a holdtime 0 goodbye after `goodbye_after` s); print what is heard.
+    Each file that appears in the folder `outbox` holds a PIM message in hex: it is sent once, to ALL-PIM-ROUTERS."""
     from scapy.contrib.pim import PIMv2Hdr, PIMv2Hello, PIMv2JoinPrune
 
     from mgm.plugins.pim.packet import Hello, build
@@ -45,9 +47,15 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
     sock.settimeout(0.1)
     started = next_hello = time.monotonic()
+    sent: set[str] = set()
     print(json.dumps({"event": "ready"}), flush=True)
     while True:
         now = time.monotonic()
+        for message in sorted(Path(outbox).iterdir()) if outbox else ():
+            if message.name not in sent and not message.name.startswith("."):
+                sent.add(message.name)
+                sock.sendto(bytes.fromhex(message.read_text()), ("224.0.0.13", 0))
+                print(json.dumps({"event": "sent", "name": message.name}), flush=True)
         if now >= next_hello:
             holdtime = 0 if goodbye_after is not None and now - started >= goodbye_after else options["holdtime"]
             sock.sendto(build(Hello(**{**options, "holdtime": holdtime})), ("224.0.0.13", 0))
@@ -185,3 +193,119 @@ def test_config_mistakes_are_all_named_before_the_plugin_registers(ipc_dir: Path
     assert done.returncode != 0
     for key in ("hello_period", "dr_priority", "colour"):
         assert f"plugins.pim.{key}" in done.stderr, done.stderr
+
+
+def join_prune(upstream: str, group: str, *, joins: tuple[str, ...] = (), prunes: tuple[str, ...] = (),
+               rp: str | None = None, holdtime: int = 60) -> str:  # fmt: skip
+    """A Join/Prune built by scapy, in hex: (*,G) towards `rp` (wildcard and RPT bits) when `rp` is given, or
+    (S,G) for each source in `joins` and `prunes`."""
+    from scapy.contrib.pim import PIMv2GroupAddrs, PIMv2Hdr, PIMv2JoinAddrs, PIMv2JoinPrune, PIMv2PruneAddrs
+
+    def entries(kind: Any, sources: tuple[str, ...]) -> list[Any]:
+        if rp is not None and sources:
+            return [kind(src_ip=rp, sparse=1, wildcard=1, rpt=1)]
+        return [kind(src_ip=source, sparse=1, wildcard=0, rpt=0) for source in sources]
+
+    from scapy.utils import checksum
+
+    body = PIMv2JoinPrune(up_neighbor_ip=upstream, holdtime=holdtime, jp_ips=[
+        PIMv2GroupAddrs(gaddr=group, join_ips=entries(PIMv2JoinAddrs, joins),
+                        prune_ips=entries(PIMv2PruneAddrs, prunes))])  # fmt: skip
+    unsummed = bytes(PIMv2Hdr(type=3, chksum=0) / body)  # scapy sums only under an IP layer
+    return bytes(PIMv2Hdr(type=3, chksum=checksum(unsummed)) / body).hex()
+
+
+def pim_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
+    """(source, group, if_index) of the pim plugin's memberships, from the manager's state snapshot."""
+    state = manager.request("sync", {"stream": "state"})["state"]
+    return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"] if m["protocol_id"] == 8}
+
+
+def post(outbox: Path, name: str, message: str) -> None:
+    (outbox / f".{name}").write_text(message)
+    (outbox / f".{name}").rename(outbox / name)  # whole, or not at all, when the peer looks
+
+
+def test_a_downstream_join_is_joined_upstream_and_its_prune_pruned(
+    manager: ManagerProc, ipc_dir: Path, topology: Topology
+) -> None:
+    """Upstream router: a neighbour's (*,G) Join addressed to us on one interface becomes our (*,G) Join
+    towards the RP on the other, and the manager's membership there; its Prune undoes both."""
+    rtr, rp_ns, lhr_ns = topology.namespaces("rtr", "rp", "lhr")
+    up = topology.link(rtr, rp_ns, f"{SUBNET}.1/24", f"{SUBNET}.2/24")
+    down = topology.link(rtr, lhr_ns, "10.79.0.1/24", "10.79.0.2/24")
+    group, rp = "239.78.7.7", f"{SUBNET}.2"
+    config = ipc_dir / "pim.toml"
+    config.write_text(toml_config({"pim": {"interfaces": [up.a_if, down.a_if], **FAST, "join_prune_interval": 30,
+                                           "rp": [{"address": rp, "groups": ["239.78.0.0/16"]}]}}))  # fmt: skip
+    pim = rtr.mgm("plugin", "pim", "--config", str(config), "--api", manager.api, "--events", manager.events,
+                  "--log-level", "debug", name="pim-rtr")  # fmt: skip
+    wait_until(lambda: "pim: running on" in pim.log() or not pim.alive(), WAIT, "the pim plugin to start")
+    rp_peer = start_peer(Node(rp_ns, up.b_if, rp))
+    outbox = ipc_dir / "outbox"
+    outbox.mkdir()
+    lhr_peer = lhr_ns.spawn(peer, down.b_if, "10.79.0.2", {"holdtime": 5, "dr_priority": 1, "generation_id": 7},
+                            None, str(outbox), name="peer-lhr")  # fmt: skip
+    wait_until(lambda: "neighbour 10.79.0.2 up" in pim.log() and f"neighbour {rp} up" in pim.log(), WAIT,
+               "both neighbours up")  # fmt: skip
+
+    def at_rp(kind: str) -> list[dict[str, Any]]:
+        return [e for e in heard(rp_peer, f"{SUBNET}.1") if e["type"] == 3 and e["groups"].get(group, {}).get(kind)]
+
+    post(outbox, "1-join", join_prune("10.79.0.1", group, joins=("*",), rp=rp))
+    wait_until(lambda: at_rp("joins"), WAIT, "our (*,G) join at the RP")
+    assert at_rp("joins")[0]["groups"][group]["joins"] == [[rp, 1, 1]]
+    assert pim_memberships(manager) == {("0.0.0.0", group, rtr.if_index(down.a_if))}
+    assert lhr_peer.alive(), lhr_peer.log()
+
+    post(outbox, "2-prune", join_prune("10.79.0.1", group, prunes=("*",), rp=rp))
+    wait_until(lambda: at_rp("prunes"), WAIT, "our (*,G) prune at the RP")
+    wait_until(lambda: not pim_memberships(manager), WAIT, "the membership to go")
+
+
+def test_as_rp_a_downstream_join_makes_us_forward_down_that_link_until_its_prune(
+    topology: Topology, forwarder_backend: str
+) -> None:
+    """mgmbus is the RP, and the source is on one of its links: a (*,G) Join from the router behind the
+    other link (a scapy peer here) is our membership there, so `mgm up`'s forwarder sends the flow down that
+    link; the Prune stops it."""
+    src_ns, rtr, lhr_ns = topology.namespaces("src", "rtr", "lhr")
+    up = topology.link(src_ns, rtr, "10.82.1.2/24", "10.82.1.1/24")
+    down = topology.link(rtr, lhr_ns, "10.82.2.1/24", "10.82.2.2/24")
+    src_ns.multicast_route(up.a_if)
+    group, port, rp = "239.82.1.1", 5821, "10.82.1.1"
+    work = topology.workdir
+    (work / "router.toml").write_text(f"""\
+[manager]
+api = "ipc://{work}/api"
+events = "ipc://{work}/events"
+
+[plugins.forwarder]
+backend = "{forwarder_backend}"
+
+[plugins.pim]
+interfaces = ["{up.b_if}", "{down.a_if}"]
+hello_period = 1
+triggered_hello_delay = 0.2
+rp = [{{ address = "{rp}", groups = ["239.82.0.0/16"] }}]
+""")
+    mgm_up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(work / "router.toml")], "mgm-up")
+    outbox = work / "outbox"
+    outbox.mkdir()
+    lhr_ns.spawn(peer, down.b_if, "10.82.2.2", {"holdtime": 5, "dr_priority": 1, "generation_id": 9}, None,
+                 str(outbox), name="peer-lhr")  # fmt: skip
+    wait_until(lambda: "neighbour 10.82.2.2 up" in mgm_up.log() or not mgm_up.alive(), WAIT * 2, "the neighbour")
+    receiver = lhr_ns.receiver(group, port)
+    receiver.wait_joined()
+    src_ns.spawn(send_udp, group, port, 100000, interval=0.02, source="10.82.1.2", name="sender")
+    time.sleep(0.5)
+    assert receiver.count() == 0, "forwarded before anyone joined"
+    post(outbox, "1-join", join_prune("10.82.2.1", group, joins=("*",), rp=rp))
+    receiver.wait_count(20, timeout=WAIT)
+    post(outbox, "2-prune", join_prune("10.82.2.1", group, prunes=("*",), rp=rp))
+    wait_until(lambda: "(*,239.82.1.1) pruned downstream" in mgm_up.log(), WAIT, "the prune to be taken")
+    time.sleep(0.5)  # what the forwarder had in flight
+    stopped_at = receiver.count()
+    time.sleep(1.0)  # 50 datagrams at the sender's pace
+    assert receiver.count() == stopped_at, "still forwarded after the prune"
+    assert mgm_up.alive(), mgm_up.log()
