@@ -178,13 +178,15 @@ class ProxyPlugin(LinkSubscriber):
         table = plugin_table(config, "proxy")
         conf = self.settings or settings.read(table)
         self.settings = conf
+        mistakes = Mistakes()  # every interface gone since the host took them, not the first
         for i, name in enumerate(conf.downstream):
-            iface = Interface(_if_index(name, table, f"downstream[{i}]"), ANY)
-            self.downstream[iface] = name
-            self.filters[iface] = conf.filters.get(name, merge.ALL)
+            if (index := mistakes.check(_if_index, name, table, f"downstream[{i}]")) is not None:
+                self.downstream[Interface(index, ANY)] = name
+                self.filters[Interface(index, ANY)] = conf.filters.get(name, merge.ALL)
         found = _find_upstream(conf.upstream)
         if found is None and conf.upstream_listed and isinstance(conf.upstream, str):
-            raise table.error("upstream", f"no interface named {conf.upstream!r} here")
+            mistakes.add(table.error("upstream", f"no interface named {conf.upstream!r} here"))
+        mistakes.raise_any()
         upstream_text = f"{_shown(conf.upstream)} does not exist yet: nothing is joined upstream until it appears"
         immediate = "on" if conf.immediate_report else "off"
         if found is not None:

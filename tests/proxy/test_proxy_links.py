@@ -202,6 +202,15 @@ def test_an_upstream_the_host_would_take_must_exist_and_the_error_says_how_to_wa
     assert "leave the upstream out of `interfaces`" in str(info.value)
 
 
+def test_interfaces_gone_before_the_start_are_all_named() -> None:
+    names = [f"{MISSING}{i}" for i in range(3)]
+    with pytest.raises(ConfigError) as info:
+        proxy_plugin.ProxyPlugin().start(table(f'[plugins.proxy]\ninterfaces = {names}\nupstream = "{names[0]}"\n'
+                                               f"downstream = {names[1:]}\n"), FakeContext())  # fmt: skip
+    assert [line.split(": ", 2)[1] for line in info.value.lines()] == [
+        "plugins.proxy.downstream[0]", "plugins.proxy.downstream[1]", "plugins.proxy.upstream"]
+
+
 def test_an_upstream_left_out_of_interfaces_may_not_exist_yet(caplog: pytest.LogCaptureFixture) -> None:
     proxy = proxy_plugin.ProxyPlugin()
     conf = table(f'[plugins.proxy]\ninterfaces = ["lo"]\nupstream = "{MISSING}"\ndownstream = ["lo"]\n')

@@ -179,6 +179,32 @@ def test_settings_mistakes_come_all_at_once() -> None:
     ]  # fmt: skip
 
 
+def test_settings_name_every_mistake_of_every_kind_with_its_line() -> None:
+    """Issue 11: two downstream interfaces missing from `interfaces` and the other mistakes are all named."""
+    flags = 'interfaces = ["eth0"]\nforward_upstream = "yes"\nimmediate_report = 1'
+    text = GOOD.replace('interfaces = ["eth1", "eth2"]', 'interfaces = ["eth0"]').replace(
+        'interfaces = ["eth0", "eth1", "eth2"]', flags)
+    with pytest.raises(ConfigError) as info:
+        settings.parse(loads(text, "router.toml"), "proxy")
+    assert [tuple(line.split(": ", 2)[:2]) for line in info.value.lines()] == [
+        ("router.toml:6", "plugins.proxy.forward_upstream"), ("router.toml:7", "plugins.proxy.immediate_report"),
+        ("router.toml:5", "plugins.proxy.interfaces"), ("router.toml:8", "plugins.proxy.upstream"),
+        ("router.toml:10", "plugins.proxy.downstream[0]"), ("router.toml:11", "plugins.proxy.downstream[1]"),
+    ]  # fmt: skip
+    assert "must list 'eth1', 'eth2' too" in str(info.value) and "never a querier" in str(info.value)
+    text = GOOD.replace('upstream = "eth0"\n', "").replace('allow = ["239.0.0.0/8"]', 'allow = "239.0.0.0/8"').replace(
+        '"239.9.0.0/16"', '"10.0.0.0/8", "239.1.1.1/8"')
+    with pytest.raises(ConfigError) as info:
+        settings.parse(loads(text, "router.toml"), "proxy")
+    assert [line.split(": ", 2)[1:] for line in info.value.lines()] == [
+        ["plugins.proxy", 'the proxy needs `upstream = "IFNAME"` (the interface towards the multicast source)'],
+        ["plugins.proxy.downstream[1]", 'allow must be a list of prefix strings like "239.1.0.0/16"'],
+        ["plugins.proxy.downstream[1]", "'10.0.0.0/8' is not inside 224.0.0.0/4 (multicast groups)"],
+        ["plugins.proxy.downstream[1]", "'239.1.1.1/8' is not an IPv4 prefix like 239.1.0.0/16 (239.1.1.1/8 has "
+                                        "host bits set)"],
+    ]  # fmt: skip
+
+
 def test_no_upstream_or_downstream_is_an_error() -> None:
     with pytest.raises(ConfigError, match="needs `upstream"):
         settings.parse(loads('[plugins.proxy]\ndownstream = ["eth1"]\n', "r.toml"), "proxy")
