@@ -6,7 +6,6 @@ core may keep integers internally where that is cheaper.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -23,13 +22,10 @@ HOST_MASK = "255.255.255.255"
 IFF_UP, IFF_LOOPBACK, IFF_MULTICAST, IFF_LOWER_UP = 0x1, 0x8, 0x1000, 0x10000
 """Interface flags (linux/if.h), as sysfs and netlink give them."""
 
-LINK_LOCAL = ipaddress.IPv4Network("224.0.0.0/24")
-"""Groups that never leave their link (RFC 5771): never forwarded, never joined upstream."""
-
-
 def is_link_local(group: str) -> bool:
     """`group` (a dotted quad as the wire and the kernel write them: no leading zeros) is in 224.0.0.0/24.
 
+    Such groups never leave their link (RFC 5771): never forwarded, never joined upstream.
     A prefix test, not `ipaddress`: the forwarder asks this for every MFE it mirrors.
     """
     return group.startswith("224.0.0.")
