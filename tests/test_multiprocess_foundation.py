@@ -15,7 +15,7 @@ import signal
 from typing import Any
 
 import pytest
-from mgm_testplugins.control import ControlError, wait_for
+from mgm_testplugins.control import ControlError, ctl, wait_for
 from mgm_testplugins.processes import ManagerProc, PluginProc
 
 from mgm.bus.codec import pack
@@ -36,11 +36,6 @@ INVALID = Status.ERROR_INVALID_PARAMETER
 
 def request(req_id: int, op: str, args: dict[str, Any]) -> list[bytes]:
     return [b"", pack({"v": 1, "id": req_id, "op": op, "args": args})]
-
-
-def ctl(plugin: PluginProc) -> Any:
-    assert plugin.control is not None
-    return plugin.control
 
 
 def hooks(plugin: PluginProc, *names: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mgm_testplugins.control import Control, wait_for
+from mgm_testplugins.control import ctl, wait_for
 from mgm_testplugins.processes import ManagerProc, PluginProc
 from tool_procs import DroppingRelay, MonitorProc
 
@@ -29,11 +29,6 @@ FAR = 2001
 A = {"protocol_id": 100, "component_id": 1}
 IGMP_STREAM, A_STREAM = "proto/10/1", "proto/100/1"
 QUIET = ("--rate-interval", "0")
-
-
-def ctl(plugin: PluginProc) -> Control:
-    assert plugin.control is not None
-    return plugin.control
 
 
 def join(igmp: PluginProc, group: str, if_index: int, source: str = ANY) -> None:

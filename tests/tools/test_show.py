@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mgm_testplugins.control import Control
+from mgm_testplugins.control import ctl
 from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, toml_config
 from tool_procs import RawClient
 
@@ -29,11 +29,6 @@ ANY = "0.0.0.0"
 LO = socket.if_nametoindex("lo")
 A = {"protocol_id": 100, "component_id": 1}
 FAR = 2001  # an index that is no interface on this machine: printed without a name
-
-
-def ctl(plugin: PluginProc) -> Control:
-    assert plugin.control is not None
-    return plugin.control
 
 
 def rows(text: str) -> list[list[str]]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 from mgm_testplugins.control import wait_for
@@ -19,6 +19,8 @@ from mgm_testplugins.processes import Proc
 
 from mgm.bus.codec import decode_reply, encode_request, unpack
 from mgm.bus.topics import STATE
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,21 +58,18 @@ class MonitorProc(Proc):
     def wait_record(
         self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15.0
     ) -> dict[str, Any]:
-        def found() -> dict[str, Any] | None:
-            if not self.alive():
-                raise AssertionError(f"the monitor exited while waiting for {what}:\n{self.log()}")
-            return next((r for r in self.records() if predicate(r)), None)
-
-        try:
-            return wait_for(found, timeout, what)
-        except TimeoutError:
-            raise AssertionError(f"the monitor never printed {what}:\n{self.log()}") from None
+        return self._wait(self.records, predicate, what, timeout)
 
     def wait_line(self, predicate: Callable[[str], bool], what: str, timeout: float = 15.0) -> str:
-        def found() -> str | None:
+        return self._wait(self.lines, predicate, what, timeout)
+
+    def _wait(self, printed: Callable[[], list[T]], predicate: Callable[[T], bool], what: str, timeout: float) -> T:
+        """The first of `printed()` that satisfies `predicate`, waited for while the monitor lives."""
+
+        def found() -> T | None:
             if not self.alive():
                 raise AssertionError(f"the monitor exited while waiting for {what}:\n{self.log()}")
-            return next((line for line in self.lines() if predicate(line)), None)
+            return next((item for item in printed() if predicate(item)), None)
 
         try:
             return wait_for(found, timeout, what)
@@ -83,7 +82,6 @@ class MonitorProc(Proc):
             lambda r: r.get("monitor") == "snapshot" and r["stream"] == stream and r["reason"] == "first",
             f"the first snapshot of {stream}",
         )
-
 
 
 @dataclass

@@ -8,9 +8,9 @@ from typing import Any, TypeVar
 import zmq
 
 from mgm.bus.codec import pack, unpack
-from mgm.plugins.testing import POLL, wait_for
+from mgm.plugins.testing import POLL, PluginProc, wait_for
 
-__all__ = ["POLL", "Control", "ControlError", "wait_for"]
+__all__ = ["POLL", "Control", "ControlError", "ctl", "wait_for"]
 
 T = TypeVar("T")
 
@@ -75,5 +75,10 @@ class Control:
         def found() -> dict[str, Any] | None:
             return next((c for c in self.calls(hook) if all(c.get(k) == v for k, v in match.items())), None)
 
-        result = wait_for(found, timeout, f"{hook} with {match} on {self.endpoint}")
-        return result
+        return wait_for(found, timeout, f"{hook} with {match} on {self.endpoint}")
+
+
+def ctl(plugin: PluginProc) -> Control:
+    """The control of a recorder plugin started by `start_plugin`."""
+    assert isinstance(plugin.control, Control)
+    return plugin.control
