@@ -71,6 +71,10 @@ class Recorder:
         if hook in self.raise_in:
             raise RuntimeError(f"{hook} raises because the test said so")
 
+    def record_args(self, hook: str, scope: Mapping[str, Any]) -> None:
+        """Record `hook` with its arguments (its `locals()` on entry) but self and mgm."""
+        self.record(hook, **{k: v for k, v in scope.items() if k not in ("self", "mgm")})
+
     # --- lifecycle ----------------------------------------------------------------------
 
     @hookimpl
@@ -97,22 +101,19 @@ class Recorder:
     def mgm_local_join(
         self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, interface: Interface
     ) -> None:
-        self.record("mgm_local_join", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
-                    interface=interface)  # fmt: skip
+        self.record_args("mgm_local_join", locals())
 
     @hookimpl
     def mgm_local_leave(
         self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, interface: Interface
     ) -> None:
-        self.record("mgm_local_leave", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
-                    interface=interface)  # fmt: skip
+        self.record_args("mgm_local_leave", locals())
 
     @hookimpl
     def mgm_join_alert(
         self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str, member_update: bool
     ) -> None:
-        self.record("mgm_join_alert", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
-                    member_update=member_update)  # fmt: skip
+        self.record_args("mgm_join_alert", locals())
 
     @hookimpl
     def mgm_prune_alert(
@@ -126,8 +127,7 @@ class Recorder:
         member_delete: bool,
         question: int | None,
     ) -> Any:
-        self.record("mgm_prune_alert", source=source, source_mask=source_mask, group=group, group_mask=group_mask,
-                    interface=interface, member_delete=member_delete, question=question)  # fmt: skip
+        self.record_args("mgm_prune_alert", locals())
         mode = self.answers.get("prune")
         if member_delete or mode is None:
             return None
@@ -135,14 +135,13 @@ class Recorder:
 
     @hookimpl
     def mgm_wrong_if(self, mgm: PluginContext, source: str, group: str, interface: Interface) -> None:
-        self.record("mgm_wrong_if", source=source, group=group, interface=interface)
+        self.record_args("mgm_wrong_if", locals())
 
     @hookimpl
     def mgm_rpf(
         self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str, question: int
     ) -> Any:
-        self.record("mgm_rpf", source=source, group=group, interface=interface, upstream_neighbor=upstream_neighbor,
-                    question=question)  # fmt: skip
+        self.record_args("mgm_rpf", locals())
         mode = self.answers.get("rpf")
         if mode is None:
             return None
