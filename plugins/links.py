@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mgm.core.types import IFF_LOWER_UP, IFF_UP
@@ -29,6 +29,8 @@ class Link:
     index: int
     name: str
     up: bool
+    flags: int = field(default=0, compare=False)
+    """Its IFF_ flags (core/types.py); not compared, so a change of the others (PROMISC, ALLMULTI) is no event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,8 @@ class Address:
 def link_of(msg: Any) -> Link:
     """A pyroute2 link message (RTM_NEWLINK, RTM_DELLINK or a dump entry) as a `Link`."""
     flags = int(msg.get("flags") or 0)
-    return Link(int(msg.get("index") or 0), str(msg.get("ifname") or ""), bool(flags & IFF_UP and flags & IFF_LOWER_UP))
+    up = bool(flags & IFF_UP and flags & IFF_LOWER_UP)
+    return Link(int(msg.get("index") or 0), str(msg.get("ifname") or ""), up, flags)
 
 
 def address_of(msg: Any) -> Address | None:

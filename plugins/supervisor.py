@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mgm.core.runtime.config import (
@@ -45,6 +44,7 @@ from mgm.core.runtime.config import (
 )
 from mgm.core.runtime.keys import client_curve
 from mgm.core.runtime.logs import setup_from as setup_logging
+from mgm.plugins.links import LinkSubscriber, watcher
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,15 @@ def probe_machine() -> tuple[bool, str | None, str | None, list[str]]:
                     backend, why = "nft", "the kernel has no multicast routing table (CONFIG_IP_MROUTE)"
                 else:
                     why = f"{exc}; and nftables cannot be used: {nft_error}"
-    return is_root, backend, why, multicast_interfaces(read_interface_flags())
+    return is_root, backend, why, multicast_interfaces(asyncio.run(interface_flags()))
 
 
-def read_interface_flags(sysfs: str = "/sys/class/net") -> dict[str, int]:
-    """Each interface's flags (IFF_*) from sysfs; an interface that vanishes while read is left out."""
-    flags = {}
-    for name in os.listdir(sysfs):
-        with contextlib.suppress(OSError, ValueError):
-            flags[name] = int(Path(sysfs, name, "flags").read_text().strip(), 16)
-    return flags
+async def interface_flags() -> dict[str, int]:
+    """Each interface's flags (IFF_*) by name, as the process's link watcher dumped them (none if netlink failed)."""
+    links = watcher()
+    links.subscribe(LinkSubscriber())  # the first subscriber opens its socket
+    await links.settled.wait()
+    return {link.name: link.flags for link in links.links.values()}
 
 
 def next_backoff(current: float, ran: float) -> tuple[float, float]:

@@ -24,7 +24,8 @@ def test_links_are_told_when_they_change_and_a_repeat_or_a_bridge_ports_message_
     w, sub = LinkWatcher(), Mock(LinkSubscriber)
     w.subscribers.append(sub)
     w.handle(link("RTM_NEWLINK", 3, "r1"))
-    w.handle(link("RTM_NEWLINK", 3, "r1"))  # another attribute changed: nothing a subscriber sees
+    w.handle(link("RTM_NEWLINK", 3, "r1", flags=UP | 0x100))  # another flag (PROMISC) changed: nothing to tell
+    assert w.links[3].flags == UP | 0x100  # kept all the same
     w.handle(link("RTM_DELLINK", 3, "r1", family=7))  # AF_BRIDGE: r1 left a bridge, it still exists
     w.handle(link("RTM_NEWLINK", 3, "r1", flags=0x1))  # carrier lost
     w.handle(link("RTM_NEWLINK", 3, "wan", flags=0x1))

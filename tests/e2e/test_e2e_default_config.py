@@ -10,9 +10,9 @@ and, where the kernel has no MRT, when libnftables cannot be loaded.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +31,7 @@ from mgm.core.runtime.config import (
     multicast_interfaces,
 )
 from mgm.plugins.forwarder.mroute import MrouteError, MrouteSocket
-from mgm.plugins.supervisor import read_interface_flags
+from mgm.plugins.supervisor import interface_flags
 
 UP_MC = IFF_UP | IFF_MULTICAST
 
@@ -98,12 +98,8 @@ def test_only_up_multicast_non_loopback_interfaces_count() -> None:
     assert multicast_interfaces(flags) == ["a1", "eth0"]
 
 
-def test_interface_flags_are_read_from_sysfs(tmp_path: Path) -> None:
-    for name, flags in (("eth0", "0x1003"), ("lo", "0x9")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "flags").write_text(flags + "\n")
-    (tmp_path / "gone").mkdir()  # vanished while read: left out
-    assert read_interface_flags(str(tmp_path)) == {"eth0": 0x1003, "lo": 0x9}
+def test_interface_flags_come_from_the_link_watcher() -> None:
+    assert asyncio.run(interface_flags())["lo"] & (UP_MC | IFF_LOOPBACK) == IFF_UP | IFF_LOOPBACK
 
 
 def test_load_without_a_file_is_still_the_manager_alone() -> None:
