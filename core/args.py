@@ -101,21 +101,23 @@ def req_addr(args: Mapping[str, Any], key: str) -> int:
     return parse_addr(args[key], key)
 
 
-def req_bool(args: Mapping[str, Any], key: str) -> bool:
+def _typed(args: Mapping[str, Any], key: str, kinds: tuple[type, ...], noun: str) -> Any:
+    """The argument, of exactly one of `kinds` (a bool is no int, an int no float); not for hot paths."""
     if key not in args:
         raise invalid(f"missing argument {key!r}")
     value = args[key]
-    if type(value) is not bool:
-        raise invalid(f"{key} must be a bool, not {type(value).__name__}")
+    if type(value) not in kinds:
+        raise invalid(f"{key} must be {noun}, not {type(value).__name__}")
+    return value
+
+
+def req_bool(args: Mapping[str, Any], key: str) -> bool:
+    value: bool = _typed(args, key, (bool,), "a bool")
     return value
 
 
 def req_str(args: Mapping[str, Any], key: str, max_len: int = 256) -> str:
-    if key not in args:
-        raise invalid(f"missing argument {key!r}")
-    value = args[key]
-    if type(value) is not str:
-        raise invalid(f"{key} must be a string, not {type(value).__name__}")
+    value: str = _typed(args, key, (str,), "a string")
     if len(value) > max_len:
         raise invalid(f"{key} is longer than {max_len} characters")
     return value
@@ -123,22 +125,14 @@ def req_str(args: Mapping[str, Any], key: str, max_len: int = 256) -> str:
 
 def req_number(args: Mapping[str, Any], key: str, lo: float, hi: float) -> float:
     """A positive duration in seconds: int or float (not bool, not NaN), lo < value <= hi."""
-    if key not in args:
-        raise invalid(f"missing argument {key!r}")
-    value = args[key]
-    if type(value) not in (int, float):
-        raise invalid(f"{key} must be a number, not {type(value).__name__}")
+    value: float = _typed(args, key, (int, float), "a number")
     if not lo < value <= hi:  # also false for NaN
         raise invalid(f"{key} {value} is outside ({lo}, {hi}]")
     return float(value)
 
 
 def req_list(args: Mapping[str, Any], key: str, max_len: int = 65536) -> list[Any]:
-    if key not in args:
-        raise invalid(f"missing argument {key!r}")
-    value = args[key]
-    if type(value) is not list:
-        raise invalid(f"{key} must be a list, not {type(value).__name__}")
+    value: list[Any] = _typed(args, key, (list,), "a list")
     if len(value) > max_len:
         raise invalid(f"{key} has more than {max_len} entries")
     return value
