@@ -48,7 +48,6 @@ MRT_PIM = MRT_BASE + 8
 MRT_TABLE = MRT_BASE + 9
 
 SIOCPROTOPRIVATE = 0x89E0
-SIOCGETVIFCNT = SIOCPROTOPRIVATE
 SIOCGETSGCNT = SIOCPROTOPRIVATE + 1
 
 MAXVIFS = 32
@@ -78,8 +77,6 @@ VIFCTL = struct.Struct("@HBBIi4s")
 MFCCTL = struct.Struct(f"@4s4sH{MAXVIFS}sIIIi")
 # struct sioc_sg_req { struct in_addr src, grp; unsigned long pktcnt, bytecnt, wrong_if; }
 SIOC_SG_REQ = struct.Struct("@4s4sLLL")
-# struct sioc_vif_req { vifi_t vifi; unsigned long icount, ocount, ibytes, obytes; }
-SIOC_VIF_REQ = struct.Struct("@HLLLL")
 # struct igmpmsg { u32 unused1, unused2; u8 im_msgtype, im_mbz, im_vif, im_vif_hi; struct in_addr im_src, im_dst; }
 # laid over the IP header of the packet it reports: im_mbz sits where the header's protocol is, and
 # is 0 in an upcall while a real IGMP packet (protocol 2) has 2 there.
@@ -120,16 +117,6 @@ class SgCount:
     packets: int
     bytes: int
     wrong_if: int
-
-
-@dataclass(frozen=True, slots=True)
-class VifCount:
-    """SIOCGETVIFCNT: packets and bytes in and out of one VIF."""
-
-    in_packets: int
-    out_packets: int
-    in_bytes: int
-    out_bytes: int
 
 
 # --- packing ------------------------------------------------------------------------------------
@@ -349,18 +336,6 @@ class MrouteSocket:
             raise MrouteError(exc.errno, f"SIOCGETSGCNT ({source}, {group}): {exc.strerror}") from exc
         _s, _g, packets, nbytes, wrong_if = SIOC_SG_REQ.unpack(buf)
         return SgCount(packets, nbytes, wrong_if)
-
-    def vif_count(self, vifi: int) -> VifCount | None:
-        """SIOCGETVIFCNT for one VIF; None when the VIF does not exist."""
-        buf = bytearray(SIOC_VIF_REQ.pack(vifi, 0, 0, 0, 0))
-        try:
-            fcntl.ioctl(self.sock.fileno(), SIOCGETVIFCNT, buf, True)
-        except OSError as exc:
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
-                return None
-            raise MrouteError(exc.errno, f"SIOCGETVIFCNT vif {vifi}: {exc.strerror}") from exc
-        _v, icount, ocount, ibytes, obytes = SIOC_VIF_REQ.unpack(buf)
-        return VifCount(icount, ocount, ibytes, obytes)
 
     # --- upcalls --------------------------------------------------------------------------------
 

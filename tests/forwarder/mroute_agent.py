@@ -10,8 +10,11 @@ at upcalls and counters.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import select
+import struct
 import subprocess
 import sys
 import time
@@ -21,6 +24,10 @@ from netns import Namespace, NsProcess
 
 from mgm.plugins.forwarder import mroute
 from mgm.plugins.testing import scaled
+
+SIOCGETVIFCNT = mroute.SIOCPROTOPRIVATE
+# struct sioc_vif_req { vifi_t vifi; unsigned long icount, ocount, ibytes, obytes; }
+SIOC_VIF_REQ = struct.Struct("@HLLLL")
 
 
 class AgentError(Exception):
@@ -115,8 +122,7 @@ def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
         count = sock.sg_count(req["source"], req["group"])
         return None if count is None else dataclasses.asdict(count)
     if op == "vif_count":
-        vcount = sock.vif_count(req["vif"])
-        return None if vcount is None else dataclasses.asdict(vcount)
+        return vif_count(sock, req["vif"])
     if op == "upcalls":
         # Wait up to `timeout` (scaled: MGM_TEST_TIME_SCALE) for at least `n` upcalls, draining everything queued.
         got: list[dict[str, Any]] = []
@@ -131,6 +137,18 @@ def _do(sock: mroute.MrouteSocket, op: str, req: dict[str, Any]) -> Any:
     if op == "proc":
         return proc_tables()
     raise ValueError(f"unknown op {op}")
+
+
+def vif_count(sock: mroute.MrouteSocket, vifi: int) -> dict[str, int] | None:
+    """SIOCGETVIFCNT: packets and bytes in and out of one VIF; None when the VIF does not exist."""
+    buf = bytearray(SIOC_VIF_REQ.pack(vifi, 0, 0, 0, 0))
+    try:
+        fcntl.ioctl(sock.fileno(), SIOCGETVIFCNT, buf, True)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+            return None
+        raise
+    return dict(zip(("in_packets", "out_packets", "in_bytes", "out_bytes"), SIOC_VIF_REQ.unpack(buf)[1:], strict=True))
 
 
 def proc_tables() -> dict[str, Any]:

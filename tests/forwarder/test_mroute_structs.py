@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from mroute_agent import SIOC_VIF_REQ
 
 from mgm.plugins.forwarder import mroute
 
@@ -17,7 +18,7 @@ def test_struct_sizes_match_the_kernel_abi() -> None:
     assert mroute.MFCCTL.size == 60
     assert mroute.IGMPMSG.size == 20
     assert mroute.SIOC_SG_REQ.size == 8 + 3 * long_size
-    assert mroute.SIOC_VIF_REQ.size == (8 if long_size == 8 else 4) + 4 * long_size
+    assert SIOC_VIF_REQ.size == (8 if long_size == 8 else 4) + 4 * long_size
 
 
 def test_vifctl_names_the_device_by_if_index() -> None:
@@ -76,8 +77,8 @@ def test_a_real_igmp_packet_is_not_an_upcall() -> None:
 def test_sioc_requests_unpack_the_kernel_answer() -> None:
     sg = mroute.SIOC_SG_REQ.pack(socket.inet_aton("10.0.0.1"), socket.inet_aton("239.0.0.1"), 5, 700, 2)
     assert mroute.SIOC_SG_REQ.unpack(sg)[2:] == (5, 700, 2)
-    vif = mroute.SIOC_VIF_REQ.pack(1, 10, 20, 1000, 2000)
-    assert mroute.SIOC_VIF_REQ.unpack(vif) == (1, 10, 20, 1000, 2000)
+    vif = SIOC_VIF_REQ.pack(1, 10, 20, 1000, 2000)
+    assert SIOC_VIF_REQ.unpack(vif) == (1, 10, 20, 1000, 2000)
 
 
 def test_upcall_filter_accepts_only_a_zero_at_offset_9() -> None:
