@@ -142,7 +142,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from mgm.bus.status import MgmError, Status, invalid
 from mgm.bus.topics import PROTO_PREFIX, STATE, proto
@@ -175,6 +175,9 @@ from mgm.core.types import (
 )
 
 Resolver = Callable[[str], Interface | None]
+K = TypeVar("K")
+J = TypeVar("J")
+V = TypeVar("V")
 
 QUESTIONS: Final = frozenset({"rpf", "creation_alert"})
 """The questions a client may say it answers at registration (all of them when it does not say)."""
@@ -345,6 +348,14 @@ class _Question:
         self.key = key
         self.fields = fields
         self.pending: _Pending | None = None
+
+
+def _unindex(index: dict[K, dict[J, V]], outer: K, inner: J) -> None:
+    """Delete index[outer][inner], and index[outer] when that leaves it empty."""
+    entries = index[outer]
+    del entries[inner]
+    if not entries:
+        del index[outer]
 
 
 def _sg_fields(key: int) -> dict[str, Any]:
@@ -1073,10 +1084,7 @@ class Mgm:
             del mfe.forced[iface]
             if not mfe.forced:
                 mfe.forced = None
-        mine = client.forwards[iface]
-        del mine[mfe.key]
-        if not mine:
-            del client.forwards[iface]
+        _unindex(client.forwards, iface, mfe.key)
         if iface in mfe.oil and not self._wanted(mfe, iface):
             self._oil_remove(mfe, iface)
 
@@ -1092,10 +1100,7 @@ class Mgm:
         mfe.disabled.discard(iface)
         if not mfe.disabled:
             mfe.disabled = None
-        by_iface = self._vetoed_by_iface[iface]
-        del by_iface[mfe.key]
-        if not by_iface:
-            del self._vetoed_by_iface[iface]
+        _unindex(self._vetoed_by_iface, iface, mfe.key)
 
     def _vetoed_matching(self, key: int, iface: Interface) -> list[Mfe]:
         """The MFEs a membership of this (source, group) applies to that keep `iface` out by a veto."""
@@ -1124,30 +1129,15 @@ class Mgm:
     def _delete_mfe(self, mfe: Mfe) -> None:
         key = mfe.key
         del self._mfes[key]
-        by_group = self._mfes_by_group[key >> 32]
-        del by_group[key]
-        if not by_group:
-            del self._mfes_by_group[key >> 32]
-        self._unindex_in_iface(mfe)
+        _unindex(self._mfes_by_group, key >> 32, key)
+        _unindex(self._mfes_by_in_iface, mfe.in_iface, key)
         for iface, adders in (mfe.forced or {}).items():
             for cid in adders:  # an adder is registered: its forward state goes when it releases, before it goes
-                mine = self._clients[cid].forwards[iface]
-                del mine[key]
-                if not mine:
-                    del self._clients[cid].forwards[iface]
+                _unindex(self._clients[cid].forwards, iface, key)
         for iface in mfe.disabled or ():
-            by_iface = self._vetoed_by_iface[iface]
-            del by_iface[key]
-            if not by_iface:
-                del self._vetoed_by_iface[iface]
+            _unindex(self._vetoed_by_iface, iface, key)
         self._sorted_mfes.remove(key)
         self._emit(None, "mfe_deleted", {"mfe": mfe.render(self.wall_offset)})
-
-    def _unindex_in_iface(self, mfe: Mfe) -> None:
-        by_in = self._mfes_by_in_iface[mfe.in_iface]
-        del by_in[mfe.key]
-        if not by_in:
-            del self._mfes_by_in_iface[mfe.in_iface]
 
     def _set_incoming(self, mfe: Mfe, iface: Interface, upstream: int) -> None:
         """Move the MFE's incoming interface and upstream neighbour, publishing the change.
@@ -1162,7 +1152,7 @@ class Mgm:
         mfe.upstream = upstream
         if iface != mfe.in_iface:
             old = mfe.in_iface
-            self._unindex_in_iface(mfe)
+            _unindex(self._mfes_by_in_iface, mfe.in_iface, mfe.key)
             mfe.in_iface = iface
             self._mfes_by_in_iface.setdefault(iface, {})[mfe.key] = mfe
             told = self._told(iface)
