@@ -81,7 +81,7 @@ from mgm.bus.status import MgmError
 from mgm.core.runtime.config import Mistakes, PluginTable, plugin_table
 from mgm.core.types import ANY, Interface
 from mgm.plugins.hookspecs import hookimpl
-from mgm.plugins.links import LinkSubscriber, LinkWatcher, if_name, watcher
+from mgm.plugins.links import Link, LinkSubscriber, LinkWatcher, if_name, watcher
 from mgm.plugins.proxy import links, merge, settings
 from mgm.plugins.proxy.reload import ReloadPlan, plan_reload
 from mgm.plugins.proxy.report import Reporter, has_ipv4
@@ -110,12 +110,12 @@ def _if_index(name: settings.Name, table: PluginTable, key: str) -> int:
         raise table.error(key, f"no interface named {name!r} here") from None
 
 
-def _find_upstream(name: settings.Name) -> links.Link | None:
+def _find_upstream(name: settings.Name) -> Link | None:
     """The upstream interface if it exists now (its up flag is left to the link watcher)."""
     try:
         if isinstance(name, int):
-            return links.Link(name, socket.if_indextoname(name), True)
-        return links.Link(socket.if_nametoindex(name), name, True)
+            return Link(name, socket.if_indextoname(name), True)
+        return Link(socket.if_nametoindex(name), name, True)
     except OSError:
         return None
 
@@ -132,8 +132,8 @@ class ProxyPlugin(LinkSubscriber):
         self.questions: frozenset[str] = frozenset({"creation_alert"})
         """The questions the host declares for us at registration (narrowed by `mgm_protocol`)."""
         self.upstream: Interface | None = None  # None: the upstream does not exist (now)
-        self.up_link: links.Link | None = None  # the upstream as netlink last described it
-        self.link_events: asyncio.Queue[tuple[str | links.Action, links.Link]] = asyncio.Queue()
+        self.up_link: Link | None = None  # the upstream as netlink last described it
+        self.link_events: asyncio.Queue[tuple[str | links.Action, Link]] = asyncio.Queue()
         self.downstream: dict[Interface, settings.Name] = {}
         self.filters: dict[Interface, merge.GroupFilter] = {}
         self.members: dict[str, dict[Interface, set[str]]] = {}  # group -> downstream interface -> sources
@@ -247,13 +247,13 @@ class ProxyPlugin(LinkSubscriber):
         if link is not None:  # judged now: the dump comes first, nothing queued before it can change up_link
             self.link_events.put_nowait((action, link))
 
-    def link_changed(self, link: links.Link, before: links.Link | None) -> None:
+    def link_changed(self, link: Link, before: Link | None) -> None:
         self.link_events.put_nowait((links.NEWLINK, link))
 
-    def link_removed(self, link: links.Link) -> None:
+    def link_removed(self, link: Link) -> None:
         self.link_events.put_nowait((links.DELLINK, link))
 
-    async def _on_link_logged(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
+    async def _on_link_logged(self, mgm: PluginContext, action: links.Action, link: Link) -> None:
         """`on_link`, a failure logged: the watcher must outlive one bad event."""
         try:
             await self.on_link(mgm, action, link)
@@ -261,7 +261,7 @@ class ProxyPlugin(LinkSubscriber):
             self.errors += 1
             log.exception("proxy: handling %s of %s (if_index %d) failed", action.value, link.name, link.index)
 
-    async def on_link(self, mgm: PluginContext, action: links.Action, link: links.Link) -> None:
+    async def on_link(self, mgm: PluginContext, action: links.Action, link: Link) -> None:
         """Apply what `links` decided about the upstream."""
         if self.stopped:
             return
@@ -308,7 +308,7 @@ class ProxyPlugin(LinkSubscriber):
         self._close_upstream()  # the kernel dropped the memberships with the device: only the sockets are left
         mgm.release_interface(old)  # the manager deletes the MFEs coming in on it and our (*,*) there
 
-    async def upstream_back(self, mgm: PluginContext, link: links.Link) -> None:
+    async def upstream_back(self, mgm: PluginContext, link: Link) -> None:
         """An interface the configuration names as the upstream appeared: take it and join everything again."""
         assert self.settings is not None
         iface = Interface(link.index, ANY)
@@ -355,7 +355,7 @@ class ProxyPlugin(LinkSubscriber):
         self.upstream = None
         self.up_link = None
 
-    def _open_upstream(self, link: links.Link) -> str:
+    def _open_upstream(self, link: Link) -> str:
         """Open the membership sockets and the reporter on `link`; what the start line says of immediate reports."""
         assert self.settings is not None
         self.upstream = Interface(link.index, ANY)
