@@ -70,6 +70,16 @@ async def registered(client: Client, protocol_id: int, component_id: int, if_ind
     return handle
 
 
+async def collected(client: Client, stream: str, event_type: str) -> list[dict[str, Any]]:
+    """Follow `stream` until its first snapshot; the list then fills with its events of `event_type`."""
+    events: list[dict[str, Any]] = []
+    synced: list[str] = []
+    client.follow(stream, lambda e: events.append(e) if e["type"] == event_type else None,
+                  lambda stream, state: synced.append(stream))  # fmt: skip
+    await wait_for_async(lambda: synced, 5, f"the first snapshot of {stream}")
+    return events
+
+
 class Memberships:
     """A follower's model of the state stream: the set of joined groups, rebuilt from snapshots and events."""
 
@@ -231,12 +241,8 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
 
     async def main() -> None:
         async with Client(manager.api, manager.events) as owner, Client(manager.api, manager.events) as fwd:
-            rpf: list[dict[str, Any]] = []
-            synced: list[str] = []
-            owner.follow("proto/3/1", lambda e: rpf.append(e) if e["type"] == "rpf" else None,
-                         lambda stream, state: synced.append(stream))
             await registered(owner, 3, 1)  # owns interface 1: it gets the rpf question and never answers
-            await wait_for_async(lambda: synced, 5, "the owner's stream to be followed")
+            rpf = await collected(owner, "proto/3/1", "rpf")
             fwd_handle = await registered(fwd, 99, 1, if_index=None)
             ctx: zmq.Context[Any] = zmq.Context.instance()
             sock = ctx.socket(zmq.DEALER)
@@ -412,11 +418,7 @@ def test_a_reply_that_cannot_be_delivered_releases_the_clients_of_its_connection
 
     async def main() -> None:
         async with Client(manager.api, manager.events) as owner, Client(manager.api, manager.events) as observer:
-            gone: list[dict[str, Any]] = []
-            synced: list[str] = []
-            observer.follow("state", lambda e: gone.append(e) if e["type"] == "protocol_deregistered" else None,
-                            lambda stream, state: synced.append(stream))
-            await wait_for_async(lambda: synced, 5, "the observer's snapshot")
+            gone = await collected(observer, "state", "protocol_deregistered")
             await registered(owner, 3, 1)  # owns interface 1: the rpf question keeps new_packet deferred
             sock = zmq.Context.instance().socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
