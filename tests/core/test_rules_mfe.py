@@ -23,10 +23,7 @@ class Net:
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.igmp = core.register(IGMP)
-        self.pim = core.register(PIM)
-        self.dvmrp = core.register(DVMRP)
-        self.fwd = core.register(FWD)
+        self.igmp, self.pim, self.dvmrp, self.fwd = core.protos(IGMP, PIM, DVMRP, FWD)
         for i in (1, 2, 3):
             self.pim.take(i)
         for i in (2, 3):
