@@ -84,6 +84,15 @@ EventCallback = Callable[[dict[str, Any]], None]
 SnapshotCallback = Callable[[str, dict[str, Any]], None]
 
 
+def _callback(name: str, callback: Callable[..., None] | None, *args: Any, stream: str | None = None) -> None:
+    """Call the owner's callback (if it set one); what it raises is logged, and the client carries on."""
+    if callback is not None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("%s callback%s failed", name, "" if stream is None else f" for {stream}")
+
+
 @dataclass(slots=True)
 class _Stream:
     name: str
@@ -342,11 +351,7 @@ class Client:
                 st.synced = False
                 st.buffer = [m for m in st.buffer if m.get("epoch") == epoch]
                 self._start_sync(f, st)
-        if self.on_new_epoch is not None:
-            try:
-                self.on_new_epoch(old, epoch)
-            except Exception:
-                log.exception("on_new_epoch callback failed")
+        _callback("on_new_epoch", self.on_new_epoch, old, epoch)
 
     def _on_heartbeat(self, payload: bytes) -> None:
         self._last_hb = time.monotonic()
@@ -401,10 +406,7 @@ class Client:
                 st.buffer.append(msg)
             elif st.synced and epoch == st.epoch and seq == st.seq + 1:
                 st.seq = seq
-                try:
-                    f.on_event(msg)
-                except Exception:
-                    log.exception("on_event callback for %s failed", stream)
+                _callback("on_event", f.on_event, msg, stream=stream)
             elif st.synced and epoch == st.epoch and seq <= st.seq:
                 continue  # the snapshot covered it
             else:
@@ -446,16 +448,10 @@ class Client:
                     st.buffer = later  # the subscription was not live yet, or events were lost meanwhile
                     continue
                 st.epoch, st.seq, st.synced, st.buffer = epoch, seq, True, []
-                try:
-                    f.on_snapshot(st.name, state)
-                except Exception:
-                    log.exception("on_snapshot callback for %s failed", st.name)
+                _callback("on_snapshot", f.on_snapshot, st.name, state, stream=st.name)
                 for m in later:
                     st.seq = m["seq"]
-                    try:
-                        f.on_event(m)
-                    except Exception:
-                        log.exception("on_event callback for %s failed", st.name)
+                    _callback("on_event", f.on_event, m, stream=st.name)
                 return
         finally:
             st.syncing = False
@@ -584,11 +580,7 @@ class Client:
             if self._started and not self.manager_lost and now - self._last_hb > MANAGER_LOST_AFTER:
                 self.manager_lost = True
                 log.warning("no heartbeat from the manager on %s for %.0f s", self.events, MANAGER_LOST_AFTER)
-                if self.on_manager_lost is not None:
-                    try:
-                        self.on_manager_lost()
-                    except Exception:
-                        log.exception("on_manager_lost callback failed")
+                _callback("on_manager_lost", self.on_manager_lost)
 
     def _heartbeat_done(self, handle: Any, fut: asyncio.Future[dict[str, Any]]) -> None:
         """Say when heartbeats start failing and when they work again, not every second in between."""
@@ -599,11 +591,7 @@ class Client:
         if lapsed and handle == self.heartbeat_handle:  # not a handle the owner has replaced since
             log.warning("the manager no longer knows our handle (%s): our registration lapsed", exc)
             self.heartbeat_handle = None  # no more heartbeats with it; the owner registers again
-            if self.on_registration_lost is not None:
-                try:
-                    self.on_registration_lost()
-                except Exception:
-                    log.exception("on_registration_lost callback failed")
+            _callback("on_registration_lost", self.on_registration_lost)
             return
         if exc is not None and not self._heartbeat_failing:
             self._heartbeat_failing = True
