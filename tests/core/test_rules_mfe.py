@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, ev, iff, sgf
+from rules_harness import ANY, DVMRP, FWD, IGMP, PIM, Core, Proto, ev, iff, sgf
 
 from mgm.bus.status import Status
 from mgm.core.state import DEFERRED
@@ -439,27 +439,24 @@ def test_a_forward_state_delete_removes_only_the_callers_own(core: Core, net: Ne
     assert net.oil() == []
 
 
-def test_creation_veto_holds_until_a_new_membership_on_that_interface(core: Core, net: Net) -> None:
-    """[ours] An interface vetoed in creation_alert stays out until a membership newly appears on it."""
-    net.igmp.join(ANY, G, 2)
-    net.fwd.packet(S, G, 1)
-    core.tick(0.1)
-    net.pim.answer(2, oil=[{**iff(2), "enabled": False}])
-    assert net.oil() == []
-    net.igmp.join(ANY, G, 2)  # a re-add changes nothing
-    assert net.oil() == []
-    net.pim.join(S, G, 2)  # a new membership there
-    assert net.oil() == [2]
-
-
-def vetoed_on_2(core: Core, net: Net) -> None:
-    """PIM has (*,G) on 2 and vetoes 2 in its creation_alert answer: the MFE has an empty OIL."""
-    net.pim.join(ANY, G, 2)
+def vetoed_on_2(core: Core, net: Net, member: Proto | None = None) -> None:
+    """`member` (PIM unless given) has (*,G) on 2 and PIM vetoes 2 in its creation_alert answer: the MFE has an
+    empty OIL."""
+    (member or net.pim).join(ANY, G, 2)
     net.fwd.packet(S, G, 1)
     core.tick(0.1)
     net.pim.answer(2, oil=[{**iff(2), "enabled": False}])
     assert net.oil() == []
     core.drop()
+
+
+def test_creation_veto_holds_until_a_new_membership_on_that_interface(core: Core, net: Net) -> None:
+    """[ours] An interface vetoed in creation_alert stays out until a membership newly appears on it."""
+    vetoed_on_2(core, net, net.igmp)
+    net.igmp.join(ANY, G, 2)  # a re-add changes nothing
+    assert net.oil() == []
+    net.pim.join(S, G, 2)  # a new membership there
+    assert net.oil() == [2]
 
 
 @pytest.mark.parametrize("source", [ANY, S], ids=["(*,G)", "(S,G)"])
