@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mgm.bus.status import MgmError
-from mgm.core.runtime.config import InterfaceRef, plugin_table
+from mgm.core.runtime.config import InterfaceRef, Mistakes, plugin_table
 from mgm.core.types import Interface
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
@@ -65,11 +65,15 @@ class Applied:
 
 
 def read(config: Config, name: str) -> Applied:
-    """Check the routes of ``[plugins.NAME]`` and resolve its interfaces; `ConfigError` on any mistake."""
+    """Check the routes of ``[plugins.NAME]`` and resolve its interfaces; one `ConfigError` names every mistake."""
     from mgm.plugins.host import resolve_interfaces
 
-    table = parse(config, name)
-    return Applied(table, resolve_interfaces(config.plugin(name), config))
+    mistakes = Mistakes()
+    table = mistakes.check(parse, config, name)
+    interfaces = mistakes.check(resolve_interfaces, config.plugin(name), config)
+    mistakes.raise_any()
+    assert table is not None and interfaces is not None
+    return Applied(table, interfaces)
 
 
 class StaticPlugin:
@@ -84,14 +88,14 @@ class StaticPlugin:
 
     @hookimpl
     def mgm_protocol(self, config: Mapping[str, Any]) -> tuple[int, int]:
-        """Check the routes now: a mistake stops the host at load, with the file and line."""
-        self._check(config)
+        """Check the routes now (the host checks the interfaces): a mistake stops the host at load, with its line."""
+        table = plugin_table(config, "static")
+        parse(table.config(), table.name)
         return STATIC_PROTOCOL_ID, STATIC_COMPONENT_ID
 
     @hookimpl
     def mgm_start(self, mgm: PluginContext, config: Mapping[str, Any]) -> None:
-        if self.applied is None:
-            self._check(config)
+        self._check(config)
         applied = self.applied
         assert applied is not None
         for source, group, interface in applied.memberships:

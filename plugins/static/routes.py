@@ -81,7 +81,7 @@ def _ref_name(ref: InterfaceRef) -> str:
 
 
 def parse(config: Config, name: str) -> RouteTable:
-    """Check the ``routes`` of ``[plugins.NAME]``; one `ConfigError` names every mistake (each route's first)."""
+    """Check the ``routes`` of ``[plugins.NAME]``; one `ConfigError` names every mistake."""
     plugin = config.plugin(name)
     table = plugin.table
     prefix = f"plugins.{name}"
@@ -129,6 +129,7 @@ def _conflict(config: Config, key: str, earlier: Route, route: Route) -> ConfigE
 
 
 def _route(config: Config, key: str, index: int, item: Any, owned: tuple[InterfaceRef, ...]) -> Route:
+    """One route; every mistake in it at once, but none of a check that needs a value already found bad."""
     line = find_line(config.text, key)
 
     def error(sub: str, message: str) -> ConfigError:
@@ -137,37 +138,49 @@ def _route(config: Config, key: str, index: int, item: Any, owned: tuple[Interfa
 
     if not isinstance(item, dict):
         raise error("", 'a route is a table {group = "G", from = IF, to = [IF, ...]} with an optional source = "S"')
-    unknown = sorted(set(item) - set(ROUTE_KEYS))
-    if unknown:
-        raise error(unknown[0], f"unknown key in a route (known: {', '.join(ROUTE_KEYS)})")
+    mistakes = Mistakes()
+    for unknown in sorted(set(item) - set(ROUTE_KEYS)):
+        mistakes.add(error(unknown, f"unknown key in a route (known: {', '.join(ROUTE_KEYS)})"))
     for required in ("group", "from", "to"):
         if required not in item:
-            raise error("", f"a route needs {required!r}")
-    group, g = _address(error, "group", item["group"])
+            mistakes.add(error("", f"a route needs {required!r}"))
+    group = mistakes.check(_group, error, item["group"]) if "group" in item else None
+    source = mistakes.check(_source, error, item["source"]) if "source" in item else ANY
+    incoming = mistakes.check(_owned, error, "from", item["from"], owned) if "from" in item else None
+    to = item.get("to", [])
+    if "to" in item and (not isinstance(to, list) or not to):
+        mistakes.add(error("to", "must be a non-empty list of the interfaces to forward out of"))
+        to = []
+    outgoing: list[InterfaceRef] = []
+    for i, entry in enumerate(to):
+        ref = mistakes.check(_owned, error, f"to[{i}]", entry, owned)
+        if ref is not None and ref == incoming:
+            mistakes.add(error(f"to[{i}]", f"{_ref_name(ref)} is the incoming interface (from) of this route"))
+        elif ref is not None and ref in outgoing:
+            mistakes.add(error(f"to[{i}]", f"{_ref_name(ref)} is listed twice"))
+        elif ref is not None:
+            outgoing.append(ref)
+    mistakes.raise_any()
+    assert group is not None and source is not None and incoming is not None
+    return Route(index, line, source, group, incoming, tuple(outgoing))
+
+
+def _group(error: Callable[[str, str], ConfigError], value: Any) -> str:
+    group, g = _address(error, "group", value)
     if not g.is_multicast:
         raise error("group", f"{group} is not a multicast group (224.0.0.0/4)")
     if is_link_local(group):
         raise error("group", f"{group} is link-local (224.0.0.0/24), which is never forwarded")
-    source = ANY
-    if "source" in item:
-        source, s = _address(error, "source", item["source"])
-        if s.is_unspecified:
-            raise error("source", "leave out `source` for a (*,G) route rather than writing 0.0.0.0")
-        if any(s in net for net in NOT_A_SOURCE):
-            raise error("source", f"{source} cannot be the source of multicast traffic (a unicast address is)")
-    incoming = _owned(error, "from", item["from"], owned)
-    to = item["to"]
-    if not isinstance(to, list) or not to:
-        raise error("to", "must be a non-empty list of the interfaces to forward out of")
-    outgoing: list[InterfaceRef] = []
-    for i, entry in enumerate(to):
-        ref = _owned(error, f"to[{i}]", entry, owned)
-        if ref == incoming:
-            raise error(f"to[{i}]", f"{_ref_name(ref)} is the incoming interface (from) of this route")
-        if ref in outgoing:
-            raise error(f"to[{i}]", f"{_ref_name(ref)} is listed twice")
-        outgoing.append(ref)
-    return Route(index, line, source, group, incoming, tuple(outgoing))
+    return group
+
+
+def _source(error: Callable[[str, str], ConfigError], value: Any) -> str:
+    source, s = _address(error, "source", value)
+    if s.is_unspecified:
+        raise error("source", "leave out `source` for a (*,G) route rather than writing 0.0.0.0")
+    if any(s in net for net in NOT_A_SOURCE):
+        raise error("source", f"{source} cannot be the source of multicast traffic (a unicast address is)")
+    return source
 
 
 def _address(error: Callable[[str, str], ConfigError], key: str, value: Any) -> tuple[str, ipaddress.IPv4Address]:

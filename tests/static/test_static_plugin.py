@@ -26,7 +26,7 @@ from mgm.core.runtime.config import ConfigError, load
 from mgm.core.types import Interface
 from mgm.plugins.context import PluginContext
 from mgm.plugins.host import Host
-from mgm.plugins.static.plugin import STATIC_COMPONENT_ID, STATIC_PROTOCOL_ID, StaticPlugin
+from mgm.plugins.static.plugin import STATIC_COMPONENT_ID, STATIC_PROTOCOL_ID, StaticPlugin, read
 from mgm.plugins.testing import wait_for_async
 
 CONFIG = """\
@@ -113,6 +113,34 @@ def test_the_host_refuses_a_conflicting_table_at_load(tmp_path: Path) -> None:
     assert "plugins.static.routes[0] at line 4, from 10" in str(info.value)
 
 
+MISSING = """\
+[plugins.static]
+interfaces = [10, "mgm-none0", "mgm-none1"]
+routes = [{ group = "239.1.1.1", from = 10, to = ["mgm-none0", "mgm-none1"] }]
+"""
+
+
+def missing(path: Path) -> list[str]:
+    return [f"{path}:2: plugins.static.interfaces[{i + 1}]: no interface named 'mgm-none{i}' here" for i in (0, 1)]
+
+
+def test_at_load_each_missing_interface_is_named_once(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    path.write_text(MISSING)
+    with pytest.raises(ConfigError) as info:
+        Host("static", load(path), "ipc:///x", "ipc:///y")
+    assert info.value.lines() == missing(path)
+
+
+def test_a_reload_names_bad_routes_and_missing_interfaces_together(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    path.write_text(MISSING.replace("239.1.1.1", "10.1.1.1"))
+    with pytest.raises(ConfigError) as info:
+        read(load(path), "static")  # what mgm_reload applies
+    group = f"{path}:3: plugins.static.routes[0].group: 10.1.1.1 is not a multicast group (224.0.0.0/4)"
+    assert info.value.lines() == [group, *missing(path)]
+
+
 def test_mgm_plugin_exits_with_the_error_and_both_lines_before_connecting(tmp_path: Path) -> None:
     path = tmp_path / "dup.toml"
     path.write_text(DUPLICATE)
@@ -155,6 +183,7 @@ def test_the_rpf_answer_is_the_routes_incoming_interface(config_file: Path) -> N
     host, client, _ = make_host(config_file)
 
     async def body() -> None:
+        await start(host, client)  # the host holds questions back until mgm_start
         host.on_event(rpf_event("10.0.0.1", "239.1.1.1", 13, question=5))  # (S,G) route: from 10
         host.on_event(rpf_event("10.0.0.9", "239.2.2.2", 10, question=6))  # (*,G) route: from 13
         host.on_event(rpf_event("10.0.0.9", "239.9.9.9", 12, question=7))  # no route: the manager's choice

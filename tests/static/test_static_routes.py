@@ -220,6 +220,19 @@ def test_every_route_is_checked_so_all_mistakes_come_at_once() -> None:
     ]
 
 
+def test_every_mistake_of_a_route_is_named_but_none_that_needs_a_bad_value() -> None:
+    text = routes('{ group = "10.1.1.1", source = "0.0.0.0", from = "d", to = ["a", "e", "a"], ttl = 3 }',
+                  '{ group = "224.0.0.1" }')  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        table_of(text, "conf.toml")
+    found = [info.value, *info.value.also]  # to[0] is not the incoming interface: `from` is bad
+    expected = [("[0].ttl", 4, "unknown key"), ("[0].group", 4, "not a multicast"), ("[0].source", 4, "leave out"),
+                ("[0].from", 4, "'d' is not among"), ("[0].to[1]", 4, "'e' is not among"), ("[0].to[2]", 4, "twice"),
+                ("[1]", 5, "needs 'from'"), ("[1]", 5, "needs 'to'"), ("[1].group", 5, "link-local")]  # fmt: skip
+    assert [(e.key_path, e.line) for e in found] == [(f"plugins.static.routes{k}", n) for k, n, _ in expected]
+    assert all(words in e.message for e, (_, _, words) in zip(found, expected, strict=True))
+
+
 def test_in_an_array_of_tables_a_mistake_points_at_its_key() -> None:
     text = SAME_AS_TABLES.replace('group = "239.2.2.2"', 'group = "224.0.0.1"')
     with pytest.raises(ConfigError) as info:
