@@ -241,6 +241,8 @@ def fails(receiver: Receiver, topology: Topology, what: str) -> AssertionError: 
 
 # --- tests ----------------------------------------------------------------------------------------------
 
+SENDS = 100_000
+"""A sender's datagrams: it outlives the test (the teardown kills it), however slow the machine."""
 SRC = "10.66.0.2"
 FAR = "198.51.100.7"  # a second address of the sender, outside the upstream subnet
 G1, P1 = "239.66.1.1", 5661
@@ -275,10 +277,10 @@ downstream = ["r2", "r3"]
         backend=forwarder_backend,
     )
     # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
-    snd.spawn(send_udp, G1, P1, 3000, interval=0.01, source=FAR, name="send-g1")
-    snd.spawn(send_udp, G_NONE, P_NONE, 3000, interval=0.01, source=SRC, name="send-none")
-    snd.spawn(send_udp, G_SSM, P_SSM, 3000, interval=0.01, source=SRC, name="send-ssm-a")
-    snd.spawn(send_udp, G_SSM, P_SSM, 3000, interval=0.01, source=FAR, name="send-ssm-b")
+    snd.spawn(send_udp, G1, P1, SENDS, interval=0.01, source=FAR, name="send-g1")
+    snd.spawn(send_udp, G_NONE, P_NONE, SENDS, interval=0.01, source=SRC, name="send-none")
+    snd.spawn(send_udp, G_SSM, P_SSM, SENDS, interval=0.01, source=SRC, name="send-ssm-a")
+    snd.spawn(send_udp, G_SSM, P_SSM, SENDS, interval=0.01, source=FAR, name="send-ssm-b")
 
     # join: two downstream receivers of G1, one (S,G) receiver, one receiver of a group the proxy must not see
     a = rx1.receiver(G1, P1, name="a-g1")
@@ -379,7 +381,7 @@ downstream = [
     wanted = {("0.0.0.0", g, i) for g in (GA, GD, GX) for i in (r2, r3)}
     wait_until(lambda: wanted <= igmp_members(manager), WAIT, "IGMP memberships of all six receivers")
     for g, p in ((GA, PA), (GD, PD), (GX, PX)):
-        snd.spawn(send_udp, g, p, 2000, interval=0.01, source="10.67.0.2", name=f"send-{g}")
+        snd.spawn(send_udp, g, p, SENDS, interval=0.01, source="10.67.0.2", name=f"send-{g}")
     try:
         receivers[("hrx1", GA)].wait_count(10, timeout=WAIT)
         receivers[("hrx2", GA)].wait_count(10, timeout=WAIT)
@@ -412,7 +414,7 @@ downstream = [
     # the filter is r3's boundary in the manager, not only a veto when the MFE was created
     early = rx1.receiver(GL, PL, name="hrx1-late-group")
     early.wait_joined()
-    snd.spawn(send_udp, GL, PL, 3000, interval=0.01, source="10.67.0.2", name=f"send-{GL}")
+    snd.spawn(send_udp, GL, PL, SENDS, interval=0.01, source="10.67.0.2", name=f"send-{GL}")
     early.wait_count(10, timeout=WAIT)
     late = rx2.receiver(GL, PL, name="hrx2-late-group")
     late.wait_joined()
@@ -460,8 +462,8 @@ routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
                  for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
     for rx in receivers.values():
         rx.wait_joined()
-    snd.spawn(send_udp, GP, PP, 2000, interval=0.01, source="10.69.0.2", name="send-proxy")
-    snd2.spawn(send_udp, GS, PS, 2000, interval=0.01, source=SRC_S, name="send-static")
+    snd.spawn(send_udp, GP, PP, SENDS, interval=0.01, source="10.69.0.2", name="send-proxy")
+    snd2.spawn(send_udp, GS, PS, SENDS, interval=0.01, source=SRC_S, name="send-static")
     try:
         receivers[("hrx1", GP)].wait_count(10, timeout=WAIT)
         receivers[("hrx2", GS)].wait_count(10, timeout=WAIT)
@@ -514,7 +516,7 @@ def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
     start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"), backend=forwarder_backend)
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
-    hst.spawn(send_udp, G_UP, P_UP, 2000, interval=0.01, source="10.72.1.2", name="send-down")
+    hst.spawn(send_udp, G_UP, P_UP, SENDS, interval=0.01, source="10.72.1.2", name="send-down")
     try:
         rx.wait_count(10, timeout=WAIT)
     except TimeoutError:

@@ -77,8 +77,8 @@ def test_static_routes_forward_with_no_igmp_on_the_router(
         rx.wait_joined()
 
     # Senders run until the test has seen enough: the first packets may come before the routes are in force.
-    snd.spawn(send_udp, G_SG, PORT_SG, 1500, interval=0.02, source=SOURCE, name="send-sg")
-    snd.spawn(send_udp, G_STAR, PORT_STAR, 1500, interval=0.02, source=SOURCE, name="send-star")
+    snd.spawn(send_udp, G_SG, PORT_SG, 100_000, interval=0.02, source=SOURCE, name="send-sg")
+    snd.spawn(send_udp, G_STAR, PORT_STAR, 100_000, interval=0.02, source=SOURCE, name="send-star")
     try:
         receivers[("hrx1", G_SG)].wait_count(20, timeout=30)
         receivers[("hrx2", G_SG)].wait_count(20, timeout=30)
@@ -154,8 +154,8 @@ control = "{control}"
                      for ns in (rxa, rxb) for group, port in ((G_A, PORT_A), (G_B, PORT_B))}  # fmt: skip
         for rx in receivers.values():
             rx.wait_joined()
-        snda.spawn(send_udp, G_A, PORT_A, 1500, interval=0.02, source="10.62.1.2", name="send-a")
-        sndb.spawn(send_udp, G_B, PORT_B, 1500, interval=0.02, source=SOURCE_B, name="send-b")
+        snda.spawn(send_udp, G_A, PORT_A, 100_000, interval=0.02, source="10.62.1.2", name="send-a")
+        sndb.spawn(send_udp, G_B, PORT_B, 100_000, interval=0.02, source=SOURCE_B, name="send-b")
         try:
             receivers[("hrxa", G_A)].wait_count(20, timeout=30)
             receivers[("hrxb", G_B)].wait_count(20, timeout=30)
