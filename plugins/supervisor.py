@@ -55,7 +55,10 @@ STABLE_AFTER = 60.0
 """A child that ran this long before exiting starts again after BACKOFF_FIRST."""
 GRACE = 5.0
 """Seconds between SIGTERM and SIGKILL when stopping a child."""
-MANAGER_READY_TIMEOUT = 10.0
+MANAGER_READY_TIMEOUT = 60.0
+"""How long a live but silent manager is waited for: its start can take tens of seconds on a slow or busy
+machine (a VM on an emulated CPU). Every MANAGER_READY_NOTE seconds the log says it is still waited for."""
+MANAGER_READY_NOTE = 10.0
 EXIT_NO_RESTART = 2
 """A child exiting with this status made a mistake a restart cannot fix (config, plugin code)."""
 EXIT_UNSUPPORTED = 3
@@ -246,10 +249,16 @@ class Supervisor:
     async def manager_ready(self) -> bool:
         """Ping until the manager answers; False (said why) if it exits or stays silent."""
         assert self.manager.proc is not None
-        deadline = time.monotonic() + MANAGER_READY_TIMEOUT
+        started = time.monotonic()
+        deadline, note = started + MANAGER_READY_TIMEOUT, started + MANAGER_READY_NOTE
         wait_exit = asyncio.ensure_future(self.manager.proc.wait())
         try:
             while time.monotonic() < deadline and not self.stopping.is_set():
+                if time.monotonic() >= note:
+                    note += MANAGER_READY_NOTE
+                    log.warning("the manager (pid %d) has not answered on %s for %.0f s; still waiting, up to %.0f s",
+                                self.manager.proc.pid, self.api, time.monotonic() - started,
+                                MANAGER_READY_TIMEOUT)  # fmt: skip
                 if await ping(self.api, 0.25, self.curve) and not wait_exit.done():
                     log.info("manager answers on %s", self.api)
                     return True
