@@ -1,10 +1,16 @@
-"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1 and 2).
+"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2 and half of 3).
 
 1. Adjacency both ways on a shared link, and the DR both sides elect: by priority, then by address.
 2. mgmbus as last-hop router, FRR as RP and first-hop router: a receiver behind mgmbus gets the
    source's packets through FRR; after its leave, our prune takes the join out of FRR's state::
 
      src 10.81.0.2 -- 10.81.0.1 FRR (RP 10.80.0.1) 10.80.0.1 -- 10.80.0.2 r1 mgmbus r2 10.82.0.1 -- host
+
+3. (the half without Register) mgmbus as RP with the source on its own link, FRR as last-hop router:
+   FRR's (*,G) join makes mgmbus forward down the transit link, FRR switches to the shortest-path
+   tree through us, and after the leave FRR's prunes make the transit link quiet::
+
+     src 10.84.1.2 -- 10.84.1.1 r1 mgmbus (RP 10.84.0.1) r2 10.84.0.1 -- 10.84.0.2 FRR 10.84.2.1 -- host
 
 FRR's pimd needs the multicast routing socket, so these run where the kernel has it (User-mode
 Linux on a kernel without it); mgmbus runs `mgm up` with igmp, pim and the MRT forwarder.
@@ -13,14 +19,18 @@ Linux on a kernel without it); mgmbus runs `mgm up` with igmp, pim and the MRT f
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from frr import FrrRouter, pimd_config
+from kernel_view import KernelView
 from mgm_testplugins.processes import toml_config
 from netns import Namespace, NsProcess, Topology, send_udp, wait_until
+
+from mgm.plugins.testing import scaled
 
 pytestmark = [pytest.mark.netns, pytest.mark.mroute]
 
@@ -106,3 +116,100 @@ def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
     receiver.leave()
     wait_until(lambda: G not in json.dumps(frr.json("show ip pim join")), WAIT,
                "FRR's join state for G to go after our prune")  # fmt: skip
+
+
+def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router: Callable[..., FrrRouter]) -> None:
+    src, rtr, frr_ns, host = topology.namespaces("src", "rtr", "frr", "host")
+    source_link = topology.link(src, rtr, "10.84.1.2/24", "10.84.1.1/24")
+    transit = topology.link(rtr, frr_ns, "10.84.0.1/24", "10.84.0.2/24")
+    down = topology.link(frr_ns, host, "10.84.2.1/24", "10.84.2.2/24")
+    src.ip("route", "add", "default", "via", "10.84.1.1")
+    src.multicast_route(source_link.a_if)
+    host.ip("route", "add", "default", "via", "10.84.2.1")
+    frr_ns.ip("route", "add", "10.84.1.0/24", "via", "10.84.0.1")  # zebra takes it from the kernel: FRR's RPF
+    rtr.sysctl("net.ipv4.conf.all.rp_filter", 0)
+    rp, group = "10.84.0.1", "239.84.1.1"
+    frr = frr_router(frr_ns, pimd_config(pim=[transit.b_if, down.a_if], igmp=[down.a_if]))
+    plugins = {
+        "pim": {"interfaces": [source_link.b_if, transit.a_if], "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}],
+                **FAST_PIM},
+        "forwarder": {"backend": "mrt", "counters_interval": 1},
+    }  # fmt: skip
+    up = start_mgm(rtr, topology.workdir, plugins, "mgm")
+    wait_until(lambda: "10.84.0.1" in frr.pim_neighbors(transit.b_if), WAIT, "FRR to list us as a neighbour")
+    frr.configure(f"ip pim rp {rp} 239.0.0.0/8")  # only now: pimd 8.4 refuses an RP it has no route to yet
+
+    receiver = host.receiver(group, PORT)
+    receiver.wait_joined()
+    try:
+        wait_until(lambda: f"(*,{group}) joined downstream" in up.log(), WAIT, "FRR's (*,G) join at us, the RP")
+    except TimeoutError:
+        print(frr.vty("show ip igmp groups", "show ip pim rp-info", "show ip pim upstream", "show ip pim interface"))
+        raise
+    sender = src.spawn(send_udp, group, PORT, 100_000, interval=0.02, source="10.84.1.2", name="send")
+    receiver.wait_count(10, WAIT)
+    assert sender.alive()
+    wait_until(lambda: f"(10.84.1.2,{group}) joined downstream" in up.log(), WAIT,
+               "FRR's (S,G) join: its switch to the shortest-path tree, through us")  # fmt: skip
+
+    receiver.leave()
+    for entry in ("*", "10.84.1.2"):
+        wait_until(lambda e=entry: f"({e},{group}) pruned downstream" in up.log(), WAIT, f"FRR's prune of ({entry},G)")
+    wait_until(lambda: not KernelView(rtr, "mrt").oil("10.84.1.2", group), WAIT, "our entry's outgoing list to empty")
+    kernel = KernelView(rtr, "mrt")
+    quiet_from = (receiver.count(), kernel.out_packets().get(transit.a_if, 0))
+    time.sleep(scaled(2.0))  # 100 datagrams at the sender's pace, had we still forwarded
+    assert (receiver.count(), kernel.out_packets().get(transit.a_if, 0)) == quiet_from, "G still crosses the link"
+
+
+def frr_querier(frr: FrrRouter, ifname: str) -> str | None:
+    """The IGMP querier FRR sees on `ifname`: its own address when it queries, else the other's."""
+    shown = frr.json(f"show ip igmp interface {ifname}")
+    row = shown.get(ifname, shown)
+    if not isinstance(row, dict):
+        return None
+    if row.get("querier") == "local":
+        return str(row.get("address", "local"))
+    found = row.get("querierIp") or row.get("querierAddress")
+    return None if found is None else str(found)
+
+
+@pytest.mark.parametrize("lowest", ["mgmbus", "frr"])
+def test_igmp_querier_election_with_frr_and_the_takeover_when_the_querier_stops(
+    topology: Topology, frr_router: Callable[..., FrrRouter], lowest: str
+) -> None:
+    """Issue 12's interop test 8, our igmp plugin and FRR's IGMP on one LAN (no PIM): the lowest address
+    queries, as both sides agree; when it stops, the other takes over after its other-querier-present
+    interval (RFC 3376 8.5: robustness x query interval + half the response interval), not before."""
+    us_ns, frr_ns = topology.namespaces("rtr", "frr")
+    ours, theirs = ("10.85.0.1", "10.85.0.2") if lowest == "mgmbus" else ("10.85.0.2", "10.85.0.1")
+    link = topology.link(us_ns, frr_ns, f"{ours}/24", f"{theirs}/24")
+    frr = frr_router(frr_ns, pimd_config(pim=[link.b_if], igmp=[link.b_if]))  # queries every 10 s
+    igmp = {"interfaces": [link.a_if], "query_interval": 5, "query_response_interval": 1}
+    up = start_mgm_igmp(us_ns, topology.workdir, igmp)
+    querier = min(ours, theirs, key=lambda a: int(a.rsplit(".", 1)[1]))
+    if lowest == "mgmbus":
+        wait_until(lambda: frr_querier(frr, link.b_if) == querier, WAIT, f"FRR to take {querier} as querier")
+        stopped = time.monotonic()
+        up.popen.terminate()
+        up.popen.wait(timeout=scaled(WAIT))
+        wait_until(lambda: frr_querier(frr, link.b_if) == theirs, WAIT, "FRR to query once we are gone")
+        floor = 2 * 10 + 10 / 2 - 10  # FRR's interval, less the query interval we may have been into
+    else:
+        wait_until(lambda: f"{querier} is querier" in up.log(), WAIT, "us to stop querying for FRR")
+        stopped = time.monotonic()
+        frr.stop()
+        wait_until(lambda: f"querier {querier} went quiet: we are querier again" in up.log(), WAIT, "our takeover")
+        floor = 2 * 10 + 1 / 2 - 10  # FRR's QQI (10 s) is adopted from its queries (RFC 3376 4.1.7)
+    assert time.monotonic() - stopped >= floor, "took over before the other-querier-present interval"
+
+
+def start_mgm_igmp(ns: Namespace, workdir: Path, igmp: dict[str, Any]) -> NsProcess:
+    """`mgm up` in `ns` with the igmp plugin alone; returns once it runs."""
+    manager = {"api": f"ipc://{workdir}/q-api", "events": f"ipc://{workdir}/q-events", "log_level": "debug"}
+    config = workdir / "querier.toml"
+    config.write_text(toml_config({"igmp": igmp}, manager))
+    up = ns.mgm("up", "--config", str(config), name="mgm")
+    wait_until(lambda: "igmp: running IGMPv" in up.log() or not up.alive(), WAIT, "mgm up with igmp running")
+    assert up.alive(), up.log()
+    return up
