@@ -351,7 +351,9 @@ class PimPlugin(links.LinkSubscriber):
 
     # --- upstream joins ---------------------------------------------------------------------------
 
-    def _reason(self, key: Key, reason: str, present: bool) -> None:
+    def _reason(self, key: Key, reason: str, present: bool, *, settle: bool = True) -> None:
+        """`reason` for joining `key` upstream appears or goes; `settle=False` from inside `_after`, which sends
+        what is due once its events are all in."""
         reasons = self.wanted.setdefault(key, set())
         before = bool(reasons)
         (reasons.add if present else reasons.discard)(reason)
@@ -365,7 +367,8 @@ class PimPlugin(links.LinkSubscriber):
             log.info("pim: (%s,%s) %s (%s)", key[0] or "*", key[1], "wanted" if reasons else "no longer wanted",
                      reason)  # fmt: skip
         self._evaluate(key)
-        self._after()
+        if settle:
+            self._after()
 
     def _evaluate(self, key: Key, now: float | None = None) -> None:
         """Tell the upstream state whether `key` is wanted and through which neighbour."""
@@ -481,7 +484,7 @@ class PimPlugin(links.LinkSubscriber):
             if self.mgm is not None:
                 change = self.mgm.add_membership if joined else self.mgm.delete_membership
                 change(source or ANY, group, Interface(if_index, ANY))
-            self._reason(key, f"downstream {if_index}", joined)
+            self._reason(key, f"downstream {if_index}", joined, settle=False)
 
     def _log_events(self) -> None:
         for if_index, link in self.links.items():

