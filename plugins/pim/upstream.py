@@ -11,7 +11,8 @@ An entry is (*,G), joined towards the group's RP (the Join carries the RP with t
   the old one (4.5.7 "RPF'(S,G) changes").  No RPF' (no route, or no PIM neighbour there): nothing is
   sent until there is one.
 * A neighbour that restarted (new generation ID) lost our joins: they are sent again at once.
-* What is due in one `tick` goes out packed, one message per neighbour, its groups together.
+* What is due in one `tick` goes out packed (4.9.5): per neighbour, as many groups and sources as fit in
+  `MAX_MESSAGE` octets, a group whose sources do not fit carried on in the next message.
 
 * On a LAN, what other routers send to our RPF' counts (4.5.7, `overheard`): their Join of an entry we
   join too suppresses our next periodic Join for t_suppressed (1.1 to 1.4 times the period, at most their
@@ -30,9 +31,13 @@ from dataclasses import dataclass, field
 from mgm.plugins.pim.packet import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup
 
 JOIN_PRUNE_INTERVAL = 60.0
-MAX_GROUPS_PER_MESSAGE = 64
-"""Keeps a message far below an Ethernet MTU with a few sources per group (each group takes 12 octets,
-each source 8)."""
+MAX_MESSAGE = 1400
+"""Octets of PIM message (header included) a Join/Prune may take: with the IP header and room for
+tunnels it stays below an Ethernet MTU, so nothing is ever fragmented."""
+_FIXED, _PER_GROUP, _PER_SOURCE = 14, 12, 8
+"""Join/Prune sizes (4.9.5): header, upstream neighbour and counts; a group and its two counts; a source."""
+_MAX_GROUPS = 255
+"""The message's group count is one octet."""
 
 Key = tuple[str | None, str]
 """(source, group); source None for (*,G)."""
@@ -135,6 +140,27 @@ class Upstream:
                 encoded = (EncodedSource(target, wildcard=True, rpt=True) if source is None
                            else EncodedSource(source))  # fmt: skip
                 groups.setdefault(group, ([], []))[index].append(encoded)
-        packed = [JoinPruneGroup(EncodedGroup(g), tuple(j), tuple(p)) for g, (j, p) in groups.items()]
-        return [JoinPrune(neighbor, self.holdtime, tuple(packed[i : i + MAX_GROUPS_PER_MESSAGE]))
-                for i in range(0, len(packed), MAX_GROUPS_PER_MESSAGE)]  # fmt: skip
+        messages: list[JoinPrune] = []
+        packed: list[JoinPruneGroup] = []
+        room = MAX_MESSAGE - _FIXED
+
+        def close() -> None:
+            nonlocal packed, room
+            messages.append(JoinPrune(neighbor, self.holdtime, tuple(packed)))
+            packed, room = [], MAX_MESSAGE - _FIXED
+
+        for group, (joins, prunes) in groups.items():
+            # A (*,G) Join sorts first, so it always leads its group's first part (4.5.2: (S,G,rpt)
+            # prunes mean something only beside it).
+            sources = [(True, s) for s in joins] + [(False, s) for s in prunes]
+            while sources:
+                if room < _PER_GROUP + _PER_SOURCE or len(packed) == _MAX_GROUPS:
+                    close()
+                fits = (room - _PER_GROUP) // _PER_SOURCE
+                part, sources = sources[:fits], sources[fits:]
+                packed.append(JoinPruneGroup(EncodedGroup(group), tuple(s for joined, s in part if joined),
+                                             tuple(s for joined, s in part if not joined)))  # fmt: skip
+                room -= _PER_GROUP + _PER_SOURCE * len(part)
+        if packed:
+            close()
+        return messages

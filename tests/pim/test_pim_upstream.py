@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mgm.plugins.pim.packet import EncodedGroup, EncodedSource, JoinPrune, JoinPruneGroup, build, parse
-from mgm.plugins.pim.upstream import MAX_GROUPS_PER_MESSAGE, Upstream
+from mgm.plugins.pim.upstream import MAX_MESSAGE, Upstream
 
 RP, S, G, G2 = "10.0.0.1", "10.9.0.5", "239.1.1.1", "239.1.1.2"
 UP = (2, "10.0.0.1")
@@ -73,9 +75,18 @@ def test_a_join_then_a_prune_before_the_tick_sends_only_the_prune() -> None:
     assert message.groups == (JoinPruneGroup(EncodedGroup(G), prunes=(EncodedSource(S),)),)
 
 
-def test_many_groups_go_in_several_messages() -> None:
+@pytest.mark.parametrize(("groups", "sources"), [(1, 10_000), (10_000, 1), (100, 100), (3, 175)])
+def test_many_joins_are_packed_into_as_few_messages_as_fit_each_within_the_size_limit(groups: int,
+                                                                                      sources: int) -> None:
     up = Upstream()
-    for i in range(MAX_GROUPS_PER_MESSAGE + 1):
-        up.want((None, f"239.2.0.{i}"), RP, UP, 0.0)
-    sizes = [len(message.groups) for _, message in up.tick(0.0)]
-    assert sizes == [MAX_GROUPS_PER_MESSAGE, 1]
+    wanted = {(f"10.{s // 250}.{s % 250}.1", f"239.2.{g // 250}.{g % 250}") for g in range(groups)
+              for s in range(sources)}  # fmt: skip
+    for key in wanted:
+        up.want(key, key[0], UP, 0.0)
+    messages = [message for _, message in up.tick(0.0)]
+    sent = [build(message) for message in messages]
+    assert [parse(raw) for raw in sent] == messages
+    assert {(s.address, g.group.address) for m in messages for g in m.groups for s in g.joins} == wanted
+    assert all(len(raw) <= MAX_MESSAGE for raw in sent)
+    # none but the last was closed while it could take another group part of one source (12 + 8 octets)
+    assert all(len(raw) > MAX_MESSAGE - 20 for raw in sent[:-1])
