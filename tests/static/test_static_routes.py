@@ -108,6 +108,19 @@ def routes(*lines: str) -> str:
 OK = '{ group = "239.1.1.1", from = "a", to = ["b"] }'
 
 
+def with_source(source: str) -> str:
+    return routes(f'{{ source = "{source}", group = "239.1.1.1", from = "a", to = ["b"] }}')
+
+
+def with_from(incoming: str) -> str:
+    """`incoming` is TOML: a quoted name, a number, a table."""
+    return routes(f'{{ group = "239.1.1.1", from = {incoming}, to = ["b"] }}')
+
+
+def with_to(outgoing: str) -> str:
+    return routes(f'{{ group = "239.1.1.1", from = "a", to = {outgoing} }}')
+
+
 @pytest.mark.parametrize(
     ("text", "key", "line", "words"),
     [
@@ -124,74 +137,34 @@ OK = '{ group = "239.1.1.1", from = "a", to = ["b"] }'
         (routes('{ group = "10.1.1.1", from = "a", to = ["b"] }'), "routes[0].group", 4, "not a multicast group"),
         (routes('{ group = "240.1.1.1", from = "a", to = ["b"] }'), "routes[0].group", 4, "not a multicast group"),
         (routes('{ group = "224.0.0.251", from = "a", to = ["b"] }'), "routes[0].group", 4, "link-local"),
+        (with_source("10.0.0"), "routes[0].source", 4, "dotted-quad"),
+        (with_source("0.0.0.0"), "routes[0].source", 4, "leave out `source`"),
+        (with_source("239.0.0.1"), "routes[0].source", 4, "cannot be the source"),
+        (with_source("255.255.255.255"), "routes[0].source", 4, "cannot be the source"),
+        (with_source("127.0.0.1"), "routes[0].source", 4, "cannot be the source"),
         (
-            routes('{ source = "10.0.0", group = "239.1.1.1", from = "a", to = ["b"] }'),
-            "routes[0].source",
-            4,
-            "dotted-quad",
-        ),
-        (
-            routes('{ source = "0.0.0.0", group = "239.1.1.1", from = "a", to = ["b"] }'),
-            "routes[0].source",
-            4,
-            "leave out `source`",
-        ),
-        (
-            routes('{ source = "239.0.0.1", group = "239.1.1.1", from = "a", to = ["b"] }'),
-            "routes[0].source",
-            4,
-            "cannot be the source",
-        ),
-        (
-            routes('{ source = "255.255.255.255", group = "239.1.1.1", from = "a", to = ["b"] }'),
-            "routes[0].source",
-            4,
-            "cannot be the source",
-        ),
-        (
-            routes('{ source = "127.0.0.1", group = "239.1.1.1", from = "a", to = ["b"] }'),
-            "routes[0].source",
-            4,
-            "cannot be the source",
-        ),
-        (
-            routes('{ group = "239.1.1.1", from = "eth9", to = ["b"] }'),
+            with_from('"eth9"'),
             "routes[0].from",
             4,
             "'eth9' is not among this plugin's interfaces (a, b, c, p (next hop 10.0.0.2), p (next hop 10.0.0.3))",
         ),
-        (routes('{ group = "239.1.1.1", from = 3, to = ["b"] }'), "routes[0].from", 4, "not among"),
-        (routes('{ group = "239.1.1.1", from = 1.5, to = ["b"] }'), "routes[0].from", 4, "must name an interface"),
-        (routes('{ group = "239.1.1.1", from = true, to = ["b"] }'), "routes[0].from", 4, "must name an interface"),
-        (routes('{ group = "239.1.1.1", from = "p", to = ["b"] }'), "routes[0].from", 4, "several next hops"),
+        (with_from("3"), "routes[0].from", 4, "not among"),
+        (with_from("1.5"), "routes[0].from", 4, "must name an interface"),
+        (with_from("true"), "routes[0].from", 4, "must name an interface"),
+        (with_from('"p"'), "routes[0].from", 4, "several next hops"),
         (
-            routes('{ group = "239.1.1.1", from = {interface = "p", next_hop = "10.0.0.4"}, to = ["b"] }'),
+            with_from('{interface = "p", next_hop = "10.0.0.4"}'),
             "routes[0].from",
             4,
             "'p (next hop 10.0.0.4)' is not among",
         ),
-        (
-            routes('{ group = "239.1.1.1", from = {name = "p"}, to = ["b"] }'),
-            "routes[0].from",
-            4,
-            "an interface table is",
-        ),
-        (
-            routes('{ group = "239.1.1.1", from = {interface = "p", next_hop = "x"}, to = ["b"] }'),
-            "routes[0].from",
-            4,
-            "dotted-quad",
-        ),
-        (routes('{ group = "239.1.1.1", from = "a", to = [] }'), "routes[0].to", 4, "non-empty list"),
-        (routes('{ group = "239.1.1.1", from = "a", to = "b" }'), "routes[0].to", 4, "non-empty list"),
-        (routes('{ group = "239.1.1.1", from = "a", to = ["b", "d"] }'), "routes[0].to[1]", 4, "'d' is not among"),
-        (
-            routes('{ group = "239.1.1.1", from = "a", to = ["b", "a"] }'),
-            "routes[0].to[1]",
-            4,
-            "a is the incoming interface",
-        ),
-        (routes('{ group = "239.1.1.1", from = "a", to = ["b", "c", "b"] }'), "routes[0].to[2]", 4, "listed twice"),
+        (with_from('{name = "p"}'), "routes[0].from", 4, "an interface table is"),
+        (with_from('{interface = "p", next_hop = "x"}'), "routes[0].from", 4, "dotted-quad"),
+        (with_to("[]"), "routes[0].to", 4, "non-empty list"),
+        (with_to('"b"'), "routes[0].to", 4, "non-empty list"),
+        (with_to('["b", "d"]'), "routes[0].to[1]", 4, "'d' is not among"),
+        (with_to('["b", "a"]'), "routes[0].to[1]", 4, "a is the incoming interface"),
+        (with_to('["b", "c", "b"]'), "routes[0].to[2]", 4, "listed twice"),
     ],
 )
 def test_every_mistake_names_file_key_and_line(text: str, key: str, line: int, words: str) -> None:
