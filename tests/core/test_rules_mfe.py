@@ -33,10 +33,8 @@ class Net:
         core.drop()
 
     def mfe(self, source: str = S, group: str = G, stats: int | None = None) -> dict[str, Any]:
-        args: dict[str, Any] = {"source": source, "group": group}
-        if stats is not None:
-            args["stats"] = stats
-        result: dict[str, Any] = self.core.req(b"observer", "get_mfe", **args)["mfe"]
+        extra = {} if stats is None else {"stats": stats}
+        result: dict[str, Any] = self.core.req(b"observer", "get_mfe", source=source, group=group, **extra)["mfe"]
         return result
 
     def oil(self, source: str = S, group: str = G) -> list[int]:
@@ -108,30 +106,10 @@ def test_answered_rpf_leads_to_creation_alerts_per_owner(core: Core, net: Net) -
     net.fwd.packet(S, G, 1, token="t")
     rpf = q_of(core.events(), "rpf")
     assert net.pim.answer(rpf["question"], **iff(1), upstream_neighbor="10.0.0.254") == {}
-    events = core.events()
-    assert events == [
-        ev(
-            net.pim,
-            "creation_alert",
-            question=2,
-            deadline=0.1,
-            source=S,
-            group=G,
-            in_if_index=1,
-            in_next_hop=ANY,
-            oil=[iff(2), iff(3)],
-        ),
-        ev(
-            net.dvmrp,
-            "creation_alert",
-            question=3,
-            deadline=0.1,
-            source=S,
-            group=G,
-            in_if_index=1,
-            in_next_hop=ANY,
-            oil=[iff(4)],
-        ),
+    alert = {"deadline": 0.1, "source": S, "group": G, "in_if_index": 1, "in_next_hop": ANY}
+    assert core.events() == [
+        ev(net.pim, "creation_alert", question=2, **alert, oil=[iff(2), iff(3)]),
+        ev(net.dvmrp, "creation_alert", question=3, **alert, oil=[iff(4)]),
     ]
     net.pim.answer(2, oil=[{**iff(2), "enabled": True}, {**iff(3), "enabled": False}])
     assert core.events() == []  # still waiting for dvmrp
@@ -278,11 +256,7 @@ def test_late_rpf_answer_moves_the_incoming_interface(core: Core, net: Net) -> N
     events = core.events()
     assert [e.type for e in events] == ["mfe_updated"]
     mfe = events[0].fields["mfe"]
-    assert (mfe["in_if_index"], mfe["upstream_neighbor"], [o["if_index"] for o in mfe["oil"]]) == (
-        3,
-        "10.0.3.1",
-        [2],
-    )
+    assert (mfe["in_if_index"], mfe["upstream_neighbor"], [o["if_index"] for o in mfe["oil"]]) == (3, "10.0.3.1", [2])
 
 
 def test_late_creation_answer_disables_then_reenables(core: Core, net: Net) -> None:
@@ -554,14 +528,8 @@ def counters(in_packets: int, out: int = 0, discards: int | None = None) -> dict
     oil: dict[str, Any] = {**iff(2), "out_packets": out}
     if discards is not None:
         oil["discards"] = discards
-    return {
-        "source": S,
-        "group": G,
-        "in_packets": in_packets,
-        "in_bytes": in_packets * 100,
-        "wrong_if_packets": 1,
-        "oil": [oil],
-    }
+    return {"source": S, "group": G, "in_packets": in_packets, "in_bytes": in_packets * 100, "wrong_if_packets": 1,
+            "oil": [oil]}  # fmt: skip
 
 
 def test_counters_feed_statistics_levels(core: Core, net: Net) -> None:
@@ -675,28 +643,14 @@ def test_list_mfes_pages_by_group_then_source(core: Core, net: Net) -> None:
     keys = [("10.0.0.9", "239.1.1.1"), ("10.0.0.10", "239.1.1.1"), ("9.0.0.1", "225.0.0.1"), ("10.0.0.3", "239.0.0.9")]
     for s, g in keys:
         net.fwd.packet(s, g, 9)  # unowned arrival interface: created at once
-    seen = []
-    after = None
-    pages = 0
-    while True:
-        args: dict[str, Any] = {"max_entries": 3}
-        if after:
-            args["after"] = after
-        page = core.req(b"x", "list_mfes", **args)
-        assert len(page["entries"]) <= 3
-        seen += [(m["source"], m["group"]) for m in page["entries"]]
-        pages += 1
-        if not page["more"]:
-            break
-        last = page["entries"][-1]
-        after = {"source": last["source"], "group": last["group"]}
-    assert pages == 2
-    assert seen == [
-        ("9.0.0.1", "225.0.0.1"),
-        ("10.0.0.3", "239.0.0.9"),
-        ("10.0.0.9", "239.1.1.1"),
-        ("10.0.0.10", "239.1.1.1"),
-    ]
+    pages = [core.req(b"x", "list_mfes", max_entries=3)]
+    while pages[-1]["more"]:
+        after = {k: pages[-1]["entries"][-1][k] for k in ("source", "group")}
+        pages.append(core.req(b"x", "list_mfes", max_entries=3, after=after))
+    assert len(pages) == 2 and all(len(page["entries"]) <= 3 for page in pages)
+    assert [(m["source"], m["group"]) for page in pages for m in page["entries"]] == [
+        ("9.0.0.1", "225.0.0.1"), ("10.0.0.3", "239.0.0.9"), ("10.0.0.9", "239.1.1.1"), ("10.0.0.10", "239.1.1.1")
+    ]  # fmt: skip
 
 
 def test_list_mfes_with_stats_and_empty_list(core: Core, net: Net) -> None:
