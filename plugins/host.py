@@ -232,6 +232,14 @@ def _iface(fields: Mapping[str, Any], prefix: str = "") -> Interface:
     return Interface(int(fields[f"{prefix}if_index"]), str(fields.get(f"{prefix}next_hop", ANY)))
 
 
+MASKED_FLOW = ("source", "source_mask", "group", "group_mask")
+"""An event's flow with its masks: the first fields of a local member and of the join and prune alerts."""
+
+
+def _masked_flow(fields: Mapping[str, Any]) -> dict[str, str]:
+    return {key: fields[key] for key in MASKED_FLOW}
+
+
 def _member(fields: Mapping[str, Any]) -> tuple[str, str, str, str, Interface]:
     return (fields["source"], fields["source_mask"], fields["group"], fields["group_mask"], _iface(fields))
 
@@ -588,17 +596,9 @@ class Host:
                 self.on_event(question)
 
     def _local(self, hook: str, member: tuple[str, str, str, str, Interface], what: str) -> None:
-        source, source_mask, group, group_mask, interface = member
-        self.call(
-            hook,
-            f"{what} {source}/{group} on {interface.if_index}",
-            mgm=self.ctx,
-            source=source,
-            source_mask=source_mask,
-            group=group,
-            group_mask=group_mask,
-            interface=interface,
-        )
+        source, _, group, _, interface = member
+        self.call(hook, f"{what} {source}/{group} on {interface.if_index}", mgm=self.ctx,
+                  **dict(zip((*MASKED_FLOW, "interface"), member, strict=True)))  # fmt: skip
 
     def _enable_igmp(self, event: Mapping[str, Any]) -> None:
         iface = _iface(event)
@@ -622,33 +622,15 @@ class Host:
         self._local("mgm_local_leave", member, "local_leave")
 
     def _join_alert(self, event: Mapping[str, Any]) -> None:
-        self.call(
-            "mgm_join_alert",
-            f"join_alert {event['source']}/{event['group']}",
-            mgm=self.ctx,
-            source=event["source"],
-            source_mask=event["source_mask"],
-            group=event["group"],
-            group_mask=event["group_mask"],
-            member_update=bool(event["member_update"]),
-        )
+        self.call("mgm_join_alert", f"join_alert {event['source']}/{event['group']}", mgm=self.ctx,
+                  **_masked_flow(event), member_update=bool(event["member_update"]))  # fmt: skip
 
     def _prune_alert(self, event: Mapping[str, Any]) -> None:
         member_delete = bool(event["member_delete"])
         question = event.get("question")
         what = f"prune_alert {event['source']}/{event['group']}"
-        timeout = self.call(
-            "mgm_prune_alert",
-            what,
-            mgm=self.ctx,
-            source=event["source"],
-            source_mask=event["source_mask"],
-            group=event["group"],
-            group_mask=event["group_mask"],
-            interface=_iface(event),
-            member_delete=member_delete,
-            question=question,
-        )
+        timeout = self.call("mgm_prune_alert", what, mgm=self.ctx, **_masked_flow(event), interface=_iface(event),
+                            member_delete=member_delete, question=question)  # fmt: skip
         if question is None:
             return
         if timeout is ANSWER_LATER:
@@ -663,14 +645,8 @@ class Host:
         self._answer(question, what, fields)
 
     def _wrong_if(self, event: Mapping[str, Any]) -> None:
-        self.call(
-            "mgm_wrong_if",
-            f"wrong_if {event['source']}/{event['group']}",
-            mgm=self.ctx,
-            source=event["source"],
-            group=event["group"],
-            interface=_iface(event),
-        )
+        self.call("mgm_wrong_if", f"wrong_if {event['source']}/{event['group']}", mgm=self.ctx, source=event["source"],
+                  group=event["group"], interface=_iface(event))  # fmt: skip
 
     def _rpf(self, event: Mapping[str, Any]) -> None:
         question = event["question"]
