@@ -43,10 +43,8 @@ def three(core: Core) -> tuple[Proto, Proto, Proto]:
 # --- recording ------------------------------------------------------------------
 
 
-def test_add_records_the_membership(core: Core) -> None:
+def test_add_records_the_membership(core: Core, pim: Proto) -> None:
     """add with MGM_JOIN_STATE_FLAG records the membership (membership_added, in the state snapshot)."""
-    pim = core.register(PIM)
-    pim.take(1)
     core.drop()
     assert pim.join(ANY, G, 1) == {}
     assert core.events() == [added(pim, ANY, G, 1)]  # nobody else is registered to alert
@@ -62,42 +60,27 @@ def test_add_on_an_interface_not_owned_is_invalid_parameter(core: Core) -> None:
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 2)
 
 
-def test_delete_on_an_interface_not_owned_is_invalid_parameter(core: Core) -> None:
+def test_delete_on_an_interface_not_owned_is_invalid_parameter(core: Core, pim: Proto) -> None:
     """[ours] Deleting on an interface the client does not own is 87, even if the membership is elsewhere."""
-    pim = core.register(PIM)
-    pim.take(1)
     pim.join(ANY, G, 1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.leave, ANY, G, 2)
 
 
-@pytest.mark.parametrize("flags", [0, 3, 4, 8, -1, 1 << 40])
-def test_flags_other_than_join_or_forward_are_invalid(core: Core, flags: int) -> None:
+@pytest.mark.parametrize("flags", [0, 3, 4, 8, -1, 1 << 40, True])  # True: a bool is not an int
+def test_flags_other_than_join_or_forward_are_invalid(core: Core, pim: Proto, flags: int) -> None:
     """flags must be MGM_JOIN_STATE_FLAG (1) or MGM_FORWARD_STATE_FLAG (2); anything else is 87."""
-    pim = core.register(PIM)
-    pim.take(1)
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1, flags=flags)
 
 
-def test_flags_true_is_not_one(core: Core) -> None:
-    """A bool is not an int: flags=True is 87."""
-    pim = core.register(PIM)
-    pim.take(1)
-    core.refused(Status.ERROR_INVALID_PARAMETER, pim.join, ANY, G, 1, flags=True)
-
-
-def test_delete_of_a_missing_membership_is_not_found(core: Core) -> None:
+def test_delete_of_a_missing_membership_is_not_found(core: Core, pim: Proto) -> None:
     """[ours] Deleting a membership that does not exist is ERROR_NOT_FOUND."""
-    pim = core.register(PIM)
-    pim.take(1)
     core.refused(Status.ERROR_NOT_FOUND, pim.leave, ANY, G, 1)
     pim.join(ANY, G, 1)
     core.refused(Status.ERROR_NOT_FOUND, pim.leave, S, G, 1)
 
 
-def test_delete_publishes_membership_deleted(core: Core) -> None:
+def test_delete_publishes_membership_deleted(core: Core, pim: Proto) -> None:
     """delete removes the membership; observers see membership_deleted."""
-    pim = core.register(PIM)
-    pim.take(1)
     pim.join(ANY, G, 1)
     core.drop()
     assert pim.leave(ANY, G, 1) == {}
@@ -105,10 +88,8 @@ def test_delete_publishes_membership_deleted(core: Core) -> None:
     assert core.mgm.snapshot("state")["memberships"] == []
 
 
-def test_re_add_is_no_error_and_changes_nothing(core: Core) -> None:
+def test_re_add_is_no_error_and_changes_nothing(core: Core, pim: Proto) -> None:
     """[ours] Adding an existing membership again is NO_ERROR with no event and no state change."""
-    pim = core.register(PIM)
-    pim.take(1)
     pim.join(ANY, G, 1)
     before = core.mgm.snapshot("state")
     core.drop()
@@ -308,10 +289,8 @@ def test_sg_join_does_not_count_for_star_g(core: Core, three: tuple[Proto, Proto
 # --- forward-only state -------------------------------------------------------------------
 
 
-def test_forward_flag_records_no_membership(core: Core) -> None:
+def test_forward_flag_records_no_membership(core: Core, pim: Proto) -> None:
     """MGM_FORWARD_STATE_FLAG adds to matching MFEs' OILs only: no membership, no alert, no event without MFE."""
-    pim = core.register(PIM)
-    pim.take(1)
     core.drop()
     assert pim.join(S, G, 1, flags=2) == {}
     assert core.events() == []

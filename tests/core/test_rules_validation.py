@@ -20,17 +20,8 @@ from mgm.core.types import CORE_OPS, Interface
 G = "239.1.1.1"
 
 
-@pytest.fixture
-def pim(core: Core) -> Proto:
-    p = core.register(PIM)
-    p.take(1)
-    return p
-
-
 def membership(**override: Any) -> dict[str, Any]:
-    args = {"source": ANY, "source_mask": ANY, "group": G, "group_mask": ONES, **iff(1), "flags": 1}
-    args.update(override)
-    return args
+    return {"source": ANY, "source_mask": ANY, "group": G, "group_mask": ONES, **iff(1), "flags": 1, **override}
 
 
 @pytest.mark.parametrize(
