@@ -203,12 +203,12 @@ class PluginContext:
         Refusals are logged, not raised: one refused entry must not stop the others.
         """
         for interface in self.interfaces:
-            await _logged(self.request("take_interface_ownership", _interface_args(interface)))
+            await quiet(self.request("take_interface_ownership", _interface_args(interface)))
         for interface, ranges in list(self._boundaries.items()):  # before the members they keep out
-            await _logged(self.request("set_boundaries", _boundary_args(interface, ranges)))
+            await quiet(self.request("set_boundaries", _boundary_args(interface, ranges)))
         replies = [self.request("add_group_membership", _membership_args(key)) for key in self.memberships]
         for reply in replies:
-            await _logged(reply)
+            await quiet(reply)
 
     async def cancel_tasks(self) -> None:
         """Cancel what `spawn` started and wait until it has ended."""
@@ -305,6 +305,7 @@ def _brief(args: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in args.items() if k != "handle")
 
 
-async def _logged(fut: asyncio.Future[dict[str, Any]]) -> None:
+async def quiet(fut: asyncio.Future[dict[str, Any]]) -> None:
+    """Await a request's future for its end only: a refusal or a timeout is already logged."""
     with contextlib.suppress(MgmError, TimeoutError):  # already logged by PluginContext.request
         await fut

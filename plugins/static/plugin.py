@@ -27,8 +27,6 @@ existing MFEs whose route now names another incoming interface moved to it
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -36,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 from mgm.bus.status import MgmError
 from mgm.core.runtime.config import InterfaceRef, Mistakes, plugin_table
 from mgm.core.types import Interface
+from mgm.plugins.context import PluginContext, quiet
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.static.routes import Membership, RouteTable, memberships, parse, plan_reload, rpf
 
 if TYPE_CHECKING:
     from mgm.core.runtime.config import Config
-    from mgm.plugins.context import PluginContext
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +142,7 @@ class StaticPlugin:
                     len(old.table.routes), interface.if_index, interface.next_hop, exc,
                 )  # fmt: skip
                 for back in taken:
-                    await _quiet(mgm.release_interface(back))
+                    await quiet(mgm.release_interface(back))
                 return
             taken.append(interface)
         replies = [mgm.delete_membership(s, g, i) for s, g, i in plan.delete]
@@ -152,7 +150,7 @@ class StaticPlugin:
         replies += [mgm.add_membership(s, g, i) for s, g, i in plan.add]
         self.applied, self.source = new, whole_config.source
         for reply in replies:
-            await _quiet(reply)  # a refusal is logged by the context
+            await quiet(reply)  # a refusal is logged by the context
         log.info("static: reloaded %s: %d route(s); %s", self.source, len(new.table.routes), plan.summary())
         moved = await self.realign_mfes(mgm)
         if moved:
@@ -198,8 +196,3 @@ class StaticPlugin:
         self.name = table.name
         self.source = table.source
         self.applied = read(table.config(), table.name)
-
-
-async def _quiet(fut: asyncio.Future[dict[str, Any]]) -> None:
-    with contextlib.suppress(MgmError, TimeoutError):  # the context logs every refusal
-        await fut
