@@ -57,6 +57,7 @@ from mgm.plugins.igmp.packet import (
     build_report,
     build_v3_report,
 )
+from mgm.plugins.igmp.rawsocket import ETH_P_IP, NOTHING, attach_filter
 from mgm.plugins.proxy.merge import ASM, Upstream
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,7 @@ RECORD_HEADER = 8
 SIOCGIFMTU = 0x8921
 SIOCGIFADDR = 0x8915
 SIOCGIFHWADDR = 0x8927
-SO_ATTACH_FILTER = 26
 ARPHRD_ETHER = 1
-ETH_P_IP = 0x0800
 TOS_INTERNETWORK_CONTROL = 0xC0
 """The precedence the kernel gives its own IGMP messages."""
 MIN_MTU = 68
@@ -217,7 +216,7 @@ class Reporter:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ROUTER_ALERT_OPTION)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, TOS_INTERNETWORK_CONTROL)
-            _receive_nothing(sock)  # a raw IGMP socket gets a copy of every IGMP packet; we only send
+            attach_filter(sock, NOTHING)  # a raw IGMP socket gets a copy of every IGMP packet; we only send
             sock.setblocking(False)
         except OSError:
             sock.close()
@@ -332,15 +331,6 @@ def _hardware_type(sock: socket.socket, ifname: str) -> int:
     ifreq = fcntl.ioctl(sock.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()[:15]))
     hatype: int = struct.unpack_from("=16sH", ifreq)[1]
     return hatype
-
-
-def _receive_nothing(sock: socket.socket) -> None:
-    """Attach a classic BPF filter that drops every packet ("ret #0"): the socket never queues any."""
-    import ctypes
-
-    code = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))
-    fprog = struct.pack("HP", 1, ctypes.addressof(code))  # struct sock_fprog (native: padded to the pointer)
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def _reason(exc: BaseException) -> str:
