@@ -63,6 +63,7 @@ from typing import Any
 from mgm.plugins.forwarder.mirror import NO_COUNT, Entry, SgKey
 from mgm.plugins.forwarder.mroute import SgCount
 from mgm.plugins.forwarder.nflog import HEADER_RANGE, NEW_PREFIX, WRONG_IF_PREFIX
+from mgm.plugins.igmp.packet import checksum
 
 log = logging.getLogger(__name__)
 
@@ -553,15 +554,6 @@ class NftDataplane:
         self.counts = counts
 
 
-def _ones_complement_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
 def fix_udp_checksum(packet: bytearray) -> None:
     """Compute a UDP packet's checksum anew, where it has one (not 0).
 
@@ -579,8 +571,7 @@ def fix_udp_checksum(packet: bytearray) -> None:
         return
     udp[6:8] = b"\0\0"
     pseudo = bytes(packet[12:20]) + struct.pack("!BBH", 0, socket.IPPROTO_UDP, length)
-    checksum = ~_ones_complement_sum(pseudo + bytes(udp[:length])) & 0xFFFF
-    struct.pack_into("!H", packet, ihl + 6, checksum or 0xFFFF)
+    struct.pack_into("!H", packet, ihl + 6, checksum(pseudo + bytes(udp[:length])) or 0xFFFF)
 
 
 class HeldPackets:
