@@ -101,15 +101,20 @@ def _wait_vifs(net: Net, proc: PluginProc) -> None:
     wait_until(ready, 15, "the forwarder's three interfaces in the kernel")
 
 
-def test_traffic_follows_the_memberships(net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]) -> None:
+def forward_out_of_r2(net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc], **table: object) -> PluginProc:
+    """A membership on r2, the forwarder with its interfaces in place, and a first packet's MFC entry out of r2."""
     net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
-    fwd = start_forwarder(net, manager, ipc_dir, procs)
+    fwd = start_forwarder(net, manager, ipc_dir, procs, **table)
     _wait_vifs(net, fwd)
-
-    # The first packet of a new (S,G): upcall -> new_packet -> MFE -> MFC entry, and the packet held
-    # meanwhile is sent on (by the kernel with MRT, by the forwarder with nftables).
     net.send(1)
     wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
+    return fwd
+
+
+def test_traffic_follows_the_memberships(net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]) -> None:
+    # The first packet of a new (S,G): upcall -> new_packet -> MFE -> MFC entry, and the packet held
+    # meanwhile is sent on (by the kernel with MRT, by the forwarder with nftables).
+    fwd = forward_out_of_r2(net, manager, ipc_dir, procs)
     mfe = manager.request("get_mfe", {"source": S, "group": G})["mfe"]
     assert (mfe["in_if_index"], [o["if_index"] for o in mfe["oil"]]) == (net.r1, [net.r2])
     net.rx1.wait_count(1)
@@ -151,11 +156,7 @@ def test_traffic_follows_the_memberships(net: Net, manager: ManagerProc, ipc_dir
 def test_a_killed_forwarders_entries_forward_again_under_its_successor_which_adopts_them(
     net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]
 ) -> None:
-    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
-    fwd = start_forwarder(net, manager, ipc_dir, procs)
-    _wait_vifs(net, fwd)
-    net.send(1)
-    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
+    fwd = forward_out_of_r2(net, manager, ipc_dir, procs)
     net.rx1.wait_count(1)
     vifs = net.vifs()
 
@@ -234,11 +235,7 @@ def test_vifs_follow_ownership_and_links(net: Net, manager: ManagerProc, ipc_dir
 def test_forwarding_goes_on_across_a_manager_restart(
     net: Net, manager: ManagerProc, start_manager: Callable[..., ManagerProc], ipc_dir: Path, procs: list[Proc]
 ) -> None:
-    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
-    fwd = start_forwarder(net, manager, ipc_dir, procs, restart_grace=1.0)
-    _wait_vifs(net, fwd)
-    net.send(1)
-    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry out of r2")
+    fwd = forward_out_of_r2(net, manager, ipc_dir, procs, restart_grace=1.0)
     net.rx1.wait_count(1)
 
     assert manager.stop() == 0
@@ -264,11 +261,7 @@ def test_forwarding_goes_on_across_a_manager_restart(
 def test_a_packet_on_the_wrong_interface_reaches_that_interfaces_owner(
     net: Net, manager: ManagerProc, ipc_dir: Path, procs: list[Proc]
 ) -> None:
-    net.routing.call("add_membership", source="0.0.0.0", group=G, if_index=net.r2)
-    fwd = start_forwarder(net, manager, ipc_dir, procs)
-    _wait_vifs(net, fwd)
-    net.send(1)
-    wait_until(lambda: net.out_vifs() == {"r2"}, 10, "the MFC entry in from r1")
+    forward_out_of_r2(net, manager, ipc_dir, procs)
     # The receiver's host sends the same (S,G) towards the router, into r2.
     net.rcv1.ip("addr", "add", f"{S}/32", "dev", "eth0")
     net.rcv1.multicast_route("eth0")
