@@ -94,16 +94,36 @@ def membership_args(sg: SG, iface: Iface, flags: int) -> dict[str, Any]:
     return {**sg_fields(sg), **if_fields(iface), "flags": flags}
 
 
+def at(fields: dict[str, Any]) -> Iface:
+    return fields["if_index"], fields["next_hop"]
+
+
 def mfe_iface(mfe: dict[str, Any]) -> Iface:
     return mfe["in_if_index"], mfe["in_next_hop"]
 
 
 def oil_of(mfe: dict[str, Any]) -> list[Iface]:
-    return [(o["if_index"], o["next_hop"]) for o in mfe["oil"]]
+    return [at(o) for o in mfe["oil"]]
 
 
 def cid_of(fields: dict[str, Any]) -> ClientId:
     return ClientId(fields["protocol_id"], fields["component_id"])
+
+
+def proto_stream(cid: ClientId) -> str:
+    return f"proto/{cid.protocol_id}/{cid.component_id}"
+
+
+def snap_interfaces(snap: dict[str, Any]) -> dict[Iface, tuple[ClientId | None, bool]]:
+    """A state snapshot's interfaces: (owner, igmp) of each."""
+    return {at(i): (None if i["owner"] is None else cid_of(i["owner"]), i["igmp"]) for i in snap["interfaces"]}
+
+
+def snap_members(snap: dict[str, Any]) -> set[tuple[ClientId, SG, Iface]]:
+    return {(cid_of(m), (m["source"], m["group"]), at(m)) for m in snap["memberships"]}
+
+
+UNREGISTERED = {"registered": False, "interfaces": [], "local_members": [], "questions": []}
 
 
 # --- an observer of the state stream --------------------------------------------------------------
@@ -127,7 +147,7 @@ class StateMirror:
         elif e.type == "protocol_deregistered":
             del self.protocols[cid_of(f)]
         elif e.type in ("interface_owned", "interface_released"):
-            cid, iface = cid_of(f), (f["if_index"], f["next_hop"])
+            cid, iface = cid_of(f), at(f)
             table = self.igmp if cid.protocol_id == 10 else self.routing
             if e.type == "interface_owned":
                 assert iface not in table, e
@@ -135,7 +155,7 @@ class StateMirror:
             else:
                 assert table.pop(iface) == cid, e
         elif e.type in ("membership_added", "membership_deleted"):
-            item = (cid_of(f), (f["source"], f["group"]), (f["if_index"], f["next_hop"]))
+            item = (cid_of(f), (f["source"], f["group"]), at(f))
             assert f["flags"] == 1, e
             if e.type == "membership_added":
                 assert item not in self.members, e
@@ -159,13 +179,8 @@ class StateMirror:
     def check(self, snap: dict[str, Any]) -> None:
         assert {cid_of(p): p["name"] for p in snap["protocols"]} == self.protocols
         told = {i: self.routing.get(i) or self.igmp.get(i) for i in {*self.routing, *self.igmp}}
-        assert {
-            (i["if_index"], i["next_hop"]): (None if i["owner"] is None else cid_of(i["owner"]), i["igmp"])
-            for i in snap["interfaces"]
-        } == {i: (told[i], i in self.igmp) for i in told}
-        assert {
-            (cid_of(m), (m["source"], m["group"]), (m["if_index"], m["next_hop"])) for m in snap["memberships"]
-        } == self.members
+        assert snap_interfaces(snap) == {i: (told[i], i in self.igmp) for i in told}
+        assert snap_members(snap) == self.members
 
         # "expires" moves with mfe_counters, which publishes nothing (core/state.py's header): everything else
         # agrees, and traffic only ever pushes expiry later than the last event said
@@ -204,10 +219,7 @@ class CoreMachine(RuleBasedStateMachine):
         if c is None:
             bogus = self.stale[-1] if self.stale else self.bogus_handle()
             return CONNS[CIDS.index(cid) % len(CONNS)], bogus
-        conn = c.conn
-        if foreign:
-            conn = next(x for x in CONNS if x != c.conn)
-        return conn, c.handle
+        return (next(x for x in CONNS if x != c.conn) if foreign else c.conn), c.handle
 
     def bogus_handle(self) -> int:
         h = 4242
@@ -296,10 +308,9 @@ class CoreMachine(RuleBasedStateMachine):
             if e.to is None:
                 self.mirror.apply(e)
                 registered = set(self.mirror.protocols)
-                if e.type in ("interface_owned", "interface_released") and e.fields["protocol_id"] != 10:
-                    iface = (e.fields["if_index"], e.fields["next_hop"])
-                    if iface in bracket:
-                        bracket[iface] = "changed"
+                owner_change = e.type in ("interface_owned", "interface_released") and e.fields["protocol_id"] != 10
+                if owner_change and at(e.fields) in bracket:
+                    bracket[at(e.fields)] = "changed"
                 continue
             assert e.to in registered, f"{e} addressed to a client not registered at that point"
             iface = (e.fields.get("if_index"), e.fields.get("next_hop"))
@@ -353,28 +364,20 @@ class CoreMachine(RuleBasedStateMachine):
         m = self.model
         snap = self.core.snapshot("state")
         self.mirror.check(snap)
-        assert self.core.streams() == ["state"] + [f"proto/{c.protocol_id}/{c.component_id}" for c in m.clients]
+        assert self.core.streams() == ["state"] + [proto_stream(c) for c in m.clients]
         assert [cid_of(p) for p in snap["protocols"]] == list(m.clients)
         owned = {i: (m.told(i), i in m.igmp) for i in {*m.routing, *m.igmp}}
-        assert {
-            (i["if_index"], i["next_hop"]): (None if i["owner"] is None else cid_of(i["owner"]), i["igmp"])
-            for i in snap["interfaces"]
-        } == owned
-        members = {(cid_of(x), (x["source"], x["group"]), (x["if_index"], x["next_hop"])) for x in snap["memberships"]}
+        assert snap_interfaces(snap) == owned
+        members = snap_members(snap)
         assert members == m.memberships()
         assert [(x["source"], x["group"]) for x in snap["mfes"]] == sorted(m.mfes, key=lambda k: (k[1], k[0]))
         assert len(snap["mfes"]) == len(m.mfes)
-        protos = {cid: self.core.snapshot(f"proto/{cid.protocol_id}/{cid.component_id}") for cid in m.clients}
-        # spec invariants, on the core's own snapshots
-        routing_owners: Counter[Iface] = Counter()
-        igmp_owners: Counter[Iface] = Counter()
-        for cid, p in protos.items():
-            assert p["registered"] is True
-            for i in p["interfaces"]:
-                (igmp_owners if cid.protocol_id == 10 else routing_owners)[(i["if_index"], i["next_hop"])] += 1
-        assert all(n == 1 for n in routing_owners.values()), routing_owners
-        assert all(n == 1 for n in igmp_owners.values()), igmp_owners
-        proto_ifaces = {cid: {(i["if_index"], i["next_hop"]) for i in p["interfaces"]} for cid, p in protos.items()}
+        protos = {cid: self.core.snapshot(proto_stream(cid)) for cid in m.clients}
+        # spec invariants, on the core's own snapshots: one routing owner and one IGMP per interface
+        assert all(p["registered"] is True for p in protos.values())
+        owners = Counter((cid.protocol_id == 10, at(i)) for cid, p in protos.items() for i in p["interfaces"])
+        assert all(n == 1 for n in owners.values()), owners
+        proto_ifaces = {cid: {at(i) for i in p["interfaces"]} for cid, p in protos.items()}
         for cid, _, iface in members:
             assert iface in proto_ifaces[cid], f"{cid} has a membership on {iface} which it does not own"
         for x in snap["mfes"]:
@@ -387,14 +390,12 @@ class CoreMachine(RuleBasedStateMachine):
         # per client: owned interfaces in take order, local receivers, open questions
         for cid, p in protos.items():
             c = m.clients[cid]
-            assert [((i["if_index"], i["next_hop"]), i["igmp_enabled"]) for i in p["interfaces"]] == [
-                (i, i in m.igmp) for i in c.ifaces
-            ]
+            assert [(at(i), i["igmp_enabled"]) for i in p["interfaces"]] == [(i, i in m.igmp) for i in c.ifaces]
             local = set()
             for i in c.ifaces:
                 if m.routing.get(i) == cid and i in m.igmp:
                     local |= {(k, i) for k in m.clients[m.igmp[i]].members.get(i, ())}
-            assert {((x["source"], x["group"]), (x["if_index"], x["next_hop"])) for x in p["local_members"]} == local
+            assert {((x["source"], x["group"]), at(x)) for x in p["local_members"]} == local
             got_q = Counter(
                 (x["question"], norm(cid, x["type"], {k: v for k, v in x.items() if k != "type"}))
                 for x in p["questions"]
@@ -410,12 +411,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert wake is not None and wake <= min(due), f"next_deadline() {wake}, but {min(due)} is due"
         for other in CIDS:
             if other not in m.clients:
-                assert self.core.snapshot(f"proto/{other.protocol_id}/{other.component_id}") == {
-                    "registered": False,
-                    "interfaces": [],
-                    "local_members": [],
-                    "questions": [],
-                }
+                assert self.core.snapshot(proto_stream(other)) == UNREGISTERED
 
     def transition(self, apply: Callable[[Mgm], None], model_apply: Callable[[], None]) -> None:
         """tick or connection_lost: applied to core and twin alike, then every check."""
@@ -785,22 +781,10 @@ class CoreMachine(RuleBasedStateMachine):
             packets = max(0, (mfe.in_packets if mfe else 0) + delta)
             reports.append((sg, packets, packets * 100, delta & 1))
             oil = [{**if_fields(i), "out_packets": packets} for i in (mfe.oil if mfe else ())]
-            entries.append(
-                {
-                    "source": sg[0],
-                    "group": sg[1],
-                    "in_packets": packets,
-                    "in_bytes": packets * 100,
-                    "wrong_if_packets": delta & 1,
-                    "oil": oil,
-                }
-            )
-        done, _ = self.request(
-            conn,
-            "mfe_counters",
-            {"handle": handle, "entries": entries},
-            lambda: self.model.counters(conn, handle, reports),
-        )
+            counts = {"in_packets": packets, "in_bytes": packets * 100, "wrong_if_packets": delta & 1}
+            entries.append({"source": sg[0], "group": sg[1], **counts, "oil": oil})
+        args = {"handle": handle, "entries": entries}
+        done, _ = self.request(conn, "mfe_counters", args, lambda: self.model.counters(conn, handle, reports))
         final = {sg: (packets, octets, wrong) for sg, packets, octets, wrong in reports}  # the last report counts
         for sg, (packets, octets, wrong) in final.items() if done is not None else ():
             if sg in self.model.mfes:
