@@ -372,25 +372,21 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     """Delete namespaces named ``PREFIX-PID-...`` whose PID no longer runs (a crashed earlier run)."""
     out = _run(["ip", "netns", "list"], check=False).stdout
     removed = []
-    for line in out.splitlines():
-        name = line.split()[0] if line.split() else ""
+    for name in (line.split()[0] for line in out.splitlines() if line.split()):
         parts = name.split("-")
-        if len(parts) < 3 or parts[0] != prefix or not parts[1].isdigit():
-            continue
-        if Path(f"/proc/{parts[1]}").exists():
-            continue
-        _run(["ip", "netns", "del", name], check=False)
-        removed.append(name)
+        if len(parts) >= 3 and parts[0] == prefix and parts[1].isdigit() and not Path(f"/proc/{parts[1]}").exists():
+            _run(["ip", "netns", "del", name], check=False)
+            removed.append(name)
     return removed
 
 
+@dataclass
 class Node:
     """One namespace on a shared link: its interface there and its address."""
 
-    def __init__(self, ns: Namespace, ifname: str, address: str) -> None:
-        self.ns = ns
-        self.ifname = ifname
-        self.address = address
+    ns: Namespace
+    ifname: str
+    address: str
 
     @property
     def if_index(self) -> int:
@@ -399,19 +395,12 @@ class Node:
 
 def segment(topology: Topology, subnet: str, **nodes: int) -> dict[str, Node]:
     """Namespaces named by `nodes` (role -> last octet of its address in `subnet`, a /24 like "10.77.0") on one
-    bridged link: a bridge with multicast snooping off, so it floods like a hub."""
-    switch = topology.namespace("sw")
-    switch.ip("link", "add", "name", "br0", "type", "bridge", "mcast_snooping", "0")
-    switch.ip("link", "set", "dev", "br0", "up")
-    result = {}
-    for role, octet in nodes.items():
-        ns = topology.namespace(role)
-        address = f"{subnet}.{octet}"
-        link = topology.link(ns, switch, f"{address}/24", None)
-        switch.ip("link", "set", "dev", link.b_if, "master", "br0")
-        ns.multicast_route(link.a_if)
-        result[role] = Node(ns, link.a_if, address)
-    return result
+    `Topology.lan`."""
+    members = [(topology.namespace(role), f"{subnet}.{octet}") for role, octet in nodes.items()]
+    links = topology.lan([(ns, f"{address}/24") for ns, address in members])
+    for link in links:
+        link.a.multicast_route(link.a_if)
+    return {ns.role: Node(ns, link.a_if, address) for (ns, address), link in zip(members, links, strict=True)}
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ with a deadline, never a sleep.
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
 import sys
@@ -110,13 +109,8 @@ def start_sniffer(node: Node) -> NsProcess:
 
 
 def messages(sniffer: NsProcess) -> list[dict[str, Any]]:
-    out = []
-    for line in sniffer.log().splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            if entry.get("event") == "igmp":
-                out.append(entry)
-    return out
+    entries = [json.loads(line) for line in sniffer.log().splitlines() if line.startswith("{")]
+    return [entry for entry in entries if entry.get("event") == "igmp"]
 
 
 def queries(sniffer: NsProcess, source: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
@@ -125,10 +119,6 @@ def queries(sniffer: NsProcess, source: str | None = None, group: str | None = N
         for m in messages(sniffer)
         if m["type"] == 0x11 and (source is None or m["source"] == source) and (group is None or m["group"] == group)
     ]
-
-
-def has_queries(sniffer: NsProcess, count: int) -> bool:
-    return len(queries(sniffer)) >= count
 
 
 def igmp_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
@@ -271,7 +261,7 @@ def test_each_interface_gets_its_own_queries_and_memberships(
     start_igmp(router, manager, ipc_dir, interfaces=[router.ifname, link.a_if])
     sniffers = {"hst": start_sniffer(host), "h2": start_sniffer(host2)}
     for name, sniffer in sniffers.items():
-        wait_until(functools.partial(has_queries, sniffer, 2), WAIT, f"queries on the link of {name}")
+        wait_until(lambda s=sniffer: len(queries(s)) >= 2, WAIT, f"queries on the link of {name}")
     assert {q["source"] for q in queries(sniffers["hst"])} == {router.address}
     assert {q["source"] for q in queries(sniffers["h2"])} == {"10.78.0.1"}
 
