@@ -142,6 +142,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from mgm.bus.status import MgmError, Status, invalid
@@ -254,50 +255,39 @@ ALERTS: Final[dict[tuple[str, str, int], str]] = {
 # --- records -------------------------------------------------------------------
 
 
+@dataclass(slots=True, eq=False)
 class _Client:
-    __slots__ = (
-        "asked", "conn", "enums", "forwards", "handle", "id", "interfaces", "leaving", "members", "name", "next_enum",
-        "questions",
-    )  # fmt: skip
-
-    def __init__(
-        self, cid: ClientId, handle: int, conn: bytes, name: str, questions: frozenset[str] = QUESTIONS
-    ) -> None:
-        self.id = cid
-        self.handle = handle
-        self.conn = conn
-        self.name = name
-        self.questions = questions  # the questions it answers; the others take their default unasked
-        self.interfaces: dict[Interface, None] = {}  # owned, in take order
-        self.members: dict[Interface, set[int]] = {}  # recorded memberships: interface -> sg keys
-        self.forwards: dict[Interface, dict[int, Mfe]] = {}  # its MGM_FORWARD_STATE_FLAG adds: interface -> MFEs
-        self.enums: dict[int, _Enumeration] = {}
-        self.next_enum = 1
-        self.asked: set[int] = set()  # ids of the open questions addressed to it
-        self.leaving = False  # gone (silent or connection lost), its cleanup under way: its handle is refused
+    id: ClientId
+    handle: int
+    conn: bytes
+    name: str
+    questions: frozenset[str] = QUESTIONS  # the questions it answers; the others take their default unasked
+    interfaces: dict[Interface, None] = field(default_factory=dict)  # owned, in take order
+    members: dict[Interface, set[int]] = field(default_factory=dict)  # recorded memberships: interface -> sg keys
+    forwards: dict[Interface, dict[int, Mfe]] = field(default_factory=dict)  # its MGM_FORWARD_STATE_FLAG adds
+    enums: dict[int, _Enumeration] = field(default_factory=dict)
+    next_enum: int = 1
+    asked: set[int] = field(default_factory=set)  # ids of the open questions addressed to it
+    leaving: bool = False  # gone (silent or connection lost), its cleanup under way: its handle is refused
 
     @property
     def is_igmp(self) -> bool:
         return self.id.protocol_id == IGMP_PROTOCOL_ID
 
 
+@dataclass(slots=True, eq=False)
 class _Conn:
-    __slots__ = ("clients", "last_seen")
-
-    def __init__(self, now: float) -> None:
-        self.last_seen = now
-        self.clients: dict[ClientId, _Client] = {}
+    last_seen: float
+    clients: dict[ClientId, _Client] = field(default_factory=dict)
 
 
+@dataclass(slots=True, eq=False)
 class _Owners:
     """Who owns one interface: one routing protocol and/or IGMP."""
 
-    __slots__ = ("iface", "igmp", "owner")
-
-    def __init__(self, iface: Interface) -> None:
-        self.iface = iface
-        self.owner: _Client | None = None
-        self.igmp: _Client | None = None
+    iface: Interface
+    owner: _Client | None = None
+    igmp: _Client | None = None
 
     @property
     def told(self) -> _Client | None:
@@ -305,49 +295,41 @@ class _Owners:
         return self.owner if self.owner is not None else self.igmp
 
 
+@dataclass(slots=True, eq=False)
 class _Joined:
     """The memberships of one (source, group): per interface and per client."""
 
-    __slots__ = ("clients", "ifaces")
-
-    def __init__(self) -> None:
-        self.ifaces: dict[Interface, int] = {}  # interface -> clients with a membership there
-        self.clients: dict[_Client, int] = {}  # client -> its interfaces; insertion order = who came first
+    ifaces: dict[Interface, int] = field(default_factory=dict)  # interface -> clients with a membership there
+    clients: dict[_Client, int] = field(default_factory=dict)  # client -> its interfaces, in order of who came first
 
 
+@dataclass(slots=True, eq=False)
 class _Enumeration:
-    __slots__ = ("cursor", "kind")
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.cursor = -1  # last key (or group) returned
+    kind: str
+    cursor: int = -1  # last key (or group) returned
 
 
+@dataclass(slots=True, eq=False)
 class _Pending:
     """An MFE being created: waiting for rpf, then for creation_alert answers."""
 
-    __slots__ = ("disabled", "in_iface", "key", "open", "tokens", "upstream")
-
-    def __init__(self, key: int, in_iface: Interface) -> None:
-        self.key = key
-        self.in_iface = in_iface
-        self.upstream = 0
-        self.tokens: list[Any] = []
-        self.open: set[int] = set()  # question ids still unanswered
-        self.disabled: set[Interface] = set()
+    key: int
+    in_iface: Interface
+    upstream: int = 0
+    tokens: list[Any] = field(default_factory=list)
+    open: set[int] = field(default_factory=set)  # question ids still unanswered
+    disabled: set[Interface] = field(default_factory=set)
 
 
+@dataclass(slots=True, eq=False)
 class _Question:
-    __slots__ = ("deadline", "fields", "key", "kind", "pending", "qid", "to")
-
-    def __init__(self, qid: int, kind: str, to: ClientId, deadline: float, key: int, fields: dict[str, Any]) -> None:
-        self.qid = qid
-        self.kind = kind  # "rpf", "creation_alert" or "prune_alert"
-        self.to = to
-        self.deadline = deadline
-        self.key = key
-        self.fields = fields
-        self.pending: _Pending | None = None
+    qid: int
+    kind: str  # "rpf", "creation_alert" or "prune_alert"
+    to: ClientId
+    deadline: float
+    key: int
+    fields: dict[str, Any]
+    pending: _Pending | None = None
 
 
 def _unindex(index: dict[K, dict[J, V]], outer: K, inner: J) -> None:
@@ -485,7 +467,7 @@ class Mgm:
             question = self._questions.get(qid)
             if question is not None:
                 self._close(question)
-                self._apply_default(question, now)
+                self._move_on(question, now)
         while self._expiry and self._expiry[0][0] <= now:
             at, key = heapq.heappop(self._expiry)
             mfe = self._mfes.get(key)
@@ -632,9 +614,7 @@ class Mgm:
         except Exception as exc:  # the resolver's own failure: the arrival interface stands in
             self._notes.append(f"route resolver failed for {format_addr(source)}: {exc!r}")
             return None
-        if found is None:
-            return None
-        return self._interface((found[0], found[1]))
+        return None if found is None else self._interface((found[0], found[1]))
 
     # --- registration ------------------------------------------------------------
 
@@ -696,7 +676,7 @@ class Mgm:
         so a new registration of the same protocol and component neither sees nor answers them)."""
         for qid in sorted(client.asked):
             question = self._questions.pop(qid)
-            self._apply_default(question, self._now)
+            self._move_on(question, self._now)
         client.asked.clear()
         for qid in [qid for qid, q in self._closed.items() if q.to == client.id]:
             del self._closed[qid]
@@ -780,8 +760,7 @@ class Mgm:
         self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
     ) -> dict[str, Any]:
         key = req_interface(args)
-        owners = self._owners.get(key)
-        told = None if owners is None else owners.told
+        told = self._told(Interface(*key))
         if told is None:
             raise MgmError(Status.ERROR_NOT_FOUND, f"nobody owns interface {key[0]}/{key[1]}")
         return _client_fields(told)
@@ -835,11 +814,7 @@ class Mgm:
 
     def _add_membership(self, client: _Client, key: int, owners: _Owners, sg: dict[str, Any]) -> None:
         iface = owners.iface
-        keys = client.members.get(iface)
-        if keys is None:
-            client.members[iface] = {key}
-        else:
-            keys.add(key)
+        client.members.setdefault(iface, set()).add(key)
         joined = self._joined.get(key)
         if joined is None:
             joined = self._joined[key] = _Joined()
@@ -930,13 +905,11 @@ class Mgm:
                 self._notes.append(f"no route towards {format_addr(key & 0xFFFFFFFF)}: {change} not sent")
             recipients = [] if told is None or told is client else [told]
         if change == "join":
-            fields = {**sg, "member_update": True}
-            for to in recipients:
-                self._emit(to, "join_alert", fields)
+            type_, fields = "join_alert", {**sg, "member_update": True}
         else:
-            fields = {**sg, **_iface_fields(iface), "member_delete": True}
-            for to in recipients:
-                self._emit(to, "prune_alert", fields)
+            type_, fields = "prune_alert", {**sg, **_iface_fields(iface), "member_delete": True}
+        for to in recipients:
+            self._emit(to, type_, fields)
 
     def _new_key(self, key: int) -> None:
         group = key >> 32
@@ -980,16 +953,12 @@ class Mgm:
         max_entries = req_int(args, "max_entries", 1)
         if enum is None:
             raise invalid(f"enumeration {args['enum']} is not open for {client.id}")
-        ordered = self._sorted_keys if enum.kind == "all_sources" else self._sorted_groups
-        page, more = ordered.page_after(enum.cursor, max_entries)
+        all_sources = enum.kind == "all_sources"  # else any_source: the groups, as (*,G) keys
+        page, more = (self._sorted_keys if all_sources else self._sorted_groups).page_after(enum.cursor, max_entries)
         if not page:
             raise MgmError(Status.ERROR_NO_MORE_ITEMS, "the enumeration has no more entries")
         enum.cursor = page[-1]
-        if enum.kind == "all_sources":
-            entries = [_sg_fields(key) for key in page]
-        else:
-            entries = [_sg_fields(group << 32) for group in page]
-        return {"entries": entries, "more": more}
+        return {"entries": [_sg_fields(k if all_sources else k << 32) for k in page], "more": more}
 
     def _op_group_enumeration_end(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         client = self._client(conn, args)
@@ -1007,9 +976,7 @@ class Mgm:
             mfe = self._mfes.get(key)
             return [] if mfe is None else [mfe]
         if key:
-            by_group = self._mfes_by_group.get(key >> 32)
-            if by_group is None or len(by_group) == 1:
-                return [] if by_group is None else list(by_group.values())
+            by_group = self._mfes_by_group.get(key >> 32, {})
             return [by_group[k] for k in sorted(by_group)]
         return [self._mfes[k] for k in sorted(self._mfes)]  # (*,*): every MFE, a rare and costly change
 
@@ -1168,8 +1135,6 @@ class Mgm:
         elif mfe.oil == {} and not was_empty:
             self._ask_prune(mfe)
 
-    # --- MFE operations -------------------------------------------------------------
-
     # --- boundaries ----------------------------------------------------------------
 
     def _op_set_boundaries(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
@@ -1193,13 +1158,8 @@ class Mgm:
 
     def _bounded(self, iface: Interface, group: int) -> bool:
         """Is `group` inside a boundary of `iface` (never forwarded out of it)?"""
-        by_client = self._boundaries.get(iface)
-        if by_client is not None:
-            for prefixes in by_client.values():
-                for net, mask in prefixes:
-                    if group & mask == net:
-                        return True
-        return False
+        by_client = self._boundaries.get(iface, {})
+        return any(group & mask == net for prefixes in by_client.values() for net, mask in prefixes)
 
     def _set_boundaries(self, client: _Client, iface: Interface, prefixes: tuple[tuple[int, int], ...]) -> None:
         """Replace the client's boundaries on `iface`, then bring the OILs of the MFEs in the ranges it
@@ -1230,6 +1190,8 @@ class Mgm:
                     self._oil_remove(mfe, iface)
             elif self._wanted(mfe, iface) and not (mfe.disabled is not None and iface in mfe.disabled):
                 self._oil_add(mfe, iface)
+
+    # --- MFE operations -------------------------------------------------------------
 
     def _op_new_packet(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> Any:
         self._client(conn, args)
@@ -1285,14 +1247,8 @@ class Mgm:
         """Step 4: store and publish the MFE, answer the waiting new_packet requests."""
         del self._pending[pending.key]
         told = self._told(pending.in_iface)
-        mfe = Mfe(
-            pending.key,
-            pending.in_iface,
-            pending.upstream,
-            0 if told is None else told.id.protocol_id,
-            now,
-            self.mfe_timeout,
-        )
+        in_protocol_id = 0 if told is None else told.id.protocol_id
+        mfe = Mfe(pending.key, pending.in_iface, pending.upstream, in_protocol_id, now, self.mfe_timeout)
         for iface in self._wanted_interfaces(pending.key, pending.in_iface):
             if iface in pending.disabled:
                 self._veto(mfe, iface)
@@ -1309,10 +1265,13 @@ class Mgm:
     def _op_get_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         source, group = req_source_group(args)
         stats = opt_int(args, "stats", 0, 1)
+        return {"mfe": self._stored_mfe(source, group).render(self.wall_offset, stats)}
+
+    def _stored_mfe(self, source: int, group: int) -> Mfe:
         mfe = self._mfes.get((group << 32) | source)
         if mfe is None:
             raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
-        return {"mfe": mfe.render(self.wall_offset, stats)}
+        return mfe
 
     def _op_list_mfes(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
         after_key = -1
@@ -1338,9 +1297,7 @@ class Mgm:
             new_in = self._interface((if_index, next_hop))
         elif args.get("next_hop") is not None:
             raise invalid("next_hop without if_index")
-        mfe = self._mfes.get((group << 32) | source)
-        if mfe is None:
-            raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
+        mfe = self._stored_mfe(source, group)
         told = self._told(mfe.in_iface)
         if told is not None and told is not client:
             raise invalid(f"{client.id} does not own the incoming interface of this MFE")
@@ -1353,9 +1310,7 @@ class Mgm:
         self._client(conn, args)
         source, group = req_source_group(args)
         arrival = self._interface(req_interface(args))
-        mfe = self._mfes.get((group << 32) | source)
-        if mfe is None:
-            raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
+        mfe = self._stored_mfe(source, group)
         if arrival == mfe.in_iface:
             raise invalid("that is the MFE's incoming interface, not a wrong one")
         told = self._told(arrival)
@@ -1401,8 +1356,7 @@ class Mgm:
         qid = self._next_question
         self._next_question += 1
         fields = {"question": qid, "deadline": self.question_deadline, **fields}
-        question = _Question(qid, kind, to.id, self._now + self.question_deadline, key, fields)
-        question.pending = pending
+        question = _Question(qid, kind, to.id, self._now + self.question_deadline, key, fields, pending)
         self._questions[qid] = question
         to.asked.add(qid)
         heapq.heappush(self._deadlines, (question.deadline, qid))
@@ -1416,8 +1370,9 @@ class Mgm:
         if len(self._closed) > CLOSED_QUESTIONS_KEPT:
             del self._closed[next(iter(self._closed))]
 
-    def _apply_default(self, question: _Question, now: float) -> None:
-        """The deadline passed: rpf keeps the proposed interface, creation_alert enables all."""
+    def _move_on(self, question: _Question, now: float) -> None:
+        """The question closed, answered or not (unanswered, rpf keeps the proposed interface and creation_alert
+        enables all): its pending MFE goes on to creation_alert after rpf, to creation after the last of those."""
         pending = question.pending
         if pending is None or self._pending.get(pending.key) is not pending:
             return
@@ -1450,13 +1405,10 @@ class Mgm:
                     # creation is under way (its alerts went out): the MFE will come in here
                     still.in_iface, still.upstream = in_iface, upstream
                 return {}
-            pending = question.pending
-            assert pending is not None
+            assert question.pending is not None
+            question.pending.in_iface, question.pending.upstream = in_iface, upstream
             self._close(question)
-            pending.in_iface = in_iface
-            pending.upstream = upstream
-            pending.open.discard(qid)
-            self._ask_creation(pending, now)
+            self._move_on(question, now)
             return {}
         if question.kind == "creation_alert":
             asked = {(o["if_index"], o["next_hop"]) for o in question.fields["oil"]}
@@ -1472,15 +1424,10 @@ class Mgm:
                 if mfe is not None:
                     self._apply_verdicts(mfe, verdicts)
                 return {}
-            pending = question.pending
-            assert pending is not None
+            assert question.pending is not None
+            question.pending.disabled.update(self._interface(k) for k, enabled in verdicts.items() if not enabled)
             self._close(question)
-            for iface_key, enabled in verdicts.items():
-                if not enabled:
-                    pending.disabled.add(self._interface(iface_key))
-            pending.open.discard(qid)
-            if not pending.open:
-                self._create(pending, now)
+            self._move_on(question, now)
             return {}
         # prune_alert (member_delete=false): the answer may set the MFE's timeout
         timeout = req_number(args, "timeout", 0.0, MAX_TIMEOUT) if args.get("timeout") is not None else None
@@ -1535,13 +1482,12 @@ class Mgm:
                     ],
                 }
             )
-        memberships = []
-        for client in self._clients.values():
-            for iface in client.interfaces:
-                for key in sorted(client.members.get(iface, ())):
-                    memberships.append(
-                        {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1}
-                    )
+        memberships = [
+            {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1}
+            for client in self._clients.values()
+            for iface in client.interfaces
+            for key in sorted(client.members.get(iface, ()))
+        ]
         mfes = [self._mfes[key].render(self.wall_offset) for key in sorted(self._mfes)]
         return {"protocols": protocols, "interfaces": interfaces, "memberships": memberships, "mfes": mfes}
 
