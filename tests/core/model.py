@@ -73,6 +73,10 @@ def if_fields(i: Iface) -> dict[str, Any]:
     return {"if_index": i[0], "next_hop": i[1]}
 
 
+def incoming(key: SG, i: Iface) -> dict[str, Any]:
+    return {"source": key[0], "group": key[1], "in_if_index": i[0], "in_next_hop": i[1]}
+
+
 @dataclass
 class Client:
     cid: ClientId
@@ -443,13 +447,7 @@ class Model:
             if told is not None:
                 by_owner.setdefault(told, []).append(i)
         for told, ifaces in by_owner.items():
-            fields = {
-                "source": p.key[0],
-                "group": p.key[1],
-                "in_if_index": p.in_iface[0],
-                "in_next_hop": p.in_iface[1],
-                "oil": [if_fields(i) for i in ifaces],
-            }
+            fields = {**incoming(p.key, p.in_iface), "oil": [if_fields(i) for i in ifaces]}
             self.ask(told, "creation_alert", p.key, fields, p).asked_oil = tuple(ifaces)
         if not p.open:
             self.create(p)
@@ -468,10 +466,7 @@ class Model:
         """The fields of the wire MFE the model predicts."""
         told = self.told(mfe.in_iface)
         return {
-            "source": mfe.key[0],
-            "group": mfe.key[1],
-            "in_if_index": mfe.in_iface[0],
-            "in_next_hop": mfe.in_iface[1],
+            **incoming(mfe.key, mfe.in_iface),
             "upstream_neighbor": mfe.upstream,
             "in_protocol_id": 0 if told is None else told.protocol_id,
             "oil": [if_fields(i) for i in mfe.oil],

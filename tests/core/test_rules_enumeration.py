@@ -28,14 +28,8 @@ def joined(core: Core) -> Proto:
     return pim
 
 
-ALL = [
-    sgf(ANY, ANY),
-    sgf(ANY, "224.0.1.1"),
-    sgf("9.9.9.9", "232.1.1.1"),
-    sgf(ANY, "239.1.1.1"),
-    sgf("10.0.0.9", "239.1.1.1"),
-    sgf("10.0.0.10", "239.1.1.1"),
-]
+ALL = [sgf(ANY, ANY), sgf(ANY, "224.0.1.1"), sgf("9.9.9.9", "232.1.1.1"), sgf(ANY, "239.1.1.1"),
+       sgf("10.0.0.9", "239.1.1.1"), sgf("10.0.0.10", "239.1.1.1")]  # fmt: skip
 
 
 def walk(p: Proto, kind: str, page_size: int) -> tuple[list[dict[str, Any]], list[bool]]:

@@ -155,9 +155,8 @@ def test_release_deletes_mfes_whose_incoming_interface_it_was(core: Core) -> Non
     pim.release(1)
     events = core.events()
     assert [(e.type, e.fields.get("mfe", {}).get("source")) for e in events] == [
-        ("mfe_deleted", "10.0.0.1"),
-        ("interface_released", None),
-    ]
+        ("mfe_deleted", "10.0.0.1"), ("interface_released", None)
+    ]  # fmt: skip
     listed = core.req(b"x", "list_mfes", max_entries=10)["entries"]
     assert [m["source"] for m in listed] == ["10.0.0.2"]
 
@@ -214,9 +213,6 @@ def test_taking_an_incoming_interface_reassigns_its_mfes(core: Core) -> None:
     core.drop()
     pim.take(1)
     assert core.types() == [
-        (igmp.id, "disable_igmp"),
-        (None, "interface_owned"),
-        (None, "mfe_updated"),
-        (igmp.id, "enable_igmp"),
-    ]
+        (igmp.id, "disable_igmp"), (None, "interface_owned"), (None, "mfe_updated"), (igmp.id, "enable_igmp")
+    ]  # fmt: skip
     assert core.req(b"x", "get_mfe", source="10.0.0.1", group="239.1.1.1")["mfe"]["in_protocol_id"] == PIM

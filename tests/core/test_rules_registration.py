@@ -148,12 +148,7 @@ def test_connection_lost_cleans_up_at_once(core: Core) -> None:
     b.take(2)
     core.drop()
     core.mgm.connection_lost(b"shared", core.now)
-    assert core.types() == [
-        (None, "interface_released"),
-        (None, "protocol_deregistered"),
-        (None, "interface_released"),
-        (None, "protocol_deregistered"),
-    ]
+    assert core.types() == [(None, "interface_released"), (None, "protocol_deregistered")] * 2
     assert core.mgm.streams() == ["state"]
     assert core.mgm.next_deadline() is None
 
