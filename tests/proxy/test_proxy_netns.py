@@ -184,17 +184,23 @@ def leaves_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
     return found
 
 
-def r1_up_r2_down(*proxy_keys: str, after: str = "") -> str:
-    """The router tables most tests use: IGMP on r2, the proxy from upstream r1 to downstream r2."""
+def proxy_tables(*proxy_keys: str, down: tuple[str, ...] = ("r2",), downstream: str = "", listed: bool = True,
+                 after: str = "") -> str:  # fmt: skip
+    """The router's tables: IGMP on `down`, the proxy from upstream r1 (in its `interfaces` if `listed`) to `down`.
+
+    `downstream` replaces the plain list of `down` (to give filters), `proxy_keys` are more lines of the proxy's
+    table, `after` more tables.
+    """
+    names = ", ".join(f'"{name}"' for name in down)
     keys = "".join(f"{key}\n" for key in proxy_keys)
     return f"""\
 [plugins.igmp]
-interfaces = ["r2"]
+interfaces = [{names}]
 {IGMP_FAST}
 [plugins.proxy]
-interfaces = ["r1", "r2"]
+interfaces = [{'"r1", ' if listed else ""}{names}]
 upstream = "r1"
-downstream = ["r2"]
+downstream = {downstream or f"[{names}]"}
 {keys}{after}"""
 
 
@@ -262,20 +268,7 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     snd.multicast_route(up_link.a_if)
     sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
-    up = start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2", "r3"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2", "r3"]
-upstream = "r1"
-downstream = ["r2", "r3"]
-""",
-        backend=forwarder_backend,
-    )
+    up = start_router(topology, rtr, proxy_tables(down=("r2", "r3")), backend=forwarder_backend)
     # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
     snd.spawn(send_udp, G1, P1, SENDS, interval=0.01, source=FAR, name="send-g1")
     snd.spawn(send_udp, G_NONE, P_NONE, SENDS, interval=0.01, source=SRC, name="send-none")
@@ -343,6 +336,8 @@ GD, PD = "239.67.2.2", 5672  # allowed on r2, denied on r3
 GX, PX = "239.68.0.1", 5673  # outside r2's allow list, denied on r3: joined nowhere
 GL, PL = "239.67.2.9", 5674  # allowed on r2, denied on r3, and joined on r3 after it already forwards to r2
 G_UP, P_UP = "239.72.1.1", 5721  # sent by a downstream host
+FILTERS = ('[{ interface = "r2", allow = ["239.67.0.0/16"] }, '
+           '{ interface = "r3", deny = ["239.67.2.0/24", "239.68.0.0/16"] }]')  # fmt: skip
 
 
 def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
@@ -354,23 +349,7 @@ def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
     topology.link(rtr, rx1, "10.67.1.1/24", "10.67.1.2/24")
     topology.link(rtr, rx2, "10.67.2.1/24", "10.67.2.2/24")
     snd.multicast_route(up_link.a_if)
-    start_router(
-        topology,
-        rtr,
-        f"""\
-[plugins.igmp]
-interfaces = ["r2", "r3"]
-{IGMP_FAST}
-[plugins.proxy]
-interfaces = ["r1", "r2", "r3"]
-upstream = "r1"
-downstream = [
-  {{ interface = "r2", allow = ["239.67.0.0/16"] }},
-  {{ interface = "r3", deny = ["239.67.2.0/24", "239.68.0.0/16"] }},
-]
-""",
-        backend=forwarder_backend,
-    )
+    start_router(topology, rtr, proxy_tables(down=("r2", "r3"), downstream=FILTERS), backend=forwarder_backend)
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GA, PA), (GD, PD), (GX, PX))}  # fmt: skip
     for rx in receivers.values():
@@ -456,7 +435,7 @@ def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_ro
 interfaces = ["r3", "r4"]
 routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
 """
-    up = start_router(topology, rtr, r1_up_r2_down(after=static), backend=forwarder_backend)
+    up = start_router(topology, rtr, proxy_tables(after=static), backend=forwarder_backend)
     assert "no IPv4 address: reports leave with source 0.0.0.0" in up.log()
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
@@ -513,7 +492,7 @@ def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
     topology.link(ups, rtr, "10.72.0.2/24", "10.72.0.1/24")
     down = topology.link(rtr, hst, "10.72.1.1/24", "10.72.1.2/24")
     hst.multicast_route(down.b_if)
-    start_router(topology, rtr, r1_up_r2_down("forward_upstream = true"), backend=forwarder_backend)
+    start_router(topology, rtr, proxy_tables("forward_upstream = true"), backend=forwarder_backend)
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
     hst.spawn(send_udp, G_UP, P_UP, SENDS, interval=0.01, source="10.72.1.2", name="send-down")

@@ -24,7 +24,7 @@ from netns import (
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
-from test_proxy_netns import IGMP_FAST, WAIT, igmp_members, probe, start_router, upstream_memberships
+from test_proxy_netns import WAIT, igmp_members, probe, proxy_tables, start_router, upstream_memberships
 
 pytestmark = pytest.mark.netns
 
@@ -32,16 +32,7 @@ SRC = "10.75.0.2"
 GA, PA = "239.75.1.1", 5751
 GB, PB = "239.75.2.2", 5752
 SENDS = 100_000  # outlives the test: the teardown kills it
-
-PROXY = """\
-[plugins.igmp]
-interfaces = ["r2"]
-{igmp}
-[plugins.proxy]
-interfaces = ["r1", "r2"]
-upstream = "r1"
-downstream = [{{ interface = "r2", deny = [{deny}] }}]
-"""
+DENY_GB = '[{ interface = "r2", deny = ["239.75.2.0/24"] }]'
 
 
 def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
@@ -52,7 +43,7 @@ def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
     topology.link(snd, rtr, f"{SRC}/24", "10.75.0.1/24")
     topology.link(rtr, hrx, "10.75.1.1/24", "10.75.1.2/24")
     snd.multicast_route("eth0")
-    up = start_router(topology, rtr, PROXY.format(igmp=IGMP_FAST, deny='"239.75.2.0/24"'), backend=forwarder_backend)
+    up = start_router(topology, rtr, proxy_tables(downstream=DENY_GB), backend=forwarder_backend)
     config = topology.workdir / "router.toml"
     pid = int(re.findall(r"proxy started \(pid (\d+)\)", up.log())[0])
     manager = probe(topology)

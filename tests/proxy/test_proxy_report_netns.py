@@ -27,7 +27,7 @@ from netns import (
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
-from test_proxy_netns import WAIT, r1_up_r2_down, start_router
+from test_proxy_netns import WAIT, proxy_tables, start_router
 
 from mgm.plugins.igmp import packet
 
@@ -87,7 +87,7 @@ def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0
     sniffer = ups.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
     # what is reported upstream is the proxy's and the kernel's doing, whichever backend forwards
-    up = start_router(topology, rtr, r1_up_r2_down(f"immediate_report = {'true' if immediate else 'false'}"),
+    up = start_router(topology, rtr, proxy_tables(f"immediate_report = {'true' if immediate else 'false'}"),
                       backend="auto")  # fmt: skip
     assert f"immediate report of joins: {'on' if immediate else 'off'}" in up.log(), up.log()
     return hrx, sniffer, up
