@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -29,6 +30,7 @@ import os
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -129,17 +131,13 @@ def check_timeout(parser: argparse.ArgumentParser, timeout: float) -> None:
 
 # --- rendering helpers (monitor uses them too) --------------------------------------------------
 
-_names: dict[int, str | None] = {}
-
-
+@functools.cache
 def if_name(if_index: int) -> str | None:
     """The kernel's name for an index on this machine, if there is one (cached)."""
-    if if_index not in _names:
-        try:
-            _names[if_index] = socket.if_indextoname(if_index) if if_index > 0 else None
-        except (OSError, OverflowError):
-            _names[if_index] = None
-    return _names[if_index]
+    try:
+        return socket.if_indextoname(if_index) if if_index > 0 else None
+    except (OSError, OverflowError):
+        return None
 
 
 def iface_label(if_index: Any, next_hop: Any = ANY) -> str:
@@ -183,11 +181,6 @@ def _proto_key(entry: dict[str, Any]) -> tuple[int, int]:
 # --- fetching -------------------------------------------------------------------------------------
 
 
-async def fetch_state(client: Client) -> tuple[int, int, dict[str, Any]]:
-    """(seq, epoch, state) of the `state` stream: all pages of one frozen snapshot."""
-    return await client.fetch_snapshot(STATE)
-
-
 async def fetch_mfes(client: Client, page_size: int, stats: bool) -> list[dict[str, Any]]:
     """Every MFE in (group, source) order, `page_size` per `list_mfes` request."""
     entries: list[dict[str, Any]] = []
@@ -224,13 +217,8 @@ def _protocol_label(pid: Any, cid: Any, names: dict[tuple[int, int], str]) -> st
 
 
 def protocols_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]], str]:
-    members: dict[tuple[int, int], int] = {}
-    for m in state.get("memberships", []):
-        members[_proto_key(m)] = members.get(_proto_key(m), 0) + 1
-    owned: dict[tuple[int, int], int] = {}
-    for i in state.get("interfaces", []):
-        if i.get("owner"):
-            owned[_proto_key(i["owner"])] = owned.get(_proto_key(i["owner"]), 0) + 1
+    members = Counter(_proto_key(m) for m in state.get("memberships", []))
+    owned = Counter(_proto_key(i["owner"]) for i in state.get("interfaces", []) if i.get("owner"))
     entries = sorted(state.get("protocols", []), key=_proto_key)
     table = _table("PROTOCOL", "COMPONENT", "NAME", "OWNS", "MEMBERSHIPS", "ANSWERS")
     for p in entries:
@@ -244,18 +232,10 @@ def protocols_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]],
 
 def interfaces_table(state: dict[str, Any]) -> tuple[Table, list[dict[str, Any]], str]:
     names = _protocol_names(state)
-    members: dict[tuple[Any, Any], int] = {}
-    for m in state.get("memberships", []):
-        k = (m.get("if_index"), m.get("next_hop"))
-        members[k] = members.get(k, 0) + 1
-    mfes_in: dict[tuple[Any, Any], int] = {}
-    mfes_out: dict[tuple[Any, Any], int] = {}
-    for mfe in state.get("mfes", []):
-        k = (mfe.get("in_if_index"), mfe.get("in_next_hop"))
-        mfes_in[k] = mfes_in.get(k, 0) + 1
-        for o in mfe.get("oil", []):
-            k = (o.get("if_index"), o.get("next_hop"))
-            mfes_out[k] = mfes_out.get(k, 0) + 1
+    members = Counter((m.get("if_index"), m.get("next_hop")) for m in state.get("memberships", []))
+    mfes = state.get("mfes", [])
+    mfes_in = Counter((mfe.get("in_if_index"), mfe.get("in_next_hop")) for mfe in mfes)
+    mfes_out = Counter((o.get("if_index"), o.get("next_hop")) for mfe in mfes for o in mfe.get("oil", []))
     entries = list(state.get("interfaces", []))
     table = _table("INTERFACE", "OWNER", "IGMP", "MEMBERSHIPS", "MFES IN", "MFES OUT", "BOUNDARIES")
     for i in entries:
@@ -392,7 +372,7 @@ async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
             entries = await fetch_mfes(client, args.page_size, args.stats)
             table, entries, footer = mfes_table(entries, args.stats, time.time())
             return {"table": "mfes", "epoch": client.epoch, "entries": entries}, table, footer
-        seq, epoch, state = await fetch_state(client)
+        seq, epoch, state = await client.fetch_snapshot(STATE)  # all pages of one frozen snapshot
         table, entries, footer = STATE_TABLES[args.table](state)
         return {"table": args.table, "epoch": epoch, "seq": seq, "entries": entries}, table, footer
     except MgmError as exc:
