@@ -8,7 +8,9 @@ interfaces``:
   and DR election, logged as they change and counted per message type;
 * the last-hop router's upstream joins: receivers of a group (IGMP's
   members on our interfaces, `local_join`, and the other protocols'
-  receivers, the manager's join alerts) make a (*,G) join towards the
+  receivers, the manager's join alerts, and at start and after a manager
+  restart the groups a group enumeration lists, for the alerts a plugin
+  that was not running missed) make a (*,G) join towards the
   group's RP from the static RP map, source-specific receivers an (S,G)
   join towards S, each to the RPF neighbour the kernel's unicast routes
   give (re-checked every few seconds and whenever a neighbour comes or
@@ -56,10 +58,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mgm.bus.status import MgmError, Status
 from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Mistakes, multicast_prefix, plugin_table
 from mgm.core.runtime.routes import KernelRoutes
 from mgm.core.types import ANY, Interface
 from mgm.plugins import links
+from mgm.plugins.context import quiet
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.rawsocket import interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
@@ -303,6 +307,50 @@ class PimPlugin(links.LinkSubscriber):
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
+        await self.learn_receivers()
+
+    @hookimpl
+    def mgm_replay(self, mgm: PluginContext) -> None:
+        mgm.spawn(self.learn_receivers())
+
+    async def learn_receivers(self) -> None:
+        """Receivers that other protocols had before we registered: the manager alerts a protocol only when a
+        group gets its first or second client, so a PIM that (re)starts later asks for the groups joined now
+        (group enumeration, MgmGroupEnumerationStart) and treats each as the join alert it missed."""
+        mgm = self.mgm
+        if mgm is None or self.upstream is None:
+            return
+        ours = {(key[0], key[2]) for key in mgm.memberships}  # our downstream routers' joins are not an alert
+        learned = 0
+        enum = (await mgm.request("group_enumeration_start", {"type": "all_sources"}))["enum"]
+        try:
+            more = True
+            while more and not self.stopped:
+                try:
+                    page = await mgm.request("group_enumeration_next", {"enum": enum, "max_entries": 1000})
+                except MgmError as exc:
+                    if exc.status != Status.ERROR_NO_MORE_ITEMS:
+                        raise
+                    break
+                more = bool(page.get("more"))
+                for entry in page["entries"]:
+                    source, group = entry["source"], entry["group"]
+                    if (source, group) in ours or not self._alerts_us(source):
+                        continue
+                    self._reason(_key(source, group), "alert", True, settle=False)
+                    learned += 1
+        finally:
+            await quiet(mgm.request("group_enumeration_end", {"enum": enum}))
+        log.info("pim: %d joined (source, group) pair(s) of other protocols found at start", learned)
+        self._after()
+
+    def _alerts_us(self, source: str) -> bool:
+        """Whether the manager would alert us of (source, G) joins: always for (*,G); for (S,G) only where our
+        interface is the one towards S."""
+        if source == ANY:
+            return True
+        route = self.routes.route(source) if self.routes is not None else None
+        return route is not None and route.if_index in self.links
 
     def stop(self) -> None:
         if self.stopped:

@@ -148,37 +148,47 @@ def test_a_stopping_plugin_says_goodbye(manager: ManagerProc, ipc_dir: Path, top
     assert "counters:" in pim.log() and "hello_sent" in pim.log(), pim.log()
 
 
+@pytest.mark.parametrize("pim_after_receiver", [False, True], ids=["pim-first", "pim-after-the-receiver"])
 def test_receivers_make_a_star_g_join_towards_the_rp_and_their_leave_a_prune(
-    manager: ManagerProc, ipc_dir: Path, topology: Topology
+    manager: ManagerProc, ipc_dir: Path, topology: Topology, pim_after_receiver: bool
 ) -> None:
     """Last-hop router: a host behind IGMP joins G; PIM joins (*,G) towards the RP (the peer), refreshes it,
-    and prunes it after the leave.  The peer decodes every Join/Prune with scapy."""
+    and prunes it after the leave.  The peer decodes every Join/Prune with scapy.  A PIM that starts after
+    the receiver (a restart) missed the manager's join alert: it finds the group by enumeration."""
     rtr, rp_ns, host_ns = topology.namespaces("rtr", "rp", "host")
     up = topology.link(rtr, rp_ns, f"{SUBNET}.1/24", f"{SUBNET}.2/24")
     down = topology.link(rtr, host_ns, "10.79.0.1/24", "10.79.0.2/24")
     host_ns.multicast_route(down.b_if)
     group, rp = "239.78.9.9", f"{SUBNET}.2"
-    start_pim(Node(rtr, up.a_if, f"{SUBNET}.1"), manager, ipc_dir, join_prune_interval=1,
-              rp=[{"address": rp, "groups": ["239.78.0.0/16"]}])  # fmt: skip
     config = ipc_dir / "igmp.toml"
     fast_leave = {"query_response_interval": 0.5, "last_member_query_interval": 0.2, "last_member_query_count": 2}
     config.write_text(toml_config({"igmp": {"interfaces": [down.a_if], **fast_leave}}))
     igmp = rtr.mgm("plugin", "igmp", "--config", str(config), "--api", manager.api, "--events", manager.events,
                    name="igmp")  # fmt: skip
     wait_until(lambda: "igmp: running IGMPv" in igmp.log() or not igmp.alive(), WAIT, "the igmp plugin")
+    if pim_after_receiver:
+        receiver = host_ns.receiver(group, 5099)
+        receiver.wait_joined()
+        wait_until(lambda: group in json.dumps(manager.request("sync", {"stream": "state"})["state"]["memberships"]),
+                   WAIT, "IGMP's membership in the manager")  # fmt: skip
+    pim = start_pim(Node(rtr, up.a_if, f"{SUBNET}.1"), manager, ipc_dir, join_prune_interval=1,
+                    rp=[{"address": rp, "groups": ["239.78.0.0/16"]}])  # fmt: skip
     peer_proc = start_peer(Node(rp_ns, up.b_if, rp))
+    if not pim_after_receiver:
+        receiver = host_ns.receiver(group, 5099)
 
     def joins_and_prunes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         messages = [e for e in heard(peer_proc, f"{SUBNET}.1") if e["type"] == 3 and group in e["groups"]]
         return ([m for m in messages if m["groups"][group]["joins"]],
                 [m for m in messages if m["groups"][group]["prunes"]])  # fmt: skip
 
-    receiver = host_ns.receiver(group, 5099)
     receiver.wait_joined()
     wait_until(lambda: len(joins_and_prunes()[0]) >= 2, WAIT, "a (*,G) join and its periodic refresh at the RP")
     join = joins_and_prunes()[0][0]
     assert (join["upstream"], join["holdtime"], join["ttl"]) == (rp, 4, 1)  # 3.5 x 1 s
     assert join["groups"][group] == {"joins": [[rp, 1, 1]], "prunes": []}  # the RP, wildcard and RPT bits
+    found = re.findall(r"pim: (\d+) joined \(source, group\) pair\(s\) of other protocols found at start", pim.log())
+    assert found == ["1" if pim_after_receiver else "0"], pim.log()
     receiver.leave()
     wait_until(lambda: joins_and_prunes()[1], WAIT, "the (*,G) prune after the leave")
     assert joins_and_prunes()[1][0]["groups"][group] == {"joins": [], "prunes": [[rp, 1, 1]]}
