@@ -200,9 +200,6 @@ class Namespace:
         """Route 224.0.0.0/4 out of `ifname`: a sender needs it (without it sendto fails, no route)."""
         self.ip("route", "replace", "224.0.0.0/4", "dev", ifname)
 
-    def default_route(self, via: str) -> None:
-        self.ip("route", "replace", "default", "via", via)
-
     def call(self, func: Callable[..., Any], *args: Any, timeout: float = CMD_TIMEOUT, **kwargs: Any) -> Any:
         """Run a module-level function inside the namespace (a new Python process); its result.
 

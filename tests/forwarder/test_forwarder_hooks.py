@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -46,12 +46,21 @@ class FakeContext:
         return [args for o, args, _f in self.requests if o == op]
 
 
-async def _started(config: dict[str, Any] | None = None) -> tuple[SimForwarder, FakeContext]:
-    plugin = SimForwarder()
-    ctx = FakeContext(config)
-    assert plugin.mgm_protocol(config=ctx.config) == (65001, 1)
-    plugin.mgm_start(mgm=ctx, config=ctx.config)  # type: ignore[arg-type]
-    return plugin, ctx
+def run(scenario: Callable[[SimForwarder, FakeContext], Awaitable[None]], config: dict[str, Any] | None = None) -> None:
+    """Start the plugin on a FakeContext, run `scenario` with both, then cancel the tasks the plugin spawned."""
+
+    async def main() -> None:
+        plugin = SimForwarder()
+        ctx = FakeContext(config)
+        assert plugin.mgm_protocol(config=ctx.config) == (65001, 1)
+        plugin.mgm_start(mgm=ctx, config=ctx.config)  # type: ignore[arg-type]
+        try:
+            await scenario(plugin, ctx)
+        finally:
+            for task in ctx.tasks:
+                task.cancel()
+
+    asyncio.run(main())
 
 
 async def _settle() -> None:
@@ -60,8 +69,7 @@ async def _settle() -> None:
 
 
 def test_a_refused_new_packet_lets_the_next_packet_ask_again() -> None:
-    async def scenario() -> None:
-        plugin, ctx = await _started()
+    async def scenario(plugin: SimForwarder, ctx: FakeContext) -> None:
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5]))  # type: ignore[arg-type]
         plugin.inject(S, G, 3)
         await _settle()
@@ -72,45 +80,36 @@ def test_a_refused_new_packet_lets_the_next_packet_ask_again() -> None:
         ctx.requests[-1][2].set_exception(MgmError(Status.ERROR_INVALID_PARAMETER, "no"))
         await _settle()
         assert plugin.mirror is not None and plugin.mirror.requested == set()
-        for task in ctx.tasks:
-            task.cancel()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_counters_go_in_batches_that_fit_a_frame() -> None:
-    async def scenario() -> None:
-        plugin, ctx = await _started()
+    async def scenario(plugin: SimForwarder, ctx: FakeContext) -> None:
         mfes = [mfe(S, f"239.2.{i // 250}.{i % 250}", 3, [5]) for i in range(COUNTERS_BATCH + 10)]
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], mfes))  # type: ignore[arg-type]
         assert plugin.report_counters(ctx) == COUNTERS_BATCH + 10  # type: ignore[arg-type]
         assert [len(args["entries"]) for args in ctx.ops("mfe_counters")] == [COUNTERS_BATCH, 10]
-        for task in ctx.tasks:
-            task.cancel()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_the_counters_task_reports_on_its_interval() -> None:
-    async def scenario() -> None:
-        plugin, ctx = await _started({"counters_interval": 0.05})
+    async def scenario(plugin: SimForwarder, ctx: FakeContext) -> None:
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
         plugin.inject(S, G, 3, count=2)
         await wait_for_async(lambda: ctx.ops("mfe_counters"), 10, "a counters report")
         (first, *_rest) = ctx.ops("mfe_counters")
         assert first["entries"][0]["in_packets"] == 2
-        for task in ctx.tasks:
-            task.cancel()
 
-    asyncio.run(scenario())
+    run(scenario, {"counters_interval": 0.05})
 
 
 def test_no_counters_while_the_manager_is_gone() -> None:
     """Each would wait in the queue and be refused by the next manager (an unknown handle): one warning
     per report and interval.  The first report after it is back carries everything."""
 
-    async def scenario() -> None:
-        plugin, ctx = await _started({"counters_interval": 0.05})
+    async def scenario(plugin: SimForwarder, ctx: FakeContext) -> None:
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
         ctx.client.manager_lost = True
         await asyncio.sleep(0.3)  # six intervals
@@ -118,25 +117,20 @@ def test_no_counters_while_the_manager_is_gone() -> None:
         ctx.client.manager_lost = False
         await wait_for_async(lambda: ctx.ops("mfe_counters"), 10, "a counters report")
         assert ctx.ops("mfe_counters")[0]["entries"][0]["source"] == S
-        for task in ctx.tasks:
-            task.cancel()
 
-    asyncio.run(scenario())
+    run(scenario, {"counters_interval": 0.05})
 
 
 def test_a_stop_withdraws_every_vif_and_entry() -> None:
     """The Linux forwarder's entries outlive its routing socket (static), so a clean stop removes them itself."""
 
-    async def scenario() -> None:
-        plugin, ctx = await _started()
+    async def scenario(plugin: SimForwarder, ctx: FakeContext) -> None:
         plugin.mgm_state_resync(mgm=ctx, state=state([3, 5], [mfe(S, G, 3, [5])]))  # type: ignore[arg-type]
         assert plugin.sim is not None and plugin.sim.vifs and plugin.sim.mfc
         plugin.mgm_stop(mgm=ctx)  # type: ignore[arg-type]
         assert (plugin.sim.vifs, plugin.sim.mfc) == ({}, {})
-        for task in ctx.tasks:
-            task.cancel()
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,8 @@ TABLE: dict[str, Any] = {
         {"group": "239.2.2.2", "from": 13, "to": [11]},
     ],
 }
+HELD = {("10.0.0.1", "239.1.1.1", 11), ("10.0.0.1", "239.1.1.1", 12), ("0.0.0.0", "239.2.2.2", 11)}
+"""What TABLE's routes hold: each (S,G) on each outgoing interface."""
 RELOADED: dict[str, Any] = {
     "interfaces": [10, 11, 12, 13, 14],
     "routes": [
@@ -78,8 +80,7 @@ def test_a_new_flow_gets_the_configured_incoming_interface_and_oil(manager: Mana
     async def body() -> None:
         fwd, handle = await forwarder(manager)
         try:
-            want = {("10.0.0.1", "239.1.1.1", 11), ("10.0.0.1", "239.1.1.1", 12), ("0.0.0.0", "239.2.2.2", 11)}
-            await wait_for_async(lambda: _equal(static_memberships(fwd), want), 10, "the static routes' memberships")
+            await wait_for_async(lambda: _equal(static_memberships(fwd), HELD), 10, "the static routes' memberships")
             # (S,G): the packet arrives on 14; the route says it comes in on 10
             mfe = await new_packet(fwd, handle, "10.0.0.1", "239.1.1.1", arrival=14)
             assert (mfe["in_if_index"], mfe["in_protocol_id"], oil(mfe)) == (10, STATIC[0], [11, 12])
@@ -105,8 +106,7 @@ def test_sighup_applies_a_new_file_and_keeps_the_routes_when_the_new_file_is_bad
     async def body() -> None:
         fwd, handle = await forwarder(manager)
         try:
-            before = {("10.0.0.1", "239.1.1.1", 11), ("10.0.0.1", "239.1.1.1", 12), ("0.0.0.0", "239.2.2.2", 11)}
-            await wait_for_async(lambda: _equal(static_memberships(fwd), before), 10, "the static routes' memberships")
+            await wait_for_async(lambda: _equal(static_memberships(fwd), HELD), 10, "the static routes' memberships")
             mfe = await new_packet(fwd, handle, "10.0.0.1", "239.1.1.1", arrival=14)
             assert (mfe["in_if_index"], oil(mfe)) == (10, [11, 12])
 
@@ -116,9 +116,8 @@ def test_sighup_applies_a_new_file_and_keeps_the_routes_when_the_new_file_is_bad
             await wait_for_async(lambda: _equal(static_memberships(fwd), after), 10, "the reloaded memberships")
 
             async def moved() -> dict[str, Any] | None:
-                current: dict[str, Any] = (await fwd.request("get_mfe", {"source": "10.0.0.1", "group": "239.1.1.1"}))[
-                    "mfe"
-                ]
+                reply = await fwd.request("get_mfe", {"source": "10.0.0.1", "group": "239.1.1.1"})
+                current: dict[str, Any] = reply["mfe"]
                 return current if current["in_if_index"] == 12 else None
 
             mfe = await wait_for_async(moved, 10, "the (S,G) MFE to move to its new incoming interface")

@@ -23,35 +23,31 @@ import pytest
 from kernel_view import KernelView
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
-from netns import Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
+from netns import Namespace, NsProcess, Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
 
 from mgm.plugins.testing import scaled
 
 pytestmark = pytest.mark.netns
 
-FORWARDER = "forwarder"
 SOURCE = "10.61.1.2"
 G_SG, PORT_SG = "239.61.1.1", 5611  # (S,G) route: r1 -> r2, r3
 G_STAR, PORT_STAR = "239.61.2.2", 5622  # (*,G) route: r1 -> r2
 
 
-def router_config(workdir: Path, backend: str) -> str:
-    return f"""\
+def start_up(rtr: Namespace, workdir: Path, backend: str, tables: str) -> NsProcess:
+    """`mgm up` in `rtr` with the forwarder on `backend` and `tables`."""
+    config = workdir / "router.toml"
+    config.write_text(f"""\
 [manager]
 api = "ipc://{workdir}/api"
 events = "ipc://{workdir}/events"
 log_level = "debug"
 
-[plugins.{FORWARDER}]
+[plugins.forwarder]
 backend = "{backend}"
 
-[plugins.static]
-interfaces = ["r1", "r2", "r3", "r4"]
-routes = [
-  {{ source = "{SOURCE}", group = "{G_SG}", from = "r1", to = ["r2", "r3"] }},
-  {{ group = "{G_STAR}", from = "r1", to = ["r2"] }},
-]
-"""
+{tables}""")
+    return rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
 
 
 def test_static_routes_forward_with_no_igmp_on_the_router(
@@ -65,9 +61,15 @@ def test_static_routes_forward_with_no_igmp_on_the_router(
     topology.link(rtr, rcv3, "10.61.4.1/24", "10.61.4.2/24")
     snd.multicast_route(up_link.a_if)
 
-    config = topology.workdir / "router.toml"
-    config.write_text(router_config(topology.workdir, forwarder_backend))
-    up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
+    tables = f"""\
+[plugins.static]
+interfaces = ["r1", "r2", "r3", "r4"]
+routes = [
+  {{ source = "{SOURCE}", group = "{G_SG}", from = "r1", to = ["r2", "r3"] }},
+  {{ group = "{G_STAR}", from = "r1", to = ["r2"] }},
+]
+"""
+    up = start_up(rtr, topology.workdir, forwarder_backend, tables)
 
     receivers: dict[tuple[str, str], Receiver] = {}
     for ns in (rcv1, rcv2, rcv3):
@@ -125,15 +127,7 @@ def test_static_and_another_routing_protocol_forward_at_once(
 
     work = topology.workdir
     control = f"ipc://{work}/routing-a.ctl"
-    (work / "router.toml").write_text(f"""\
-[manager]
-api = "ipc://{work}/api"
-events = "ipc://{work}/events"
-log_level = "debug"
-
-[plugins.{FORWARDER}]
-backend = "{forwarder_backend}"
-
+    tables = f"""\
 [plugins.static]
 interfaces = ["r1", "r2"]
 routes = [{{ source = "10.62.1.2", group = "{G_A}", from = "r1", to = ["r2"] }}]
@@ -143,8 +137,8 @@ protocol_id = 100
 component_id = 1
 interfaces = ["r3", "r4"]
 control = "{control}"
-""")
-    up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(work / "router.toml")], "mgm-up")
+"""
+    up = start_up(rtr, work, forwarder_backend, tables)
     routing_a = Control(control, timeout=scaled(2.0))
     try:
         wait_until(lambda: _pings(routing_a), 30, "the test routing protocol under mgm up")
