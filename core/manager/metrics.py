@@ -44,6 +44,7 @@ import heapq
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mgm.bus.status import Status
@@ -94,10 +95,6 @@ def _status_name(code: int) -> str:
         return str(code)
 
 
-def _packets(mfe: MfeView) -> int:
-    return mfe.in_packets
-
-
 class MgmCollector:
     """A prometheus_client collector over `Counts` and the core; see the module's table."""
 
@@ -120,26 +117,18 @@ class MgmCollector:
         for type_, n in sorted(dict(counts.events).items()):
             events.add_metric([type_], n)
         yield events
-        removed = CounterMetricFamily(
-            "mgm_clients_removed",
-            "Clients the manager removed: silence (heartbeat misses) or connection_lost",
-            labels=["reason"],
-        )
-        for reason in ("silence", "connection_lost"):
-            removed.add_metric([reason], counts.clients_removed.get(reason, 0))
-        yield removed
-        syncs = CounterMetricFamily("mgm_syncs", "Snapshots served (resyncs), by stream kind", labels=["stream"])
-        for kind in ("state", "proto", "other"):
-            syncs.add_metric([kind], counts.syncs.get(kind, 0))
-        yield syncs
-        refused = CounterMetricFamily(
-            "mgm_tcp_refused",
-            "tcp refusals: bad_handshake and unknown_key connections, access_denied requests",
-            labels=["reason"],
-        )
-        for reason in ("bad_handshake", "unknown_key", "access_denied"):
-            refused.add_metric([reason], counts.refused.get(reason, 0))
-        yield refused
+        for name, text, label, counted, values in (
+            ("mgm_clients_removed", "Clients the manager removed: silence (heartbeat misses) or connection_lost",
+             "reason", counts.clients_removed, ("silence", "connection_lost")),
+            ("mgm_syncs", "Snapshots served (resyncs), by stream kind", "stream", counts.syncs,
+             ("state", "proto", "other")),
+            ("mgm_tcp_refused", "tcp refusals: bad_handshake and unknown_key connections, access_denied requests",
+             "reason", counts.refused, ("bad_handshake", "unknown_key", "access_denied")),
+        ):  # fmt: skip
+            family = CounterMetricFamily(name, text, labels=[label])
+            for value in values:  # every one, also at 0
+                family.add_metric([value], counted.get(value, 0))
+            yield family
 
         census = self.core.census()
         for key, name, text in (
@@ -169,7 +158,7 @@ class MgmCollector:
             "mgm_mfe_in_packets", "Packets of the busiest MFEs (see mgm_mfe_series_limit)", labels=["source", "group"]
         )
         per_bytes = CounterMetricFamily("mgm_mfe_in_bytes", "Bytes of the busiest MFEs", labels=["source", "group"])
-        top = heapq.nlargest(self.top_mfes, entries, key=_packets) if self.top_mfes else []
+        top = heapq.nlargest(self.top_mfes, entries, key=attrgetter("in_packets")) if self.top_mfes else []
         for mfe in sorted(top, key=lambda m: m.key):
             labels = [format_addr(mfe.key & 0xFFFFFFFF), format_addr(mfe.key >> 32)]
             per_packets.add_metric(labels, mfe.in_packets)
