@@ -244,18 +244,16 @@ class LinuxForwarder(ForwarderPlugin, links.LinkSubscriber):
                 result = await loop.run_in_executor(self._worker, self.nft.run_batch, batch)
                 for key, have in self.nft.commit(batch, result).items():
                     self.mirror.dataplane_failed(key, have)
-                if result.error is None:
-                    for key, (have, want) in batch.entries.items():
-                        if have is not None and want is not None and key in batch.counters:
-                            self.mirror.settle_replaced(key, have.oifs, batch.counters[key])
-                if result.error is None and self.held.packets:
-                    now = time.monotonic()
-                    for key, (have, want) in batch.entries.items():
-                        if have is None and want is not None:
-                            self.held.release(key, want.oifs, now)
-                if result.error is None:
-                    self.log.debug("nftables: %d entr(ies), %d interface(s) changed in one transaction",
-                                   len(batch.entries), len(batch.ifs_add) + len(batch.ifs_del))  # fmt: skip
+                if result.error is not None:
+                    continue
+                now = time.monotonic()
+                for key, (have, want) in batch.entries.items():
+                    if have is not None and want is not None and key in batch.counters:
+                        self.mirror.settle_replaced(key, have.oifs, batch.counters[key])
+                    elif have is None and want is not None and self.held.packets:
+                        self.held.release(key, want.oifs, now)
+                self.log.debug("nftables: %d entr(ies), %d interface(s) changed in one transaction",
+                               len(batch.entries), len(batch.ifs_add) + len(batch.ifs_del))  # fmt: skip
 
     def _readable(self) -> None:
         source = self.sock if self.sock is not None else self.nflog

@@ -37,19 +37,13 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mgm.core.types import ANY, IGMP_PROTOCOL_ID, ClientId, Interface, is_link_local
-from mgm.plugins.forwarder.mroute import (
-    IGMPMSG_NOCACHE,
-    IGMPMSG_WRONGVIF,
-    MAXVIFS,
-    MrouteError,
-    SgCount,
-    Upcall,
-)
+from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, MAXVIFS, MrouteError, SgCount, Upcall
 from mgm.plugins.links import Link
 
 SgKey = tuple[str, str]
@@ -86,7 +80,7 @@ NO_COUNT = SgCount(0, 0, 0)
 @dataclass(slots=True)
 class _Counts:
     last: SgCount = NO_COUNT  # immutable: one shared start for every entry
-    out: dict[int, int] = field(default_factory=dict)  # if_index -> packets attributed
+    out: Counter[int] = field(default_factory=Counter)  # if_index -> packets attributed
 
 
 def sg_of(mfe: Mapping[str, Any]) -> SgKey:
@@ -366,10 +360,7 @@ class Mirror:
             delta = now.packets
         if delta:
             by_vif = {v: i for i, v in self.vifs.items()}
-            for vif in entry.oifs:
-                if_index = by_vif.get(vif)
-                if if_index is not None:
-                    counts.out[if_index] = counts.out.get(if_index, 0) + delta
+            counts.out.update({by_vif[vif]: delta for vif in entry.oifs if vif in by_vif})
         counts.last = now
         return counts
 
@@ -498,10 +489,7 @@ class Mirror:
         delta = count.packets - counts.last.packets
         if delta > 0:
             by_vif = {v: i for i, v in self.vifs.items()}
-            for vif in oifs:
-                if_index = by_vif.get(vif)
-                if if_index is not None:
-                    counts.out[if_index] = counts.out.get(if_index, 0) + delta
+            counts.out.update({by_vif[vif]: delta for vif in oifs if vif in by_vif})
         counts.last = count
 
     def dataplane_failed(self, key: SgKey, have: Entry | None) -> None:

@@ -25,14 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mgm.core.types import is_link_local
 from mgm.plugins.forwarder.mirror import Dataplane, SgKey
-from mgm.plugins.forwarder.mroute import (
-    IGMPMSG_NOCACHE,
-    IGMPMSG_WRONGVIF,
-    MAXVIFS,
-    MrouteError,
-    SgCount,
-    Upcall,
-)
+from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, MAXVIFS, MrouteError, SgCount, Upcall
 from mgm.plugins.forwarder.plugin import ForwarderPlugin, Settings
 
 if TYPE_CHECKING:
