@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from mgm_testplugins.processes import ManagerProc
-from netns import NsProcess, Topology, segment, wait_until
+from netns import Node, NsProcess, Topology, segment, wait_until
 from test_igmp_netns import ANY, SUBNET, WAIT, igmp_memberships, start_igmp, wait_memberships
 
 pytestmark = pytest.mark.netns
@@ -35,6 +35,13 @@ def stopped_counters(igmp: NsProcess) -> dict[str, int]:
     found = re.findall(r"igmp: \S+ counters: (\{.*\})", igmp.log())
     assert found, f"no counters logged at stop:\n{igmp.log()[-3000:]}"
     return {k: int(v) for k, v in re.findall(r"'(\w+)': (\d+)", found[-1])}
+
+
+def off_the_subnet(far: Node) -> None:
+    """Readdress `far` as 10.88.0.3/24: on the router's link, in another subnet than the router's."""
+    far.ns.ip("addr", "flush", "dev", far.ifname)
+    far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)
+    far.ns.multicast_route(far.ifname)
 
 
 def test_any_source_joins_for_an_ssm_group_make_no_membership_a_source_join_does(
@@ -78,9 +85,7 @@ def test_a_host_outside_the_interfaces_subnet_is_not_listened_to(
 ) -> None:
     nodes = segment(topology, SUBNET, rtr=1, near=2, far=3)
     router, near, far = nodes["rtr"], nodes["near"], nodes["far"]
-    far.ns.ip("addr", "flush", "dev", far.ifname)
-    far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)  # same link, another subnet than the router's
-    far.ns.multicast_route(far.ifname)
+    off_the_subnet(far)
     igmp = start_igmp(router, manager, ipc_dir)
 
     far_rx = far.ns.receiver("239.12.0.2", 5012)
@@ -101,9 +106,7 @@ def test_an_address_added_to_the_interface_widens_the_subnet_check_at_once(
 ) -> None:
     nodes = segment(topology, SUBNET, rtr=1, far=3)
     router, far = nodes["rtr"], nodes["far"]
-    far.ns.ip("addr", "flush", "dev", far.ifname)
-    far.ns.ip("addr", "add", "10.88.0.3/24", "dev", far.ifname)
-    far.ns.multicast_route(far.ifname)
+    off_the_subnet(far)
     igmp = start_igmp(router, manager, ipc_dir)
     far.ns.receiver("239.12.0.2", 5012).wait_joined()
     wait_until(lambda: drops(igmp, "foreign_source", "from 10.88.0.3"), WAIT, "the far host dropped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_igmp_router import run_until
 
 from mgm.core.runtime.config import ConfigError, loads
 from mgm.core.types import IGMP_PROTOCOL_ID, Interface
@@ -69,13 +70,6 @@ def report(router: Router, now: float, group: str) -> None:
     router.receive(now, HOST, group, packet.build_report(2, group))
 
 
-def expire(router: Router, until: float) -> None:
-    deadline = router.next_deadline()
-    while deadline is not None and deadline <= until:
-        router.tick(deadline)
-        deadline = router.next_deadline()
-
-
 # --- configuration ---------------------------------------------------------------------------------
 
 
@@ -124,7 +118,7 @@ def test_router_changes_become_membership_calls_on_the_right_interface() -> None
     report(routers[6], 1.0, G2)
     plugin._flush()
     assert ctx.take() == [("add", ANY, G1, IF), ("add", ANY, G2, OTHER)]
-    expire(routers[5], 261.0)
+    run_until(routers[5], 261.0)
     plugin._flush()
     assert ctx.take() == [("delete", ANY, G1, IF)]
     assert (ctx.held(5), ctx.held(6)) == (set(), {(ANY, G2)})
@@ -141,7 +135,7 @@ def test_while_disabled_nothing_reaches_the_manager_and_enable_catches_up() -> N
     plugin.mgm_disable_igmp(ctx, IF)  # type: ignore[arg-type]
     report(router, 10.0, G2)  # joins while disabled
     router.receive(11.0, HOST, packet.ALL_ROUTERS, packet.build_leave(G1))
-    expire(router, 20.0)
+    run_until(router, 20.0)
     report(routers[6], 20.0, G2)  # the other interface is not disabled
     plugin._flush()
     assert ctx.take() == [("add", ANY, G2, OTHER)]
@@ -152,7 +146,7 @@ def test_while_disabled_nothing_reaches_the_manager_and_enable_catches_up() -> N
     assert ctx.held(5) == {(ANY, G2), (ANY, G3)}
 
     router.receive(30.0, HOST, packet.ALL_ROUTERS, packet.build_leave(G3))
-    expire(router, 40.0)
+    run_until(router, 40.0)
     plugin._flush()
     assert ctx.take() == [("delete", ANY, G3, IF)], "enabled again: changes flow at once"
 
