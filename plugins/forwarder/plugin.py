@@ -71,37 +71,25 @@ def read_settings(config: Mapping[str, Any], extra_keys: frozenset[str] = frozen
     for key in config:
         if key not in known:
             raise error(key, f"unknown key for the forwarder (known: {', '.join(sorted(known))})")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {key: config[key] for key in SETTINGS_KEYS if key in config}
     for key in ("counters_interval", "restart_grace"):
-        if key in config:
-            value = config[key]
+        if key in values:
+            value = values[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.05 <= value <= 3600:
                 raise error(key, f"must be a number of seconds between 0.05 and 3600, not {value!r}")
             values[key] = float(value)
-    if "wrong_if" in config:
-        if config["wrong_if"] not in ("all", "oil", "none"):
-            raise error("wrong_if", f'must be "all", "oil" or "none", not {config["wrong_if"]!r}')
-        values["wrong_if"] = config["wrong_if"]
-    if "table" in config:
-        table = config["table"]
-        if isinstance(table, bool) or not isinstance(table, int) or not 0 <= table < 2**32:
-            raise error("table", f"must be a routing table number, not {table!r}")
-        values["table"] = table
-    if "backend" in config:
-        if config["backend"] not in BACKENDS:
-            raise error("backend", f'must be "auto", "mrt" or "nft", not {config["backend"]!r}')
-        values["backend"] = config["backend"]
-    if "nft_table" in config:
-        name = config["nft_table"]
-        if not isinstance(name, str) or not TABLE_NAME.match(name):
-            raise error("nft_table", f"must be a name of letters, digits and _ (at most 31, a letter first), "
-                                     f"not {name!r}")  # fmt: skip
-        values["nft_table"] = name
-    if "nflog_group" in config:
-        group = config["nflog_group"]
-        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group <= 0xFFFF:
-            raise error("nflog_group", f"must be an NFLOG group number 0-65535, not {group!r}")
-        values["nflog_group"] = group
+    for key, choices in (("wrong_if", ("all", "oil", "none")), ("backend", BACKENDS)):
+        if values.get(key, choices[0]) not in choices:
+            either = ", ".join(f'"{c}"' for c in choices[:-1]) + f' or "{choices[-1]}"'
+            raise error(key, f"must be {either}, not {values[key]!r}")
+    for key, high, what in (("table", 2**32 - 1, "a routing table number"),
+                            ("nflog_group", 0xFFFF, "an NFLOG group number 0-65535")):  # fmt: skip
+        number = values.get(key, 0)
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= high:
+            raise error(key, f"must be {what}, not {number!r}")
+    name = values.get("nft_table", DEFAULT_TABLE)
+    if not isinstance(name, str) or not TABLE_NAME.match(name):
+        raise error("nft_table", f"must be a name of letters, digits and _ (at most 31, a letter first), not {name!r}")
     if values.get("backend") == "nft" and "table" in values:
         raise error("table", 'is a multicast routing table number, which backend = "nft" does not use')
     return Settings(**values)
