@@ -155,39 +155,29 @@ def test_bad_checksum() -> None:
         parse(bytes(data))
 
 
-@pytest.mark.parametrize("length", [9, 10, 11])
-def test_query_of_nine_to_eleven_octets(length: int) -> None:
-    data = refresh_checksum(build_query(3, G, 10, sources=[S1])[:length])
-    with pytest.raises(MalformedPacket, match="neither v2"):
+def counted(data: bytes, at: int, count: int) -> bytes:
+    """`data` with the 16-bit count at `at` set to `count`, its checksum made right again."""
+    return refresh_checksum(data[:at] + struct.pack("!H", count) + data[at + 2 :])
+
+
+ONE_SOURCE_QUERY = build_query(3, G, 10, sources=[S1])
+ONE_RECORD_REPORT = build_v3_report([GroupRecord(1, G, (S1,))])
+WITH_AUX = build_v3_report([GroupRecord(1, G, (S1, S2), b"\x00" * 4)])  # 28 octets
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        *[(refresh_checksum(ONE_SOURCE_QUERY[:length]), "neither v2") for length in (9, 10, 11)],
+        (counted(ONE_SOURCE_QUERY, 10, 2), "announces 2 sources"),
+        (refresh_checksum(ONE_RECORD_REPORT[:12]), "header of group record 0"),
+        *[(refresh_checksum(WITH_AUX[:cut]), "truncated in group record 0") for cut in (20, 24, 27)],
+        (counted(ONE_RECORD_REPORT, 6, 2), "record 1 of 2"),
+    ],
+)
+def test_truncated_queries_and_reports_and_counts_beyond_the_end(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedPacket, match=reason):
         parse(data)
-
-
-def test_v3_query_announcing_more_sources_than_it_has() -> None:
-    data = bytearray(build_query(3, G, 10, sources=[S1]))
-    data[10:12] = struct.pack("!H", 2)
-    with pytest.raises(MalformedPacket, match="announces 2 sources"):
-        parse(refresh_checksum(bytes(data)))
-
-
-def test_v3_report_truncated_in_a_record_header() -> None:
-    data = build_v3_report([GroupRecord(1, G, (S1,))])
-    data = refresh_checksum(data[:12])
-    with pytest.raises(MalformedPacket, match="header of group record 0"):
-        parse(data)
-
-
-def test_v3_report_truncated_in_sources_or_aux() -> None:
-    data = build_v3_report([GroupRecord(1, G, (S1, S2), b"\x00" * 4)])
-    for cut in (20, 24, 27):  # whole: 28
-        with pytest.raises(MalformedPacket, match="truncated in group record 0"):
-            parse(refresh_checksum(data[:cut]))
-
-
-def test_v3_report_announcing_more_records_than_present() -> None:
-    data = bytearray(build_v3_report([GroupRecord(1, G, (S1,))]))
-    data[6:8] = struct.pack("!H", 2)
-    with pytest.raises(MalformedPacket, match="record 1 of 2"):
-        parse(refresh_checksum(bytes(data)))
 
 
 @settings(max_examples=300, deadline=None)
