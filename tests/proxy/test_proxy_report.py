@@ -152,11 +152,8 @@ PROC = (
 
 
 def test_igmp_version_reads_the_device_line_by_index() -> None:
-    assert igmp_version(PROC, 1) == 3
-    assert igmp_version(PROC, 2) == 2
-    assert igmp_version(PROC, 3) == 1
-    assert igmp_version(PROC, 17) == 3  # a name longer than the column
-    assert igmp_version(PROC, 4) is None  # not listed (gone, or no IPv4 on it)
+    # 17: a name longer than the column; 4: not listed (gone, or no IPv4 on it)
+    assert [igmp_version(PROC, index) for index in (1, 2, 3, 17, 4)] == [3, 2, 1, 3, None]
     assert igmp_version(PROC.splitlines()[0], 1) is None
     with pytest.raises(ValueError, match="V4"):
         igmp_version(PROC.replace("V1", "V4"), 3)
@@ -256,9 +253,7 @@ def test_a_send_failure_is_logged_and_counted_never_raised(
     assert errno.errorcode[code] in caplog.text and "r1" in caplog.text
 
 
-def test_an_interface_missing_from_proc_is_a_counted_failure(
-    kernel_in: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_interface_missing_from_proc_is_a_counted_failure(kernel_in: Any, caplog: pytest.LogCaptureFixture) -> None:
     kernel_in(3)
     sock, errors = FakeSocket(), []
     rep = Reporter("gone0", 9, sock, on_error=lambda: errors.append(1))  # type: ignore[arg-type]
