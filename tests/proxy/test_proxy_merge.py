@@ -9,8 +9,10 @@ import pytest
 from proxy_fakes import FakeKernel
 
 from mgm.core.runtime.config import ConfigError, loads
+from mgm.core.types import Interface, is_link_local
 from mgm.plugins.proxy import merge, settings
 from mgm.plugins.proxy.merge import ASM, GroupFilter, Op, plan, upstream_membership
+from mgm.plugins.proxy.plugin import ProxyPlugin
 
 ANY = "0.0.0.0"
 S1, S2, S3 = "10.0.0.1", "10.0.0.2", "192.0.2.9"
@@ -85,32 +87,29 @@ def test_filters_become_boundaries_covering_exactly_the_refused_groups() -> None
     assert merge.boundary_ranges(GroupFilter.of(allow=["224.0.0.0/4"])) == []
 
 
-def test_creation_alert_disables_only_the_upstream() -> None:
+@pytest.mark.parametrize(
+    ("group", "in_if", "oil", "forward_upstream", "verdicts"),
+    [
+        # eth2's filter is its boundary in the manager: never in the OIL asked about
+        (G, "eth0", ["eth1"], False, {"eth1": True}),
+        # the upstream in an OIL: vetoed unless forward_upstream, and then only for flows from our downstream
+        ("239.2.0.1", "eth1", ["eth0", "eth2"], False, {"eth0": False, "eth2": True}),
+        (G, "eth1", ["eth0"], True, {"eth0": True}),
+        (G, "eth2", ["eth0"], True, {"eth0": False}),  # eth2 may not carry G at all
+        (G, "eth9", ["eth0"], True, {"eth0": False}),  # not from one of our downstream interfaces
+        ("224.0.0.9", "eth1", ["eth0"], True, {"eth0": False}),
+        # downstream to downstream is allowed (RFC 4605 4.2), and so are flows entering on another protocol's
+        # interface: the MFE has that one incoming interface, a veto would keep its receivers from the flow
+        ("239.2.0.1", "eth2", ["eth1"], False, {"eth1": True}),
+        ("239.2.0.1", "eth7", ["eth1", "eth8"], False, {"eth1": True, "eth8": True}),
+    ],
+)
+def test_creation_alert_disables_only_the_upstream(
+    group: str, in_if: str, oil: list[str], forward_upstream: bool, verdicts: dict[str, bool]
+) -> None:
     filters = {"eth2": GroupFilter.of(deny=["239.1.0.0/16"])}
-
-    def creation_verdicts(group: str, in_if: str, oil: list[str], *, forward_upstream: bool) -> dict[str, bool]:
-        return merge.creation_verdicts(group, in_if, oil, upstream="eth0", filters=filters,
-                                       downstream=["eth1", "eth2"], forward_upstream=forward_upstream)  # fmt: skip
-
-    got = creation_verdicts(G, "eth0", ["eth1"], forward_upstream=False)
-    assert got == {"eth1": True}  # eth2's filter is its boundary in the manager: never in the OIL asked about
-    # the upstream in an OIL: vetoed unless forward_upstream, and then only for flows from our downstream
-    got = creation_verdicts("239.2.0.1", "eth1", ["eth0", "eth2"], forward_upstream=False)
-    assert got == {"eth0": False, "eth2": True}
-    got = creation_verdicts(G, "eth1", ["eth0"], forward_upstream=True)
-    assert got == {"eth0": True}
-    got = creation_verdicts(G, "eth2", ["eth0"], forward_upstream=True)
-    assert got == {"eth0": False}  # eth2 may not carry G at all
-    got = creation_verdicts(G, "eth9", ["eth0"], forward_upstream=True)
-    assert got == {"eth0": False}  # not from one of our downstream interfaces
-    got = creation_verdicts("224.0.0.9", "eth1", ["eth0"], forward_upstream=True)
-    assert got == {"eth0": False}
-    # downstream to downstream is allowed (RFC 4605 4.2), and so are flows entering on another protocol's
-    # interface: the MFE has that one incoming interface, a veto would keep its receivers from the flow
-    got = creation_verdicts("239.2.0.1", "eth2", ["eth1"], forward_upstream=False)
-    assert got == {"eth1": True}
-    got = creation_verdicts("239.2.0.1", "eth7", ["eth1", "eth8"], forward_upstream=False)
-    assert got == {"eth1": True, "eth8": True}
+    assert merge.creation_verdicts(group, in_if, oil, upstream="eth0", filters=filters, downstream=["eth1", "eth2"],
+                                   forward_upstream=forward_upstream) == verdicts  # fmt: skip
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -213,8 +212,6 @@ def test_no_upstream_or_downstream_is_an_error() -> None:
 
 
 def test_is_link_local() -> None:
-    from mgm.core.types import is_link_local
-
     assert is_link_local("224.0.0.1") and is_link_local("224.0.0.255") and not is_link_local("224.0.1.1")
     assert not is_link_local("239.0.0.1")
 
@@ -223,9 +220,6 @@ def test_is_link_local() -> None:
 
 
 def proxy_with(kernel: FakeKernel, **filters: GroupFilter) -> Any:
-    from mgm.core.types import Interface
-    from mgm.plugins.proxy.plugin import ProxyPlugin
-
     plugin = ProxyPlugin()
     plugin.settings = settings.Settings("up", ("d1", "d2"), {}, False)
     plugin.upstream = Interface(1)
@@ -237,8 +231,6 @@ def proxy_with(kernel: FakeKernel, **filters: GroupFilter) -> Any:
 
 
 def test_the_plugin_joins_once_and_follows_the_merge_without_a_gap() -> None:
-    from mgm.core.types import Interface
-
     kernel = FakeKernel()
     proxy = proxy_with(kernel)
     d1, d2 = Interface(2), Interface(3)
@@ -258,8 +250,6 @@ def test_the_plugin_joins_once_and_follows_the_merge_without_a_gap() -> None:
 
 
 def test_the_plugin_ignores_link_local_foreign_interfaces_and_remembers_refusals() -> None:
-    from mgm.core.types import Interface
-
     kernel = FakeKernel(refuse=frozenset({"239.9.9.9"}))
     proxy = proxy_with(kernel, d2=GroupFilter.of(deny=["239.5.0.0/16"]))
     proxy.local(True, ANY, "224.0.0.251", Interface(2))
