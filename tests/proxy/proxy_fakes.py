@@ -58,7 +58,7 @@ class FakeReporter:
 class Reply:
     """What a context request returns, awaitable like its future: the reply ({}) or the refusal."""
 
-    def __init__(self, error: Exception | None) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         self.error = error
 
     def __await__(self) -> Generator[None, None, dict[str, Any]]:
@@ -80,28 +80,24 @@ class FakeContext:
         """Kept for the test to run (``asyncio.run``) or close."""
         self.spawned.append(coro)
 
-    @staticmethod
-    def _done(error: Exception | None = None) -> Reply:
-        return Reply(error)
-
     def take_interface(self, interface: Interface) -> Reply:
         self.calls.append(("take", interface))
         if self.refuse_take:
-            return self._done(MgmError(Status.ERROR_ALREADY_EXISTS, "interface owned by 10/1"))
-        return self._done()
+            return Reply(MgmError(Status.ERROR_ALREADY_EXISTS, "interface owned by 10/1"))
+        return Reply()
 
     def release_interface(self, interface: Interface) -> Reply:
         self.calls.append(("release", interface))
-        return self._done()
+        return Reply()
 
     def add_membership(self, source: str, group: str, interface: Interface) -> Reply:
         self.calls.append(("add", source, group, interface))
-        return self._done()
+        return Reply()
 
     def delete_membership(self, source: str, group: str, interface: Interface) -> Reply:
         self.calls.append(("delete", source, group, interface))
-        return self._done()
+        return Reply()
 
     def set_boundaries(self, interface: Interface, ranges: Any) -> Reply:
         self.calls.append(("boundaries", interface, tuple(ranges)))
-        return self._done()
+        return Reply()
