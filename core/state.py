@@ -176,6 +176,9 @@ from mgm.core.types import (
 )
 
 Resolver = Callable[[str], Interface | None]
+Args = Mapping[str, Any]
+"""A request's arguments, as they came off the wire."""
+Reply = dict[str, Any]
 K = TypeVar("K")
 J = TypeVar("J")
 V = TypeVar("V")
@@ -422,7 +425,7 @@ class Mgm:
         self._deadlines: list[tuple[float, int]] = []
         self._next_question = 1
 
-        self._ops: dict[str, Callable[[bytes, Mapping[str, Any], float, Any], Any]] = {
+        self._ops: dict[str, Callable[[bytes, Args, float, Any], Any]] = {
             op: getattr(self, "_op_" + op) for op in CORE_OPS
         }
 
@@ -488,11 +491,8 @@ class Mgm:
         while self._deadlines and self._deadlines[0][1] not in self._questions:
             heapq.heappop(self._deadlines)
         times = [s.last_seen + self.liveness for s in self._conns.values()]
-        if self._deadlines:
-            times.append(self._deadlines[0][0])
-        if self._expiry:
-            times.append(self._expiry[0][0])
-        return min(times) if times else None
+        times += [heap[0][0] for heap in (self._deadlines, self._expiry) if heap]
+        return min(times, default=None)
 
     def connection_lost(self, conn: bytes, now: float) -> None:
         """Leave on the clients' behalf: memberships, then interfaces, then registration.
@@ -548,8 +548,7 @@ class Mgm:
     def snapshot(self, stream: str) -> dict[str, Any]:
         if stream == STATE:
             return self._state_snapshot()
-        client_id = self._parse_stream(stream)
-        client = self._clients.get(client_id)
+        client = self._clients.get(self._parse_stream(stream))
         if client is None:
             return {"registered": False, "interfaces": [], "local_members": [], "questions": []}
         return self._proto_snapshot(client)
@@ -579,7 +578,7 @@ class Mgm:
     def _emit(self, to: _Client | None, type_: str, fields: dict[str, Any]) -> None:
         self._events.append(Event(None if to is None else to.id, type_, fields))
 
-    def _client(self, conn: bytes, args: Mapping[str, Any]) -> _Client:
+    def _client(self, conn: bytes, args: Args) -> _Client:
         handle = req_int(args, "handle")
         client = self._by_handle.get(handle)
         if client is None or client.conn != conn:
@@ -588,7 +587,7 @@ class Mgm:
             raise invalid(f"handle {handle} belongs to {client.id}, which is being cleaned up (it went silent)")
         return client
 
-    def _owned(self, client: _Client, args: Mapping[str, Any]) -> _Owners:
+    def _owned(self, client: _Client, args: Args) -> _Owners:
         """The interface of the request, which the client must own."""
         key = req_interface(args)
         owners = self._owners.get(key)
@@ -618,7 +617,7 @@ class Mgm:
 
     # --- registration ------------------------------------------------------------
 
-    def _op_register_protocol(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_register_protocol(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         cid = ClientId(req_int(args, "protocol_id"), req_int(args, "component_id"))
         name = req_str(args, "name") if args.get("name") is not None else ""
         questions = QUESTIONS
@@ -649,7 +648,7 @@ class Mgm:
             if handle and handle not in self._by_handle:
                 return handle
 
-    def _op_deregister_protocol(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_deregister_protocol(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         if client.interfaces:
             raise MgmError(
@@ -681,15 +680,13 @@ class Mgm:
         for qid in [qid for qid, q in self._closed.items() if q.to == client.id]:
             del self._closed[qid]
 
-    def _op_heartbeat(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_heartbeat(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         self._client(conn, args)  # the connection's liveness was refreshed by handle()
         return {}
 
     # --- interface ownership ---------------------------------------------------
 
-    def _op_take_interface_ownership(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_take_interface_ownership(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         key = req_interface(args)
         owners = self._owners.get(key)
@@ -721,9 +718,7 @@ class Mgm:
             self._emit(igmp_beside, "enable_igmp", _iface_fields(iface))
         return {}
 
-    def _op_release_interface_ownership(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_release_interface_ownership(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         owners = self._owned(client, args)
         self._release(client, owners)
@@ -756,9 +751,7 @@ class Mgm:
         if igmp_beside is not None:
             self._emit(igmp_beside, "enable_igmp", _iface_fields(iface))
 
-    def _op_get_protocol_on_interface(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_get_protocol_on_interface(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         key = req_interface(args)
         told = self._told(Interface(*key))
         if told is None:
@@ -767,14 +760,14 @@ class Mgm:
 
     # --- memberships -------------------------------------------------------------
 
-    def _membership_request(self, conn: bytes, args: Mapping[str, Any]) -> tuple[_Client, int, _Owners]:
+    def _membership_request(self, conn: bytes, args: Args) -> tuple[_Client, int, _Owners]:
         """The client, the (group << 32 | source) key and the owned interface of an add or delete."""
         client = self._client(conn, args)
         source, group = req_membership_key(args)
         owners = self._owned(client, args)
         return client, (group << 32) | source, owners
 
-    def _op_add_group_membership(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_add_group_membership(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client, key, owners = self._membership_request(conn, args)
         iface = owners.iface
         if self._flags(args) == MGM_FORWARD_STATE_FLAG:
@@ -790,9 +783,7 @@ class Mgm:
         self._add_membership(client, key, owners, sg)
         return {}
 
-    def _op_delete_group_membership(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_delete_group_membership(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client, key, owners = self._membership_request(conn, args)
         iface = owners.iface
         if self._flags(args) == MGM_FORWARD_STATE_FLAG:
@@ -806,7 +797,7 @@ class Mgm:
         return {}
 
     @staticmethod
-    def _flags(args: Mapping[str, Any]) -> int:
+    def _flags(args: Args) -> int:
         flags = req_int(args, "flags")
         if flags not in (1, 2):
             raise invalid(f"flags must be 1 (MGM_JOIN_STATE_FLAG) or 2 (MGM_FORWARD_STATE_FLAG), not {flags}")
@@ -931,9 +922,7 @@ class Mgm:
 
     # --- group enumeration -------------------------------------------------------
 
-    def _op_group_enumeration_start(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_group_enumeration_start(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         kind = req_str(args, "type")
         if kind not in ENUMERATION_TYPES:
@@ -945,9 +934,7 @@ class Mgm:
         client.enums[enum] = _Enumeration(kind)
         return {"enum": enum}
 
-    def _op_group_enumeration_next(
-        self, conn: bytes, args: Mapping[str, Any], now: float, token: Any
-    ) -> dict[str, Any]:
+    def _op_group_enumeration_next(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         enum = client.enums.get(req_int(args, "enum"))
         max_entries = req_int(args, "max_entries", 1)
@@ -960,7 +947,7 @@ class Mgm:
         enum.cursor = page[-1]
         return {"entries": [_sg_fields(k if all_sources else k << 32) for k in page], "more": more}
 
-    def _op_group_enumeration_end(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_group_enumeration_end(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         enum = req_int(args, "enum")
         if enum not in client.enums:
@@ -1137,7 +1124,7 @@ class Mgm:
 
     # --- boundaries ----------------------------------------------------------------
 
-    def _op_set_boundaries(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_set_boundaries(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         owners = self._owned(client, args)
         prefixes: list[tuple[int, int]] = []
@@ -1193,7 +1180,7 @@ class Mgm:
 
     # --- MFE operations -------------------------------------------------------------
 
-    def _op_new_packet(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> Any:
+    def _op_new_packet(self, conn: bytes, args: Args, now: float, token: Any) -> Any:
         self._client(conn, args)
         source, group = req_source_group(args)
         arrival = self._interface(req_interface(args))
@@ -1262,7 +1249,7 @@ class Mgm:
         if not mfe.oil:
             self._ask_prune(mfe)
 
-    def _op_get_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_get_mfe(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         source, group = req_source_group(args)
         stats = opt_int(args, "stats", 0, 1)
         return {"mfe": self._stored_mfe(source, group).render(self.wall_offset, stats)}
@@ -1273,7 +1260,7 @@ class Mgm:
             raise MgmError(Status.ERROR_NOT_FOUND, f"no MFE for ({format_addr(source)}, {format_addr(group)})")
         return mfe
 
-    def _op_list_mfes(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_list_mfes(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         after_key = -1
         if args.get("after") is not None:
             after = req_map(args["after"], "after")
@@ -1283,7 +1270,7 @@ class Mgm:
         page, more = self._sorted_mfes.page_after(after_key, max_entries)
         return {"entries": [self._mfes[key].render(self.wall_offset, stats) for key in page], "more": more}
 
-    def _op_set_mfe(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_set_mfe(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         source, group = req_source_group(args)
         upstream = req_addr(args, "upstream_neighbor")
@@ -1306,7 +1293,7 @@ class Mgm:
         self._set_incoming(mfe, mfe.in_iface if new_in is None else new_in, upstream)
         return {}
 
-    def _op_wrong_interface(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_wrong_interface(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         self._client(conn, args)
         source, group = req_source_group(args)
         arrival = self._interface(req_interface(args))
@@ -1319,7 +1306,7 @@ class Mgm:
             self._emit(told, "wrong_if", fields)
         return {}
 
-    def _op_mfe_counters(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_mfe_counters(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         self._client(conn, args)
         reports = []
         for i, raw in enumerate(req_list(args, "entries")):
@@ -1382,7 +1369,7 @@ class Mgm:
         elif not pending.open:
             self._create(pending, now)
 
-    def _op_answer(self, conn: bytes, args: Mapping[str, Any], now: float, token: Any) -> dict[str, Any]:
+    def _op_answer(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         client = self._client(conn, args)
         qid = req_int(args, "question", 0, 1 << 63)
         question = self._questions.get(qid)
