@@ -255,7 +255,8 @@ def build_query(
     qqi: int = 0,
     sources: tuple[str, ...] | list[str] = (),
 ) -> bytes:
-    """A query; `max_response` in tenths of a second.  v2 carries it in one octet (up to 25.5 s)."""
+    """A query; `max_response` in tenths of a second.  v2 carries it in one octet (up to 25.5 s), and no `qrv` or
+    `qqi` (ignored)."""
     if version == 2:
         if not 0 < max_response <= 0xFF:
             raise ValueError(f"a v2 query's max response time is 1..255 tenths, not {max_response}")

@@ -48,6 +48,7 @@ minute per interface, the rest at debug.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,7 @@ COUNTER_LOG_INTERVAL = 60.0
 
 def read_parameters(config: Mapping[str, Any]) -> Parameters:
     """Check ``[plugins.igmp]``: unknown keys and bad values are a `ConfigError` naming file, key and line."""
-    known = set(Parameters.KEYS) | PLUGIN_COMMON_KEYS
+    known = {f.name for f in dataclasses.fields(Parameters)} | PLUGIN_COMMON_KEYS
     error = plugin_table(config, "igmp").error
     mistakes = Mistakes()
     params: Parameters | None = None

@@ -125,22 +125,9 @@ class Parameters:
     ssm_range: tuple[ipaddress.IPv4Network, ...] = DEFAULT_SSM_RANGE
     require_local_source: bool = True
 
-    KEYS = (
-        "version",
-        "robustness",
-        "query_interval",
-        "query_response_interval",
-        "last_member_query_interval",
-        "last_member_query_count",
-        "startup_query_interval",
-        "startup_query_count",
-        "ssm_range",
-        "require_local_source",
-    )
-
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Parameters:
-        """Read the keys of `KEYS` present in `config`; `ParameterError` names every bad one (`also`: the rest)."""
+        """Read the fields' keys present in `config`; `ParameterError` names every bad one (`also`: the rest)."""
         errors: list[ParameterError] = []
 
         def checked(check: Callable[..., Any], *args: Any, fallback: Any) -> Any:
@@ -388,9 +375,7 @@ class Router:
     def other_querier_present_interval(self) -> float:
         return self.robustness * self.query_interval + self.params.query_response_interval / 2
 
-    @property
-    def older_host_present_interval(self) -> float:
-        return self.robustness * self.query_interval + self.params.query_response_interval
+    older_host_present_interval = group_membership_interval  # RFC 3376 8.13: the same sum
 
     @property
     def last_member_query_time(self) -> float:
@@ -617,16 +602,8 @@ class Router:
 
     def _send_general(self, now: float) -> None:
         p = self.params
-        if p.version == 2:
-            payload = packet.build_query(2, ANY, _tenths(p.query_response_interval))
-        else:
-            payload = packet.build_query(
-                3,
-                ANY,
-                _tenths(p.query_response_interval),
-                qrv=self.robustness,
-                qqi=min(MAX_CODE_VALUE, max(1, round(self.query_interval))),
-            )
+        payload = packet.build_query(p.version, ANY, _tenths(p.query_response_interval), qrv=self.robustness,
+                                     qqi=min(MAX_CODE_VALUE, max(1, round(self.query_interval))))  # fmt: skip
         self._packets.append(Outgoing(self.interface, packet.ALL_SYSTEMS, payload))
         self.counters.general_queries_sent += 1
         if self.startup_left > 0:
@@ -658,9 +635,8 @@ class Router:
         return True
 
     def _on_old_report(self, now: float, source: str, report: Report) -> None:
-        if not self._accept_group(report.group, source, f"v{report.version} report"):
-            return
-        if self._ssm_asm(now, report.group, source, f"v{report.version} report"):
+        what = f"v{report.version} report"
+        if not self._accept_group(report.group, source, what) or self._ssm_asm(now, report.group, source, what):
             return
         g = self._group(report.group)
         if report.version == 1:
@@ -670,9 +646,7 @@ class Router:
         self._record(now, g, MODE_IS_EXCLUDE, set())
 
     def _on_leave(self, now: float, source: str, leave: Leave) -> None:
-        if not self._accept_group(leave.group, source, "leave"):
-            return
-        if self._ssm_asm(now, leave.group, source, "leave"):
+        if not self._accept_group(leave.group, source, "leave") or self._ssm_asm(now, leave.group, source, "leave"):
             return
         g = self._groups.get(leave.group)
         if g is None:
@@ -792,12 +766,9 @@ class Router:
 
     def _send_group_query(self, now: float, g: _Group) -> None:
         p = self.params
-        suppress = g.timer - now > self.last_member_query_time
-        if p.version == 2:
-            payload = packet.build_query(2, g.group, _tenths(p.last_member_query_interval))
-        else:
-            payload = packet.build_query(3, g.group, _tenths(p.last_member_query_interval), suppress=suppress,
-                                         qrv=self.robustness, qqi=round(self.query_interval))  # fmt: skip
+        suppress = p.version == 3 and g.timer - now > self.last_member_query_time  # v2 has no S flag
+        payload = packet.build_query(p.version, g.group, _tenths(p.last_member_query_interval), suppress=suppress,
+                                     qrv=self.robustness, qqi=round(self.query_interval))  # fmt: skip
         self._packets.append(Outgoing(self.interface, g.group, payload))
         self.counters.group_queries_sent += 1
         g.gq_left -= 1
