@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgm.bus.auth import generate, list_keys
+    from mgm.bus.auth import generate, list_keys, load_public_key
     from mgm.core.runtime.config import _NAME
 
     directory: Path = args.dir or default_dir()
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"mgm keys: {exc}", file=sys.stderr)
             return 1
-        print(f"{args.name} {list_keys_one(public)}")
+        print(f"{args.name} {load_public_key(public).decode('ascii')}")
         print(f"wrote {public} (public) and {secret} (secret, mode 600)", file=sys.stderr)
         return 0
     if not directory.is_dir():
@@ -54,9 +54,3 @@ def run(args: argparse.Namespace) -> int:
     for name, public_key, has_secret in keys:
         print(f"{name} {public_key.decode('ascii')}{'' if has_secret else '  (public only)'}")
     return 0
-
-
-def list_keys_one(public_file: Path) -> str:
-    from mgm.bus.auth import load_public_key
-
-    return load_public_key(public_file).decode("ascii")

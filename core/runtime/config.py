@@ -245,16 +245,10 @@ class PluginTable(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"PluginTable({dict(self._data)!r}, name={self.name!r}, source={self.source!r})"
 
-    def key_path(self, key: str) -> str:
-        """The full key path of `key` (e.g. ``routes[2].group``) of this table."""
-        return f"plugins.{self.name}.{key}"
-
-    def line(self, key: str) -> int | None:
-        return find_line(self.text, self.key_path(key))
-
     def error(self, key: str, message: str) -> ConfigError:
-        """A ConfigError for `key` of this table, with its line."""
-        return ConfigError(self.source, self.key_path(key), self.line(key), message)
+        """A ConfigError for `key` (e.g. ``routes[2].group``) of this table, with its line."""
+        key_path = f"plugins.{self.name}.{key}"
+        return ConfigError(self.source, key_path, find_line(self.text, key_path), message)
 
     def config(self) -> Config:
         """The whole configuration this table was read from, read again from its text.

@@ -35,17 +35,9 @@ def fields(
     **more: Any,
 ) -> dict[str, Any]:
     """The `extra=` map of a record about these things, each rendered one way: protocol "P/C", interface "I/NH"."""
-    out: dict[str, Any] = {}
-    if protocol is not None:
-        out["protocol"] = f"{protocol[0]}/{protocol[1]}"
-    if interface is not None:
-        out["interface"] = f"{interface[0]}/{interface[1]}"
-    if group is not None:
-        out["group"] = group
-    if source is not None:
-        out["source"] = source
-    out.update(more)
-    return out
+    pairs = {k: f"{v[0]}/{v[1]}" for k, v in (("protocol", protocol), ("interface", interface)) if v is not None}
+    addresses = {k: v for k, v in (("group", group), ("source", source)) if v is not None}
+    return {**pairs, **addresses, **more}
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
