@@ -81,13 +81,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             config = load(config_path)
     except ConfigError as exc:
-        for line in exc.lines():
-            print(f"mgm up: {line}", file=sys.stderr)
-        return 2
+        return _refused(*exc.lines())
     if missing := missing_plugins(list(config.plugins)):
-        for name in missing:
-            print(f"mgm up: {config.error(f'plugins.{name}', 'no installed plugin has this name')}", file=sys.stderr)
-        return 2
+        return _refused(*(config.error(f"plugins.{name}", "no installed plugin has this name") for name in missing))
 
     settings = effective_manager(config, args.api, args.events, args.log_level)
     level, api, events = str(settings.log_level), str(settings.api), str(settings.events)
@@ -95,12 +91,10 @@ def run(args: argparse.Namespace) -> int:
     try:  # our own pings to a tcp manager need a key of the allow-list: the file's curve_client_key
         curve = client_curve(argparse.Namespace(), config)
     except ValueError as exc:
-        print(f"mgm up: {exc}", file=sys.stderr)
-        return 2
+        return _refused(exc)
     if api.startswith("tcp://") and curve is None:
-        print("mgm up: the manager's api is tcp, which needs CURVE: give [manager] curve_secret_key, "
-              "curve_server_public_key and curve_client_key (docs/security.md)", file=sys.stderr)
-        return 2
+        return _refused("the manager's api is tcp, which needs CURVE: give [manager] curve_secret_key, "
+                        "curve_server_public_key and curve_client_key (docs/security.md)")
     if choice is None:
         return asyncio.run(Supervisor(config, config_path, api, events, level, args.log_format, curve).run())
     log.log(logging.WARNING if choice.simulated else logging.INFO, "%s", choice.reason)
@@ -113,6 +107,13 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(Supervisor(config, path, api, events, level, args.log_format, curve).run())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _refused(*mistakes: object) -> int:
+    """Say each mistake on stderr: `mgm up` exits 2 before it starts anything."""
+    for mistake in mistakes:
+        print(f"mgm up: {mistake}", file=sys.stderr)
+    return EXIT_NO_RESTART
 
 
 def probe_machine() -> tuple[bool, str | None, str | None, list[str]]:
