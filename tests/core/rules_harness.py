@@ -87,12 +87,8 @@ class Core:
         questions: list[str] | None = None,
     ) -> Proto:  # fmt: skip
         conn = conn if conn is not None else f"conn-{pid}-{cid}".encode()
-        args: dict[str, Any] = {"protocol_id": pid, "component_id": cid}
-        if name is not None:
-            args["name"] = name
-        if questions is not None:
-            args["questions"] = questions
-        handle = self.req(conn, "register_protocol", **args)["handle"]
+        given = {k: v for k, v in (("name", name), ("questions", questions)) if v is not None}
+        handle = self.req(conn, "register_protocol", protocol_id=pid, component_id=cid, **given)["handle"]
         return Proto(self, pid, cid, conn, handle)
 
     def protos(self, *pids: int) -> list[Proto]:

@@ -11,6 +11,7 @@ from mgm.core.types import Interface
 
 G = "239.1.1.1"
 S = "10.0.0.1"
+Three = tuple[Proto, Proto, Proto]
 
 
 def added(p: Proto, source: str, group: str, if_index: int, type_: str = "membership_added") -> object:
@@ -30,7 +31,7 @@ def prune_alert(to: Proto, if_index: int, source: str = ANY, group: str = G) -> 
 
 
 @pytest.fixture
-def three(core: Core) -> tuple[Proto, Proto, Proto]:
+def three(core: Core) -> Three:
     """Three routing protocols, each owning two interfaces (1,2), (3,4), (5,6)."""
     a, b, c = core.protos(PIM, DVMRP, 40)
     for p, ifs in ((a, (1, 2)), (b, (3, 4)), (c, (5, 6))):
@@ -170,14 +171,8 @@ STAR_G_TABLE = [
 
 
 @pytest.mark.parametrize(("before", "op", "change", "alerted"), STAR_G_TABLE)
-def test_star_g_alert_table(
-    core: Core,
-    three: tuple[Proto, Proto, Proto],
-    before: tuple[tuple[int, int], ...],
-    op: str,
-    change: tuple[int, int],
-    alerted: tuple[int, ...],
-) -> None:
+def test_star_g_alert_table(core: Core, three: Three, before: tuple[tuple[int, int], ...], op: str,
+                            change: tuple[int, int], alerted: tuple[int, ...]) -> None:  # fmt: skip
     """(*,G): join_alert for a client's first receivers, prune_alert for its last, to the clients the table names."""
     for who, if_index in before:
         three[who].join(ANY, G, if_index)
@@ -203,7 +198,7 @@ def test_igmp_counts_as_a_client_in_the_alert_rules(core: Core) -> None:
     assert core.events() == [added(pim, ANY, G, 1), join_alert(igmp)]
 
 
-def test_star_star_follows_the_star_g_rules(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+def test_star_star_follows_the_star_g_rules(core: Core, three: Three) -> None:
     """(*,*) is (*,G) with all groups as the one group."""
     a, b, c = three
     a.join(ANY, ANY, 1)
@@ -214,7 +209,7 @@ def test_star_star_follows_the_star_g_rules(core: Core, three: tuple[Proto, Prot
     assert core.events() == [deleted(b, ANY, ANY, 3), prune_alert(a, 3, ANY, ANY)]
 
 
-def test_groups_are_counted_separately(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+def test_groups_are_counted_separately(core: Core, three: Three) -> None:
     """Clients with receivers are counted per group: a join to another group is another first join."""
     a, b, c = three
     a.join(ANY, G, 1)
@@ -230,7 +225,7 @@ def test_groups_are_counted_separately(core: Core, three: tuple[Proto, Proto, Pr
 # --- the (S,G) alert rules ---------------------------------------------------------------
 
 
-def test_first_sg_client_alerts_only_the_owner_towards_s(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+def test_first_sg_client_alerts_only_the_owner_towards_s(core: Core, three: Three) -> None:
     """(S,G): the first client with receivers -> join_alert only to the owner of the interface towards S."""
     a, b, c = three
     core.routes[S] = Interface(5)
@@ -240,7 +235,7 @@ def test_first_sg_client_alerts_only_the_owner_towards_s(core: Core, three: tupl
     assert core.events() == [added(b, S, G, 3)]
 
 
-def test_last_sg_client_leaving_alerts_the_owner_towards_s(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+def test_last_sg_client_leaving_alerts_the_owner_towards_s(core: Core, three: Three) -> None:
     """(S,G): prune_alert only to the owner of the interface towards S, when the last client goes."""
     a, b, c = three
     core.routes[S] = Interface(5)
@@ -254,7 +249,7 @@ def test_last_sg_client_leaving_alerts_the_owner_towards_s(core: Core, three: tu
 
 
 @pytest.mark.parametrize("towards", [None, 2], ids=["S cannot be resolved", "[ours] the owner towards S joins itself"])
-def test_sg_join_alerting_nobody(core: Core, three: tuple[Proto, Proto, Proto], towards: int | None) -> None:
+def test_sg_join_alerting_nobody(core: Core, three: Three, towards: int | None) -> None:
     """No (S,G) alert where S cannot be resolved, nor to the owner towards S about its own receivers."""
     a, _b, _c = three
     if towards is not None:
@@ -277,7 +272,7 @@ def test_sg_alert_goes_to_the_routing_owner_else_igmp(core: Core, routing_owner:
     assert core.events() == [added(pim, S, G, 1), join_alert(dvmrp if routing_owner else igmp, S)]
 
 
-def test_sg_join_does_not_count_for_star_g(core: Core, three: tuple[Proto, Proto, Proto]) -> None:
+def test_sg_join_does_not_count_for_star_g(core: Core, three: Three) -> None:
     """(S,G) and (*,G) receivers are counted apart: an (S,G) join is no (*,G) client."""
     a, b, c = three
     a.join(S, G, 1)

@@ -16,6 +16,7 @@ from mgm.core.types import Interface
 
 S = "10.0.0.1"
 G = "239.1.1.1"
+Clients = tuple[Proto, Proto, Proto]
 
 
 @pytest.fixture
@@ -24,14 +25,12 @@ def core() -> Core:
 
 
 @pytest.fixture
-def clients(core: Core) -> tuple[Proto, Proto, Proto]:
+def clients(core: Core) -> Clients:
     """pim owns 1 (towards S) and 2, dvmrp owns 4, each with a (*,G) member downstream."""
     return declared(core, None, None)
 
 
-def declared(
-    core: Core, pim_questions: list[str] | None, dvmrp_questions: list[str] | None
-) -> tuple[Proto, Proto, Proto]:
+def declared(core: Core, pim_questions: list[str] | None, dvmrp_questions: list[str] | None) -> Clients:
     """The `clients` topology, pim and dvmrp registered answering the given questions (None: all)."""
     pim = core.register(PIM, questions=pim_questions)
     dvmrp = core.register(DVMRP, questions=dvmrp_questions)
@@ -51,7 +50,7 @@ def get(core: Core, source: str = S, group: str = G) -> dict[str, Any]:
     return mfe
 
 
-def test_question_deadline_is_the_configured_one(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_question_deadline_is_the_configured_one(core: Core, clients: Clients) -> None:
     """Questions carry `deadline` in seconds (question_deadline) and next_deadline() points at it."""
     _, _, fwd = clients
     fwd.packet(S, G, 1)
@@ -60,7 +59,7 @@ def test_question_deadline_is_the_configured_one(core: Core, clients: tuple[Prot
     assert core.mgm.next_deadline() == pytest.approx(core.now + 0.5)
 
 
-def test_default_is_taken_only_at_the_deadline(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_default_is_taken_only_at_the_deadline(core: Core, clients: Clients) -> None:
     """Before the deadline nothing happens; at it, the unanswered rpf keeps the proposed interface."""
     _, _, fwd = clients
     fwd.packet(S, G, 1)
@@ -71,9 +70,7 @@ def test_default_is_taken_only_at_the_deadline(core: Core, clients: tuple[Proto,
     assert [e.type for e in core.events()] == ["creation_alert", "creation_alert"]
 
 
-def test_one_owner_answering_does_not_wait_for_the_deadline_of_others(
-    core: Core, clients: tuple[Proto, Proto, Proto]
-) -> None:
+def test_one_owner_answering_does_not_wait_for_the_deadline_of_others(core: Core, clients: Clients) -> None:
     """Creation waits for every creation_alert answer, or the deadline of the unanswered ones."""
     pim, _dvmrp, fwd = clients
     assert fwd.packet(S, G, 1, token="t") is DEFERRED
@@ -87,7 +84,7 @@ def test_one_owner_answering_does_not_wait_for_the_deadline_of_others(
     assert [t for t, _ in core.mgm.take_completions()] == ["t"]
 
 
-def test_late_rpf_answer_during_creation_moves_the_mfe_to_be(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_late_rpf_answer_during_creation_moves_the_mfe_to_be(core: Core, clients: Clients) -> None:
     """[ours] An rpf answer after its deadline but before the MFE exists applies to the MFE being created."""
     pim, _, fwd = clients
     fwd.packet(S, G, 1)
@@ -99,9 +96,7 @@ def test_late_rpf_answer_during_creation_moves_the_mfe_to_be(core: Core, clients
     assert [o["if_index"] for o in mfe["oil"]] == [4]
 
 
-def test_unanswered_prune_alert_changes_nothing_and_a_late_answer_still_counts(
-    core: Core, clients: tuple[Proto, Proto, Proto]
-) -> None:
+def test_unanswered_prune_alert_changes_nothing_and_a_late_answer_still_counts(core: Core, clients: Clients) -> None:
     """The default of prune_alert (member_delete=false) keeps the timeout; [ours] a late prune_alert answer is
     applied: the MFE's timeout changes (mfe_updated)."""
     pim, dvmrp, fwd = clients
@@ -119,7 +114,7 @@ def test_unanswered_prune_alert_changes_nothing_and_a_late_answer_still_counts(
     assert get(core)["timeout"] == 60.0
 
 
-def test_answer_of_the_wrong_kind_is_invalid(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_answer_of_the_wrong_kind_is_invalid(core: Core, clients: Clients) -> None:
     """An rpf answer must give an interface and neighbour; a creation answer an oil list."""
     pim, _, fwd = clients
     fwd.packet(S, G, 1)
@@ -128,7 +123,7 @@ def test_answer_of_the_wrong_kind_is_invalid(core: Core, clients: tuple[Proto, P
     core.refused(Status.ERROR_INVALID_PARAMETER, pim.answer, 2, **iff(1), upstream_neighbor=ANY)
 
 
-def test_questions_to_a_vanished_client_take_their_defaults(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_questions_to_a_vanished_client_take_their_defaults(core: Core, clients: Clients) -> None:
     """A client that disappears with open questions does not hold the creation beyond the deadline."""
     pim, _, fwd = clients
     fwd.packet(S, G, 1, token="t")
@@ -139,9 +134,7 @@ def test_questions_to_a_vanished_client_take_their_defaults(core: Core, clients:
     assert [o["if_index"] for o in get(core)["oil"]] == [4]
 
 
-def test_a_vanished_client_s_questions_take_their_defaults_at_once(
-    core: Core, clients: tuple[Proto, Proto, Proto]
-) -> None:
+def test_a_vanished_client_s_questions_take_their_defaults_at_once(core: Core, clients: Clients) -> None:
     """[ours] Right after protocol_deregistered its open rpf takes the default: the creation goes on without a wait."""
     pim, dvmrp, fwd = clients
     assert fwd.packet(S, G, 1, token="t") is DEFERRED
@@ -156,9 +149,7 @@ def test_a_vanished_client_s_questions_take_their_defaults_at_once(
     assert [t for t, _ in core.mgm.take_completions()] == ["t"]
 
 
-def test_a_deregistered_client_s_last_open_question_completes_the_mfe(
-    core: Core, clients: tuple[Proto, Proto, Proto]
-) -> None:
+def test_a_deregistered_client_s_last_open_question_completes_the_mfe(core: Core, clients: Clients) -> None:
     """[ours] An explicit deregistration closes its open creation_alert with the default (every interface on)."""
     pim, dvmrp, fwd = clients
     fwd.packet(S, G, 1, token="t")
@@ -171,9 +162,7 @@ def test_a_deregistered_client_s_last_open_question_completes_the_mfe(
     assert [o["if_index"] for o in get(core)["oil"]] == [2]
 
 
-def test_a_new_registration_neither_sees_nor_answers_its_predecessor_s_questions(
-    core: Core, clients: tuple[Proto, Proto, Proto]
-) -> None:
+def test_a_new_registration_neither_sees_nor_answers_its_predecessor_s_questions(core: Core, clients: Clients) -> None:
     """[ours] Questions are forgotten with the client that was asked: the same ids registered again see none,
     and an answer to one (open or already answered) is ERROR_NOT_FOUND."""
     pim, _, fwd = clients
@@ -188,7 +177,7 @@ def test_a_new_registration_neither_sees_nor_answers_its_predecessor_s_questions
     core.refused(Status.ERROR_NOT_FOUND, again.answer, 1, **iff(1), upstream_neighbor=ANY)
 
 
-def test_next_deadline_includes_mfe_expiry(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_next_deadline_includes_mfe_expiry(core: Core, clients: Clients) -> None:
     """Once no question is open, next_deadline() is the earliest MFE expiry."""
     _, _, fwd = clients
     fwd.packet(S, G, 1)
@@ -197,7 +186,7 @@ def test_next_deadline_includes_mfe_expiry(core: Core, clients: tuple[Proto, Pro
     assert core.mgm.next_deadline() == pytest.approx(get(core)["created"] + 900.0)
 
 
-def test_forced_interface_goes_with_its_release(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_forced_interface_goes_with_its_release(core: Core, clients: Clients) -> None:
     """Releasing an interface removes it from OILs it was forced into (MGM_FORWARD_STATE_FLAG)."""
     _pim, dvmrp, fwd = clients
     dvmrp.take(5)
@@ -210,7 +199,7 @@ def test_forced_interface_goes_with_its_release(core: Core, clients: tuple[Proto
     assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
 
 
-def test_release_of_an_oil_interface_shrinks_the_oil(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_release_of_an_oil_interface_shrinks_the_oil(core: Core, clients: Clients) -> None:
     """Releasing an interface deletes the client's memberships there, so it leaves the OILs."""
     _pim, dvmrp, fwd = clients
     fwd.packet(S, G, 1)
@@ -223,7 +212,7 @@ def test_release_of_an_oil_interface_shrinks_the_oil(core: Core, clients: tuple[
     assert [o["if_index"] for o in get(core)["oil"]] == [2]
 
 
-def test_set_mfe_next_hop_without_if_index_is_invalid(core: Core, clients: tuple[Proto, Proto, Proto]) -> None:
+def test_set_mfe_next_hop_without_if_index_is_invalid(core: Core, clients: Clients) -> None:
     """set_mfe takes next_hop only with if_index."""
     pim, _, fwd = clients
     fwd.packet(S, G, 1)
