@@ -36,6 +36,7 @@ from netns import (
 )
 
 from mgm.bus.status import MgmError
+from mgm.plugins.igmp import packet
 
 pytestmark = pytest.mark.netns
 
@@ -55,31 +56,17 @@ ETH_P_IP = 0x0800
 # --- run inside namespaces -------------------------------------------------------------------------
 
 
-def sniff_reports(ifname: str) -> None:
-    """Print one JSON line per IGMP report or leave seen on `ifname` (records of v3 reports expanded)."""
+def sniff_igmp(ifname: str, outgoing: bool = True) -> None:
+    """Print one JSON line with the hex of each IGMP datagram on `ifname` (IP header included), arriving and, if
+    `outgoing`, leaving."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
     sock.bind((ifname, ETH_P_ALL))
     print(json.dumps({"event": "ready"}), flush=True)
     while True:
         data, address = sock.recvfrom(65535)
-        if address[1] != ETH_P_IP or len(data) < 20 or data[9] != 2:
-            continue
-        source = socket.inet_ntoa(data[12:16])
-        igmp = data[(data[0] & 0x0F) * 4 :]
-        kind = igmp[0] if igmp else 0
-        if kind in (0x12, 0x16, 0x17):  # v1/v2 report, v2 leave
-            group = socket.inet_ntoa(igmp[4:8])
-            print(json.dumps({"event": "v2", "source": source, "type": kind, "group": group}), flush=True)
-        elif kind == 0x22:  # v3 report: one line per group record
-            count = struct.unpack("!H", igmp[6:8])[0]
-            at = 8
-            for _ in range(count):
-                rtype, aux, nsrc = igmp[at], igmp[at + 1], struct.unpack("!H", igmp[at + 2 : at + 4])[0]
-                group = socket.inet_ntoa(igmp[at + 4 : at + 8])
-                sources = [socket.inet_ntoa(igmp[at + 8 + 4 * i : at + 12 + 4 * i]) for i in range(nsrc)]
-                at += 8 + 4 * nsrc + 4 * aux
-                print(json.dumps({"event": "v3", "source": source, "record": rtype, "group": group,
-                                  "sources": sources}), flush=True)  # fmt: skip
+        direction_wanted = outgoing or address[2] != socket.PACKET_OUTGOING
+        if address[1] == ETH_P_IP and direction_wanted and len(data) >= 20 and data[9] == 2:
+            print(json.dumps({"event": "igmp", "hex": data.hex()}), flush=True)
 
 
 PROBE_GROUP, PROBE_SOURCE = "232.255.255.254", "192.0.2.254"
@@ -156,32 +143,36 @@ def pool_in_namespace(ifname: str, groups: int, sources: int) -> dict[str, Any]:
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-def reports(sniffer: NsProcess) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in sniffer.log().splitlines() if line.startswith('{"event": "v')]
+def seen(sniffer: NsProcess) -> list[tuple[packet.IPv4Header, packet.Message]]:
+    """Every IGMP datagram the sniffer recorded so far, parsed (MalformedPacket fails the test)."""
+    out = []
+    for line in sniffer.log().splitlines():
+        if line.startswith('{"event": "igmp"'):
+            header, payload = packet.parse_ipv4(bytes.fromhex(json.loads(line)["hex"]))
+            out.append((header, packet.parse(payload)))
+    return out
 
 
-def joins_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
+def records_seen(sniffer: NsProcess, group: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(sender, v3 record type, sources) of each record for `group`; a v1/v2 report is (sender, 0, ()), a leave
+    (sender, -1, ())."""
+    found = []
+    for header, message in seen(sniffer):
+        if isinstance(message, packet.V3Report):
+            found += [(header.source, r.type, r.sources) for r in message.records if r.group == group]
+        elif isinstance(message, packet.Report | packet.Leave) and message.group == group:
+            found.append((header.source, 0 if isinstance(message, packet.Report) else -1, ()))
+    return found
+
+
+def joins_seen(sniffer: NsProcess, group: str) -> list[tuple[str, int, tuple[str, ...]]]:
     """v3 records that ask for traffic of `group` (IS_EX, TO_EX, ALLOW, IS_IN/TO_IN with sources) and v2 reports."""
-    found = []
-    for r in reports(sniffer):
-        if r["group"] != group:
-            continue
-        if (r["event"] == "v2" and r["type"] != 0x17) or (
-            r["event"] == "v3" and (r["record"] in (2, 4, 5) or (r["record"] in (1, 3) and r["sources"]))
-        ):
-            found.append(r)
-    return found
+    return [r for r in records_seen(sniffer, group) if r[1] in (0, 2, 4, 5) or (r[1] in (1, 3) and r[2])]
 
 
-def leaves_seen(sniffer: NsProcess, group: str) -> list[dict[str, Any]]:
+def leaves_seen(sniffer: NsProcess, group: str) -> list[tuple[str, int, tuple[str, ...]]]:
     """v3 TO_IN({}) records and v2 leaves for `group`."""
-    found = []
-    for r in reports(sniffer):
-        v3_leave = r["event"] == "v3" and r["record"] == 3 and not r["sources"]
-        v2_leave = r["event"] == "v2" and r["type"] == 0x17
-        if r["group"] == group and (v3_leave or v2_leave):
-            found.append(r)
-    return found
+    return [r for r in records_seen(sniffer, group) if r[1] == -1 or (r[1] == 3 and not r[2])]
 
 
 def proxy_tables(*proxy_keys: str, down: tuple[str, ...] = ("r2",), downstream: str = "", listed: bool = True,
@@ -266,7 +257,7 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     topology.link(rtr, rx2, "10.66.2.1/24", "10.66.2.2/24")
     snd.ip("addr", "add", f"{FAR}/32", "dev", up_link.a_if)
     snd.multicast_route(up_link.a_if)
-    sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
+    sniffer = snd.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
     up = start_router(topology, rtr, proxy_tables(down=("r2", "r3")), backend=forwarder_backend)
     # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
@@ -298,9 +289,9 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     assert [G_SSM, SRC] in held["sources"], held  # the (S,G) join is an IGMPv3 source list upstream
     assert [G_SSM, FAR] not in held["sources"], held
     wait_until(lambda: joins_seen(sniffer, G1), WAIT, f"a report for {G1} upstream")
-    wait_until(lambda: any(SRC in r["sources"] for r in joins_seen(sniffer, G_SSM)), WAIT,
+    wait_until(lambda: any(SRC in sources for _, _, sources in joins_seen(sniffer, G_SSM)), WAIT,
                f"a report with source {SRC} for {G_SSM} upstream")  # fmt: skip
-    assert {r["source"] for r in joins_seen(sniffer, G1)} == {"10.66.0.1"}, "only the router reports upstream"
+    assert {sender for sender, _, _ in joins_seen(sniffer, G1)} == {"10.66.0.1"}, "only the router reports upstream"
     assert not joins_seen(sniffer, G_NONE)
     assert ssm.count(source=FAR) == 0, "the (S,G) receiver got the other source"
 
@@ -428,7 +419,7 @@ def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_ro
     topology.link(rtr, rx2, "10.69.4.1/24", "10.69.4.2/24")
     snd.multicast_route(up_link.a_if)
     snd2.multicast_route(s_link.a_if)
-    sniffer = snd.spawn(sniff_reports, up_link.a_if, name="sniff-upstream")
+    sniffer = snd.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
     static = f"""
 [plugins.static]
@@ -453,7 +444,7 @@ routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
         raise AssertionError(f"the proxy and static did not both forward:\n{topology.logs()}") from None
     assert up.alive()
     wait_until(lambda: joins_seen(sniffer, GP), WAIT, f"the proxy's report for {GP} upstream")
-    assert {r["source"] for r in joins_seen(sniffer, GP)} == {"0.0.0.0"}
+    assert {sender for sender, _, _ in joins_seen(sniffer, GP)} == {"0.0.0.0"}
     assert receivers[("hrx2", GP)].count() == 0  # r4 is static's, which has no route for GP
     manager = probe(topology)
     mfe_p = manager.request("get_mfe", {"source": "10.69.0.2", "group": GP})["mfe"]

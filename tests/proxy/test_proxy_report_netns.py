@@ -16,9 +16,6 @@ Needs root; under CI=true a missing root fails instead of skipping.
 
 from __future__ import annotations
 
-import json
-import socket
-
 import pytest
 from netns import (
     Namespace,
@@ -27,38 +24,15 @@ from netns import (
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
-from test_proxy_netns import WAIT, proxy_tables, start_router
+from test_proxy_netns import WAIT, proxy_tables, seen, sniff_igmp, start_router
 
 from mgm.plugins.igmp import packet
 
 pytestmark = pytest.mark.netns
 
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
 G, P = "239.73.1.1", 5731
 G_MARK, P_MARK = "239.73.9.9", 5739
 G_SSM, P_SSM, SRC = "232.73.1.1", 5732, "10.73.5.5"
-
-
-def sniff_igmp(ifname: str) -> None:
-    """Print one JSON line with the hex of each IGMP datagram arriving on `ifname` (IP header included)."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-    sock.bind((ifname, ETH_P_ALL))
-    print(json.dumps({"event": "ready"}), flush=True)
-    while True:
-        data, address = sock.recvfrom(65535)
-        if address[1] == ETH_P_IP and address[2] != socket.PACKET_OUTGOING and len(data) >= 20 and data[9] == 2:
-            print(json.dumps({"event": "igmp", "hex": data.hex()}), flush=True)
-
-
-def seen(sniffer: NsProcess) -> list[tuple[packet.IPv4Header, packet.Message]]:
-    """Every IGMP datagram the sniffer recorded so far, parsed (MalformedPacket fails the test)."""
-    out = []
-    for line in sniffer.log().splitlines():
-        if line.startswith('{"event": "igmp"'):
-            header, payload = packet.parse_ipv4(bytes.fromhex(json.loads(line)["hex"]))
-            out.append((header, packet.parse(payload)))
-    return out
 
 
 def joining(message: packet.Message, group: str) -> bool:
@@ -84,7 +58,7 @@ def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0
     topology.link(rtr, hrx, "10.73.1.1/24", "10.73.1.2/24")
     if force_version is not None:
         rtr.sysctl(f"net.ipv4.conf.{up_link.b_if}.force_igmp_version", force_version)
-    sniffer = ups.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
+    sniffer = ups.spawn(sniff_igmp, up_link.a_if, False, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
     # what is reported upstream is the proxy's and the kernel's doing, whichever backend forwards
     up = start_router(topology, rtr, proxy_tables(f"immediate_report = {'true' if immediate else 'false'}"),

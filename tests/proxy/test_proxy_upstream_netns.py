@@ -33,7 +33,7 @@ from test_proxy_netns import (
     joins_seen,
     probe,
     proxy_tables,
-    sniff_reports,
+    sniff_igmp,
     start_router,
     upstream_memberships,
 )
@@ -70,7 +70,7 @@ def upstream_link(snd: Namespace, rtr: Namespace, sniffer_name: str) -> NsProces
     snd.ip("link", "add", "eth0", "type", "veth", "peer", "name", "r1", "netns", rtr.name)
     snd.sh(f"ip addr add {SRC}/24 dev eth0\nip link set dev eth0 up\n")
     snd.multicast_route("eth0")
-    sniffer = snd.spawn(sniff_reports, "eth0", name=sniffer_name)
+    sniffer = snd.spawn(sniff_igmp, "eth0", name=sniffer_name)
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, f"the upstream sniffer {sniffer_name}")
     rtr.sh(f"echo 0 > /proc/sys/net/ipv4/conf/r1/rp_filter\nip addr add {UP_RTR}/24 dev r1\nip link set dev r1 up\n")
     snd.spawn(send_udp, G, P, SENDS, interval=0.01, source=SRC, name="send-g")
