@@ -178,9 +178,7 @@ class Model:
 
     def told(self, iface: Iface | None) -> ClientId | None:
         """The owner questions and alerts go to: the routing protocol, else IGMP alone."""
-        if iface is None:
-            return None
-        return self.routing.get(iface) or self.igmp.get(iface)
+        return None if iface is None else self.routing.get(iface) or self.igmp.get(iface)
 
     def owns(self, c: Client, iface: Iface) -> bool:
         return self.routing.get(iface) == c.cid or self.igmp.get(iface) == c.cid
@@ -200,13 +198,9 @@ class Model:
     def open_questions(self, to: ClientId | None = None) -> list[Question]:
         return [q for q in self.questions if q.open and (to is None or q.to == to)]
 
-    def members_of(self, key: SG) -> dict[ClientId, list[Iface]]:
-        found: dict[ClientId, list[Iface]] = {}
-        for c in self.clients.values():
-            for i, keys in c.members.items():
-                if key in keys:
-                    found.setdefault(c.cid, []).append(i)
-        return found
+    def with_receivers(self, key: SG) -> list[ClientId]:
+        """The clients with a membership of `key` on some interface, in registration order."""
+        return [c.cid for c in self.clients.values() if any(key in keys for keys in c.members.values())]
 
     def memberships(self) -> set[tuple[ClientId, SG, Iface]]:
         return {(c.cid, k, i) for c in self.clients.values() for i, ks in c.members.items() for k in ks}
@@ -343,7 +337,7 @@ class Model:
             # [ours] a re-add changes nothing but still tells the current owner
             self.local(c, iface, key, "local_join")
             return
-        first_of_client = c.cid not in self.members_of(key)
+        first_of_client = c.cid not in self.with_receivers(key)
         c.members.setdefault(iface, set()).add(key)
         self.local(c, iface, key, "local_join")
         if first_of_client:
@@ -375,7 +369,7 @@ class Model:
         if not keys:
             del c.members[iface]
         self.local(c, iface, key, "local_leave")
-        if c.cid not in self.members_of(key):
+        if c.cid not in self.with_receivers(key):
             self.alert(key, "leave", c, iface)
         for mfe in self.matching(key):
             self.refresh(mfe)
@@ -387,22 +381,18 @@ class Model:
 
     def alert(self, key: SG, change: str, c: Client, iface: Iface) -> None:
         """The join/prune alert rules of MGM-SPEC (IGMP counts as a client)."""
-        with_receivers = list(self.members_of(key))
+        with_receivers = self.with_receivers(key)
         n = len(with_receivers)
-        to: list[ClientId]
+        to: list[ClientId] = []
         if key[0] == ANY:  # (*,G) and (*,*)
             if (change, n) in (("join", 1), ("leave", 0)):
                 to = [o for o in self.clients if o != c.cid]
             elif (change, n) in (("join", 2), ("leave", 1)):
                 to = [o for o in with_receivers if o != c.cid]
-            else:
-                to = []
         elif (change, n) in (("join", 1), ("leave", 0)):
             towards = self.told(self.resolve(key[0]))
             # [choice] never to the client whose own change it is
             to = [] if towards is None or towards == c.cid else [towards]
-        else:
-            to = []
         for o in to:
             if change == "join":
                 self.emit(o, "join_alert", {**sg_fields(key), "member_update": True})
@@ -519,10 +509,7 @@ class Model:
             mfe = self.mfes.get(q.key)
             if mfe is not None:
                 for i, enabled in sorted(verdicts.items()):  # one interface at a time
-                    if enabled:
-                        mfe.disabled.discard(i)
-                    else:
-                        mfe.disabled.add(i)
+                    (mfe.disabled.discard if enabled else mfe.disabled.add)(i)
                     self.refresh(mfe)
             return
         p = q.pending

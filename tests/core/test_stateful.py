@@ -165,10 +165,7 @@ class StateMirror:
         elif e.type in ("mfe_created", "mfe_updated", "mfe_deleted"):
             mfe = f["mfe"]
             key = (mfe["source"], mfe["group"])
-            if e.type == "mfe_created":
-                assert key not in self.mfes, e
-            else:
-                assert key in self.mfes, e
+            assert (key in self.mfes) == (e.type != "mfe_created"), e
             if e.type == "mfe_deleted":
                 del self.mfes[key]
             else:
