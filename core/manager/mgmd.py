@@ -303,7 +303,6 @@ class Manager:
         kind = "state" if stream == topics.STATE else "proto" if str(stream).startswith("proto/") else "other"
         self.counts.syncs[kind] = self.counts.syncs.get(kind, 0) + 1
 
-
     def _connections_lost(self, now: float) -> None:
         server = self.server
         lost, server.lost = server.lost, set()
@@ -351,8 +350,7 @@ class Manager:
                     publish(stream, ev.type, ev.fields)
                 except Exception:
                     log.exception("event %s on %s could not be published", ev.type, stream)
-        completions = core.take_completions()
-        for token, outcome in completions:
+        for token, outcome in core.take_completions():
             conn, req_id, op = token
             key = (op, int(outcome.status) if isinstance(outcome, MgmError) else 0)
             self.counts.requests[key] = self.counts.requests.get(key, 0) + 1
@@ -373,22 +371,19 @@ _REMOVALS = {"timeout": "silence", "connection lost": "connection_lost"}
 
 def _log_state_event(ev: Event, reason: str) -> None:
     f = ev.fields
-    who = f"{f.get('protocol_id')}/{f.get('component_id')}"
-    why = f" ({reason})" if reason else ""
     extra = log_fields(protocol=(f.get("protocol_id"), f.get("component_id")), event=ev.type)
+    who = extra["protocol"]
+    why = f" ({reason})" if reason else ""
     if reason:
         extra["reason"] = reason
     if ev.type == "protocol_registered":
         log.info("client %s registered%s", who, f" as {f['name']!r}" if f.get("name") else "", extra=extra)
     elif ev.type == "protocol_deregistered":
         log.info("client %s gone%s", who, why, extra=extra)
-    else:
+    else:  # an interface taken (never with a reason: only a request takes one) or released
         extra["interface"] = f"{f.get('if_index')}/{f.get('next_hop')}"
-        if ev.type == "interface_owned":
-            log.info("client %s owns interface %s/%s", who, f.get("if_index"), f.get("next_hop"), extra=extra)
-        else:
-            log.info("client %s released interface %s/%s%s", who, f.get("if_index"), f.get("next_hop"), why,
-                     extra=extra)
+        verb = "owns" if ev.type == "interface_owned" else "released"
+        log.info("client %s %s interface %s%s", who, verb, extra["interface"], why, extra=extra)
 
 
 async def serve(
