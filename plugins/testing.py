@@ -197,14 +197,9 @@ class ManagerProc(Proc):
     def request(self, op: str, args: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
         """One request, as a client without a handle; MgmError on refusal, TimeoutError if silent."""
         from mgm.bus.codec import encode_request
-        from mgm.bus.status import MgmError
 
         self._next += 1
-        reply = self.raw([b"", encode_request(self._next, op, dict(args or {}))], timeout)
-        if reply.get("status") != 0:
-            raise MgmError(reply["status"], reply.get("message", ""))
-        result: dict[str, Any] = reply.get("result") or {}
-        return result
+        return _result(self.raw([b"", encode_request(self._next, op, dict(args or {}))], timeout))
 
     def raw(self, frames: list[bytes], timeout: float = 5.0) -> dict[str, Any]:
         """Send frames as they are on a fresh DEALER; the decoded reply."""
@@ -241,6 +236,16 @@ class ManagerProc(Proc):
         if not self.alive():
             raise AssertionError(f"{self.name} exited with {self.popen.returncode if self.popen else '?'}:\n"
                                  f"{self.log()}")  # fmt: skip
+
+
+def _result(reply: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded reply's result; MgmError where it is a refusal."""
+    from mgm.bus.status import MgmError
+
+    if reply.get("status") != 0:
+        raise MgmError(reply["status"], reply.get("message", ""))
+    result: dict[str, Any] = reply.get("result") or {}
+    return result
 
 
 def manager_argv(api: str, events: str, log_level: str = "debug", **options: Any) -> list[str]:
@@ -338,7 +343,6 @@ class BusClient:
     def request(self, op: str, args: Mapping[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
         """One request; its result, MgmError when refused, TimeoutError when the manager is silent."""
         from mgm.bus.codec import decode_reply, encode_request
-        from mgm.bus.status import MgmError
 
         self._next += 1
         req_id = self._next
@@ -349,12 +353,8 @@ class BusClient:
             if left <= 0 or not self._dealer.poll(int(left * 1000)):
                 raise TimeoutError(f"no reply to {op} from the manager on {self.api} within {_waited(timeout)}")
             reply = decode_reply(self._dealer.recv_multipart()[-1])
-            if reply.get("id") != req_id:
-                continue  # the late reply of an earlier request that timed out
-            if reply.get("status") != 0:
-                raise MgmError(reply["status"], reply.get("message", ""))
-            result: dict[str, Any] = reply.get("result") or {}
-            return result
+            if reply.get("id") == req_id:  # else the late reply of an earlier request that timed out
+                return _result(reply)
 
     def register(self, protocol_id: int, component_id: int, name: str = "") -> int:
         """Register a protocol on this connection; the handle (also kept as `handle`).
