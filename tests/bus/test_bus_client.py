@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import zmq
+from bus_support import call, dealer, membership
 
 from mgm.bus.client import HEARTBEAT_AFTER, TIMER_PERIOD, Client
 from mgm.bus.codec import decode_reply, pack
@@ -53,12 +54,6 @@ async def manager_in_this_loop(ipc_dir: Path, **options: Any) -> AsyncIterator[M
     finally:
         manager.stop()
         await running
-
-
-def membership(handle: int, i: int) -> dict[str, Any]:
-    return {"handle": handle, "source": "0.0.0.0", "source_mask": "0.0.0.0",
-            "group": f"239.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", "group_mask": "255.255.255.255",
-            "if_index": 1, "next_hop": "0.0.0.0", "flags": 1}
 
 
 async def registered(client: Client, protocol_id: int, component_id: int, if_index: int | None = 1) -> int:
@@ -108,13 +103,9 @@ def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(
 
     def published(n: int) -> bool:
         """Blocking on purpose (it stalls the follower's loop): has the manager published n state events?"""
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
+        sock = dealer(zmq.Context.instance(), manager.api)
         try:
-            sock.connect(manager.api)
-            sock.send_multipart([b"", pack({"v": 1, "id": 1, "op": "sync", "args": {"stream": "state"}})])
-            assert sock.poll(5000)
-            return bool(decode_reply(sock.recv_multipart()[-1])["result"]["seq"] >= n)
+            return bool(call(sock, 1, "sync", {"stream": "state"})["result"]["seq"] >= n)
         finally:
             sock.close(0)
 
@@ -244,12 +235,9 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
             await registered(owner, 3, 1)  # owns interface 1: it gets the rpf question and never answers
             rpf = await collected(owner, "proto/3/1", "rpf")
             fwd_handle = await registered(fwd, 99, 1, if_index=None)
-            ctx: zmq.Context[Any] = zmq.Context.instance()
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTING_ID, fwd.identity)  # the forwarder's connection, as a raw socket
-            # (ROUTER_HANDOVER: this socket takes over the client's pipe; the handle is bound to the identity)
-            sock.connect(manager.api)
+            # the forwarder's connection, as a raw socket (ROUTER_HANDOVER: this socket takes over the client's
+            # pipe; the handle is bound to the identity)
+            sock = dealer(zmq.Context.instance(), manager.api, fwd.identity)
             try:
                 request = pack({"v": 1, "id": "np", "op": "new_packet", "args": {
                     "handle": fwd_handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
@@ -420,13 +408,8 @@ def test_a_reply_that_cannot_be_delivered_releases_the_clients_of_its_connection
         async with Client(manager.api, manager.events) as owner, Client(manager.api, manager.events) as observer:
             gone = await collected(observer, "state", "protocol_deregistered")
             await registered(owner, 3, 1)  # owns interface 1: the rpf question keeps new_packet deferred
-            sock = zmq.Context.instance().socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(manager.api)
-            sock.send_multipart([b"", pack({"v": 1, "id": 1, "op": "register_protocol",
-                                            "args": {"protocol_id": 99, "component_id": 1}})])
-            assert sock.poll(5000)
-            handle = decode_reply(sock.recv_multipart()[-1])["result"]["handle"]
+            sock = dealer(zmq.Context.instance(), manager.api)
+            handle = call(sock, 1, "register_protocol", {"protocol_id": 99, "component_id": 1})["result"]["handle"]
             sock.send_multipart([b"", pack({"v": 1, "id": 2, "op": "new_packet", "args": {
                 "handle": handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
                 "next_hop": "0.0.0.0"}})])

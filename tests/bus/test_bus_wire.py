@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import zmq
+from bus_support import T, call, dealer, membership, recv_reply
 
 from mgm.bus.client import Client
 from mgm.bus.codec import MAX_FRAME, decode_reply, pack, unpack
 
 MGM = [sys.executable, "-m", "mgm.core.cli"]
-T = 5.0
 
 
 @pytest.fixture
@@ -32,33 +32,6 @@ def ctx() -> Iterator[zmq.Context[Any]]:
     context: zmq.Context[Any] = zmq.Context()
     yield context
     context.destroy(linger=0)
-
-
-def dealer(ctx: zmq.Context[Any], api: str, identity: bytes | None = None) -> zmq.Socket[bytes]:
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if identity is not None:
-        sock.setsockopt(zmq.ROUTING_ID, identity)
-    sock.connect(api)
-    return sock
-
-
-def recv_reply(sock: zmq.Socket[bytes], timeout: float = T) -> dict[str, Any]:
-    assert sock.poll(int(timeout * 1000)), "no reply"
-    frames = sock.recv_multipart()
-    assert frames[0] == b"" and len(frames) == 2, frames
-    return decode_reply(frames[1])
-
-
-def call(sock: zmq.Socket[bytes], req_id: Any, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    sock.send_multipart([b"", pack({"v": 1, "id": req_id, "op": op, "args": args or {}})])
-    return recv_reply(sock)
-
-
-def membership(handle: int, i: int, if_index: int = 1) -> dict[str, Any]:
-    return {"handle": handle, "source": "0.0.0.0", "source_mask": "0.0.0.0",
-            "group": f"239.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", "group_mask": "255.255.255.255",
-            "if_index": if_index, "next_hop": "0.0.0.0", "flags": 1}
 
 
 # --- requests and replies ---------------------------------------------------------------------
