@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-from test_bus_client import Memberships, membership, registered, run
+from bus_support import membership
+from test_bus_client import Memberships, registered, run
 
 from mgm.bus.client import Client
 from mgm.bus.codec import encode_request, unpack
