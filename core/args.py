@@ -20,8 +20,7 @@ from typing import Any
 
 from mgm.bus.status import invalid
 
-ALL_ONES = 0xFFFFFFFF
-UINT32_MAX = 0xFFFFFFFF
+UINT32_MAX = 0xFFFFFFFF  # also the mask 255.255.255.255
 MULTICAST_NET = 0xE0000000  # 224.0.0.0/4
 MULTICAST_MASK = 0xF0000000
 
@@ -144,11 +143,11 @@ def req_map(value: object, what: str) -> Mapping[str, Any]:
     return value
 
 
-def req_interface(args: Mapping[str, Any], prefix: str = "") -> tuple[int, str]:
+def req_interface(args: Mapping[str, Any]) -> tuple[int, str]:
     """(if_index, next_hop) with next_hop in its one canonical spelling."""
-    if_index = req_int(args, prefix + "if_index")
-    next_hop = args.get(prefix + "next_hop")
-    parse_addr(next_hop, prefix + "next_hop")
+    if_index = req_int(args, "if_index")
+    next_hop = args.get("next_hop")
+    parse_addr(next_hop, "next_hop")
     assert isinstance(next_hop, str)
     return if_index, next_hop
 
@@ -192,7 +191,7 @@ def _check_mask(addr: int, mask: int, what: str) -> None:
     if mask == 0:
         if addr != 0:
             raise invalid(f"{what}_mask 0.0.0.0 goes only with {what} 0.0.0.0")
-    elif mask == ALL_ONES:
+    elif mask == UINT32_MAX:
         if addr == 0:
             raise invalid(f"{what} 0.0.0.0 is the wildcard and takes {what}_mask 0.0.0.0")
     else:

@@ -53,24 +53,9 @@ class Mfe:
     """One forwarding entry; times are monotonic seconds (rendered as wall clock)."""
 
     __slots__ = (
-        "created",
-        "disabled",
-        "forced",
-        "group_text",
-        "in_bytes",
-        "in_iface",
-        "in_packets",
-        "in_protocol_id",
-        "key",
-        "last_activity",
-        "oil",
-        "out",
-        "scheduled",
-        "source_text",
-        "timeout",
-        "upstream",
-        "wrong_if_packets",
-    )
+        "created", "disabled", "forced", "group_text", "in_bytes", "in_iface", "in_packets", "in_protocol_id", "key",
+        "last_activity", "oil", "out", "scheduled", "source_text", "timeout", "upstream", "wrong_if_packets",
+    )  # fmt: skip
 
     def __init__(
         self, key: int, in_iface: Interface, upstream: int, in_protocol_id: int, now: float, timeout: float

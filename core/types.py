@@ -63,28 +63,13 @@ class Event:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-CORE_OPS: Final = frozenset(
-    {
-        "register_protocol",
-        "deregister_protocol",
-        "take_interface_ownership",
-        "release_interface_ownership",
-        "get_protocol_on_interface",
-        "add_group_membership",
-        "delete_group_membership",
-        "group_enumeration_start",
-        "group_enumeration_next",
-        "group_enumeration_end",
-        "get_mfe",
-        "list_mfes",
-        "set_mfe",
-        "set_boundaries",
-        "new_packet",
-        "wrong_interface",
-        "mfe_counters",
-        "answer",
-        "heartbeat",
-    }
-)
+CORE_OPS: Final = frozenset({
+    "register_protocol", "deregister_protocol", "heartbeat",
+    "take_interface_ownership", "release_interface_ownership", "get_protocol_on_interface", "set_boundaries",
+    "add_group_membership", "delete_group_membership",
+    "group_enumeration_start", "group_enumeration_next", "group_enumeration_end",
+    "get_mfe", "list_mfes", "set_mfe", "new_packet", "wrong_interface", "mfe_counters",
+    "answer",
+})  # fmt: skip
 """The MGM's operations on the wire (the bus adds ping and sync): the state machine handles exactly these;
 a plugin's context fills its handle into all but four of them."""
