@@ -40,17 +40,16 @@ group = "239.1.1.1"
 """
 
 
-@pytest.mark.parametrize(("index", "line"), [(0, 4), (1, 6), (2, 9), (3, 9), (4, 10)])
-def test_an_element_of_a_list_over_several_lines_has_its_own_line(index: int, line: int) -> None:
-    assert find_line(MULTILINE, f"plugins.static.routes[{index}]") == line
-
-
-def test_a_key_inside_an_element_points_at_the_element() -> None:
-    assert find_line(MULTILINE, "plugins.static.routes[1].group") == 6
-
-
-def test_an_index_past_the_end_falls_back_to_the_list_key() -> None:
-    assert find_line(MULTILINE, "plugins.static.routes[9]") == 3
+@pytest.mark.parametrize(
+    ("key", "line"),
+    [
+        *[(f"routes[{index}]", line) for index, line in ((0, 4), (1, 6), (2, 9), (3, 9), (4, 10))],
+        ("routes[1].group", 6),  # a key inside an element points at the element
+        ("routes[9]", 3),  # an index past the end falls back to the list key
+    ],
+)
+def test_an_element_of_a_list_over_several_lines_has_its_own_line(key: str, line: int) -> None:
+    assert find_line(MULTILINE, f"plugins.static.{key}") == line
 
 
 @pytest.mark.parametrize(
