@@ -27,7 +27,7 @@ interfaces``:
   other routers send to our upstream neighbours.
 
 Not yet: Register (so a source's first-hop router must be on the RP's
-shortest path, or be the RP), (S,G,rpt) state, Assert.  The start-up log
+shortest path, or be the RP), downstream (S,G,rpt) state, Assert.  The start-up log
 says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
@@ -303,7 +303,8 @@ class PimPlugin(links.LinkSubscriber):
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
         log.warning("pim: this version sends and takes no Register (a source's first-hop router must be on the "
-                    "RP's shortest path, or be the RP), keeps no (S,G,rpt) state and sends no Assert")  # fmt: skip
+                    "RP's shortest path, or be the RP), keeps no downstream (S,G,rpt) state and sends no "
+                    "Assert")  # fmt: skip
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()

@@ -19,7 +19,15 @@ An entry is (*,G), joined towards the group's RP (the Join carries the RP with t
   holdtime), and their Prune of it makes us override with a Join within t_override (at most the link's
   override interval).
 
-Not yet: (S,G,rpt) prunes after a switch to the shortest-path tree, and the upstream half of asserts.
+* (S,G,rpt) (4.5.9, simplified): while an (S,G) entry is joined through another neighbour than its
+  group's (*,G), S is pruned off the shared tree: an (S,G,rpt) Prune rides in every periodic (*,G) Join
+  to RPF'(*,G), right after it.  Not in the first (*,G) Join after the (S,G) join, but from the next
+  periodic one, so the shortest-path tree has a join/prune interval to form (the RFC waits for the SPT
+  bit, a packet on the new tree, which this plugin does not see).  When the (S,G) entry goes, or comes
+  to share the (*,G)'s neighbour, a triggered (*,G) Join with an (S,G,rpt) Join takes S back on the
+  shared tree at once.
+
+Not yet: the upstream half of asserts.
 """
 
 from __future__ import annotations
@@ -52,12 +60,16 @@ class Entry:
     """The address joined towards: the RP of a (*,G), S of an (S,G)."""
     rpf: Rpf | None
     next_join: float
+    since: float = math.inf
+    """When it was last joined through a new RPF'."""
 
 
 @dataclass(slots=True)
 class _Batch:
     joins: dict[Key, str] = field(default_factory=dict)
     prunes: dict[Key, str] = field(default_factory=dict)
+    rpt: dict[Key, bool] = field(default_factory=dict)
+    """(S,G,rpt) entries: True for a Prune, False for a Join; each goes with its group's (*,G) Join."""
 
 
 class Upstream:
@@ -67,6 +79,8 @@ class Upstream:
         self.holdtime = min(0xFFFE, round(3.5 * join_prune_interval))
         self.entries: dict[Key, Entry] = {}
         self._due: dict[Rpf, _Batch] = {}
+        self.rpt_pruned: dict[Key, Rpf] = {}
+        """The (S,G) pruned off the shared tree, and the (*,G)'s RPF' it was pruned at."""
 
     def want(self, key: Key, target: str, rpf: Rpf | None, now: float) -> None:
         """JoinDesired(key) is true, towards `target` through `rpf` (None: no RPF' now)."""
@@ -83,6 +97,7 @@ class Upstream:
         else:
             self._queue(rpf, key, target, join=True)
             entry.next_join = now + self.interval
+            entry.since = now
 
     def unwant(self, key: Key) -> None:
         """JoinDesired(key) is false: prune it where it was joined."""
@@ -116,12 +131,40 @@ class Upstream:
 
     def tick(self, now: float) -> list[tuple[Rpf, JoinPrune]]:
         """The messages due by `now`, each with the (interface, neighbour) it goes to."""
+        periodic: set[Key] = set()
         for entry in self.entries.values():
             if entry.rpf is not None and entry.next_join <= now:
                 self._queue(entry.rpf, entry.key, entry.target, join=True)
                 entry.next_join = now + self.interval
+                periodic.add(entry.key)
+        self._shared_tree_prunes(periodic, now)
         due, self._due = self._due, {}
         return [(rpf, message) for rpf, batch in sorted(due.items()) for message in self._pack(rpf[1], batch)]
+
+    def _shared_tree_prunes(self, periodic: set[Key], now: float) -> None:
+        """Which (S,G) are pruned off the shared tree (PruneDesired(S,G,rpt)): put their (S,G,rpt) Prunes in the
+        (*,G) Joins going out now; take back, with an (S,G,rpt) Join, those no longer pruned."""
+        for key, pruned_at in list(self.rpt_pruned.items()):
+            star = self.entries.get((None, key[1]))
+            entry = self.entries.get(key)
+            if star is None or star.rpf != pruned_at or entry is None or entry.rpf in (None, star.rpf):
+                del self.rpt_pruned[key]
+                if star is not None and star.rpf == pruned_at:  # S back on the shared tree, now
+                    self._queue(pruned_at, star.key, star.target, join=True)
+                    self._due[pruned_at].rpt[key] = False
+                # else the (*,G) left that neighbour: its (*,G) Prune there ends our (S,G,rpt) state too
+        stars = {key[1]: self.entries[key] for key in periodic if key[0] is None}
+        if stars:
+            settled = now - self.interval / 2
+            for key, entry in self.entries.items():
+                star = stars.get(key[1])
+                if (star is not None and star.rpf is not None and key[0] is not None
+                        and entry.rpf not in (None, star.rpf) and entry.since <= settled):  # fmt: skip
+                    self.rpt_pruned[key] = star.rpf
+        for key, pruned_at in self.rpt_pruned.items():
+            batch = self._due.get(pruned_at)
+            if batch is not None and (None, key[1]) in batch.joins:
+                batch.rpt[key] = True
 
     def next_deadline(self) -> float:
         if self._due:
@@ -134,12 +177,19 @@ class Upstream:
         (batch.prunes if join else batch.joins).pop(key, None)  # the later of the two wins
 
     def _pack(self, neighbor: str, batch: _Batch) -> list[JoinPrune]:
-        groups: dict[str, tuple[list[EncodedSource], list[EncodedSource]]] = {}
-        for index, entries in enumerate((batch.joins, batch.prunes)):
+        # per group: the (*,G) Join, its (S,G,rpt) entries, the other joins, the prunes, in that order, so that
+        # a group split over two messages keeps its (S,G,rpt) entries beside the (*,G) Join (4.5.2)
+        groups: dict[str, list[tuple[bool, EncodedSource]]] = {}
+        for joined, entries in ((True, batch.joins), (False, batch.prunes)):
             for (source, group), target in sorted(entries.items(), key=lambda kv: (kv[0][1], kv[0][0] or "")):
-                encoded = (EncodedSource(target, wildcard=True, rpt=True) if source is None
-                           else EncodedSource(source))  # fmt: skip
-                groups.setdefault(group, ([], []))[index].append(encoded)
+                sources = groups.setdefault(group, [])
+                if source is None:
+                    sources.insert(0, (joined, EncodedSource(target, wildcard=True, rpt=True)))
+                    if joined:
+                        sources[1:1] = [(not pruned, EncodedSource(s, rpt=True)) for (s, g), pruned
+                                        in sorted(batch.rpt.items()) if g == group and s is not None]  # fmt: skip
+                else:
+                    sources.append((joined, EncodedSource(source)))
         messages: list[JoinPrune] = []
         packed: list[JoinPruneGroup] = []
         room = MAX_MESSAGE - _FIXED
@@ -149,10 +199,7 @@ class Upstream:
             messages.append(JoinPrune(neighbor, self.holdtime, tuple(packed)))
             packed, room = [], MAX_MESSAGE - _FIXED
 
-        for group, (joins, prunes) in groups.items():
-            # A (*,G) Join sorts first, so it always leads its group's first part (4.5.2: (S,G,rpt)
-            # prunes mean something only beside it).
-            sources = [(True, s) for s in joins] + [(False, s) for s in prunes]
+        for group, sources in groups.items():
             while sources:
                 if room < _PER_GROUP + _PER_SOURCE or len(packed) == _MAX_GROUPS:
                     close()

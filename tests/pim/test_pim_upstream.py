@@ -90,3 +90,38 @@ def test_many_joins_are_packed_into_as_few_messages_as_fit_each_within_the_size_
     assert all(len(raw) <= MAX_MESSAGE for raw in sent)
     # none but the last was closed while it could take another group part of one source (12 + 8 octets)
     assert all(len(raw) > MAX_MESSAGE - 20 for raw in sent[:-1])
+
+
+def rpt(source: str) -> EncodedSource:
+    return EncodedSource(source, rpt=True)
+
+
+def test_an_sg_on_another_neighbour_is_pruned_off_the_shared_tree_and_taken_back_when_it_goes() -> None:
+    """(S,G,rpt) Prunes ride in the periodic (*,G) Joins, from the first one half an interval after the (S,G)
+    join; the (S,G)'s end sends a triggered (*,G) Join with an (S,G,rpt) Join."""
+    up = Upstream(join_prune_interval=60.0)
+    up.want((None, G), RP, UP, 0.0)
+    up.tick(0.0)
+    up.want((S, G), S, OTHER, 40.0)  # the switch to the shortest-path tree, through OTHER
+    ((rpf, join),) = up.tick(40.0)
+    assert rpf == OTHER and join.groups == (JoinPruneGroup(EncodedGroup(G), joins=(EncodedSource(S),)),)
+    ((_, periodic),) = up.tick(60.0)  # 20 s after the (S,G) join: not yet
+    assert periodic.groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR,)),)
+    for now in (120.0, 180.0):
+        sent = dict(up.tick(now))
+        assert sent[UP].groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR,), prunes=(rpt(S),)),)
+        assert parse(build(sent[UP])) == sent[UP]
+    up.unwant((S, G))
+    sent = dict(up.tick(190.0))
+    assert sent[UP].groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR, rpt(S))),)
+    assert sent[OTHER].groups == (JoinPruneGroup(EncodedGroup(G), prunes=(EncodedSource(S),)),)
+    assert dict(up.tick(240.0))[UP].groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR,)),)
+
+
+def test_an_sg_through_the_shared_trees_neighbour_is_not_pruned_off_it() -> None:
+    up = Upstream(join_prune_interval=60.0)
+    up.want((None, G), RP, UP, 0.0)
+    up.want((S, G), S, UP, 0.0)
+    for now in (0.0, 60.0, 120.0):
+        ((_, message),) = up.tick(now)
+        assert message.groups == (JoinPruneGroup(EncodedGroup(G), joins=(STAR, EncodedSource(S))),)
