@@ -124,17 +124,12 @@ def plan(group: str, old: Upstream | None, new: Upstream | None) -> list[Op]:
     """Operations taking `group` upstream from `old` to `new`: joins first, then drops."""
     if old == new:
         return []
-    joins: list[Op] = []
-    drops: list[Op] = []
     old_sources = old if isinstance(old, frozenset) else frozenset()
     new_sources = new if isinstance(new, frozenset) else frozenset()
-    if new == ASM and old != ASM:
-        joins.append(Op(True, group, None))
+    joins = [Op(True, group, None)] if new == ASM else []  # old != new, so old is not ASM here
     joins += [Op(True, group, s) for s in sorted(new_sources - old_sources)]
-    drops += [Op(False, group, s) for s in sorted(old_sources - new_sources)]
-    if old == ASM and new != ASM:
-        drops.append(Op(False, group, None))
-    return joins + drops
+    drops = [Op(False, group, s) for s in sorted(old_sources - new_sources)]
+    return joins + drops + ([Op(False, group, None)] if old == ASM else [])
 
 
 def creation_verdicts(
@@ -161,16 +156,10 @@ def creation_verdicts(
     manager (`boundary_ranges`).  So without ``forward_upstream`` nothing
     is ever disabled and the proxy is not asked (`ProxyPlugin.questions`).
     """
-    ours = set(downstream)
-    verdicts: dict[K, bool] = {}
-    for iface in oil:
-        if iface == upstream:
-            verdicts[iface] = (
-                forward_upstream
-                and in_interface in ours
-                and not is_link_local(group)
-                and filters.get(in_interface, ALL).permits(group)
-            )
-        else:
-            verdicts[iface] = True
-    return verdicts
+    goes_up = (
+        forward_upstream
+        and in_interface in set(downstream)
+        and not is_link_local(group)
+        and filters.get(in_interface, ALL).permits(group)
+    )
+    return {iface: goes_up if iface == upstream else True for iface in oil}
