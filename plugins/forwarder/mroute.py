@@ -42,7 +42,6 @@ MRT_ADD_VIF = MRT_BASE + 2
 MRT_DEL_VIF = MRT_BASE + 3
 MRT_ADD_MFC = MRT_BASE + 4
 MRT_DEL_MFC = MRT_BASE + 5
-MRT_VERSION = MRT_BASE + 6
 MRT_ASSERT = MRT_BASE + 7
 MRT_PIM = MRT_BASE + 8
 MRT_TABLE = MRT_BASE + 9
@@ -52,7 +51,6 @@ SIOCGETSGCNT = SIOCPROTOPRIVATE + 1
 
 MAXVIFS = 32
 VIFF_TUNNEL = 0x1
-VIFF_REGISTER = 0x4
 VIFF_USE_IFINDEX = 0x8
 VIFF_STATIC = 0x8000
 """Set by the kernel on a VIF added from a socket other than the routing socket (shown in /proc/net/ip_mr_vif)."""

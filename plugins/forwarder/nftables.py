@@ -56,6 +56,7 @@ import re
 import socket
 import struct
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,7 +204,7 @@ class NftDataplane:
         # What the kernel has (as far as committed transactions say).
         self.ifs: set[int] = set()
         self.entries: dict[SgKey, Entry] = {}
-        self.chains: dict[frozenset[int], int] = {}  # OIL -> entries using its chain
+        self.chains: Counter[frozenset[int]] = Counter()  # OIL -> entries using its chain
         # What the calls since the last batch asked for.
         self.pending_ifs: dict[int, bool] = {}
         self.pending: dict[SgKey, Entry | None] = {}
@@ -363,7 +364,7 @@ class NftDataplane:
                 batch.ifs_add.append(if_index)
             elif not present and if_index in self.ifs:
                 batch.ifs_del.append(if_index)
-        uses = dict(self.chains)
+        uses = Counter(self.chains)
         for key, want in pending.items():
             have = self.entries.get(key)
             if want == have:
@@ -372,7 +373,7 @@ class NftDataplane:
             if have is not None and have.oifs:
                 uses[have.oifs] -= 1
             if want is not None and want.oifs:
-                uses[want.oifs] = uses.get(want.oifs, 0) + 1
+                uses[want.oifs] += 1
         batch.chains_add = [oil for oil, n in uses.items() if n > 0 and oil not in self.chains]
         batch.chains_del = [oil for oil, n in uses.items() if n <= 0 and oil in self.chains]
         if not (batch.entries or batch.ifs_add or batch.ifs_del or batch.chains_add or batch.chains_del):
@@ -453,7 +454,7 @@ class NftDataplane:
                 else:
                     self.entries[key] = want
                     if want.oifs:
-                        self.chains[want.oifs] = self.chains.get(want.oifs, 0) + 1
+                        self.chains[want.oifs] += 1
                     if key in batch.counters:
                         self.counts[key] = batch.counters[key]
             for oil in batch.chains_del:
@@ -478,17 +479,14 @@ class NftDataplane:
         return failed
 
     def _unuse(self, oil: frozenset[int]) -> None:
-        self.chains[oil] = self.chains.get(oil, 0) - 1
+        self.chains[oil] -= 1
         if self.chains[oil] <= 0:
             self.chains.pop(oil)
 
     def _set_installed(self, ifs: set[int], entries: Mapping[SgKey, Entry]) -> None:
         self.ifs = set(ifs)
         self.entries = dict(entries)
-        self.chains = {}
-        for entry in self.entries.values():
-            if entry.oifs:
-                self.chains[entry.oifs] = self.chains.get(entry.oifs, 0) + 1
+        self.chains = Counter(entry.oifs for entry in self.entries.values() if entry.oifs)
         self.counts = {k: v for k, v in self.counts.items() if k in self.entries}
 
     def _read_element_counters(self, keys: list[SgKey], batch: Batch) -> dict[SgKey, SgCount]:

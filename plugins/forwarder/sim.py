@@ -19,6 +19,7 @@ import asyncio
 import errno
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -168,10 +169,7 @@ class SimForwarder(ForwarderPlugin):
     def inject(self, source: str, group: str, if_index: int, count: int = 1, size: int = 100) -> dict[str, int]:
         """`count` packets of (source, group) arrive on `if_index`; how many had each outcome."""
         assert self.sim is not None
-        outcomes: dict[str, int] = {}
-        for _ in range(count):
-            outcome = self.sim.packet(source, group, if_index, size)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        outcomes = dict(Counter(self.sim.packet(source, group, if_index, size) for _ in range(count)))
         self.log.debug("simulated packets (%s, %s) on %d: %s", source, group, if_index, outcomes)
         return outcomes
 
