@@ -48,6 +48,7 @@ from typing import Any
 
 import pytest
 
+from mgm.plugins.igmp import packet
 from mgm.plugins.testing import scaled, wait_for
 
 PREFIX = "mgmtest"
@@ -58,6 +59,7 @@ CMD_TIMEOUT = 30.0
 """Both (and every wait here) are multiplied by MGM_TEST_TIME_SCALE (mgm.plugins.testing.scaled)."""
 IP_ADD_SOURCE_MEMBERSHIP = getattr(socket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
 IP_DROP_SOURCE_MEMBERSHIP = getattr(socket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
+ETH_P_ALL, ETH_P_IP, IPPROTO_IGMP = 0x0003, 0x0800, 2
 
 _counter = 0
 
@@ -440,7 +442,7 @@ def _child(modname: str, funcname: str) -> None:
     print(json.dumps({"result": result}), flush=True)
 
 
-# --- traffic: a bounded UDP multicast sender and a counting receiver --------------------------
+# --- traffic: a bounded UDP multicast sender, a counting receiver, an IGMP sniffer -------------
 
 
 def send_udp(group: str, port: int, count: int, *, ttl: int = 8, interval: float = 0.01, source: str | None = None,
@@ -513,6 +515,29 @@ def receive(group: str, port: int, *, source: str | None = None, ifname: str | N
             continue
         seq = struct.unpack("!I", data[:4])[0] if len(data) >= 4 else None
         print(json.dumps({"event": "packet", "src": src, "len": len(data), "seq": seq}), flush=True)
+
+
+def sniff_igmp(ifname: str, outgoing: bool = True) -> None:
+    """Print one JSON line with the hex of each IGMP datagram on `ifname` (IP header included), until killed:
+    arriving ones and, if `outgoing`, leaving ones (a packet socket sees them all, also to groups not joined)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sock.bind((ifname, ETH_P_ALL))
+    print(json.dumps({"event": "ready"}), flush=True)
+    while True:
+        data, address = sock.recvfrom(65535)
+        direction_wanted = outgoing or address[2] != socket.PACKET_OUTGOING
+        if address[1] == ETH_P_IP and direction_wanted and len(data) >= 20 and data[9] == IPPROTO_IGMP:
+            print(json.dumps({"event": "igmp", "hex": data.hex()}), flush=True)
+
+
+def seen(sniffer: NsProcess) -> list[tuple[packet.IPv4Header, packet.Message]]:
+    """Every IGMP datagram a `sniff_igmp` process recorded so far, parsed (MalformedPacket fails the test)."""
+    out = []
+    for line in sniffer.log().splitlines():
+        if line.startswith('{"event": "igmp"'):
+            header, payload = packet.parse_ipv4(bytes.fromhex(json.loads(line)["hex"]))
+            out.append((header, packet.parse(payload)))
+    return out
 
 
 def _only_interface() -> str:

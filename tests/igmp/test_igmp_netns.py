@@ -14,8 +14,6 @@ with a deadline, never a sleep.
 
 from __future__ import annotations
 
-import json
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
-from netns import Node, NsProcess, Topology, segment, wait_until
+from netns import Node, NsProcess, Topology, seen, segment, sniff_igmp, wait_until
+
+from mgm.plugins.igmp.packet import IPv4Header, Leave, Message, Query, Report
 
 pytestmark = pytest.mark.netns
 
@@ -38,47 +38,6 @@ FAST = {
     "startup_query_count": 2,
 }
 WAIT = 15.0
-ETH_P_IP = 0x0800
-ETH_P_ALL = 0x0003
-IPPROTO_IGMP = 2
-
-
-# --- run inside namespaces ------------------------------------------------------------------
-
-
-def sniff(ifname: str) -> None:
-    """Print one JSON line per IGMP message on the link at `ifname`, until killed.
-
-    A packet socket sees every frame, also those to groups this host has
-    not joined (group-specific queries after a leave), which IP drops, and
-    the host's own reports on their way out.
-    """
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))  # ALL: outgoing too
-    sock.bind((ifname, ETH_P_ALL))
-    print(json.dumps({"event": "ready"}), flush=True)
-    while True:
-        data, address = sock.recvfrom(65535)
-        if address[1] != ETH_P_IP or len(data) < 20 or data[9] != IPPROTO_IGMP:
-            continue
-        ihl = (data[0] & 0x0F) * 4
-        igmp = data[ihl:]
-        if len(igmp) < 8:
-            continue
-        entry: dict[str, Any] = {
-            "event": "igmp",
-            "source": socket.inet_ntoa(data[12:16]),
-            "destination": socket.inet_ntoa(data[16:20]),
-            "ttl": data[8],
-            "router_alert": b"\x94\x04" in data[20:ihl],
-            "type": igmp[0],
-            "group": socket.inet_ntoa(igmp[4:8]),
-        }
-        if igmp[0] == 0x11:
-            entry["version"] = 3 if len(igmp) >= 12 else (2 if igmp[1] else 1)
-            if len(igmp) >= 12:
-                count = int.from_bytes(igmp[10:12], "big")
-                entry["sources"] = [socket.inet_ntoa(igmp[12 + 4 * i : 16 + 4 * i]) for i in range(count)]
-        print(json.dumps(entry), flush=True)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -103,22 +62,20 @@ def start_igmp(node: Node, manager: ManagerProc, workdir: Path, **table: Any) ->
 
 
 def start_sniffer(node: Node) -> NsProcess:
-    proc = node.ns.spawn(sniff, node.ifname, name=f"sniff-{node.ns.role}")
+    """A sniffer of every IGMP message on `node`'s link (the host's own reports on their way out too)."""
+    proc = node.ns.spawn(sniff_igmp, node.ifname, name=f"sniff-{node.ns.role}")
     wait_until(lambda: '"ready"' in proc.log(), WAIT, "the sniffer to start")
     return proc
 
 
-def messages(sniffer: NsProcess) -> list[dict[str, Any]]:
-    entries = [json.loads(line) for line in sniffer.log().splitlines() if line.startswith("{")]
-    return [entry for entry in entries if entry.get("event") == "igmp"]
+def messages(sniffer: NsProcess) -> list[Message]:
+    return [message for _, message in seen(sniffer)]
 
 
-def queries(sniffer: NsProcess, source: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
-    return [
-        m
-        for m in messages(sniffer)
-        if m["type"] == 0x11 and (source is None or m["source"] == source) and (group is None or m["group"] == group)
-    ]
+def queries(sniffer: NsProcess, source: str | None = None, group: str | None = None) -> list[tuple[IPv4Header, Query]]:
+    """(IP header, query) of each query on the link, from `source` and for `group` if given."""
+    return [(h, m) for h, m in seen(sniffer) if isinstance(m, Query)
+            and (source is None or h.source == source) and (group is None or m.group == group)]  # fmt: skip
 
 
 def igmp_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
@@ -142,8 +99,8 @@ def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
     start_igmp(router, manager, ipc_dir)
     sniffer = start_sniffer(host)
     wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
-    general = queries(sniffer, router.address)[0]
-    assert (general["version"], general["group"], general["ttl"], general["router_alert"]) == (3, ANY, 1, True)
+    header, general = queries(sniffer, router.address)[0]
+    assert (general.version, general.group, header.ttl, header.router_alert) == (3, ANY, 1, True)
 
     rx = host.ns.receiver("239.7.7.7", 5007)
     rx.wait_joined()
@@ -154,7 +111,7 @@ def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
     wait_memberships(manager, lambda m: wanted not in m, "(*,239.7.7.7) deleted after the leave")
     specific = queries(sniffer, router.address, "239.7.7.7")
     assert len(specific) >= 2, "the last member queries (count 2) for the group"
-    assert all(q["destination"] == "239.7.7.7" for q in specific)
+    assert all(h.destination == "239.7.7.7" for h, _ in specific)
 
 
 def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
@@ -164,17 +121,17 @@ def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir
     start_igmp(router, manager, ipc_dir, version=2)
     sniffer = start_sniffer(host)
     wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
-    assert queries(sniffer, router.address)[0]["version"] == 2
+    assert queries(sniffer, router.address)[0][1].version == 2
 
     rx = host.ns.receiver("239.8.8.8", 5008)
     rx.wait_joined()
     wanted = (ANY, "239.8.8.8", router.if_index)
     wait_memberships(manager, lambda m: wanted in m, "(*,239.8.8.8) from the host's v2 report")
-    assert any(m["type"] == 0x16 and m["group"] == "239.8.8.8" for m in messages(sniffer)), "the host spoke v2"
+    assert Report(2, "239.8.8.8") in messages(sniffer), "the host spoke v2"
 
     rx.leave()
     wait_memberships(manager, lambda m: wanted not in m, "(*,239.8.8.8) deleted after the v2 leave")
-    assert any(m["type"] == 0x17 for m in messages(sniffer)), "the host sent a v2 leave"
+    assert any(isinstance(m, Leave) for m in messages(sniffer)), "the host sent a v2 leave"
     assert len(queries(sniffer, router.address, "239.8.8.8")) >= 2
 
 
@@ -192,7 +149,7 @@ def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir:
     sniffer = start_sniffer(host)
     rx.leave()
     wait_memberships(manager, lambda m: wanted not in m, f"({source},232.9.9.9) deleted after the BLOCK")
-    assert any(source in q.get("sources", []) for q in queries(sniffer, router.address, "232.9.9.9")), (
+    assert any(source in q.sources for _, q in queries(sniffer, router.address, "232.9.9.9")), (
         "a group-and-source-specific query for the blocked source"
     )
 
@@ -212,9 +169,9 @@ def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_wh
 
     def settled() -> bool:
         """Three general queries in a row from the low router, none from the high one among them."""
-        general = [q for q in queries(sniffer) if q["group"] == ANY]
+        general = [h for h, q in queries(sniffer) if q.group == ANY]
         tail = general[-3:]
-        return len(tail) == 3 and all(q["source"] == low.address for q in tail)
+        return len(tail) == 3 and all(h.source == low.address for h in tail)
 
     wait_until(settled, WAIT, "the low address to be the only querier")
     assert "we stop querying" in high_igmp.log()
@@ -262,8 +219,8 @@ def test_each_interface_gets_its_own_queries_and_memberships(
     sniffers = {"hst": start_sniffer(host), "h2": start_sniffer(host2)}
     for name, sniffer in sniffers.items():
         wait_until(lambda s=sniffer: len(queries(s)) >= 2, WAIT, f"queries on the link of {name}")
-    assert {q["source"] for q in queries(sniffers["hst"])} == {router.address}
-    assert {q["source"] for q in queries(sniffers["h2"])} == {"10.78.0.1"}
+    assert {h.source for h, _ in queries(sniffers["hst"])} == {router.address}
+    assert {h.source for h, _ in queries(sniffers["h2"])} == {"10.78.0.1"}
 
     rx = host2.ns.receiver("239.5.5.5", 5005)
     rx.wait_joined()
@@ -283,7 +240,7 @@ def test_a_v1_host_is_tracked_by_queries_alone(manager: ManagerProc, ipc_dir: Pa
     rx.wait_joined()
     wanted = (ANY, "239.4.4.4", router.if_index)
     wait_memberships(manager, lambda m: wanted in m, "(*,239.4.4.4) from the host's v1 report")
-    assert any(m["type"] == 0x12 and m["group"] == "239.4.4.4" for m in messages(sniffer)), "the host spoke v1"
+    assert Report(1, "239.4.4.4") in messages(sniffer), "the host spoke v1"
     rx.leave()
     wait_memberships(manager, lambda m: wanted not in m, "(*,239.4.4.4) gone once the host stops answering")
     assert "(*,239.4.4.4) left" in igmp.log()

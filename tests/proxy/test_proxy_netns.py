@@ -17,7 +17,6 @@ Needs root; under CI=true a missing root fails instead of skipping.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import sys
@@ -30,7 +29,9 @@ from netns import (
     NsProcess,
     Receiver,
     Topology,
+    seen,
     send_udp,
+    sniff_igmp,
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
@@ -49,24 +50,9 @@ last_member_query_count = 2
 startup_query_interval = 0.25
 startup_query_count = 2
 """
-ETH_P_ALL = 0x0003
-ETH_P_IP = 0x0800
 
 
 # --- run inside namespaces -------------------------------------------------------------------------
-
-
-def sniff_igmp(ifname: str, outgoing: bool = True) -> None:
-    """Print one JSON line with the hex of each IGMP datagram on `ifname` (IP header included), arriving and, if
-    `outgoing`, leaving."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
-    sock.bind((ifname, ETH_P_ALL))
-    print(json.dumps({"event": "ready"}), flush=True)
-    while True:
-        data, address = sock.recvfrom(65535)
-        direction_wanted = outgoing or address[2] != socket.PACKET_OUTGOING
-        if address[1] == ETH_P_IP and direction_wanted and len(data) >= 20 and data[9] == 2:
-            print(json.dumps({"event": "igmp", "hex": data.hex()}), flush=True)
 
 
 PROBE_GROUP, PROBE_SOURCE = "232.255.255.254", "192.0.2.254"
@@ -141,16 +127,6 @@ def pool_in_namespace(ifname: str, groups: int, sources: int) -> dict[str, Any]:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def seen(sniffer: NsProcess) -> list[tuple[packet.IPv4Header, packet.Message]]:
-    """Every IGMP datagram the sniffer recorded so far, parsed (MalformedPacket fails the test)."""
-    out = []
-    for line in sniffer.log().splitlines():
-        if line.startswith('{"event": "igmp"'):
-            header, payload = packet.parse_ipv4(bytes.fromhex(json.loads(line)["hex"]))
-            out.append((header, packet.parse(payload)))
-    return out
 
 
 def records_seen(sniffer: NsProcess, group: str) -> list[tuple[str, int, tuple[str, ...]]]:

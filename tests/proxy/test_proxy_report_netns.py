@@ -21,10 +21,12 @@ from netns import (
     Namespace,
     NsProcess,
     Topology,
+    seen,
+    sniff_igmp,
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
-from test_proxy_netns import WAIT, proxy_tables, seen, sniff_igmp, start_router
+from test_proxy_netns import WAIT, proxy_tables, start_router
 
 from mgm.plugins.igmp import packet
 

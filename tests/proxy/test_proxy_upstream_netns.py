@@ -24,6 +24,7 @@ from netns import (
     NsProcess,
     Topology,
     send_udp,
+    sniff_igmp,
     topology,  # noqa: F401 (the fixture)
     wait_until,
 )
@@ -33,7 +34,6 @@ from test_proxy_netns import (
     joins_seen,
     probe,
     proxy_tables,
-    sniff_igmp,
     start_router,
     upstream_memberships,
 )
