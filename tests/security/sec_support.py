@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,28 +30,6 @@ def free_port() -> int:
         return port
 
 
-def reply_to(endpoint: str, curve: Curve | None, op: str, args: dict[str, Any] | None = None,
-             timeout: float = 5.0, identity: bytes | None = None, sock: zmq.Socket[bytes] | None = None,
-             ) -> dict[str, Any] | None:
-    """One request on a DEALER (fresh unless `sock`); the decoded reply, or None when none came within `timeout`."""
-    own = sock is None
-    if sock is None:
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if identity is not None:
-            sock.setsockopt(zmq.ROUTING_ID, identity)
-        secure(sock, endpoint, curve, server=False)
-        sock.connect(endpoint)
-    try:
-        sock.send_multipart([b"", encode_request(next(_IDS), op, args or {})])
-        if not sock.poll(int(timeout * 1000)):
-            return None
-        return decode_reply(sock.recv_multipart()[-1])
-    finally:
-        if own:
-            sock.close(0)
-
-
 def dealer(endpoint: str, curve: Curve | None, identity: bytes | None = None) -> zmq.Socket[bytes]:
     """A connected DEALER that keeps its connection (and so its handles) across requests."""
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
@@ -62,6 +39,22 @@ def dealer(endpoint: str, curve: Curve | None, identity: bytes | None = None) ->
     secure(sock, endpoint, curve, server=False)
     sock.connect(endpoint)
     return sock
+
+
+def reply_to(endpoint: str, curve: Curve | None, op: str, args: dict[str, Any] | None = None,
+             timeout: float = 5.0, sock: zmq.Socket[bytes] | None = None) -> dict[str, Any] | None:
+    """One request on a DEALER (fresh unless `sock`); the decoded reply, or None when none came within `timeout`."""
+    own = sock is None
+    if sock is None:
+        sock = dealer(endpoint, curve)
+    try:
+        sock.send_multipart([b"", encode_request(next(_IDS), op, args or {})])
+        if not sock.poll(int(timeout * 1000)):
+            return None
+        return decode_reply(sock.recv_multipart()[-1])
+    finally:
+        if own:
+            sock.close(0)
 
 
 @dataclass
@@ -123,5 +116,3 @@ def log_has(proc: ManagerProc, text: str, timeout: float = 10.0) -> str:
     """Wait until the process's log holds `text`; the log."""
     return wait_for(lambda: text in proc.log() and proc.log(), timeout, f"{text!r} in the log of {proc.name}")
 
-
-PYTHON = sys.executable
