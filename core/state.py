@@ -335,6 +335,16 @@ class _Question:
     pending: _Pending | None = None
 
 
+def _count(counts: dict[K, int], key: K, step: int) -> int:
+    """Add `step` (1 or -1) to counts[key], absent as 0 and dropped at 0; the new count."""
+    count = counts.get(key, 0) + step
+    if count:
+        counts[key] = count
+    else:
+        del counts[key]
+    return count
+
+
 def _unindex(index: dict[K, dict[J, V]], outer: K, inner: J) -> None:
     """Delete index[outer][inner], and index[outer] when that leaves it empty."""
     entries = index[outer]
@@ -810,10 +820,8 @@ class Mgm:
         if joined is None:
             joined = self._joined[key] = _Joined()
             self._new_key(key)
-        on_iface = joined.ifaces.get(iface, 0)
-        joined.ifaces[iface] = on_iface + 1
-        had = joined.clients.get(client, 0)
-        joined.clients[client] = had + 1
+        on_iface = _count(joined.ifaces, iface, 1)
+        client_ifaces = _count(joined.clients, client, 1)
 
         self._emit(
             None,
@@ -828,9 +836,9 @@ class Mgm:
             },
         )
         self._local(client, owners, sg, "local_join")
-        if had == 0:
+        if client_ifaces == 1:  # its first interface with this key
             self._alert(key, sg, "join", joined, client, iface)
-        if on_iface == 0:
+        if on_iface == 1:
             for mfe in self._matching_mfes(key):
                 self._oil_add(mfe, iface)
         else:
@@ -846,16 +854,8 @@ class Mgm:
         if not keys:
             del client.members[iface]
         joined = self._joined[key]
-        on_iface = joined.ifaces[iface] - 1
-        if on_iface:
-            joined.ifaces[iface] = on_iface
-        else:
-            del joined.ifaces[iface]
-        left = joined.clients[client] - 1
-        if left:
-            joined.clients[client] = left
-        else:
-            del joined.clients[client]
+        on_iface = _count(joined.ifaces, iface, -1)
+        left = _count(joined.clients, client, -1)
         if not joined.ifaces:
             del self._joined[key]
             self._gone_key(key)
@@ -903,22 +903,14 @@ class Mgm:
             self._emit(to, type_, fields)
 
     def _new_key(self, key: int) -> None:
-        group = key >> 32
-        count = self._group_keys.get(group, 0)
-        self._group_keys[group] = count + 1
         self._sorted_keys.add(key)
-        if count == 0:
-            self._sorted_groups.add(group)
+        if _count(self._group_keys, key >> 32, 1) == 1:
+            self._sorted_groups.add(key >> 32)
 
     def _gone_key(self, key: int) -> None:
-        group = key >> 32
-        count = self._group_keys[group] - 1
         self._sorted_keys.remove(key)
-        if count:
-            self._group_keys[group] = count
-        else:
-            del self._group_keys[group]
-            self._sorted_groups.remove(group)
+        if not _count(self._group_keys, key >> 32, -1):
+            self._sorted_groups.remove(key >> 32)
 
     # --- group enumeration -------------------------------------------------------
 
