@@ -38,9 +38,9 @@ control = "ipc:///nonexistent"
 """
 
 
-def make_host(name: str = "test-routing-a") -> tuple[Host, FakeClient, Any]:
+def make_host(name: str = "test-routing-a", client: FakeClient | None = None) -> tuple[Host, FakeClient, Any]:
     host = Host(name, loads(CONFIG, "t.toml"), "ipc:///x", "ipc:///y")
-    client = FakeClient()
+    client = client or FakeClient()
     host.ctx = PluginContext(name=name, client=client, protocol=host.protocol, config=host.plugin.table, handle=7)
     host.registered = True
     host.started = True
@@ -65,14 +65,11 @@ def test_a_misspelled_hook_fails_at_load_with_its_name() -> None:
     assert "mgm_local_join," in str(info.value)  # the message lists the real hooks
 
 
-def test_an_unknown_argument_fails_at_load() -> None:
-    with pytest.raises(PluginLoadError, match="iface"):
-        load_plugin("test-wrong-argument")
-
-
-def test_an_unknown_plugin_name_lists_the_installed_ones() -> None:
-    with pytest.raises(PluginLoadError, match="test-routing-a"):
-        load_plugin("no-such-plugin")
+@pytest.mark.parametrize(("name", "words"), [("test-wrong-argument", "iface"), ("no-such-plugin", "test-routing-a")],
+                         ids=["an unknown argument is named", "an unknown plugin name lists the installed ones"])
+def test_a_plugin_that_does_not_load_says_why(name: str, words: str) -> None:
+    with pytest.raises(PluginLoadError, match=words):
+        load_plugin(name)
 
 
 def test_a_module_object_is_a_plugin_too() -> None:
@@ -406,17 +403,15 @@ class _NarrowedBeyondItsHooks(_JoinsOnly):
 ])  # fmt: skip
 def test_registration_names_the_questions_the_plugin_answers(plugin: object | None, questions: list[str]) -> None:
     """The manager skips a question whose hook the plugin lacks, so the host must say which it has."""
-    host, _, _ = make_host()
-    if plugin is not None:
-        host.pm = plugin_manager("test-routing-a", plugin)
     client = FakeClient()
     client.replies["register_protocol"] = {"handle": 9}
-    assert host.ctx is not None
-    host.ctx.client = client  # type: ignore[assignment]
+    host, _, _ = make_host(client=client)
+    if plugin is not None:
+        host.pm = plugin_manager("test-routing-a", plugin)
     asyncio.run(host.register())
     (args,) = client.ops("register_protocol")
     assert args["questions"] == questions
-    assert host.ctx.handle == 9
+    assert host.ctx is not None and host.ctx.handle == 9
 
 
 # --- SIGHUP: mgm_reload ---------------------------------------------------------------------------
@@ -536,14 +531,12 @@ def test_two_quick_manager_restarts_register_once_and_the_plugin_lives(monkeypat
 
     monkeypatch.setattr(host_module, "RESTART_GRACE", 0.0)
     monkeypatch.setattr(host_module, "REGISTER_PATIENCE", 0.0)
-    host, _, _ = make_host()
     client = RestartingManagers()
-    assert host.ctx is not None
-    host.ctx.client = client  # type: ignore[assignment]
+    host, _, _ = make_host(client=client)
 
     async def main() -> None:
         await asyncio.gather(host.new_epoch(1, 2), host.new_epoch(2, 3))
 
     asyncio.run(main())
     assert len(client.ops("register_protocol")) == 1
-    assert not host.stopping.is_set() and host.registered and host.ctx.handle == 8
+    assert not host.stopping.is_set() and host.registered and host.ctx is not None and host.ctx.handle == 8
