@@ -98,12 +98,8 @@ def test_a_missing_file_names_the_file(tmp_path: Path) -> None:
         ("[plugins.a]\ninterfaces = [-2]\n", "plugins.a.interfaces[0]", 2, "index is from 0"),
         ("[plugins.a]\ninterfaces = ['']\n", "plugins.a.interfaces[0]", 2, "cannot be an interface name"),
         ("[plugins.a]\ninterfaces = ['eth0', 'eth0']\n", "plugins.a.interfaces[1]", 2, "listed twice"),
-        (
-            "[plugins.a]\ninterfaces = [{interface = 'e', next_hop = '300.1.1.1'}]\n",
-            "plugins.a.interfaces[0]",
-            2,
-            "dotted-quad",
-        ),
+        ("[plugins.a]\ninterfaces = [{interface = 'e', next_hop = '300.1.1.1'}]\n", "plugins.a.interfaces[0]", 2,
+         "dotted-quad"),
         ("[plugins.a]\ninterfaces = [{name = 'e'}]\n", "plugins.a.interfaces[0]", 2, "interface table"),
         ('[plugins."bad name"]\n', "plugins.bad name", 1, "entry point name"),
         ("[plugins]\na = {protocol_id = 'x'}\n", "plugins.a.protocol_id", 2, "integer from 0"),
@@ -169,12 +165,8 @@ def test_the_command_line_wins_where_it_says_other_than_the_default() -> None:
     from mgm.core.runtime.config import ManagerConfig, effective_manager
 
     config = loads('[manager]\napi = "ipc:///tmp/c/api"\nlog_level = "debug"\n')
-    assert effective_manager(config, default_api(), default_events(), "info") == ManagerConfig(
-        "ipc:///tmp/c/api", default_events(), "debug"
-    )
-    assert effective_manager(config, "ipc:///tmp/x/api", "ipc:///tmp/x/ev", "error") == ManagerConfig(
-        "ipc:///tmp/x/api", "ipc:///tmp/x/ev", "error"
-    )
-    assert effective_manager(loads(""), default_api(), default_events(), "info") == ManagerConfig(
-        default_api(), default_events(), "info"
-    )
+    api, events = default_api(), default_events()
+    assert effective_manager(config, api, events, "info") == ManagerConfig("ipc:///tmp/c/api", events, "debug")
+    x_api, x_events = "ipc:///tmp/x/api", "ipc:///tmp/x/ev"
+    assert effective_manager(config, x_api, x_events, "error") == ManagerConfig(x_api, x_events, "error")
+    assert effective_manager(loads(""), api, events, "info") == ManagerConfig(api, events, "info")

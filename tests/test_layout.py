@@ -64,14 +64,13 @@ def imports_in(source: str, name: str, *, is_package: bool = False) -> set[str]:
     return found
 
 
-def mgm_imports(path: Path, name: str, known: set[str]) -> set[str]:
+def mgm_imports(path: Path, name: str) -> set[str]:
     """The mgmbus modules among `imports` (names that are a module, not an attribute of one)."""
-    return mgm_imports_in(imports(path, name), name, known)
+    return mgm_imports_in(imports(path, name), name)
 
 
-def mgm_imports_in(found: set[str], name: str, known: set[str] | None = None) -> set[str]:
-    known = KNOWN if known is None else known
-    return {m for m in found if m in known and m != name}
+def mgm_imports_in(found: set[str], name: str) -> set[str]:
+    return {m for m in found if m in KNOWN and m != name}
 
 
 def under(module: str, package: str) -> bool:
@@ -96,19 +95,19 @@ def test_the_layout_has_the_parts_the_rules_name() -> None:
 def test_the_rules_import_no_io_and_nothing_outside_them(module: str) -> None:
     found = imports(ALL[module], module)
     assert not {m.split(".")[0] for m in found} & PURE_FORBIDDEN, sorted(found)
-    outside = {m for m in mgm_imports(ALL[module], module, KNOWN) if not is_pure_core(m)} - WIRE_VOCABULARY
+    outside = {m for m in mgm_imports(ALL[module], module) if not is_pure_core(m)} - WIRE_VOCABULARY
     assert not outside, f"{module} imports {sorted(outside)}"
 
 
 @pytest.mark.parametrize("module", sorted(WIRE_VOCABULARY))
 def test_the_wire_vocabulary_imports_nothing_of_mgmbus(module: str) -> None:
-    assert not mgm_imports(ALL[module], module, KNOWN)
+    assert not mgm_imports(ALL[module], module)
     assert not {m.split(".")[0] for m in imports(ALL[module], module)} & PURE_FORBIDDEN
 
 
 def broken(package: str, allowed: Callable[[str], bool]) -> list[str]:
     return [f"{module} imports {target}" for module, path in ALL.items() if under(module, package)
-            for target in sorted(mgm_imports(path, module, KNOWN)) if not allowed(target)]  # fmt: skip
+            for target in sorted(mgm_imports(path, module)) if not allowed(target)]  # fmt: skip
 
 
 def test_the_bus_imports_nothing_of_the_mgm() -> None:
