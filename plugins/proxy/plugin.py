@@ -214,14 +214,9 @@ class ProxyPlugin(LinkSubscriber):
 
     def stop(self) -> None:
         self.stopped = True
-        if self.reporter is not None:
-            self.reporter.close()
-            self.reporter = None
         if self.kernel is not None:
             log.info("proxy: leaving %d upstream membership(s)", len(self.kernel))
-            self.kernel.close()
-            self.kernel = None
-        self.joined.clear()
+        self._close_upstream()
 
     # --- the upstream interface going and coming back --------------------------------------------
 
