@@ -1372,6 +1372,17 @@ class Mgm:
                 raise MgmError(Status.ERROR_NOT_FOUND, f"no question {qid}")
         if question.to != client.id:
             raise invalid(f"question {qid} was not asked to {client.id}")
+        if question.kind == "prune_alert":  # member_delete=false: the answer may set the MFE's timeout
+            timeout = req_number(args, "timeout", 0.0, MAX_TIMEOUT) if args.get("timeout") is not None else None
+            if not late:
+                self._close(question)
+            mfe = self._mfes.get(question.key)
+            if timeout is not None and mfe is not None and timeout != mfe.timeout:
+                mfe.timeout = timeout
+                if mfe.expires < mfe.scheduled:
+                    self._schedule_expiry(mfe)
+                self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+            return {}
         if question.kind == "rpf":
             in_iface = self._interface(req_interface(args))
             upstream = req_addr(args, "upstream_neighbor")
@@ -1386,10 +1397,7 @@ class Mgm:
                 return {}
             assert question.pending is not None
             question.pending.in_iface, question.pending.upstream = in_iface, upstream
-            self._close(question)
-            self._move_on(question, now)
-            return {}
-        if question.kind == "creation_alert":
+        else:  # creation_alert
             asked = {(o["if_index"], o["next_hop"]) for o in question.fields["oil"]}
             verdicts: dict[tuple[int, str], bool] = {}
             for i, raw in enumerate(req_list(args, "oil", 4096)):
@@ -1405,19 +1413,8 @@ class Mgm:
                 return {}
             assert question.pending is not None
             question.pending.disabled.update(self._interface(k) for k, enabled in verdicts.items() if not enabled)
-            self._close(question)
-            self._move_on(question, now)
-            return {}
-        # prune_alert (member_delete=false): the answer may set the MFE's timeout
-        timeout = req_number(args, "timeout", 0.0, MAX_TIMEOUT) if args.get("timeout") is not None else None
-        if not late:
-            self._close(question)
-        mfe = self._mfes.get(question.key)
-        if timeout is not None and mfe is not None and timeout != mfe.timeout:
-            mfe.timeout = timeout
-            if mfe.expires < mfe.scheduled:
-                self._schedule_expiry(mfe)
-            self._emit(None, "mfe_updated", {"mfe": mfe.render(self.wall_offset)})
+        self._close(question)
+        self._move_on(question, now)
         return {}
 
     def _apply_verdicts(self, mfe: Mfe, verdicts: dict[tuple[int, str], bool]) -> None:
@@ -1446,21 +1443,19 @@ class Mgm:
 
     def _state_snapshot(self) -> dict[str, Any]:
         protocols = [_registration_fields(c) for c in self._clients.values()]
-        interfaces = []
-        for owners in sorted(self._owners.values(), key=lambda o: interface_order(o.iface)):
-            told = owners.told
-            interfaces.append(
-                {
-                    **_iface_fields(owners.iface),
-                    "owner": None if told is None else _client_fields(told),
-                    "igmp": owners.igmp is not None,
-                    "boundaries": [
-                        {**_client_fields(c), "group": format_addr(n), "group_mask": format_addr(m)}
-                        for c, prefixes in self._boundaries.get(owners.iface, {}).items()
-                        for n, m in prefixes
-                    ],
-                }
-            )
+        interfaces = [
+            {
+                **_iface_fields(owners.iface),
+                "owner": None if owners.told is None else _client_fields(owners.told),
+                "igmp": owners.igmp is not None,
+                "boundaries": [
+                    {**_client_fields(c), "group": format_addr(n), "group_mask": format_addr(m)}
+                    for c, prefixes in self._boundaries.get(owners.iface, {}).items()
+                    for n, m in prefixes
+                ],
+            }
+            for owners in sorted(self._owners.values(), key=lambda o: interface_order(o.iface))
+        ]
         memberships = [
             {**_client_fields(client), **_sg_fields(key), **_iface_fields(iface), "flags": 1}
             for client in self._clients.values()
