@@ -360,6 +360,15 @@ class Topology:
     def logs(self) -> str:
         return "\n".join(f"----- {p.name} (pid {p.pid}) -----\n{p.log()}" for p in self.processes)
 
+    @contextlib.contextmanager
+    def on_timeout(self, what: str) -> Iterator[None]:
+        """A TimeoutError inside becomes an AssertionError saying `what` and the wait that ran out, with every
+        process's log (a test's main expectation failing reads as such, not as a slow wait)."""
+        try:
+            yield
+        except TimeoutError as exc:
+            raise AssertionError(f"{what} ({exc}):\n{self.logs()}") from None
+
     def __enter__(self) -> Topology:
         return self
 

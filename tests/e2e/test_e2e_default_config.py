@@ -167,10 +167,8 @@ def test_mgm_up_without_config_runs_igmp_and_the_forwarder_on_every_interface(to
     rx = h2.receiver("239.91.0.1", 6091)
     rx.wait_joined()
     h1.spawn(send_udp, "239.91.0.1", 6091, 100_000, interval=0.01, source="10.91.1.2", name="send")
-    try:
+    with topology.on_timeout("the default configuration did not forward"):
         rx.wait_count(10, WAIT)
-    except TimeoutError:
-        raise AssertionError(f"the default configuration did not forward:\n{topology.logs()}") from None
     assert kernel.oil("10.91.1.2", "239.91.0.1") == {"r2"}
     assert up.alive(), up.log()
 

@@ -27,7 +27,6 @@ from mgm_testplugins.processes import ManagerProc
 from netns import (
     Namespace,
     NsProcess,
-    Receiver,
     Topology,
     seen,
     send_udp,
@@ -208,10 +207,6 @@ def igmp_members(manager: ManagerProc) -> set[tuple[str, str, int]]:
     return {(m["source"], m["group"], m["if_index"]) for m in state["memberships"] if m["protocol_id"] == 10}
 
 
-def fails(receiver: Receiver, topology: Topology, what: str) -> AssertionError:  # noqa: F811
-    return AssertionError(f"{what}: receiver {receiver.name} has {receiver.count()} packet(s)\n{topology.logs()}")
-
-
 # --- tests ----------------------------------------------------------------------------------------------
 
 SENDS = 100_000
@@ -248,12 +243,10 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     ssm = rx1.receiver(G_SSM, P_SSM, source=SRC, name="a-ssm")
     for rx in (a, b, ssm):
         rx.wait_joined()
-    try:
+    with topology.on_timeout("the proxy did not forward"):
         a.wait_count(10, timeout=WAIT)
         b.wait_count(10, timeout=WAIT)
         ssm.wait_count(10, timeout=WAIT, source=SRC)
-    except TimeoutError:
-        raise fails(a, topology, "the proxy did not forward") from None
     assert up.alive()
     # The senders feed the upstream link whatever the proxy joined, so forwarding can start before the
     # proxy's upstream join is complete: wait for the (S,G) source list there, then read the whole picture.
@@ -290,10 +283,8 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     # rejoin: joined upstream again, forwarded again
     again = rx1.receiver(G1, P1, name="a-g1-again")
     again.wait_joined()
-    try:
+    with topology.on_timeout("no traffic after the rejoin"):
         again.wait_count(10, timeout=WAIT)
-    except TimeoutError:
-        raise fails(again, topology, "no traffic after the rejoin") from None
     assert rtr.call(upstream_memberships, "r1")["groups"].get(G1) == 1
     assert len(joins_seen(sniffer, G1)) >= 2, "a second upstream join after the leave"
 
@@ -328,12 +319,10 @@ def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
     wait_until(lambda: wanted <= igmp_members(manager), WAIT, "IGMP memberships of all six receivers")
     for g, p in ((GA, PA), (GD, PD), (GX, PX)):
         snd.spawn(send_udp, g, p, SENDS, interval=0.01, source="10.67.0.2", name=f"send-{g}")
-    try:
+    with topology.on_timeout("allowed groups were not forwarded"):
         receivers[("hrx1", GA)].wait_count(10, timeout=WAIT)
         receivers[("hrx2", GA)].wait_count(10, timeout=WAIT)
         receivers[("hrx1", GD)].wait_count(10, timeout=WAIT)
-    except TimeoutError:
-        raise AssertionError(f"allowed groups were not forwarded:\n{topology.logs()}") from None
     # GD and GX went by the router all along (the sender floods the upstream link) and GD forwards to hrx1
     more = receivers[("hrx1", GD)].count() + 20
     receivers[("hrx1", GD)].wait_count(more, timeout=WAIT)
@@ -410,14 +399,12 @@ routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
         rx.wait_joined()
     snd.spawn(send_udp, GP, PP, SENDS, interval=0.01, source="10.69.0.2", name="send-proxy")
     snd2.spawn(send_udp, GS, PS, SENDS, interval=0.01, source=SRC_S, name="send-static")
-    try:
+    with topology.on_timeout("the proxy and static did not both forward"):
         receivers[("hrx1", GP)].wait_count(10, timeout=WAIT)
         receivers[("hrx2", GS)].wait_count(10, timeout=WAIT)
         # a receiver behind the proxy gets static's flow too: the flow has one incoming interface (r3), and
         # the proxy vetoes nothing (without forward_upstream it is asked no question)
         receivers[("hrx1", GS)].wait_count(10, timeout=WAIT)
-    except TimeoutError:
-        raise AssertionError(f"the proxy and static did not both forward:\n{topology.logs()}") from None
     assert up.alive()
     wait_until(lambda: joins_seen(sniffer, GP), WAIT, f"the proxy's report for {GP} upstream")
     assert {sender for sender, _, _ in joins_seen(sniffer, GP)} == {"0.0.0.0"}
@@ -463,10 +450,8 @@ def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
     hst.spawn(send_udp, G_UP, P_UP, SENDS, interval=0.01, source="10.72.1.2", name="send-down")
-    try:
+    with topology.on_timeout("forward_upstream did not forward upstream"):
         rx.wait_count(10, timeout=WAIT)
-    except TimeoutError:
-        raise fails(rx, topology, "forward_upstream did not forward upstream") from None
     mfe = probe(topology).request("get_mfe", {"source": "10.72.1.2", "group": G_UP})["mfe"]
     assert mfe["in_if_index"] == rtr.if_index("r2"), mfe
     assert {e["if_index"] for e in mfe["oil"]} == {rtr.if_index("r1")}, mfe

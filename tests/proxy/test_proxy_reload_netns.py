@@ -75,10 +75,8 @@ def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
     config.write_text(text.replace('"239.75.2.0/24"', '"239.75.1.0/24"'))
     os.kill(pid, signal.SIGHUP)
     wait_until(lambda: "proxy: reloaded" in up.log(), WAIT, "the proxy to reload")
-    try:
+    with topology.on_timeout("GB allowed by the new file did not arrive"):
         rx_b.wait_count(10, timeout=WAIT)
-    except TimeoutError:
-        raise AssertionError(f"GB allowed by the new file did not arrive:\n{topology.logs()}") from None
     wait_until(lambda: GB in (g := rtr.call(upstream_memberships, "r1")["groups"]) and GA not in g, WAIT,
                "GB joined and GA left upstream")  # fmt: skip
 

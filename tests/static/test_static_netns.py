@@ -81,12 +81,10 @@ routes = [
     # Senders run until the test has seen enough: the first packets may come before the routes are in force.
     snd.spawn(send_udp, G_SG, PORT_SG, 100_000, interval=0.02, source=SOURCE, name="send-sg")
     snd.spawn(send_udp, G_STAR, PORT_STAR, 100_000, interval=0.02, source=SOURCE, name="send-star")
-    try:
+    with topology.on_timeout("static routes did not forward"):
         receivers[("hrx1", G_SG)].wait_count(20, timeout=30)
         receivers[("hrx2", G_SG)].wait_count(20, timeout=30)
         receivers[("hrx1", G_STAR)].wait_count(20, timeout=30)
-    except TimeoutError:
-        raise AssertionError(f"static routes did not forward:\n{topology.logs()}") from None
     assert up.alive(), up.log()
 
     # rcv2 and rcv3 joined too, and the same packets went by at the same time: they were not forwarded there.
@@ -150,11 +148,9 @@ control = "{control}"
             rx.wait_joined()
         snda.spawn(send_udp, G_A, PORT_A, 100_000, interval=0.02, source="10.62.1.2", name="send-a")
         sndb.spawn(send_udp, G_B, PORT_B, 100_000, interval=0.02, source=SOURCE_B, name="send-b")
-        try:
+        with topology.on_timeout("the two protocols did not both forward"):
             receivers[("hrxa", G_A)].wait_count(20, timeout=30)
             receivers[("hrxb", G_B)].wait_count(20, timeout=30)
-        except TimeoutError:
-            raise AssertionError(f"the two protocols did not both forward:\n{topology.logs()}") from None
         assert up.alive(), up.log()
         assert receivers[("hrxa", G_B)].count() == 0  # nobody wants G_B on r2
         assert receivers[("hrxb", G_A)].count() == 0  # nor G_A on r4
