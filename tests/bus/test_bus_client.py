@@ -96,9 +96,7 @@ class Memberships:
             self.groups.discard(event["group"])
 
 
-def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(
-    start_manager: Callable[..., Any],
-) -> None:
+def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(start_manager: Callable[..., Any]) -> None:
     manager = start_manager(events_hwm=10)
 
     def published(n: int) -> bool:

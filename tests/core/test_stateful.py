@@ -227,14 +227,8 @@ class CoreMachine(RuleBasedStateMachine):
     def snapshots(self) -> dict[str, Any]:
         return {s: self.core.snapshot(s) for s in self.core.streams()}
 
-    def request(
-        self,
-        conn: bytes,
-        op: str,
-        args: dict[str, Any],
-        model_op: Callable[[], Any] | int,
-        token: Any = None,
-    ) -> tuple[Any, Any]:
+    def request(self, conn: bytes, op: str, args: dict[str, Any], model_op: Callable[[], Any] | int,
+                token: Any = None) -> tuple[Any, Any]:  # fmt: skip
         """Send one request to the core and the twin; `model_op` predicts it (an int: refused with that status).
 
         Returns (core result, model result); the result is None when refused.

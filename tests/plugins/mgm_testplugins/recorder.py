@@ -116,17 +116,8 @@ class Recorder:
         self.record_args("mgm_join_alert", locals())
 
     @hookimpl
-    def mgm_prune_alert(
-        self,
-        mgm: PluginContext,
-        source: str,
-        source_mask: str,
-        group: str,
-        group_mask: str,
-        interface: Interface,
-        member_delete: bool,
-        question: int | None,
-    ) -> Any:
+    def mgm_prune_alert(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
+                        interface: Interface, member_delete: bool, question: int | None) -> Any:  # fmt: skip
         self.record_args("mgm_prune_alert", locals())
         mode = self.answers.get("prune")
         if member_delete or mode is None:
@@ -150,15 +141,8 @@ class Recorder:
         return Interface(mode["if_index"], mode.get("next_hop", ANY)), mode.get("upstream_neighbor", ANY)
 
     @hookimpl
-    def mgm_creation_alert(
-        self,
-        mgm: PluginContext,
-        source: str,
-        group: str,
-        in_interface: Interface,
-        oil: Sequence[Interface],
-        question: int,
-    ) -> Any:
+    def mgm_creation_alert(self, mgm: PluginContext, source: str, group: str, in_interface: Interface,
+                           oil: Sequence[Interface], question: int) -> Any:  # fmt: skip
         self.record("mgm_creation_alert", source=source, group=group, in_interface=in_interface, oil=list(oil),
                     question=question)  # fmt: skip
         mode = self.answers.get("creation")
