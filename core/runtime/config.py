@@ -350,10 +350,10 @@ def loads(text: str, source: str = "<string>") -> Config:
     return Config(source=source, text=text, manager=manager, plugins=MappingProxyType(checked))
 
 
+@dataclass(frozen=True, slots=True)
 class _Checker:
-    def __init__(self, source: str, text: str) -> None:
-        self.source = source
-        self.text = text
+    source: str
+    text: str
 
     def error(self, key_path: str, message: str) -> ConfigError:
         return ConfigError(self.source, key_path, find_line(self.text, key_path), message)
@@ -547,10 +547,8 @@ def _key_line(text: str, key_path: str) -> int | None:
             continue
         if m := _KEYLINE.match(line):
             full = table + _split_key(m.group("key"))
-            if full == wanted or (len(full) > len(wanted) and full[: len(wanted)] == wanted):
-                return number
-            if len(full) < len(wanted) and wanted[: len(full)] == full:
-                # an inline table: `igmp = {interfaces = [...]}` holds the key on this line
+            # the key itself, a key inside it, or an inline table holding it (`igmp = {interfaces = [...]}`)
+            if full[: len(wanted)] == wanted or wanted[: len(full)] == full:
                 return number
     return None
 
@@ -567,9 +565,7 @@ def _element_line(text: str, head: str, index: int, rest: str) -> int | None:
     start = starts[index]
     inner = _split_key(re.sub(r"\[\d+\]", "", rest.lstrip(".")))
     if tables and inner:  # in an array of tables, the key `rest` names inside the n-th table
-        lines = text.split("\n")
-        for number in range(start + 1, len(lines) + 1):
-            line = lines[number - 1]
+        for number, line in enumerate(text.split("\n")[start:], start=start + 1):
             if _HEADER.match(line):
                 break
             if (m := _KEYLINE.match(line)) and _split_key(m.group("key"))[:1] == inner[:1]:
