@@ -16,12 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "core", "bus", "plugins", "tests", "bench"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    argv = [sys.executable, "-m", "ruff", "check", "core", "bus", "plugins", "tests", "bench"]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -30,11 +26,7 @@ def test_mypy_strict_on_core_bus_and_plugins(tmp_path: Path) -> None:
     tree.mkdir()
     for folder in ("core", "bus", "plugins"):
         (tree / folder).symlink_to(ROOT / folder)
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "--cache-dir", str(tmp_path / "cache"), "-p", "mgm.core", "-p", "mgm.bus", "-p", "mgm.plugins"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    argv = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+            "--cache-dir", str(tmp_path / "cache"), "-p", "mgm.core", "-p", "mgm.bus", "-p", "mgm.plugins"]  # fmt: skip
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -21,10 +21,8 @@ import pytest
 )
 def test_a_bad_number_is_one_line_and_status_2(option: str, value: str, message: str) -> None:
     rundir = tempfile.mkdtemp(prefix="mgm-")
-    proc = subprocess.run(
-        [sys.executable, "-m", "mgm.core.cli", "manager", option, value],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "MGM_RUNDIR": rundir},
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "mgm.core.cli", "manager", option, value]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={**os.environ, "MGM_RUNDIR": rundir})
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

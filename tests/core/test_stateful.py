@@ -38,21 +38,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
-from model import (
-    ANY,
-    ONES,
-    SG,
-    Iface,
-    Mfe,
-    Model,
-    Question,
-    Refused,
-    if_fields,
-    iface_order,
-    norm,
-    sg_fields,
-    sg_order,
-)
+from model import ANY, ONES, SG, Iface, Mfe, Model, Question, Refused, if_fields, iface_order, norm, sg_fields, sg_order
 
 from mgm.bus.status import MgmError
 from mgm.core.state import DEFERRED, Mgm
@@ -473,9 +459,8 @@ class CoreMachine(RuleBasedStateMachine):
     @rule(cid=st.sampled_from(CIDS), foreign=FOREIGN)
     def deregister(self, cid: ClientId, foreign: bool) -> None:
         conn, handle = self.handle_of(cid, foreign)
-        result, _ = self.request(
-            conn, "deregister_protocol", {"handle": handle}, lambda: self.model.deregister(conn, handle)
-        )
+        args = {"handle": handle}
+        result, _ = self.request(conn, "deregister_protocol", args, lambda: self.model.deregister(conn, handle))
         if result is not None:
             assert result == {}
             self.stale.append(handle)

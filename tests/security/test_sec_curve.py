@@ -9,16 +9,7 @@ from typing import Any
 import pytest
 import zmq
 from conftest import allow_list
-from sec_support import (
-    ALLOWED_INDEX,
-    ROUTING_PROTOCOL,
-    Keys,
-    TcpManager,
-    dealer,
-    log_has,
-    reply_to,
-    start_tcp_manager,
-)
+from sec_support import ALLOWED_INDEX, ROUTING_PROTOCOL, Keys, TcpManager, dealer, log_has, reply_to, start_tcp_manager
 
 from mgm.bus.status import Status
 from mgm.plugins.testing import wait_for
