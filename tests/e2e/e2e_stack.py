@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernel_view import KernelEntry, KernelView
+from kernel_view import KernelView
 from mgm_testplugins.processes import toml_config
 from netns import Namespace, NsProcess, Receiver, Topology, wait_until
 
@@ -87,15 +87,9 @@ class Stack:
 
     # --- the kernel ------------------------------------------------------------------------------
 
-    def kernel_entry(self, source: str, group: str) -> KernelEntry | None:
-        return self.kernel.entry(source, group)
-
     def kernel_oil(self, source: str, group: str) -> set[str] | None:
         """Names of the outgoing interfaces of the kernel's entry (S,G); None without one."""
         return self.kernel.oil(source, group)
-
-    def packets_out(self) -> dict[str, int]:
-        return self.kernel.out_packets()
 
     # --- hosts -------------------------------------------------------------------------------------
 

@@ -29,8 +29,8 @@ def test_packets_reach_exactly_the_joined_receivers_and_stop_after_a_leave(
     rx2.wait_count(20, WAIT)
     assert stack.kernel_oil(S1, G) == {"r2", "r3"}
     assert stack.oil(S1, G) == {"r2", "r3"}
-    assert stack.packets_out().get("r4") == 0, "nothing goes to the host that joined nothing"
-    assert stack.packets_out().get("r1") == 0, "nothing goes back towards the sender"
+    assert stack.kernel.out_packets().get("r4") == 0, "nothing goes to the host that joined nothing"
+    assert stack.kernel.out_packets().get("r1") == 0, "nothing goes back towards the sender"
 
     rx2.leave()
     # The default query interval (membership interval 251 s) is far beyond this deadline: only the
@@ -55,7 +55,7 @@ def test_an_igmpv3_source_join_gets_that_source_and_not_another(topology: Topolo
     wait_until(lambda: stack.kernel_oil(S2, G) == set(), WAIT, "a kernel entry for (S2,G) with an empty output list")
     assert stack.kernel_oil(S1, G) == {"r2"}
     assert stack.oil(S2, G) == set()
-    s2 = stack.kernel_entry(S2, G)
+    s2 = stack.kernel.entry(S2, G)
     assert s2 is not None and s2.packets > 0
     assert rx.count(S2) == 0
     stack.alive()
@@ -92,12 +92,12 @@ def test_show_mfes_agrees_with_the_kernel_and_shows_its_counters(topology: Topol
     # manager's statistics say the same.
     def counted() -> bool:
         mfe = stack.mfe(S1, G, "--stats")
-        entry = stack.kernel_entry(S1, G)
+        entry = stack.kernel.entry(S1, G)
         return mfe is not None and entry is not None and entry.packets >= 30 and mfe.get("in_packets") == entry.packets
 
     wait_until(counted, WAIT, "the kernel's packet count of (S1,G) in `mgm show mfes --stats`")
     mfe = stack.mfe(S1, G, "--stats")
-    entry = stack.kernel_entry(S1, G)
+    entry = stack.kernel.entry(S1, G)
     assert mfe is not None and entry is not None
     assert mfe["in_bytes"] == entry.bytes
     names = stack.if_names()
@@ -130,5 +130,5 @@ def test_link_local_groups_are_never_forwarded(topology: Topology, forwarder_bac
     stack.sender.spawn(send_udp, G, PORT, 100_000, interval=0.005, source=S1, name="send")
     rx.wait_count(50, WAIT)
     assert rx_local.count() == 0
-    assert stack.mfe(S1, mdns) is None and stack.kernel_entry(S1, mdns) is None
+    assert stack.mfe(S1, mdns) is None and stack.kernel.entry(S1, mdns) is None
     stack.alive()

@@ -301,12 +301,12 @@ def forwarder_restart(flow: Flow) -> ForwarderRestart:
     killed_wall = time.time()
     old, killed = flow.kill("forwarder")
     new = flow.wait_restarted("forwarder", old)
-    base, out = flow.newest(), flow.stack.packets_out()
+    base, out = flow.newest(), flow.stack.kernel.out_packets()
     flow.wait_flowing(base, more=1)
     gap = time.monotonic() - killed
 
     def moving() -> bool:
-        now = flow.stack.packets_out()
+        now = flow.stack.kernel.out_packets()
         return all(now.get(name, 0) >= out.get(name, 0) + 20 for name in ("r2", "r3"))
 
     wait_until(moving, WAIT, "the kernel counting packets out of r2 and r3 again")
