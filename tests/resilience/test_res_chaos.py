@@ -103,12 +103,8 @@ def folded_state(proc: PluginProc) -> set[tuple[Any, ...]]:
     for call in proc.control.calls():
         if call["hook"] == "mgm_state_resync":
             members = {key(m) for m in call["state"]["memberships"]}
-        elif call["hook"] == "mgm_state_event":
-            event = call["event"]
-            if event["type"] == "membership_added":
-                members.add(key(event))
-            elif event["type"] == "membership_deleted":
-                members.discard(key(event))
+        elif call["hook"] == "mgm_state_event" and call["event"]["type"] in ("membership_added", "membership_deleted"):
+            (members.add if call["event"]["type"] == "membership_added" else members.discard)(key(call["event"]))
     return members
 
 
