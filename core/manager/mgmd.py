@@ -37,7 +37,7 @@ from mgm.bus.codec import BUS_OPS
 from mgm.bus.server import XPUB_HWM, BusServer, Gate, ManagerRunning
 from mgm.bus.sockets import Curve, InsecureEndpoint, readable
 from mgm.bus.status import MgmError, Status
-from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, parse_address
+from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, MetricsServer, MgmCollector, parse_address
 from mgm.core.runtime.logs import fields as log_fields
 from mgm.core.runtime.logs import setup_from as setup_logging
 from mgm.core.runtime.routes import kernel_resolver
@@ -108,8 +108,6 @@ class Manager:
         log.info("manager started (pid %d): api %s, events %s, epoch %d",
                  os.getpid(), self.server.api, self.server.events, self.server.epoch)
         if self.metrics is not None:
-            from mgm.core.manager.metrics import MetricsServer, MgmCollector
-
             self.metrics_server = MetricsServer(MgmCollector(self.counts, self.core, self.top_mfes))
             try:
                 host, port = await self.metrics_server.start(*self.metrics)
@@ -271,10 +269,9 @@ class Manager:
             try:
                 if op in CORE_OPS:
                     result = handle(conn, op, args, now, (conn, req_id, op))
-                    if result is not DEFERRED:
-                        reply(conn, req_id, result)
-                    else:
+                    if result is DEFERRED:
                         continue  # counted when it completes
+                    reply(conn, req_id, result)
                 elif op == "ping":
                     self.core.seen(conn, now)
                     reply(conn, req_id, server.ping())

@@ -46,9 +46,9 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from mgm.bus.endpoints import check_ipc_endpoint, default_api, default_events
+from mgm.core.runtime.logs import LEVELS
 from mgm.core.types import IFF_LOOPBACK, IFF_MULTICAST, IFF_UP
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 MANAGER_KEYS = frozenset({"api", "events", "log_level", "curve_secret_key", "curve_server_public_key",
                           "curve_client_key", "clients"})
 CLIENT_KEYS = frozenset({"name", "public_key", "protocol_ids", "interfaces"})
@@ -377,8 +377,8 @@ class _Checker:
             if value is not None:
                 endpoints[key] = self.endpoint(f"manager.{key}", value)
         level = raw.get("log_level")
-        if level is not None and level not in LOG_LEVELS:
-            raise self.error("manager.log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+        if level is not None and level not in LEVELS:
+            raise self.error("manager.log_level", f"must be one of {', '.join(LEVELS)}, not {level!r}")
         server_key = raw.get("curve_server_public_key")
         clients = raw.get("clients", [])
         if not isinstance(clients, list):
