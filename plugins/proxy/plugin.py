@@ -142,7 +142,6 @@ class ProxyPlugin(LinkSubscriber):
         self.reporter: Reporter | None = None  # the immediate reports upstream (None: off)
         self.errors = 0
         self.name = "proxy"
-        self.reloads = 0  # reloads applied
         self.stopped = False  # mgm_stop ran: a link event still in flight must not open sockets again
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -383,7 +382,6 @@ class ProxyPlugin(LinkSubscriber):
             mistakes.add(whole_config.error(refusal.key, refusal.message))
         mistakes.raise_any()
         changed = self.apply(mgm, new, plan)
-        self.reloads += 1
         log.info("proxy: reloaded %s: %s; %d group(s) changed upstream", whole_config.source, plan.summary(), changed)
 
     def apply(self, mgm: PluginContext, new: settings.Settings, plan: ReloadPlan) -> int:

@@ -76,9 +76,6 @@ class UpstreamMemberships:
     def __len__(self) -> int:
         return len(self.where)
 
-    def joined(self) -> set[tuple[str, str | None]]:
-        return set(self.where)
-
     def join(self, group: str, source: str | None) -> None:
         """Join (*,G) (`source` None) or (S,G) on the upstream interface; UpstreamError if refused."""
         key = (group, source)
