@@ -67,8 +67,9 @@ def make_host(path: Path) -> tuple[Host, FakeClient, StaticPlugin]:
     return host, client, plugin
 
 
-def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(body())
+def run(config_file: Path, body: Callable[[Host, FakeClient, StaticPlugin], Coroutine[Any, Any, None]]) -> None:
+    """`body` on a host made from `config_file` (see make_host), in an event loop."""
+    asyncio.run(body(*make_host(config_file)))
 
 
 async def settle() -> None:
@@ -158,9 +159,7 @@ def test_mgm_plugin_exits_with_the_error_and_both_lines_before_connecting(tmp_pa
 
 
 def test_start_adds_each_routes_memberships(config_file: Path) -> None:
-    host, client, _ = make_host(config_file)
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
         host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
         await settle()
         assert client.sent == [
@@ -171,7 +170,7 @@ def test_start_adds_each_routes_memberships(config_file: Path) -> None:
         ]
         assert host.ctx is not None and len(host.ctx.memberships) == 3  # in the ledger, replayed on restart
 
-    run(body)
+    run(config_file, body)
 
 
 def rpf_event(source: str, group: str, if_index: int, question: int = 5) -> dict[str, Any]:
@@ -180,9 +179,7 @@ def rpf_event(source: str, group: str, if_index: int, question: int = 5) -> dict
 
 
 def test_the_rpf_answer_is_the_routes_incoming_interface(config_file: Path) -> None:
-    host, client, _ = make_host(config_file)
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
         await start(host, client)  # the host holds questions back until mgm_start
         host.on_event(rpf_event("10.0.0.1", "239.1.1.1", 13, question=5))  # (S,G) route: from 10
         host.on_event(rpf_event("10.0.0.9", "239.2.2.2", 10, question=6))  # (*,G) route: from 13
@@ -191,13 +188,11 @@ def test_the_rpf_answer_is_the_routes_incoming_interface(config_file: Path) -> N
         answers = {a["question"]: (a["if_index"], a["upstream_neighbor"]) for a in client.ops("answer")}
         assert answers == {5: (10, "0.0.0.0"), 6: (13, "0.0.0.0"), 7: (12, "0.0.0.0")}
 
-    run(body)
+    run(config_file, body)
 
 
 def test_creation_alerts_keep_every_interface(config_file: Path) -> None:
-    host, client, _ = make_host(config_file)
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
         oil = [{"if_index": 11, "next_hop": "0.0.0.0"}, {"if_index": 12, "next_hop": "0.0.0.0"}]
         host.on_event({"type": "creation_alert", "question": 9, "source": "10.0.0.1", "group": "239.1.1.1",
                        "in_if_index": 10, "in_next_hop": "0.0.0.0", "oil": oil})  # fmt: skip
@@ -205,7 +200,7 @@ def test_creation_alerts_keep_every_interface(config_file: Path) -> None:
         [answer] = client.ops("answer")
         assert [e["enabled"] for e in answer["oil"]] == [True, True]
 
-    run(body)
+    run(config_file, body)
 
 
 # --- SIGHUP ------------------------------------------------------------------------------------
@@ -217,10 +212,9 @@ def mfe(source: str, group: str, if_index: int) -> dict[str, Any]:
 
 
 def test_at_start_flows_from_before_are_moved_to_the_routes_incoming_interface(config_file: Path) -> None:
-    host, client, _ = make_host(config_file)
-    client.mfes = [mfe("10.0.0.1", "239.1.1.1", 11), mfe("10.0.0.1", "239.2.2.2", 13), mfe("10.0.0.1", "239.1.1.1", 99)]
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
+        client.mfes = [mfe("10.0.0.1", "239.1.1.1", 11), mfe("10.0.0.1", "239.2.2.2", 13)]
+        client.mfes.append(mfe("10.0.0.1", "239.1.1.1", 99))
         host.call("mgm_start", "start", mgm=host.ctx, config=host.plugin.table)
         await wait_for_async(lambda: bool(client.ops("set_mfe")), 5, "the MFE to be moved")
         await settle()
@@ -230,13 +224,11 @@ def test_at_start_flows_from_before_are_moved_to_the_routes_incoming_interface(c
         ]
         host.call("mgm_stop", "stop", mgm=host.ctx)
 
-    run(body)
+    run(config_file, body)
 
 
 def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path) -> None:
-    host, client, plugin = make_host(config_file)
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
         await start(host, client)
         client.mfes = [mfe("10.0.0.1", "239.1.1.1", 10), mfe("10.0.0.5", "239.2.2.2", 13)]
         client.mfes.append(mfe("10.0.0.1", "239.7.7.7", 99))  # not on our interfaces: left alone
@@ -264,15 +256,13 @@ def test_sighup_applies_the_difference_in_order_and_moves_mfes(config_file: Path
         assert sorted((m[2], m[4].if_index) for m in host.ctx.memberships) == [("239.1.1.1", 11), ("239.3.3.3", 14)]
         host.call("mgm_stop", "stop", mgm=host.ctx)
 
-    run(body)
+    run(config_file, body)
 
 
 def test_a_bad_file_on_sighup_keeps_the_routes_in_force_and_logs_file_and_line(
     config_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    host, client, plugin = make_host(config_file)
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
         assert host.ctx is not None
         await start(host, client)
         before = plugin.applied
@@ -292,14 +282,12 @@ def test_a_bad_file_on_sighup_keeps_the_routes_in_force_and_logs_file_and_line(
         assert client.ops("add_group_membership")
         host.call("mgm_stop", "stop", mgm=host.ctx)
 
-    run(body)
+    run(config_file, body)
 
 
 def test_an_interface_that_cannot_be_taken_keeps_the_old_routes(config_file: Path) -> None:
-    host, client, plugin = make_host(config_file)
-    client.refuse["take_interface_ownership"] = MgmError(Status.ERROR_ALREADY_EXISTS, "owned by 200/1")
-
-    async def body() -> None:
+    async def body(host: Host, client: FakeClient, plugin: StaticPlugin) -> None:
+        client.refuse["take_interface_ownership"] = MgmError(Status.ERROR_ALREADY_EXISTS, "owned by 200/1")
         assert host.ctx is not None
         await start(host, client)
         before = plugin.applied
@@ -310,4 +298,4 @@ def test_an_interface_that_cannot_be_taken_keeps_the_old_routes(config_file: Pat
         assert plugin.applied is before
         host.call("mgm_stop", "stop", mgm=host.ctx)
 
-    run(body)
+    run(config_file, body)
