@@ -13,8 +13,10 @@ import logging
 from typing import Any
 
 import pytest
+from test_igmp_plugin import table
+from test_igmp_router import changes
 
-from mgm.core.runtime.config import ConfigError, loads
+from mgm.core.runtime.config import ConfigError
 from mgm.core.types import Interface
 from mgm.plugins.igmp import packet
 from mgm.plugins.igmp.packet import (
@@ -70,10 +72,6 @@ def drops(r: Router) -> dict[str, int]:
     return {k: counters[k] for k in (*REASONS, "ignored", "no_router_alert_accepted") if counters[k]}
 
 
-def changes(r: Router) -> list[tuple[bool, str, str]]:
-    return [(c.added, c.source, c.group) for c in r.take_changes()]
-
-
 def queries(r: Router) -> list[Query]:
     out = []
     for p in r.take_packets():
@@ -81,10 +79,6 @@ def queries(r: Router) -> list[Query]:
         assert isinstance(q, Query)
         out.append(q)
     return out
-
-
-def table(text: str) -> Any:
-    return loads(text, "igmp.toml").plugin("igmp").table
 
 
 # --- configuration --------------------------------------------------------------------------------
