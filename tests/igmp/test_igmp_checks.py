@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from test_igmp_plugin import table
-from test_igmp_router import changes
+from test_igmp_router import changes, sent
 
 from mgm.core.runtime.config import ConfigError
 from mgm.core.types import Interface
@@ -27,7 +27,6 @@ from mgm.plugins.igmp.packet import (
     MODE_IS_EXCLUDE,
     MODE_IS_INCLUDE,
     GroupRecord,
-    Query,
 )
 from mgm.plugins.igmp.plugin import read_parameters
 from mgm.plugins.igmp.router import DROP_LOG_INTERVAL, INCLUDE, ParameterError, Parameters, Router
@@ -70,15 +69,6 @@ def drops(r: Router) -> dict[str, int]:
     """The drop counters that are not zero."""
     counters = r.counters.as_dict()
     return {k: counters[k] for k in (*REASONS, "ignored", "no_router_alert_accepted") if counters[k]}
-
-
-def queries(r: Router) -> list[Query]:
-    out = []
-    for p in r.take_packets():
-        q = packet.parse(p.payload)
-        assert isinstance(q, Query)
-        out.append(q)
-    return out
 
 
 # --- configuration --------------------------------------------------------------------------------
@@ -161,7 +151,7 @@ def test_an_old_report_for_an_ssm_group_creates_nothing(version: int) -> None:
 def test_an_exclude_record_for_an_ssm_group_creates_nothing(rtype: int, sources: tuple[str, ...]) -> None:
     r = make()
     v3(r, 1.0, (rtype, SSM_G, sources))
-    assert r.group_state(SSM_G) is None and changes(r) == [] and queries(r) == []
+    assert r.group_state(SSM_G) is None and changes(r) == [] and sent(r) == []
     assert drops(r) == {"ignored_ssm_asm": 1}
     v3(r, 2.0, (rtype, ASM_G, sources))
     assert changes(r) == [(True, ANY, ASM_G)]
@@ -182,8 +172,7 @@ def test_block_for_an_ssm_group_queries_the_source_and_the_membership_goes() -> 
     v3(r, 1.0, (ALLOW_NEW_SOURCES, SSM_G, (S1, S2)))
     changes(r)
     v3(r, 10.0, (BLOCK_OLD_SOURCES, SSM_G, (S1,)))
-    sent = queries(r)
-    assert [(q.group, q.sources) for q in sent] == [(SSM_G, (S1,))]
+    assert [(q.group, q.sources) for q in sent(r)] == [(SSM_G, (S1,))]
     r.tick(10.0 + 2.0)  # LMQT later, nobody answered
     assert changes(r) == [(False, S1, SSM_G)]
     assert r.memberships() == {(S2, SSM_G)} and drops(r) == {}
@@ -195,7 +184,7 @@ def test_an_exclude_record_leaves_the_ssm_groups_source_state_alone() -> None:
     changes(r)
     before = r.group_state(SSM_G)
     v3(r, 5.0, (CHANGE_TO_EXCLUDE_MODE, SSM_G, (S1,)), (MODE_IS_EXCLUDE, SSM_G, ()))
-    assert r.group_state(SSM_G) == before and changes(r) == [] and queries(r) == []
+    assert r.group_state(SSM_G) == before and changes(r) == [] and sent(r) == []
     assert drops(r) == {"ignored_ssm_asm": 2}, "one per record"
 
 
@@ -216,7 +205,7 @@ def test_an_ignored_v2_report_does_not_put_the_ssm_group_in_v2_compatibility_mod
     assert r.compatibility_mode(SSM_G, 3.0) == 3
     changes(r)
     v3(r, 10.0, (BLOCK_OLD_SOURCES, SSM_G, (S1,)))
-    assert [q.sources for q in queries(r)] == [(S1,)], "BLOCK acted on: v3 compatibility mode"
+    assert [q.sources for q in sent(r)] == [(S1,)], "BLOCK acted on: v3 compatibility mode"
     r.tick(12.0)
     assert changes(r) == [(False, S1, SSM_G)]
     old_report(r, 20.0, ASM_G, 2)
@@ -229,7 +218,7 @@ def test_a_v2_leave_for_an_ssm_group_is_ignored() -> None:
     changes(r)
     before = r.group_state(SSM_G)
     leave(r, 5.0, SSM_G)
-    assert r.group_state(SSM_G) == before and queries(r) == [] and changes(r) == []
+    assert r.group_state(SSM_G) == before and sent(r) == [] and changes(r) == []
     assert drops(r) == {"ignored_ssm_asm": 1} and r.counters.leaves_received == 1
 
 
@@ -242,7 +231,7 @@ def test_a_v2_router_ignores_v2_reports_for_ssm_groups_and_serves_the_others() -
     old_report(r, 2.0, ASM_G, 2)
     assert changes(r) == [(True, ANY, ASM_G)]
     leave(r, 3.0, ASM_G)
-    assert [(q.version, q.group) for q in queries(r)] == [(2, ASM_G)]
+    assert [(q.version, q.group) for q in sent(r)] == [(2, ASM_G)]
 
 
 def test_an_empty_ssm_range_lets_any_source_joins_in_everywhere() -> None:
@@ -282,11 +271,11 @@ def test_a_leave_with_a_ttl_other_than_1_is_dropped() -> None:
     old_report(r, 1.0, ASM_G, 2)
     changes(r)
     leave(r, 5.0, ASM_G, ttl=2)
-    assert queries(r) == [] and drops(r) == {"bad_ttl": 1}
+    assert sent(r) == [] and drops(r) == {"bad_ttl": 1}
     r.tick(5.0 + 2.0)
     assert r.memberships() == {(ANY, ASM_G)}, "the leave did not start the last member queries"
     leave(r, 10.0, ASM_G, ttl=1)
-    assert [q.group for q in queries(r)] == [ASM_G]
+    assert [q.group for q in sent(r)] == [ASM_G]
 
 
 def test_a_query_with_a_ttl_other_than_1_does_not_win_the_election() -> None:
@@ -329,7 +318,7 @@ def test_v1_v2_reports_and_leaves_without_router_alert_are_accepted_and_counted(
     old_report(r, 1.0, "239.2.2.2", 1, router_alert=False)
     assert changes(r) == [(True, ANY, ASM_G), (True, ANY, "239.2.2.2")]
     leave(r, 5.0, ASM_G, router_alert=False)
-    assert [q.group for q in queries(r)] == [ASM_G]
+    assert [q.group for q in sent(r)] == [ASM_G]
     assert drops(r) == {"no_router_alert_accepted": 3}
 
 
@@ -351,9 +340,9 @@ def test_reports_and_leaves_from_outside_the_interfaces_subnets_are_dropped() ->
     old_report(r, 2.0, ASM_G, 2, src=HOST)
     changes(r)
     leave(r, 3.0, ASM_G, src=FAR)
-    assert queries(r) == [] and drops(r) == {"foreign_source": 3}
+    assert sent(r) == [] and drops(r) == {"foreign_source": 3}
     leave(r, 4.0, ASM_G, src=HOST)
-    assert [q.group for q in queries(r)] == [ASM_G]
+    assert [q.group for q in sent(r)] == [ASM_G]
 
 
 @pytest.mark.parametrize(
