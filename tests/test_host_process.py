@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mgm_testplugins.control import wait_for
+from mgm_testplugins.control import ctl, wait_for
 from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, Proc, toml_config
 
 from mgm.bus.status import MgmError, Status
@@ -71,11 +71,10 @@ def test_a_taken_interface_fails_the_start_and_leaves_nothing_registered(
 def test_a_raising_hook_is_logged_and_the_host_goes_on(manager: ManagerProc, start_plugin: Any) -> None:
     igmp = start_plugin("test-igmp", {"interfaces": [12]})
     a: PluginProc = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12]})
-    assert a.control is not None and igmp.control is not None
-    a.control.call("raise_in", hook="mgm_local_join")
-    igmp.control.call("add_membership", source="0.0.0.0", group="239.1.1.1", if_index=12)
-    igmp.control.call("add_membership", source="0.0.0.0", group="239.2.2.2", if_index=12)
-    a.control.wait_for_call("mgm_local_join", group="239.2.2.2")  # the second one arrived too
+    ctl(a).call("raise_in", hook="mgm_local_join")
+    ctl(igmp).call("add_membership", source="0.0.0.0", group="239.1.1.1", if_index=12)
+    ctl(igmp).call("add_membership", source="0.0.0.0", group="239.2.2.2", if_index=12)
+    ctl(a).wait_for_call("mgm_local_join", group="239.2.2.2")  # the second one arrived too
     assert "plugin test-routing-a: hook mgm_local_join raised on local_join 0.0.0.0/239.1.1.1 on 12" in a.log()
     assert "RuntimeError: mgm_local_join raises because the test said so" in a.log()
     assert a.alive()
@@ -84,20 +83,19 @@ def test_a_raising_hook_is_logged_and_the_host_goes_on(manager: ManagerProc, sta
 def test_an_observer_gets_the_state_snapshot_then_events(manager: ManagerProc, start_plugin: Any) -> None:
     a = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12]})
     observer = start_plugin("test-observer", {"protocol_id": 900, "component_id": 1})
-    assert observer.control is not None and a.control is not None
-    resync = observer.control.wait_for_call("mgm_state_resync")
+    resync = ctl(observer).wait_for_call("mgm_state_resync")
     assert {(p["protocol_id"], p["component_id"]) for p in resync["state"]["protocols"]} >= {(100, 1)}
-    a.control.call("take", if_index=13)
+    ctl(a).call("take", if_index=13)
 
     def owned() -> list[dict[str, Any]]:
-        return [c["event"] for c in observer.control.calls("mgm_state_event")  # type: ignore[union-attr]
+        return [c["event"] for c in ctl(observer).calls("mgm_state_event")
                 if c["event"]["type"] == "interface_owned" and c["event"]["if_index"] == 13]  # fmt: skip
 
     (event,) = wait_for(owned, 10, "interface_owned for 13")
     assert (event["protocol_id"], event["component_id"]) == (100, 1)
-    hooks = [c["hook"] for c in observer.control.calls()]
+    hooks = [c["hook"] for c in ctl(observer).calls()]
     assert hooks.index("mgm_state_resync") < hooks.index("mgm_state_event")
-    assert a.control.calls("mgm_state_event") == []  # only plugins with the hooks follow `state`
+    assert ctl(a).calls("mgm_state_event") == []  # only plugins with the hooks follow `state`
 
 
 def test_sigterm_releases_deregisters_and_exits_0(manager: ManagerProc, start_plugin: Any) -> None:
@@ -117,16 +115,16 @@ def test_sighup_reloads_the_file_once_and_a_broken_one_is_logged_not_applied(
     manager: ManagerProc, start_plugin: Any
 ) -> None:
     a: PluginProc = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "label": "old"})
-    assert a.control is not None and a.config_path is not None
+    assert a.config_path is not None
     text = a.config_path.read_text()
     a.config_path.write_text(text.replace('"old"', '"new"'))
     a.send_signal(signal.SIGHUP)
-    assert a.control.wait_for_call("mgm_reload")["config"]["label"] == "new"
+    assert ctl(a).wait_for_call("mgm_reload")["config"]["label"] == "new"
     a.config_path.write_text(text.replace('"old"', ""))  # not TOML
     a.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload refused" in a.log(), 10, "the refusal in the log")
     assert f"plugin test-routing-a: reload refused, what is in force stays: {a.config_path}:" in a.log()
-    assert len(a.control.calls("mgm_reload")) == 1 and a.alive()
+    assert len(ctl(a).calls("mgm_reload")) == 1 and a.alive()
 
 
 def test_sigterm_while_waiting_for_the_manager_exits_0(ipc_dir: Path, procs: list[Proc]) -> None:
@@ -161,8 +159,7 @@ def test_a_stalled_plugin_the_manager_dropped_registers_again_with_what_it_held(
     """A plugin whose loop stalls past the manager's liveness (3 s) is dropped with all it held; once it runs
     again, its next heartbeat is refused and it registers again and takes its interfaces back."""
     a = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1, "interfaces": [12, 13]})
-    assert a.control is not None
-    a.control.call("add_membership", source="0.0.0.0", group="239.5.5.5", if_index=12)
+    ctl(a).call("add_membership", source="0.0.0.0", group="239.5.5.5", if_index=12)
 
     def owner() -> int | None:
         try:

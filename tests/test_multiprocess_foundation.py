@@ -159,9 +159,8 @@ def test_join_and_prune_alerts_follow_the_star_g_rules(manager: ManagerProc, sta
     ctl(igmp).wait_for_call("mgm_prune_alert", group=G1, member_delete=True)
     ctl(b).wait_for_call("mgm_prune_alert", group=G1, member_delete=True)
 
-    assert alerts(a) == [("mgm_join_alert", True), ("mgm_prune_alert", True)]
-    assert alerts(b) == [("mgm_join_alert", True), ("mgm_prune_alert", True)]
-    assert alerts(igmp) == [("mgm_join_alert", True), ("mgm_prune_alert", True)]
+    for plugin in (a, b, igmp):
+        assert alerts(plugin) == [("mgm_join_alert", True), ("mgm_prune_alert", True)]
 
 
 # --- MFE creation with questions --------------------------------------------------------------------
@@ -315,9 +314,7 @@ def test_after_a_manager_restart_plugins_register_and_replay(start_manager: Any,
         ctl(plugin).wait_for_call("mgm_replay", timeout=15)
 
     wait_for(lambda: sorted(enumerate_groups(a)) == [(ANY, G1), (ANY, G2)], 10, "the memberships replayed")
-    assert owner(second, 11) == (10, 1)
-    assert owner(second, 12) == (100, 1)
-    assert owner(second, 13) == (101, 1)
+    assert [owner(second, i) for i in (11, 12, 13)] == [(10, 1), (100, 1), (101, 1)]
     handles = {ctl(p).call("ping")["handle"] for p in (igmp, a, b)}
     assert len(handles) == 3
 
