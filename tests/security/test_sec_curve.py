@@ -11,6 +11,7 @@ import zmq
 from conftest import allow_list
 from sec_support import ALLOWED_INDEX, ROUTING_PROTOCOL, Keys, TcpManager, dealer, log_has, reply_to, start_tcp_manager
 
+from mgm.bus.sockets import secure
 from mgm.bus.status import Status
 from mgm.plugins.testing import wait_for
 
@@ -57,8 +58,6 @@ def test_an_unknown_key_gets_no_events(tcp_manager: TcpManager) -> None:
             sub = ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.SUBSCRIBE, b"hb")
-            from mgm.bus.sockets import secure
-
             secure(sub, tcp_manager.events, tcp_manager.keys.curve(key), server=False)
             sub.connect(tcp_manager.events)
             subs.append(sub)

@@ -233,12 +233,8 @@ def test_the_interfaces_table_shows_boundaries_as_prefixes() -> None:
     from mgm.core.cli.show import interfaces_table
 
     def ranges(*prefixes: str) -> list[dict[str, Any]]:
-        out = []
-        for p in prefixes:
-            net = ipaddress.IPv4Network(p)
-            out.append({"protocol_id": 65002, "component_id": 1, "group": str(net.network_address),
-                        "group_mask": str(net.netmask)})  # fmt: skip
-        return out
+        return [{"protocol_id": 65002, "component_id": 1, "group": str(n.network_address), "group_mask": str(n.netmask)}
+                for n in map(ipaddress.IPv4Network, prefixes)]  # fmt: skip
 
     state = {"interfaces": [
         {"if_index": 7001, "next_hop": "0.0.0.0", "owner": None, "igmp": True, "boundaries": ranges("239.5.0.0/16")},

@@ -43,8 +43,7 @@ class MonitorProc(Proc):
 
     def lines(self) -> list[str]:
         """Complete lines only (the last one may still be on its way)."""
-        text = self.output()
-        return text.split("\n")[:-1]
+        return self.output().split("\n")[:-1]
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines()]
