@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_igmp_router import run_until
+from test_igmp_router import run_until, v2_report
 
 from mgm.core.runtime.config import ConfigError, loads
 from mgm.core.types import IGMP_PROTOCOL_ID, Interface
@@ -66,10 +66,6 @@ def plugin_with_routers(*interfaces: Interface) -> tuple[IgmpPlugin, RecordingCo
     return plugin, ctx, plugin.routers
 
 
-def report(router: Router, now: float, group: str) -> None:
-    router.receive(now, HOST, group, packet.build_report(2, group))
-
-
 # --- configuration ---------------------------------------------------------------------------------
 
 
@@ -114,8 +110,8 @@ def test_an_unknown_key_is_refused() -> None:
 
 def test_router_changes_become_membership_calls_on_the_right_interface() -> None:
     plugin, ctx, routers = plugin_with_routers(IF, OTHER)
-    report(routers[5], 1.0, G1)
-    report(routers[6], 1.0, G2)
+    v2_report(routers[5], 1.0, G1)
+    v2_report(routers[6], 1.0, G2)
     plugin._flush()
     assert ctx.take() == [("add", ANY, G1, IF), ("add", ANY, G2, OTHER)]
     run_until(routers[5], 261.0)
@@ -127,16 +123,16 @@ def test_router_changes_become_membership_calls_on_the_right_interface() -> None
 def test_while_disabled_nothing_reaches_the_manager_and_enable_catches_up() -> None:
     plugin, ctx, routers = plugin_with_routers(IF, OTHER)
     router = routers[5]
-    report(router, 0.0, G1)  # will leave while disabled
-    report(router, 0.0, G3)  # stays throughout
+    v2_report(router, 0.0, G1)  # will leave while disabled
+    v2_report(router, 0.0, G3)  # stays throughout
     plugin._flush()
     ctx.take()
 
     plugin.mgm_disable_igmp(ctx, IF)  # type: ignore[arg-type]
-    report(router, 10.0, G2)  # joins while disabled
+    v2_report(router, 10.0, G2)  # joins while disabled
     router.receive(11.0, HOST, packet.ALL_ROUTERS, packet.build_leave(G1))
     run_until(router, 20.0)
-    report(routers[6], 20.0, G2)  # the other interface is not disabled
+    v2_report(routers[6], 20.0, G2)  # the other interface is not disabled
     plugin._flush()
     assert ctx.take() == [("add", ANY, G2, OTHER)]
     assert router.memberships() == {(ANY, G2), (ANY, G3)}, "the router kept tracking hosts"
@@ -162,7 +158,7 @@ def test_disable_and_enable_before_the_routers_exist_are_remembered() -> None:
 
 def test_counters_are_per_interface() -> None:
     plugin, _, routers = plugin_with_routers(IF, OTHER)
-    report(routers[6], 1.0, G1)
+    v2_report(routers[6], 1.0, G1)
     routers[6].receive(1.0, HOST, G1, b"garbage!")
     assert plugin.counters()[5]["reports_received"] == 0
     assert plugin.counters()[6]["reports_received"] == 1
