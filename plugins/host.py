@@ -571,8 +571,6 @@ class Host:
             return
         if not state.get("registered", False):
             return  # between registrations (start, manager restart): nothing of ours to compare
-        ctx = self.ctx
-        assert ctx is not None
         members = {_member(m) for m in state.get("local_members", [])}
         for gone in sorted(self.local_members - members, key=repr):
             self.local_members.discard(gone)
@@ -583,14 +581,9 @@ class Host:
             self._local("mgm_local_join", new, "local_join (resync)")
         if self.protocol.protocol_id == IGMP_PROTOCOL_ID:
             for entry in state.get("interfaces", []):
-                iface = _iface(entry)
-                enabled = bool(entry.get("igmp_enabled", True))
-                if enabled and iface in self.igmp_disabled:
-                    self.igmp_disabled.discard(iface)
-                    self.call("mgm_enable_igmp", "enable_igmp (resync)", mgm=ctx, interface=iface)
-                elif not enabled and iface not in self.igmp_disabled:
-                    self.igmp_disabled.add(iface)
-                    self.call("mgm_disable_igmp", "disable_igmp (resync)", mgm=ctx, interface=iface)
+                iface, enabled = _iface(entry), bool(entry.get("igmp_enabled", True))
+                if enabled == (iface in self.igmp_disabled):  # not what the hooks were last told
+                    self._set_igmp(iface, enabled, " (resync)")
         for question in state.get("questions", []):
             if question.get("question") not in self.answered:
                 self.on_event(question)
@@ -600,15 +593,11 @@ class Host:
         self.call(hook, f"{what} {source}/{group} on {interface.if_index}", mgm=self.ctx,
                   **dict(zip((*MASKED_FLOW, "interface"), member, strict=True)))  # fmt: skip
 
-    def _enable_igmp(self, event: Mapping[str, Any]) -> None:
-        iface = _iface(event)
-        self.igmp_disabled.discard(iface)
-        self.call("mgm_enable_igmp", f"enable_igmp on {iface.if_index}", mgm=self.ctx, interface=iface)
-
-    def _disable_igmp(self, event: Mapping[str, Any]) -> None:
-        iface = _iface(event)
-        self.igmp_disabled.add(iface)
-        self.call("mgm_disable_igmp", f"disable_igmp on {iface.if_index}", mgm=self.ctx, interface=iface)
+    def _set_igmp(self, iface: Interface, enabled: bool, why: str = "") -> None:
+        """mgm_enable_igmp or mgm_disable_igmp, remembered for the next resync."""
+        (self.igmp_disabled.discard if enabled else self.igmp_disabled.add)(iface)
+        verb = "enable" if enabled else "disable"
+        self.call(f"mgm_{verb}_igmp", f"{verb}_igmp on {iface.if_index}{why}", mgm=self.ctx, interface=iface)
 
     def _local_join(self, event: Mapping[str, Any]) -> None:
         member = _member(event)
@@ -702,8 +691,8 @@ class Host:
         self.ctx.answer(question, **fields)
 
     HANDLERS: ClassVar[dict[str, Callable[[Host, Mapping[str, Any]], None]]] = {
-        "enable_igmp": _enable_igmp,
-        "disable_igmp": _disable_igmp,
+        "enable_igmp": lambda host, event: host._set_igmp(_iface(event), True),
+        "disable_igmp": lambda host, event: host._set_igmp(_iface(event), False),
         "local_join": _local_join,
         "local_leave": _local_leave,
         "join_alert": _join_alert,
