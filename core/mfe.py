@@ -114,7 +114,5 @@ class Mfe:
             "timeout": self.timeout,
         }
         if stats is not None:
-            mfe["in_packets"] = self.in_packets
-            mfe["in_bytes"] = self.in_bytes
-            mfe["wrong_if_packets"] = self.wrong_if_packets
+            mfe.update(in_packets=self.in_packets, in_bytes=self.in_bytes, wrong_if_packets=self.wrong_if_packets)
         return mfe

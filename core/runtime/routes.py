@@ -89,19 +89,15 @@ class KernelRoutes:
     def route(self, destination: str) -> Route | None:
         """The unicast route towards `destination` (its interface and gateway), or None: no route, a local
         address, or a lookup that failed (warned about at most once a minute)."""
-        failure: Exception
         try:
             return self._lookup(destination)
-        except OSError as exc:
-            if exc.errno in NO_ROUTE:
+        except (OSError, ValueError, struct.error) as exc:  # the last two: an answer we cannot read
+            if isinstance(exc, OSError) and exc.errno in NO_ROUTE:
                 log.debug("no route towards %s: %s", destination, os.strerror(exc.errno))
-                return None
-            failure = exc
-        except (ValueError, struct.error) as exc:  # an answer we cannot read
-            failure = exc
-        self.close()  # the next lookup starts on a fresh socket, with no late answer queued
-        self._warn(destination, failure)
-        return None
+            else:
+                self.close()  # the next lookup starts on a fresh socket, with no late answer queued
+                self._warn(destination, exc)
+            return None
 
     def _lookup(self, source: str) -> Route | None:
         if self._sock is None:
