@@ -69,22 +69,18 @@ def q_of(events: list[Any], type_: str) -> dict[str, Any]:
 # --- creation -----------------------------------------------------------------------------
 
 
-def test_new_packet_asks_rpf_of_the_owner_towards_s(core: Core, net: Net) -> None:
-    """Step 1: the incoming interface is the one towards S; its owner gets rpf, and the reply waits."""
-    assert net.fwd.packet(S, G, 2, token="t1") is DEFERRED
-    assert core.events() == [
-        ev(net.pim, "rpf", question=1, deadline=0.1, source=S, group=G, **iff(1), upstream_neighbor=ANY)
-    ]
+@pytest.mark.parametrize(("source", "arrival", "owner", "incoming"), [(S, 2, "pim", 1), ("10.9.9.9", 4, "dvmrp", 4)],
+                         ids=["the owner towards S", "without a route, the arrival interface's owner"])
+def test_new_packet_asks_rpf_of_the_incoming_owner(
+    core: Core, net: Net, source: str, arrival: int, owner: str, incoming: int
+) -> None:
+    """Step 1: the incoming interface is the one towards S, or where the resolver has no route to S, the one the
+    packet arrived on; its owner gets rpf, and the reply waits."""
+    assert net.fwd.packet(source, G, arrival, token="t1") is DEFERRED
+    rpf = {"question": 1, "deadline": 0.1, "source": source, "group": G, **iff(incoming), "upstream_neighbor": ANY}
+    assert core.events() == [ev(getattr(net, owner), "rpf", **rpf)]
     assert core.mgm.take_completions() == []
     assert core.mgm.next_deadline() == pytest.approx(core.now + 0.1)
-
-
-def test_new_packet_without_route_uses_the_arrival_interface(core: Core, net: Net) -> None:
-    """Where the resolver has no route to S, the interface the packet arrived on is the incoming one."""
-    net.fwd.packet("10.9.9.9", G, 4)
-    assert core.events() == [
-        ev(net.dvmrp, "rpf", question=1, deadline=0.1, source="10.9.9.9", group=G, **iff(4), upstream_neighbor=ANY)
-    ]
 
 
 def test_rpf_goes_to_igmp_where_it_owns_alone(core: Core, net: Net) -> None:
@@ -433,25 +429,21 @@ def test_creation_veto_holds_until_a_new_membership_on_that_interface(core: Core
     assert net.oil() == [2]
 
 
-@pytest.mark.parametrize("source", [ANY, S], ids=["(*,G)", "(S,G)"])
-def test_creation_veto_is_lifted_by_any_new_matching_membership_there(core: Core, net: Net, source: str) -> None:
+@pytest.mark.parametrize(("source", "group"), [(ANY, G), (S, G), (ANY, ANY)], ids=["(*,G)", "(S,G)", "(*,*)"])
+def test_creation_veto_is_lifted_by_any_new_matching_membership_there(
+    core: Core, net: Net, source: str, group: str
+) -> None:
     """[ours] A new membership on the vetoed interface lifts the veto, also when its key already has one there.
 
     IGMP's (*,G) on 2 is not the first (*,G) there (PIM's is), yet it is new
-    receiver interest, just like IGMP's (S,G), the first of its key there.
+    receiver interest, just like IGMP's (S,G), the first of its key there;
+    (*,*) matches every MFE.
     """
     vetoed_on_2(core, net)
-    net.igmp.join(source, G, 2)
+    net.igmp.join(source, group, 2)
     events = core.events()
     assert [e.type for e in events if e.to is None] == ["membership_added", "mfe_updated"]
     assert ev(net.pim, "join_alert", **sgf(S, G), member_update=False) in events  # the OIL turned non-empty
-    assert net.oil() == [2]
-
-
-def test_creation_veto_is_lifted_by_a_new_wildcard_membership(core: Core, net: Net) -> None:
-    """[ours] (*,*) matches every MFE: IGMP's new (*,*) on the vetoed interface lifts the veto."""
-    vetoed_on_2(core, net)
-    net.igmp.join(ANY, ANY, 2)
     assert net.oil() == [2]
 
 
