@@ -832,12 +832,9 @@ class Router:
         """Publish the group's membership changes; forget it when it is INCLUDE({}); schedule its next timer."""
         gone = g.mode == INCLUDE and not g.sources
         wanted = frozenset({(ANY, g.group)} if g.mode == EXCLUDE else {(s, g.group) for s in g.sources})
-        if wanted != g.members:
-            for source, group in sorted(wanted - g.members):
-                self._changes.append(Change(True, source, group))
-            for source, group in sorted(g.members - wanted):
-                self._changes.append(Change(False, source, group))
-            g.members = wanted
+        self._changes += [Change(True, *member) for member in sorted(wanted - g.members)]
+        self._changes += [Change(False, *member) for member in sorted(g.members - wanted)]
+        g.members = wanted
         if gone:
             del self._groups[g.group]
             return
@@ -851,10 +848,8 @@ class Router:
             times.append(g.gq_next)
         if g.sq_left:
             times.append(g.sq_next)
-        if not times:
-            return
-        when = min(times)
-        if when < g.wake:
+        when = min(times, default=math.inf)
+        if when < g.wake:  # no timer running gives inf, which is never below wake
             g.wake = when
             self._seq += 1
             heapq.heappush(self._wakeups, (when, self._seq, g.group))
