@@ -140,6 +140,7 @@ class Wire:
         self.sent += 1
 
     def request(self, op: str, args: Any) -> str:
+        """Send a request (pipelined: its reply is collected later); its id."""
         return self.send_map({"v": 1, "op": op, "args": args})
 
     def send_map(self, request: dict[str, Any]) -> str:
@@ -148,8 +149,8 @@ class Wire:
         self.send([b"", pack({**request, "id": req_id})])
         return req_id
 
-    def collect(self, until: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + REPLY_WAIT
+    def collect(self, until: Callable[[], bool], timeout: float = REPLY_WAIT) -> None:
+        deadline = time.monotonic() + timeout
         while not until():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self.sock.poll(int(remaining * 1000)):

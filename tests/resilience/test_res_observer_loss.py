@@ -15,15 +15,13 @@ with the manager's own events queue made tiny.)
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
-import zmq
 from mgm_testplugins.processes import ManagerProc
+from test_res_fuzz_manager import Wire
 
 from mgm.bus.client import Client
-from mgm.bus.codec import decode_reply, encode_request
 from mgm.plugins.testing import wait_for_async
 
 WRITER, OTHER = 300, 301
@@ -91,70 +89,37 @@ def expected(state: dict[str, Any]) -> dict[str, Any]:
     return mirror.state()
 
 
-class Writer:
-    """A blocking DEALER that pipelines requests and collects their replies (not on the blocked loop)."""
-
-    def __init__(self, api: str) -> None:
-        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(api)
-        self.next_id = 0
-        self.pending = 0
-
-    def send(self, op: str, args: dict[str, Any]) -> None:
-        self.next_id += 1
-        self.pending += 1
-        self.sock.send_multipart([b"", encode_request(self.next_id, op, args)])
-
-    def replies(self, timeout: float = 30.0) -> list[dict[str, Any]]:
-        out = []
-        deadline = time.monotonic() + timeout
-        while self.pending:
-            assert self.sock.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), "replies missing"
-            out.append(decode_reply(self.sock.recv_multipart()[-1]))
-            self.pending -= 1
-        return out
-
-    def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        self.send(op, args)
-        (reply,) = self.replies()
-        assert reply["status"] == 0, reply
-        result: dict[str, Any] = reply["result"]
-        return result
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
 def membership(handle: int, i: int, if_index: int) -> dict[str, Any]:
     return {"handle": handle, "source": "0.0.0.0", "source_mask": "0.0.0.0", "group": group(i),
             "group_mask": "255.255.255.255", "if_index": if_index, "next_hop": "0.0.0.0", "flags": 1}  # fmt: skip
 
 
-def churn(writer: Writer, other: Writer) -> int:
+def churn(writer: Wire, other: Wire) -> int:
     """Thousands of state changes of every kind, pipelined; the number of requests that succeeded."""
     handle = writer.call("register_protocol", {"protocol_id": WRITER, "component_id": 1, "name": "writer"})["handle"]
     for if_index in (1, 2, 3, 4):
-        writer.send("take_interface_ownership", {"handle": handle, "if_index": if_index, "next_hop": "0.0.0.0"})
+        writer.request("take_interface_ownership", {"handle": handle, "if_index": if_index, "next_hop": "0.0.0.0"})
     for i in range(0, GROUPS, 10):  # MFEs, in from 1 or 4 (no resolver: the arrival interface), negative at first
-        writer.send("new_packet", {"handle": handle, "source": "10.0.0.1", "group": group(i),
+        writer.request("new_packet", {"handle": handle, "source": "10.0.0.1", "group": group(i),
                                    "if_index": 1 if i % 20 else 4, "next_hop": "0.0.0.0"})  # fmt: skip
     for i in range(GROUPS):  # the MFEs' OILs grow (mfe_updated)
-        writer.send("add_group_membership", membership(handle, i, 2 + i % 2))
+        writer.request("add_group_membership", membership(handle, i, 2 + i % 2))
     for i in range(0, GROUPS, 3):
-        writer.send("delete_group_membership", membership(handle, i, 2 + i % 2))
-    writer.send("release_interface_ownership", {"handle": handle, "if_index": 4, "next_hop": "0.0.0.0"})
+        writer.request("delete_group_membership", membership(handle, i, 2 + i % 2))
+    writer.request("release_interface_ownership", {"handle": handle, "if_index": 4, "next_hop": "0.0.0.0"})
     oh = other.call("register_protocol", {"protocol_id": OTHER, "component_id": 1, "name": "other"})["handle"]
-    other.send("take_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
-    other.send("release_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
-    other.send("deregister_protocol", {"handle": oh})
-    ok: int = sum(r["status"] == 0 for r in writer.replies() + other.replies())
-    return ok
+    other.request("take_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
+    other.request("release_interface_ownership", {"handle": oh, "if_index": 9, "next_hop": "0.0.0.0"})
+    other.request("deregister_protocol", {"handle": oh})
+    for wire in (writer, other):
+        wire.collect(lambda wire=wire: wire.received == wire.sent, timeout=30.0)
+    ok: int = sum(status == 0 for wire in (writer, other) for status in wire.statuses.values())
+    return ok - 2  # the two registrations are not part of the churn
 
 
 def state_of(api: str) -> tuple[int, dict[str, Any]]:
     """A fresh `sync` of the state stream, every page joined: (seq, state)."""
-    writer = Writer(api)
+    writer = Wire(api)
     try:
         result = writer.call("sync", {"stream": "state"})
         state = result["state"]
@@ -181,7 +146,7 @@ def test_a_stalled_observer_with_a_tiny_queue_resyncs_to_exactly_the_managers_st
             observer.follow("state", mirror.on_event, mirror.on_snapshot)
             await wait_for_async(lambda: mirror.snapshots, 10, "the first snapshot")
             first_seq, _ = state_of(manager.api)
-            writer, other = Writer(manager.api), Writer(manager.api)
+            writer, other = Wire(manager.api), Wire(manager.api)
             try:
                 # The loop is blocked for all of this: the observer reads nothing while it happens.
                 succeeded = churn(writer, other)
