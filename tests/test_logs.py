@@ -72,11 +72,9 @@ def test_manager_json_log_is_one_object_per_line(mgm_bus: MgmBus) -> None:
     client.request("release_interface_ownership", {"handle": handle, "if_index": 4, "next_hop": "0.0.0.0"})
     client.request("deregister_protocol", {"handle": handle})
     assert manager.stop() == 0
-    records = []
-    for line in manager.log().splitlines():
-        record = json.loads(line)  # every line: a whole JSON object
-        assert isinstance(record, dict) and record.keys() >= REQUIRED, line
-        records.append(record)
+    records = [json.loads(line) for line in manager.log().splitlines()]  # every line: a whole JSON object
+    for record in records:
+        assert isinstance(record, dict) and record.keys() >= REQUIRED, record
     mine = [r for r in records if r.get("protocol") == "65100/7"]
     assert [r["event"] for r in mine] == ["protocol_registered", "interface_owned", "interface_released",
                                           "protocol_deregistered"]

@@ -19,11 +19,8 @@ def metrics_url(manager: ManagerProc) -> str:
     """The URL the manager logged (it was asked for port 0, so only it knows the port)."""
 
     def logged() -> str | None:
-        for line in manager.log().splitlines():
-            record = json.loads(line)
-            if "metrics_url" in record:
-                return str(record["metrics_url"])
-        return None
+        records = (json.loads(line) for line in manager.log().splitlines())
+        return next((str(r["metrics_url"]) for r in records if "metrics_url" in r), None)
 
     return wait_for(logged, 10, "the manager to log its metrics address")
 
@@ -34,11 +31,8 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
+    families = text_string_to_metric_families(text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
 
 
 def value(samples: dict[Any, float], name: str, **labels: str) -> float:
