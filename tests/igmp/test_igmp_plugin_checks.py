@@ -6,9 +6,9 @@ import asyncio
 import ipaddress
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from test_igmp_plugin import RecordingContext
 
 from mgm.core.types import Interface
 from mgm.plugins.igmp import packet
@@ -40,17 +40,6 @@ class FakeIo:
 
     def send(self, if_index: int, source: str, destination: str, payload: bytes) -> None:
         self.sent.append((if_index, source, destination, payload))
-
-
-class RecordingContext:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
-
-    def add_membership(self, source: str, group: str, interface: Interface, **kw: Any) -> None:
-        self.calls.append(("add", source, group))
-
-    def delete_membership(self, source: str, group: str, interface: Interface, **kw: Any) -> None:
-        self.calls.append(("delete", source, group))
 
 
 @pytest.fixture
@@ -102,5 +91,5 @@ def test_the_ip_header_reaches_the_router_checks(rig: tuple[IgmpPlugin, FakeIo, 
 
     deliver(plugin, io, without_router_alert(packet.build_ipv4(HOST, G, report)),
             packet.build_ipv4(HOST, packet.ALL_IGMPV3_ROUTERS, v3))  # fmt: skip
-    assert ctx.calls == [("add", ANY, G), ("add", ANY, "239.2.2.2")]
+    assert ctx.calls == [("add", ANY, G, IF), ("add", ANY, "239.2.2.2", IF)]
     assert plugin.counters()[IF.if_index]["no_router_alert_accepted"] == 1
