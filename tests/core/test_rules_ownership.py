@@ -21,18 +21,16 @@ def test_take_publishes_interface_owned(core: Core) -> None:
     assert core.events() == [ev(None, "interface_owned", **owned(PIM, **iff(3, "10.1.1.2")))]
 
 
-def test_second_routing_protocol_is_already_exists(core: Core) -> None:
-    """At most one routing protocol owns an interface: a second gets ERROR_ALREADY_EXISTS."""
-    pim, dvmrp = core.protos(PIM, DVMRP)
-    pim.take(1)
-    core.refused(Status.ERROR_ALREADY_EXISTS, dvmrp.take, 1)
-
-
-def test_same_client_taking_twice_is_already_exists(core: Core) -> None:
-    """[ours] The owner taking its interface again gets ERROR_ALREADY_EXISTS too."""
-    pim = core.register(PIM)
-    pim.take(1)
-    core.refused(Status.ERROR_ALREADY_EXISTS, pim.take, 1)
+@pytest.mark.parametrize(("first", "second"), [((PIM, 1), (DVMRP, 1)), ((PIM, 1), (PIM, 1)), ((IGMP, 1), (IGMP, 2))],
+                         ids=["a second routing protocol", "[ours] the owner again", "[ours] a second IGMP"])
+def test_a_second_owner_of_the_same_kind_is_already_exists(
+    core: Core, first: tuple[int, int], second: tuple[int, int]
+) -> None:
+    """At most one routing protocol owns an interface, and the IGMP exception admits one IGMP beside it, not two:
+    a second one, or the owner taking its interface again, gets ERROR_ALREADY_EXISTS."""
+    owner = core.register(*first)
+    owner.take(1)
+    core.refused(Status.ERROR_ALREADY_EXISTS, (owner if second == first else core.register(*second)).take, 1)
 
 
 def test_next_hops_tell_interfaces_apart(core: Core) -> None:
@@ -50,12 +48,6 @@ def test_igmp_may_co_own_with_one_routing_protocol(core: Core) -> None:
     pim.take(1)
     pim.take(2)
     igmp.take(2)
-
-
-def test_second_igmp_component_is_already_exists(core: Core) -> None:
-    """[ours] The IGMP exception admits one IGMP beside the routing protocol, not two."""
-    core.register(IGMP, 1).take(1)
-    core.refused(Status.ERROR_ALREADY_EXISTS, core.register(IGMP, 2).take, 1)
 
 
 def test_igmp_taking_beside_a_routing_protocol_has_no_bracket(core: Core) -> None:
@@ -174,19 +166,15 @@ def test_igmp_releasing_beside_owner_keeps_the_owners_mfes(core: Core) -> None:
     assert core.types() == [(None, "interface_released")]
 
 
-def test_get_protocol_on_interface_names_the_routing_owner(core: Core) -> None:
-    """get_protocol_on_interface gives the routing protocol, even when IGMP co-owns."""
-    igmp = core.register(IGMP)
-    pim = core.register(PIM, 4)
-    igmp.take(1)
-    pim.take(1)
-    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == {"protocol_id": PIM, "component_id": 4}
-
-
-def test_get_protocol_on_interface_names_igmp_when_alone(core: Core) -> None:
-    """[ours] IGMP is named only where it owns the interface alone."""
+@pytest.mark.parametrize("routing_owner", [True, False], ids=["the routing owner, even when IGMP co-owns",
+                                                             "[ours] IGMP only where it owns the interface alone"])
+def test_get_protocol_on_interface_names_the_routing_owner_else_igmp(core: Core, routing_owner: bool) -> None:
+    """get_protocol_on_interface gives the routing protocol, else IGMP."""
     core.register(IGMP).take(1)
-    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == owned(IGMP)
+    if routing_owner:
+        core.register(PIM, 4).take(1)
+    expected = {"protocol_id": PIM, "component_id": 4} if routing_owner else owned(IGMP)
+    assert core.req(b"x", "get_protocol_on_interface", **iff(1)) == expected
 
 
 def test_get_protocol_on_unowned_interface_is_not_found(core: Core) -> None:
