@@ -492,18 +492,15 @@ def test_set_mfe_by_a_client_not_owning_the_incoming_interface_is_invalid(core: 
     core.refused(Status.ERROR_INVALID_PARAMETER, net.dvmrp, "set_mfe", source=S, group=G, upstream_neighbor=ANY)
 
 
-def test_wrong_interface_tells_the_owner_of_the_arrival_interface(core: Core, net: Net) -> None:
+@pytest.mark.parametrize(("arrival", "owner"), [(4, "dvmrp"), (9, None)], ids=["owned", "no owner, nobody to tell"])
+def test_wrong_interface_tells_the_owner_of_the_arrival_interface(
+    core: Core, net: Net, arrival: int, owner: str | None
+) -> None:
     """wrong_if goes to the owner of the interface the packet arrived on (PIM asserts need it)."""
     net.create()
-    assert net.fwd("wrong_interface", source=S, group=G, **iff(4)) == {}
-    assert core.events() == [ev(net.dvmrp, "wrong_if", source=S, group=G, **iff(4))]
-
-
-def test_wrong_interface_on_unowned_interface_tells_nobody(core: Core, net: Net) -> None:
-    """No owner, nobody to tell."""
-    net.create()
-    net.fwd("wrong_interface", source=S, group=G, **iff(9))
-    assert core.events() == []
+    assert net.fwd("wrong_interface", source=S, group=G, **iff(arrival)) == {}
+    told = [] if owner is None else [ev(getattr(net, owner), "wrong_if", source=S, group=G, **iff(arrival))]
+    assert core.events() == told
 
 
 def test_wrong_interface_refusals(core: Core, net: Net) -> None:
