@@ -371,11 +371,7 @@ class _Checker:
         return manager
 
     def _manager_keys(self, raw: dict[str, Any]) -> ManagerConfig:
-        endpoints: dict[str, str | None] = {}
-        for key in ("api", "events"):
-            value = raw.get(key)
-            if value is not None:
-                endpoints[key] = self.endpoint(f"manager.{key}", value)
+        endpoints = {key: self.endpoint(f"manager.{key}", raw[key]) for key in ("api", "events") if key in raw}
         level = raw.get("log_level")
         if level is not None and level not in LEVELS:
             raise self.error("manager.log_level", f"must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -604,60 +600,41 @@ def _array_header(line: str) -> list[str] | None:
     return _split_key(m.group("path"))
 
 
+_TOKEN = re.compile(
+    r'"""(?:\\(?:[\s\S]|\Z)|[^\\])*?(?:"""|\Z)'  # a multi-line basic string (unterminated: to the end)
+    r"|'''[\s\S]*?(?:'''|\Z)"  # a multi-line literal string
+    r'|"(?:\\(?:[\s\S]|\Z)|[^"\\])*"?'  # a basic string
+    r"|'[^']*'?"  # a literal string
+    r"|#[^\n]*|[\s\S]"  # a comment, or one character
+)
+
+
 def _scan_array(text: str, pos: int, line: int) -> list[int] | None:
     """From just after `key =`, walk a TOML array: the line where each element starts (None: not an array)."""
     depth = 0
     expecting = False
     starts: list[int] = []
-    n = len(text)
-    while pos < n:
-        c = text[pos]
-        if c == "\n":
-            line += 1
-        elif c == "#":
-            while pos < n and text[pos] != "\n":
-                pos += 1
+    for token in _TOKEN.findall(text, pos):
+        c = token[0]
+        if c in "# \t\r\n":
+            line += c == "\n"
             continue
-        elif c in " \t\r":
-            pass
-        elif depth == 0 and c != "[":
+        if depth == 0 and c != "[":
             return None  # not an array
-        else:
-            if depth == 1 and expecting and c not in ",]":
-                starts.append(line)
-                expecting = False
-            if c in "[{":
-                depth += 1
-                expecting = expecting or depth == 1
-            elif c in "]}":
-                depth -= 1
-                if depth == 0:
-                    return starts
-            elif c == "," and depth == 1:
-                expecting = True
-            elif c in "\"'":
-                pos, line = _skip_string(text, pos, line)
-                continue
-        pos += 1
+        if depth == 1 and expecting and c not in ",]":
+            starts.append(line)
+            expecting = False
+        if c in "[{":
+            depth += 1
+            expecting = expecting or depth == 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return starts
+        elif c == "," and depth == 1:
+            expecting = True
+        line += token.count("\n")  # a string over several lines
     return starts  # unterminated (tomllib would have refused it): what was seen
-
-
-def _skip_string(text: str, pos: int, line: int) -> tuple[int, int]:
-    """Past the string starting at `pos` (basic, literal, multi-line); returns (position after, line)."""
-    quote = text[pos]
-    delim = quote * 3 if text.startswith(quote * 3, pos) else quote
-    pos += len(delim)
-    while pos < len(text):
-        if quote == '"' and text[pos] == "\\":
-            line += text[pos + 1 : pos + 2] == "\n"
-            pos += 2
-            continue
-        if text.startswith(delim, pos):
-            return pos + len(delim), line
-        if text[pos] == "\n":
-            line += 1
-        pos += 1
-    return pos, line
 
 
 def _line_from_message(message: str) -> int | None:
