@@ -123,16 +123,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         return asyncio.run(Host(args.name, config, api, events, curve).run())
-    except PluginUnsupported as exc:
-        log.error("%s", exc)
-        return EXIT_UNSUPPORTED
-    except PluginLoadError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
-    except ConfigError as exc:
-        for line in exc.lines():
+    except (PluginLoadError, ConfigError) as exc:
+        for line in exc.lines() if isinstance(exc, ConfigError) else [str(exc)]:
             log.error("%s", line)
-        return EXIT_CONFIG
+        return EXIT_UNSUPPORTED if isinstance(exc, PluginUnsupported) else EXIT_CONFIG
 
 
 # --- loading ------------------------------------------------------------------------------
