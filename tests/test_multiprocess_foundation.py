@@ -42,14 +42,6 @@ def hooks(plugin: PluginProc, *names: str) -> list[dict[str, Any]]:
     return [c for c in ctl(plugin).calls() if c["hook"] in names]
 
 
-def join(plugin: PluginProc, group: str, if_index: int, source: str = ANY) -> None:
-    ctl(plugin).call("add_membership", source=source, group=group, if_index=if_index)
-
-
-def leave(plugin: PluginProc, group: str, if_index: int, source: str = ANY) -> None:
-    ctl(plugin).call("delete_membership", source=source, group=group, if_index=if_index)
-
-
 def enumerate_groups(plugin: PluginProc) -> list[tuple[str, str]]:
     """Every (source, group) joined anywhere, as the manager's group enumeration lists them."""
     c = ctl(plugin)
@@ -86,8 +78,8 @@ def test_take_and_release_under_igmp_readds_from_the_enable_hook(manager: Manage
     igmp = start_plugin("test-igmp", {"interfaces": [11]})
     a = start_plugin("test-routing-a", A)
     b = start_plugin("test-routing-b", B)
-    join(igmp, G1, 11)
-    join(igmp, SG, 11, source=S)
+    ctl(igmp).join(G1, 11)
+    ctl(igmp).join(SG, 11, source=S)
 
     ctl(a).call("take", if_index=11)  # IGMP is told disable, then enable, and re-adds from the enable hook
     ctl(a).wait_for_call("mgm_local_join", group=SG, source=S, interface=[11, ANY])
@@ -118,18 +110,18 @@ def test_local_join_and_leave_reach_only_the_owner(manager: ManagerProc, start_p
     a = start_plugin("test-routing-a", A | {"interfaces": [12]})
     b = start_plugin("test-routing-b", B | {"interfaces": [13]})
 
-    join(igmp, G1, 13)
+    ctl(igmp).join(G1, 13)
     ctl(b).wait_for_call("mgm_local_join", group=G1, interface=[13, ANY])
-    join(igmp, G2, 12)
+    ctl(igmp).join(G2, 12)
     ctl(a).wait_for_call("mgm_local_join", group=G2, interface=[12, ANY])  # after G1 on A's stream, if any
-    join(igmp, G3, 13)
+    ctl(igmp).join(G3, 13)
     ctl(b).wait_for_call("mgm_local_join", group=G3, interface=[13, ANY])  # after G2 on B's stream, if any
     assert [c["group"] for c in hooks(a, "mgm_local_join")] == [G2]
     assert [c["group"] for c in hooks(b, "mgm_local_join")] == [G1, G3]
 
-    leave(igmp, G1, 13)
+    ctl(igmp).leave(G1, 13)
     ctl(b).wait_for_call("mgm_local_leave", group=G1, interface=[13, ANY])
-    leave(igmp, G2, 12)
+    ctl(igmp).leave(G2, 12)
     ctl(a).wait_for_call("mgm_local_leave", group=G2, interface=[12, ANY])
     assert [c["group"] for c in hooks(a, "mgm_local_leave")] == [G2]
     assert [c["group"] for c in hooks(b, "mgm_local_leave")] == [G1]
@@ -148,14 +140,14 @@ def test_join_and_prune_alerts_follow_the_star_g_rules(manager: ManagerProc, sta
         return [(c["hook"], c.get("member_update", c.get("member_delete"))) for c in
                 hooks(plugin, "mgm_join_alert", "mgm_prune_alert") if c["group"] == G1]  # fmt: skip
 
-    join(a, G1, 12)  # the first client with receivers: every other client is told
+    ctl(a).join(G1, 12)  # the first client with receivers: every other client is told
     ctl(igmp).wait_for_call("mgm_join_alert", group=G1, member_update=True)
     ctl(b).wait_for_call("mgm_join_alert", group=G1, member_update=True)
-    join(b, G1, 13)  # the second: the first is told
+    ctl(b).join(G1, 13)  # the second: the first is told
     ctl(a).wait_for_call("mgm_join_alert", group=G1, member_update=True)
-    leave(b, G1, 13)  # back to one client: the one remaining is told
+    ctl(b).leave(G1, 13)  # back to one client: the one remaining is told
     ctl(a).wait_for_call("mgm_prune_alert", group=G1, member_delete=True)
-    leave(a, G1, 12)  # none left: every other client is told
+    ctl(a).leave(G1, 12)  # none left: every other client is told
     ctl(igmp).wait_for_call("mgm_prune_alert", group=G1, member_delete=True)
     ctl(b).wait_for_call("mgm_prune_alert", group=G1, member_delete=True)
 
@@ -171,8 +163,8 @@ def mfe_setup(start_plugin: StartPlugin) -> tuple[PluginProc, PluginProc, Plugin
     igmp = start_plugin("test-igmp", {"interfaces": [13, 14]})
     a = start_plugin("test-routing-a", A | {"interfaces": [12, 15]})
     b = start_plugin("test-routing-b", B | {"interfaces": [13, 14]})
-    join(igmp, SG, 13)
-    join(igmp, SG, 14)
+    ctl(igmp).join(SG, 13)
+    ctl(igmp).join(SG, 14)
     ctl(b).wait_for_call("mgm_local_join", group=SG, interface=[14, ANY])
     return igmp, a, b
 
@@ -265,7 +257,7 @@ def test_bad_frames_and_arguments_get_error_replies_and_the_manager_keeps_servin
 
     assert manager.alive() and manager.ping()
     ctl(a).call("take", if_index=16)  # the plugin's registration survived all of it
-    join(a, G1, 16)
+    ctl(a).join(G1, 16)
     assert enumerate_groups(a) == [(ANY, G1)]
 
 
@@ -276,7 +268,7 @@ def test_a_killed_plugin_is_cleaned_up_with_its_alerts(manager: ManagerProc, sta
     igmp = start_plugin("test-igmp", {"interfaces": [13]})
     a = start_plugin("test-routing-a", A | {"interfaces": [12]})
     b = start_plugin("test-routing-b", B | {"interfaces": [13, 14]})
-    join(b, G1, 14)
+    ctl(b).join(G1, 14)
     ctl(a).wait_for_call("mgm_join_alert", group=G1, member_update=True)
     assert owner(manager, 13) == (101, 1)
     enables_before = len(hooks(igmp, "mgm_enable_igmp"))
@@ -304,8 +296,8 @@ def test_after_a_manager_restart_plugins_register_and_replay(start_manager: Any,
     igmp = start_plugin("test-igmp", {"interfaces": [11, 12]})
     a = start_plugin("test-routing-a", A | {"interfaces": [12]})
     b = start_plugin("test-routing-b", B | {"interfaces": [13]})
-    join(igmp, G1, 12)
-    join(b, G2, 13)
+    ctl(igmp).join(G1, 12)
+    ctl(b).join(G2, 13)
     ctl(a).wait_for_call("mgm_local_join", group=G1)
 
     assert first.stop() == 0, first.log()
@@ -325,17 +317,17 @@ def test_mfe_alerts_when_its_oil_empties_and_fills_and_the_prune_answer_sets_the
     igmp = start_plugin("test-igmp", {"interfaces": [13]})
     a = start_plugin("test-routing-a", A | {"interfaces": [12]})
     start_plugin("test-routing-b", B | {"interfaces": [13]})
-    join(igmp, SG, 13)
+    ctl(igmp).join(SG, 13)
     assert oil(new_packet(a, 12)) == [13]
     ctl(a).call("answers", prune=42.0)
 
-    leave(igmp, SG, 13)  # the OIL empties: the incoming interface's owner is asked how long to keep it
+    ctl(igmp).leave(SG, 13)  # the OIL empties: the incoming interface's owner is asked how long to keep it
     prune = ctl(a).wait_for_call("mgm_prune_alert", group=SG, member_delete=False)
     assert (prune["source"], prune["interface"]) == (S, [12, ANY]) and isinstance(prune["question"], int)
     wait_for(lambda: manager.request("get_mfe", {"source": S, "group": SG})["mfe"]["timeout"] == 42.0, 10,
              "the answered timeout")  # fmt: skip
 
-    join(igmp, SG, 13)  # and fills again
+    ctl(igmp).join(SG, 13)  # and fills again
     ctl(a).wait_for_call("mgm_join_alert", group=SG, source=S, member_update=False)
     assert oil(manager.request("get_mfe", {"source": S, "group": SG})["mfe"]) == [13]
 

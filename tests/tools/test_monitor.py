@@ -31,14 +31,6 @@ IGMP_STREAM, A_STREAM = "proto/10/1", "proto/100/1"
 QUIET = ("--rate-interval", "0")
 
 
-def join(igmp: PluginProc, group: str, if_index: int, source: str = ANY) -> None:
-    ctl(igmp).call("add_membership", source=source, group=group, if_index=if_index)
-
-
-def leave(igmp: PluginProc, group: str, if_index: int, source: str = ANY) -> None:
-    ctl(igmp).call("delete_membership", source=source, group=group, if_index=if_index)
-
-
 def new_packet(plugin: PluginProc, source: str, group: str, if_index: int) -> None:
     ctl(plugin).call("request", op="new_packet",
                      args={"source": source, "group": group, "if_index": if_index, "next_hop": ANY})  # fmt: skip
@@ -88,9 +80,9 @@ def test_monitor_prints_the_events_in_order(
     s0 = first["state"]["seq"]
     assert int(text_snapshot.split(" at seq ")[1].split(":")[0]) == s0  # nothing happened in between
 
-    join(igmp, "239.1.1.1", LO)
-    join(igmp, "239.1.1.2", LO)
-    leave(igmp, "239.1.1.2", LO)
+    ctl(igmp).join("239.1.1.1", LO)
+    ctl(igmp).join("239.1.1.2", LO)
+    ctl(igmp).leave("239.1.1.2", LO)
     new_packet(a, "10.9.9.9", "239.1.1.1", FAR)
     seqs = last_seqs(manager, ["state", IGMP_STREAM, A_STREAM])
     assert seqs["state"] == s0 + 4
@@ -166,12 +158,12 @@ def test_monitor_filters(manager: ManagerProc, start_plugin: StartPlugin, start_
             if mon is not monitors[4] or stream == A_STREAM:
                 mon.wait_synced(stream)
 
-    join(igmp, "239.1.1.1", LO)
-    join(igmp, "239.1.2.1", FAR + 1)
-    join(igmp, "239.1.2.2", LO, source="10.9.9.9")
+    ctl(igmp).join("239.1.1.1", LO)
+    ctl(igmp).join("239.1.2.1", FAR + 1)
+    ctl(igmp).join("239.1.2.2", LO, source="10.9.9.9")
     new_packet(a, "10.9.9.9", "239.1.1.1", FAR)
     new_packet(a, "10.9.9.8", "239.1.2.1", FAR)
-    leave(igmp, "239.1.1.1", LO)
+    ctl(igmp).leave("239.1.1.1", LO)
     seqs = last_seqs(manager, streams)
     caught_up(everything, seqs)
     reference = everything.events()
@@ -199,9 +191,9 @@ def test_monitor_reports_a_gap_and_resyncs(
     relay.drop.update({s0 + 2, s0 + 3})
     groups = [f"239.3.3.{i}" for i in range(1, 5)]
     for group in groups:
-        join(igmp, group, FAR)
+        ctl(igmp).join(group, FAR)
     mon.wait_record(lambda r: r.get("monitor") == "snapshot" and r["reason"] == "gap", "a resync snapshot")
-    join(igmp, "239.3.3.5", FAR)
+    ctl(igmp).join("239.3.3.5", FAR)
     truth = manager.request("sync", {"stream": "state"})
     caught_up(mon, {"state": truth["seq"]})
     assert relay.dropped == [s0 + 2, s0 + 3]

@@ -60,6 +60,13 @@ class Control:
             raise ControlError(reply)
         return reply
 
+    def join(self, group: str, if_index: int, source: str = "0.0.0.0") -> None:
+        """A membership added through the plugin's context (the reply waits for the manager's)."""
+        self.call("add_membership", source=source, group=group, if_index=if_index)
+
+    def leave(self, group: str, if_index: int, source: str = "0.0.0.0") -> None:
+        self.call("delete_membership", source=source, group=group, if_index=if_index)
+
     def calls(self, hook: str | None = None) -> list[dict[str, Any]]:
         """What the plugin recorded, optionally only calls of one hook."""
         recorded: list[dict[str, Any]] = self.call("calls")["calls"]
