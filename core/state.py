@@ -1269,9 +1269,7 @@ class Mgm:
         new_in: Interface | None = None
         if args.get("if_index") is not None:
             if_index = req_int(args, "if_index")
-            next_hop = args.get("next_hop")
-            if next_hop is None:
-                next_hop = ANY
+            next_hop = args["next_hop"] if args.get("next_hop") is not None else ANY
             parse_addr(next_hop, "next_hop")
             new_in = self._interface((if_index, next_hop))
         elif args.get("next_hop") is not None:
