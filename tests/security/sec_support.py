@@ -89,6 +89,13 @@ class TcpManager:
                 timeout: float = 5.0) -> dict[str, Any] | None:
         return reply_to(self.api, self.keys.curve(key) if key else None, op, args, timeout)
 
+    def state(self) -> dict[str, Any]:
+        """The state snapshot, read with the observer key."""
+        reply = self.request("observer", "sync", {"stream": "state"})
+        assert reply is not None and reply["status"] == 0, reply
+        state: dict[str, Any] = reply["result"]["state"]
+        return state
+
 
 def manager_argv(api: str, events: str, config: Path, curve_key: Path | None, *extra: str) -> list[str]:
     argv = [*MGM, "manager", "--api", api, "--events", events, "--config", str(config), "--log-level", "debug",

@@ -28,9 +28,7 @@ def take(handle: int, if_index: int, next_hop: str = "0.0.0.0") -> dict[str, obj
 
 
 def protocols(m: TcpManager) -> list[tuple[int, int]]:
-    reply = m.request("observer", "sync", {"stream": "state"})
-    assert reply is not None and reply["status"] == 0, reply
-    return sorted((p["protocol_id"], p["component_id"]) for p in reply["result"]["state"]["protocols"])
+    return sorted((p["protocol_id"], p["component_id"]) for p in m.state()["protocols"])
 
 
 def test_a_client_without_curve_gets_no_answer_and_is_logged(tcp_manager: TcpManager) -> None:
@@ -111,9 +109,7 @@ def test_a_known_key_may_not_take_an_interface_it_is_not_given(tcp_manager: TcpM
         for if_index in (ALLOWED_INDEX, socket.if_nametoindex("lo")):
             ok = reply_to(tcp_manager.api, None, "take_interface_ownership", take(handle, if_index), sock=sock)
             assert ok is not None and ok["status"] == 0, ok
-        state = tcp_manager.request("observer", "sync", {"stream": "state"})
-        assert state is not None
-        owned = sorted(i["if_index"] for i in state["result"]["state"]["interfaces"])
+        owned = sorted(i["if_index"] for i in tcp_manager.state()["interfaces"])
         assert owned == sorted([ALLOWED_INDEX, socket.if_nametoindex("lo")])
     finally:
         sock.close(0)
@@ -136,8 +132,7 @@ def test_a_key_cannot_take_over_another_keys_connection(tcp_manager: TcpManager)
         assert "belongs to key 'east'" in stolen["message"]
     finally:
         west.close(0)
-    state = tcp_manager.request("observer", "sync", {"stream": "state"})
-    assert state is not None and state["result"]["state"]["interfaces"] == []
+    assert tcp_manager.state()["interfaces"] == []
 
 
 @pytest.mark.parametrize("key", ["east", "west"])

@@ -40,20 +40,13 @@ def start_static(m: TcpManager, directory: Path, procs: list[Any], interfaces: l
     return proc
 
 
-def state(m: TcpManager) -> dict[str, Any]:
-    reply = m.request("observer", "sync", {"stream": "state"})
-    assert reply is not None and reply["status"] == 0, reply
-    result: dict[str, Any] = reply["result"]["state"]
-    return result
-
-
 def test_a_plugin_over_tcp_and_curve_registers_owns_and_joins(tcp_manager: TcpManager, ipc_dir: Path,
                                                                procs: list[Any]) -> None:
     plugin = start_static(tcp_manager, ipc_dir, procs, [ALLOWED_INDEX, 8])
-    members = wait_for(lambda: [g for g in state(tcp_manager)["memberships"] if g["group"] == GROUP], 20,
+    members = wait_for(lambda: [g for g in tcp_manager.state()["memberships"] if g["group"] == GROUP], 20,
                        "the static plugin's membership over tcp")
     assert [m["if_index"] for m in members] == [8]
-    now = state(tcp_manager)
+    now = tcp_manager.state()
     assert [(p["protocol_id"], p.get("name")) for p in now["protocols"]] == [(STATIC_PROTOCOL_ID, "static")]
     assert sorted(i["if_index"] for i in now["interfaces"]) == [ALLOWED_INDEX, 8]
     assert plugin.alive(), plugin.log()
@@ -87,11 +80,11 @@ def test_a_plugin_claiming_an_interface_it_may_not_is_refused(tcp_manager: TcpMa
     log_has(tcp_manager.proc, "key 'static' may not own interface 9/0.0.0.0")
     wait_for(lambda: "ERROR_ACCESS_DENIED" in plugin.log() or "may not own interface 9" in plugin.log(), 15,
              "the plugin to report the refusal")
-    assert all(i["if_index"] != 9 for i in state(tcp_manager)["interfaces"])
+    assert all(i["if_index"] != 9 for i in tcp_manager.state()["interfaces"])
 
 
 def test_a_plugin_with_a_key_not_in_the_allow_list_never_registers(tcp_manager: TcpManager, ipc_dir: Path,
                                                                     procs: list[Any]) -> None:
     start_static(tcp_manager, ipc_dir, procs, [ALLOWED_INDEX, 8], key="stranger")
     log_has(tcp_manager.proc, f"(unknown CURVE key): {tcp_manager.keys.public['stranger']}")
-    assert state(tcp_manager)["protocols"] == []
+    assert tcp_manager.state()["protocols"] == []
