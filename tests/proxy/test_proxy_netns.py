@@ -83,13 +83,11 @@ def upstream_memberships(ifname: str) -> dict[str, Any]:
     groups: dict[str, int] = {}
     device = None
     for line in igmp.splitlines()[1:]:
-        if not line.startswith("\t"):
-            device = line.split()[1]
-            continue
-        if device != ifname:
-            continue
         fields = line.split()
-        groups[socket.inet_ntoa(bytes.fromhex(fields[0])[::-1])] = int(fields[1])
+        if not line.startswith("\t"):  # a device line, then a line per group it joined
+            device = fields[1]
+        elif device == ifname:
+            groups[socket.inet_ntoa(bytes.fromhex(fields[0])[::-1])] = int(fields[1])
     groups.pop(PROBE_GROUP, None)
     sources = []
     for line in mcfilter.splitlines()[1:]:
