@@ -10,6 +10,7 @@ SIGTERM).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -173,9 +174,7 @@ def test_sync_pages_a_large_state_from_a_frozen_snapshot(manager: Any, ctx: zmq.
     assert call(other, "o", "sync", {"stream": "state", "cursor": cursor})["status"] == 87  # not its cursor
     pages = [first["state"]]
     sizes = []
-    k = 0
-    while True:
-        k += 1
+    for k in itertools.count(1):
         sock.send_multipart([b"", pack({"v": 1, "id": f"s{k}", "op": "sync",
                                         "args": {"stream": "state", "cursor": cursor}})])
         frames = sock.recv_multipart()

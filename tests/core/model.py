@@ -221,12 +221,10 @@ class Model:
         old, new = mfe.oil, self.expected_oil(mfe)
         mfe.oil = new
         told = self.told(mfe.in_iface)
-        if told is None:
-            return
-        if not old and new:
+        if told is not None and not old and new:
             self.emit(told, "join_alert", {**sg_fields(mfe.key), "member_update": False})
         elif old and not new:
-            self.ask_prune(mfe)
+            self.ask_prune(mfe)  # which asks nobody where nobody owns the incoming interface
 
     def ask_prune(self, mfe: Mfe) -> None:
         told = self.told(mfe.in_iface)
