@@ -23,7 +23,7 @@ import pytest
 from kernel_view import KernelView
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
-from netns import Namespace, NsProcess, Receiver, Topology, send_udp, topology, wait_until  # noqa: F401
+from netns import Namespace, NsProcess, Topology, send_udp, topology, wait_until  # noqa: F401
 
 from mgm.plugins.testing import scaled
 
@@ -71,10 +71,8 @@ routes = [
 """
     up = start_up(rtr, topology.workdir, forwarder_backend, tables)
 
-    receivers: dict[tuple[str, str], Receiver] = {}
-    for ns in (rcv1, rcv2, rcv3):
-        for group, port in ((G_SG, PORT_SG), (G_STAR, PORT_STAR)):
-            receivers[(ns.role, group)] = ns.receiver(group, port, name=f"{ns.role}-{group}")
+    receivers = {(ns.role, group): ns.receiver(group, port, name=f"{ns.role}-{group}")
+                 for ns in (rcv1, rcv2, rcv3) for group, port in ((G_SG, PORT_SG), (G_STAR, PORT_STAR))}  # fmt: skip
     for rx in receivers.values():
         rx.wait_joined()
 
