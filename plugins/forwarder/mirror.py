@@ -232,17 +232,13 @@ class Mirror:
     def apply(self, event: Mapping[str, Any]) -> None:
         """One ``state`` stream event."""
         etype = event.get("type")
-        if etype in ("mfe_created", "mfe_updated"):
-            mfe = event["mfe"]
-            key = sg_of(mfe)
-            self.mfes[key] = mfe
-            self.requested.discard(key)
-            self.stale.discard(key)
-            self.adopted.discard(key)
-            self._sync_entry(key)
-        elif etype == "mfe_deleted":
+        if etype in ("mfe_created", "mfe_updated", "mfe_deleted"):
             key = sg_of(event["mfe"])
-            self.mfes.pop(key, None)
+            if etype == "mfe_deleted":
+                self.mfes.pop(key, None)
+            else:
+                self.mfes[key] = event["mfe"]
+                self.requested.discard(key)
             self.stale.discard(key)
             self.adopted.discard(key)
             self._sync_entry(key)

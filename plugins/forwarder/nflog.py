@@ -103,11 +103,8 @@ def _parse_packet(attrs: bytes) -> Upcall | None:
         pos += (length + 3) & ~3
     if payload is None or len(payload) < 20 or payload[0] >> 4 != 4 or indev <= 0:
         return None
-    if prefix == NEW_PREFIX:
-        upcall_kind = IGMPMSG_NOCACHE
-    elif prefix == WRONG_IF_PREFIX:
-        upcall_kind = IGMPMSG_WRONGVIF
-    else:
+    upcall_kind = {NEW_PREFIX: IGMPMSG_NOCACHE, WRONG_IF_PREFIX: IGMPMSG_WRONGVIF}.get(prefix or "")
+    if upcall_kind is None:
         return None
     source, group = socket.inet_ntoa(payload[12:16]), socket.inet_ntoa(payload[16:20])
     held = bytes(payload) if upcall_kind == IGMPMSG_NOCACHE else b""
