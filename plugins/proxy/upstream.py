@@ -116,12 +116,10 @@ class UpstreamMemberships:
             log.warning("proxy: leaving %s on %s: %s", _what(group, source), self.ifname, exc.strerror)
         sources = member.groups.get(group, set())
         sources.discard(source or "")
+        member.full_groups.discard(group)
         if source is None or not sources:
             member.groups.pop(group, None)
-            member.full_groups.discard(group)
             member.full = False
-        else:
-            member.full_groups.discard(group)
         if not member.groups:
             member.sock.close()
             self.pool.remove(member)
