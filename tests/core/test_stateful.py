@@ -368,10 +368,8 @@ class CoreMachine(RuleBasedStateMachine):
         for cid, p in protos.items():
             c = m.clients[cid]
             assert [(at(i), i["igmp_enabled"]) for i in p["interfaces"]] == [(i, i in m.igmp) for i in c.ifaces]
-            local = set()
-            for i in c.ifaces:
-                if m.routing.get(i) == cid and i in m.igmp:
-                    local |= {(k, i) for k in m.clients[m.igmp[i]].members.get(i, ())}
+            local = {(k, i) for i in c.ifaces if m.routing.get(i) == cid and i in m.igmp
+                     for k in m.clients[m.igmp[i]].members.get(i, ())}  # fmt: skip
             assert {((x["source"], x["group"]), at(x)) for x in p["local_members"]} == local
             got_q = Counter(
                 (x["question"], norm(cid, x["type"], {k: v for k, v in x.items() if k != "type"}))
