@@ -643,10 +643,7 @@ class Mgm:
         client = _Client(cid, handle, conn, name, questions)
         self._clients[cid] = client
         self._by_handle[handle] = client
-        seen = self._conns.get(conn)
-        if seen is None:
-            seen = self._conns[conn] = _Conn(now)
-        seen.clients[cid] = client
+        self._conns.setdefault(conn, _Conn(now)).clients[cid] = client
         self._emit(None, "protocol_registered", _registration_fields(client))
         return {"handle": handle}
 
@@ -684,8 +681,7 @@ class Mgm:
         order they were asked, and none of its questions is kept for a late answer (they become unknown,
         so a new registration of the same protocol and component neither sees nor answers them)."""
         for qid in sorted(client.asked):
-            question = self._questions.pop(qid)
-            self._move_on(question, self._now)
+            self._move_on(self._questions.pop(qid), self._now)
         client.asked.clear()
         for qid in [qid for qid, q in self._closed.items() if q.to == client.id]:
             del self._closed[qid]
