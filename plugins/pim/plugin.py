@@ -63,7 +63,6 @@ from mgm.core.runtime.config import PLUGIN_COMMON_KEYS, Mistakes, multicast_pref
 from mgm.core.runtime.routes import KernelRoutes
 from mgm.core.types import ANY, Interface
 from mgm.plugins import links
-from mgm.plugins.context import quiet
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.rawsocket import interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
@@ -323,12 +322,20 @@ class PimPlugin(links.LinkSubscriber):
             return
         ours = {(key[0], key[2]) for key in mgm.memberships}  # our downstream routers' joins are not an alert
         learned = 0
-        enum = (await mgm.request("group_enumeration_start", {"type": "all_sources"}))["enum"]
+        # through the client, not mgm.request: its refusals are expected here (an exhausted enumeration is
+        # 259; a handle the manager dropped is 87, and the replay after our new registration asks again)
+        request, handle = mgm.client.request, mgm.handle
+        try:
+            enum = (await request("group_enumeration_start", {"handle": handle, "type": "all_sources"}))["enum"]
+        except (MgmError, TimeoutError) as exc:
+            log.info("pim: cannot list the joined groups now (%s); we will when registered again", exc)
+            return
         try:
             more = True
             while more and not self.stopped:
                 try:
-                    page = await mgm.request("group_enumeration_next", {"enum": enum, "max_entries": 1000})
+                    page = await request("group_enumeration_next", {"handle": handle, "enum": enum,
+                                                                    "max_entries": 1000})  # fmt: skip
                 except MgmError as exc:
                     if exc.status != Status.ERROR_NO_MORE_ITEMS:
                         raise
@@ -340,8 +347,12 @@ class PimPlugin(links.LinkSubscriber):
                         continue
                     self._reason(_key(source, group), "alert", True, settle=False)
                     learned += 1
+        except (MgmError, TimeoutError) as exc:
+            log.warning("pim: listing the joined groups failed after %d: %s; the next registration asks again",
+                        learned, exc)  # fmt: skip
         finally:
-            await quiet(mgm.request("group_enumeration_end", {"enum": enum}))
+            with contextlib.suppress(MgmError, TimeoutError):
+                await request("group_enumeration_end", {"handle": handle, "enum": enum})
         log.info("pim: %d joined (source, group) pair(s) of other protocols found at start", learned)
         self._after()
 

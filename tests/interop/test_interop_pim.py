@@ -1,4 +1,4 @@
-"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2 and half of 3).
+"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, half of 3, 6, 7 and 8).
 
 1. Adjacency both ways on a shared link, and the DR both sides elect: by priority, then by address.
 2. mgmbus as last-hop router, FRR as RP and first-hop router: a receiver behind mgmbus gets the
@@ -12,6 +12,13 @@
 
      src 10.84.1.2 -- 10.84.1.1 r1 mgmbus (RP 10.84.0.1) r2 10.84.0.1 -- 10.84.0.2 FRR 10.84.2.1 -- host
 
+6. Two protocols on mgmbus: static routes own a second downstream link; their receiver alone makes PIM
+   join towards FRR (the manager's join alert), beside a receiver behind IGMP (topology of 2, plus
+   r3 10.86.0.1 -- host2).
+7. kill -9 of the PIM plugin: `mgm up` starts it again, the adjacency and the flow come back, and after
+   the leave FRR keeps no stale join.
+8. IGMP querier election with FRR (below).
+
 FRR's pimd needs the multicast routing socket, so these run where the kernel has it (User-mode
 Linux on a kernel without it); mgmbus runs `mgm up` with igmp, pim and the MRT forwarder.
 """
@@ -19,6 +26,9 @@ Linux on a kernel without it); mgmbus runs `mgm up` with igmp, pim and the MRT f
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +40,7 @@ from kernel_view import KernelView
 from mgm_testplugins.processes import toml_config
 from netns import Namespace, NsProcess, Topology, send_udp, wait_until
 
-from mgm.plugins.testing import scaled
+from mgm.plugins.testing import TIME_SCALE, scaled
 
 pytestmark = [pytest.mark.netns, pytest.mark.mroute]
 
@@ -91,9 +101,12 @@ def test_adjacency_both_ways_and_the_same_dr_on_both_sides(
     assert ours_says and want in ours_says[-1], up.log()
 
 
-def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
-    topology: Topology, frr_router: Callable[..., FrrRouter]
-) -> None:
+def last_hop_behind_frr(topology: Topology, frr_router: Callable[..., FrrRouter],
+                        more: Callable[[Namespace], dict[str, Any]] = lambda rtr: {},
+                        **pim: Any) -> tuple[Namespace, NsProcess, FrrRouter]:  # fmt: skip
+    """Test 2's topology: source -- FRR (RP, first hop) -- mgmbus -- host, the source sending, `mgm up` running
+    igmp on the host's link, pim (settings `pim` over FAST_PIM) on the transit link, adjacent to FRR, and the
+    plugins `more(router namespace)` returns.  Returns (host namespace, mgm up, FRR)."""
     src, frr_ns, rtr, host = topology.namespaces("src", "frr", "rtr", "host")
     source_link = topology.link(src, frr_ns, "10.81.0.2/24", "10.81.0.1/24")
     transit = topology.link(frr_ns, rtr, "10.80.0.1/24", "10.80.0.2/24")
@@ -105,23 +118,33 @@ def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
     frr = frr_router(frr_ns, pimd_config(pim=[source_link.b_if, transit.a_if], rp=rp, rp_range="239.0.0.0/8"))
     plugins = {
         "igmp": {"interfaces": [down.a_if], "query_response_interval": 1, "last_member_query_interval": 0.2},
-        "pim": {"interfaces": [transit.b_if], "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}], **FAST_PIM},
+        "pim": {"interfaces": [transit.b_if], "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}], **FAST_PIM,
+                **pim},
         "forwarder": {"backend": "mrt", "counters_interval": 1},
-    }
+        **more(rtr),
+    }  # fmt: skip
     up = start_mgm(rtr, topology.workdir, plugins, "mgm")
     wait_until(lambda: "10.80.0.2" in frr.pim_neighbors(transit.a_if), WAIT, "FRR to list us as a neighbour")
+    src.spawn(send_udp, G, PORT, 1_000_000, interval=0.02, source="10.81.0.2", name="send")
+    return host, up, frr
 
+
+def frr_joined(frr: FrrRouter) -> bool:
+    return G in json.dumps(frr.json("show ip pim join"))
+
+
+def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
+    topology: Topology, frr_router: Callable[..., FrrRouter]
+) -> None:
+    host, up, frr = last_hop_behind_frr(topology, frr_router)
     receiver = host.receiver(G, PORT)
     receiver.wait_joined()
-    wait_until(lambda: G in json.dumps(frr.json("show ip pim join")), WAIT, "our (*,G) join in FRR's join state")
-    sender = src.spawn(send_udp, G, PORT, 100_000, interval=0.02, source="10.81.0.2", name="send")
+    wait_until(lambda: frr_joined(frr), WAIT, "our (*,G) join in FRR's join state")
     receiver.wait_count(10, WAIT)
-    assert sender.alive()
     assert f"(10.81.0.2,{G}) wanted (spt)" in up.log(), up.log()  # the switch to the shortest-path tree
 
     receiver.leave()
-    wait_until(lambda: G not in json.dumps(frr.json("show ip pim join")), WAIT,
-               "FRR's join state for G to go after our prune")  # fmt: skip
+    wait_until(lambda: not frr_joined(frr), WAIT, "FRR's join state for G to go after our prune")
 
 
 def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router: Callable[..., FrrRouter]) -> None:
@@ -164,6 +187,67 @@ def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router
     quiet_from = (receiver.count(), kernel.out_packets().get(transit.a_if, 0))
     time.sleep(scaled(2.0))  # 100 datagrams at the sender's pace, had we still forwarded
     assert (receiver.count(), kernel.out_packets().get(transit.a_if, 0)) == quiet_from, "G still crosses the link"
+
+
+def test_a_static_routes_receiver_makes_pim_join_beside_igmps(
+    topology: Topology, frr_router: Callable[..., FrrRouter]
+) -> None:
+    """Interop test 6: static owns a second downstream link (and a dummy link its route comes `from`, which
+    the manager ignores here: the flow's incoming interface is PIM's, whose RPF answer stands)."""
+    host2 = topology.namespace("host2")
+
+    def static(rtr: Namespace) -> dict[str, Any]:
+        link = topology.link(rtr, host2, "10.86.0.1/24", "10.86.0.2/24")
+        host2.ip("route", "add", "default", "via", "10.86.0.1")
+        rtr.ip("link", "add", "st0", "type", "dummy")
+        rtr.ip("link", "set", "st0", "up")
+        route = {"group": G, "from": "st0", "to": [link.a_if]}
+        return {"static": {"interfaces": ["st0", link.a_if], "routes": [route]}}
+
+    host, up, frr = last_hop_behind_frr(topology, frr_router, static)
+    behind_static = host2.receiver(G, PORT)  # its reports go nowhere: no IGMP on that link, the route is the member
+    wait_until(lambda: f"(*,{G}) wanted (alert)" in up.log(), WAIT, "the manager's join alert to PIM")
+    wait_until(lambda: frr_joined(frr), WAIT, "our (*,G) join, for static's receiver, in FRR's join state")
+    behind_static.wait_count(10, WAIT)
+
+    behind_igmp = host.receiver(G, PORT)
+    behind_igmp.wait_joined()
+    behind_igmp.wait_count(10, WAIT)
+    behind_igmp.leave()
+    still = behind_static.count()
+    behind_static.wait_count(still + 10, WAIT)  # static's receiver keeps the join: the flow goes on
+    assert frr_joined(frr)
+
+
+def test_kill_9_of_pim_the_restart_brings_the_flow_back_and_frr_keeps_no_stale_join(
+    topology: Topology, frr_router: Callable[..., FrrRouter]
+) -> None:
+    """Interop test 7.  The join/prune interval is 60 s (FRR holds our joins 210 s), so FRR's join state can
+    end in the wait below only by our restarted plugin's prunes, never by expiry."""
+    host, up, frr = last_hop_behind_frr(topology, frr_router, join_prune_interval=60)
+    receiver = host.receiver(G, PORT)
+    receiver.wait_joined()
+    receiver.wait_count(10, WAIT)
+
+    def starts() -> list[re.Match[str]]:
+        return list(re.finditer(r"\bpim started \(pid (\d+)\)", up.log()))
+
+    (first,) = starts()
+    os.killpg(int(first[1]), signal.SIGKILL)
+    wait_until(lambda: len(starts()) == 2, WAIT, "mgm up to start pim again")
+    mark = starts()[1].end()
+    wait_until(lambda: "neighbour 10.80.0.1 up" in up.log()[mark:], WAIT, "the adjacency with FRR again")
+    counted = receiver.count()
+    receiver.wait_count(counted + 10, WAIT)
+    assert "(*,239.80.1.1) wanted" in up.log()[mark:], up.log()[mark:]
+
+    receiver.leave()
+    try:
+        wait_until(lambda: not frr_joined(frr), 150.0 / TIME_SCALE,
+                   "FRR's join state for G to go by our prunes, well within its 210 s holdtime")  # fmt: skip
+    except TimeoutError:
+        print(frr.vty("show ip pim join", "show ip pim upstream", "show ip pim neighbor"))
+        raise
 
 
 def frr_querier(frr: FrrRouter, ifname: str) -> str | None:
