@@ -166,8 +166,7 @@ def test_cleanup_deletes_mfes_of_released_incoming_interfaces(core: Core) -> Non
     pim, fwd = core.protos(PIM, 99)
     pim.take(1)
     core.routes["10.0.0.1"] = Interface(1)
-    res = fwd.packet("10.0.0.1", "239.1.1.1", 1)
-    assert res is DEFERRED  # rpf to pim
+    assert fwd.packet("10.0.0.1", "239.1.1.1", 1) is DEFERRED  # rpf to pim
     core.tick(0.2)
     assert core.mgm.handle(fwd.conn, "get_mfe", {"source": "10.0.0.1", "group": "239.1.1.1"}, core.now)
     core.drop()

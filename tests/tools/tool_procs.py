@@ -54,9 +54,8 @@ class MonitorProc(Proc):
     def notes(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("monitor") == kind]
 
-    def wait_record(
-        self, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15.0
-    ) -> dict[str, Any]:
+    def wait_record(self, predicate: Callable[[dict[str, Any]], bool], what: str,
+                    timeout: float = 15.0) -> dict[str, Any]:  # fmt: skip
         return self._wait(self.records, predicate, what, timeout)
 
     def wait_line(self, predicate: Callable[[str], bool], what: str, timeout: float = 15.0) -> str:
