@@ -191,25 +191,18 @@ def test_negative_mfe_asks_the_incoming_owner_prune_alert(core: Core, net: Net) 
     assert core.questions(net.pim, "prune_alert")[0]["question"] == 2
 
 
-def test_prune_alert_answer_sets_the_timeout(core: Core, net: Net) -> None:
-    """The answer to prune_alert (member_delete=false) may set the MFE's timeout."""
+@pytest.mark.parametrize(("answer", "timeout"), [({"timeout": 30}, 30.0), ({}, 900.0)],
+                         ids=["sets the timeout", "without timeout keeps the default"])
+def test_prune_alert_answer_sets_the_timeout(core: Core, net: Net, answer: dict[str, Any], timeout: float) -> None:
+    """The answer to prune_alert (member_delete=false) may set the MFE's timeout; one without leaves the default."""
     net.fwd.packet(S, G, 1)
     core.tick(1.0)
     core.drop()
-    net.pim.answer(2, timeout=30)
+    assert net.pim.answer(2, **answer) == {}
     events = core.events()
-    assert [e.type for e in events] == ["mfe_updated"]
-    assert events[0].fields["mfe"]["timeout"] == 30.0
-    assert net.mfe()["expires"] == net.mfe()["created"] + 30.0
-
-
-def test_prune_alert_answer_without_timeout_keeps_it(core: Core, net: Net) -> None:
-    """An answer without timeout leaves the default."""
-    net.fwd.packet(S, G, 1)
-    core.tick(1.0)
-    core.drop()
-    assert net.pim.answer(2) == {}
-    assert core.events() == [] and net.mfe()["timeout"] == 900.0
+    assert [e.type for e in events] == (["mfe_updated"] if answer else [])
+    assert all(e.fields["mfe"]["timeout"] == timeout for e in events)
+    assert net.mfe()["timeout"] == timeout and net.mfe()["expires"] == net.mfe()["created"] + timeout
 
 
 @pytest.mark.parametrize("timeout", [0, -1, True, "5", float("nan"), float("inf")])
