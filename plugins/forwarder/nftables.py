@@ -395,30 +395,28 @@ class NftDataplane:
             out.append(f"add chain {t} {name}")
             out.append(f"flush chain {t} {name}")
             out.extend(f"add rule {t} {name} counter dup to ip daddr device {i}" for i in sorted(oil))
-        sg_del, sg_add, known_del, known_add, members_del, members_add = [], [], [], [], [], []
+        gone: dict[str, list[str]] = {"sg": [], "known": [], "members": []}  # elements to delete, by set or map
+        new: dict[str, list[str]] = {"sg": [], "known": [], "members": []}  # and to add
         for key, (have, want) in batch.entries.items():
             if have is not None:
-                sg_del.append(_key(have.parent, key))
+                gone["sg"].append(_key(have.parent, key))
                 if want is None:
-                    known_del.append(f"{key[0]} . {key[1]}")
+                    gone["known"].append(f"{key[0]} . {key[1]}")
                 if self.wrong_if == "oil":
-                    gone = have.oifs - (want.oifs if want is not None else frozenset())
-                    members_del += [_key(i, key) for i in sorted(gone)]
+                    left = have.oifs - (want.oifs if want is not None else frozenset())
+                    gone["members"] += [_key(i, key) for i in sorted(left)]
             if want is not None:
                 count = batch.counters.get(key)
                 counter = f" counter packets {count.packets} bytes {count.bytes}" if count else ""
-                sg_add.append(f"{_key(want.parent, key)}{counter} : {_verdict(want)}")
+                new["sg"].append(f"{_key(want.parent, key)}{counter} : {_verdict(want)}")
                 if have is None:
-                    known_add.append(f"{key[0]} . {key[1]} : goto wrong_if")
+                    new["known"].append(f"{key[0]} . {key[1]} : goto wrong_if")
                 if self.wrong_if == "oil":
-                    new = want.oifs - (have.oifs if have is not None else frozenset())
-                    members_add += [_key(i, key) for i in sorted(new)]
-        elements("delete", "sg", sg_del)
-        elements("delete", "known", known_del)
-        elements("delete", "members", members_del)
-        elements("add", "sg", sg_add)
-        elements("add", "known", known_add)
-        elements("add", "members", members_add)
+                    joined = want.oifs - (have.oifs if have is not None else frozenset())
+                    new["members"] += [_key(i, key) for i in sorted(joined)]
+        for verb, elements_of in (("delete", gone), ("add", new)):
+            for obj, items in elements_of.items():
+                elements(verb, obj, items)
         for oil in batch.chains_del:
             out.append(f"delete chain {t} {oil_chain(oil)}")
         elements("delete", "ifs", [str(i) for i in batch.ifs_del])
