@@ -236,6 +236,23 @@ class Namespace:
         """``mgm ARGS...`` (manager, plugin, up) as a long-running process inside the namespace."""
         return self.popen([sys.executable, "-m", "mgm.core.cli", *args], name or f"mgm-{args[0] if args else ''}")
 
+    def mgm_up(self, tables: str, *, backend: str) -> NsProcess:
+        """``mgm up`` on ``router.toml`` in the topology's workdir: the manager on ipc endpoints there, the
+        forwarder on `backend`, and `tables` (more plugin tables)."""
+        work = self.topology.workdir
+        config = work / "router.toml"
+        config.write_text(f"""\
+[manager]
+api = "ipc://{work}/api"
+events = "ipc://{work}/events"
+log_level = "debug"
+
+[plugins.forwarder]
+backend = "{backend}"
+
+{tables}""")
+        return self.mgm("up", "--config", str(config), name="mgm-up")
+
     def receiver(self, group: str, port: int, *, source: str | None = None, ifname: str | None = None,
                  name: str | None = None) -> Receiver:  # fmt: skip
         """A process joined to `group` ((`source`, group) when given) counting datagrams to `port`."""

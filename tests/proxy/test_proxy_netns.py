@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 from typing import Any
 
 import pytest
@@ -168,22 +167,10 @@ downstream = {downstream or f"[{names}]"}
 {keys}{after}"""
 
 
-def start_router(topology: Topology, rtr: Namespace, tables: str, *, backend: str) -> NsProcess:  # noqa: F811
+def start_router(rtr: Namespace, tables: str, *, backend: str) -> NsProcess:
     """`mgm up` in `rtr`: the forwarder on `backend` ("mrt", "nft", or "auto" where forwarding is not the
     point), and `tables`; returns once the proxy and IGMP run."""
-    work = topology.workdir
-    config = work / "router.toml"
-    config.write_text(f"""\
-[manager]
-api = "ipc://{work}/api"
-events = "ipc://{work}/events"
-log_level = "debug"
-
-[plugins.forwarder]
-backend = "{backend}"
-
-{tables}""")
-    up = rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
+    up = rtr.mgm_up(tables, backend=backend)
 
     def ready() -> bool:
         if not up.alive():
@@ -228,7 +215,7 @@ def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
     snd.multicast_route(up_link.a_if)
     sniffer = snd.spawn(sniff_igmp, up_link.a_if, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
-    up = start_router(topology, rtr, proxy_tables(down=("r2", "r3")), backend=forwarder_backend)
+    up = start_router(rtr, proxy_tables(down=("r2", "r3")), backend=forwarder_backend)
     # senders run through the whole test; G1 from outside the upstream subnet, as IPTV sources are
     snd.spawn(send_udp, G1, P1, SENDS, interval=0.01, source=FAR, name="send-g1")
     snd.spawn(send_udp, G_NONE, P_NONE, SENDS, interval=0.01, source=SRC, name="send-none")
@@ -305,7 +292,7 @@ def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
     topology.link(rtr, rx1, "10.67.1.1/24", "10.67.1.2/24")
     topology.link(rtr, rx2, "10.67.2.1/24", "10.67.2.2/24")
     snd.multicast_route(up_link.a_if)
-    start_router(topology, rtr, proxy_tables(down=("r2", "r3"), downstream=FILTERS), backend=forwarder_backend)
+    start_router(rtr, proxy_tables(down=("r2", "r3"), downstream=FILTERS), backend=forwarder_backend)
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GA, PA), (GD, PD), (GX, PX))}  # fmt: skip
     for rx in receivers.values():
@@ -389,7 +376,7 @@ def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_ro
 interfaces = ["r3", "r4"]
 routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
 """
-    up = start_router(topology, rtr, proxy_tables(after=static), backend=forwarder_backend)
+    up = start_router(rtr, proxy_tables(after=static), backend=forwarder_backend)
     assert "no IPv4 address: reports leave with source 0.0.0.0" in up.log()
     receivers = {(ns.role, g): ns.receiver(g, p, name=f"{ns.role}-{g}")
                  for ns in (rx1, rx2) for g, p in ((GP, PP), (GS, PS))}  # fmt: skip
@@ -444,7 +431,7 @@ def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
     topology.link(ups, rtr, "10.72.0.2/24", "10.72.0.1/24")
     down = topology.link(rtr, hst, "10.72.1.1/24", "10.72.1.2/24")
     hst.multicast_route(down.b_if)
-    start_router(topology, rtr, proxy_tables("forward_upstream = true"), backend=forwarder_backend)
+    start_router(rtr, proxy_tables("forward_upstream = true"), backend=forwarder_backend)
     rx = ups.receiver(G_UP, P_UP, name="upstream-rx")
     rx.wait_joined()
     hst.spawn(send_udp, G_UP, P_UP, SENDS, interval=0.01, source="10.72.1.2", name="send-down")

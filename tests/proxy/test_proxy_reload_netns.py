@@ -43,7 +43,7 @@ def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
     topology.link(snd, rtr, f"{SRC}/24", "10.75.0.1/24")
     topology.link(rtr, hrx, "10.75.1.1/24", "10.75.1.2/24")
     snd.multicast_route("eth0")
-    up = start_router(topology, rtr, proxy_tables(downstream=DENY_GB), backend=forwarder_backend)
+    up = start_router(rtr, proxy_tables(downstream=DENY_GB), backend=forwarder_backend)
     config = topology.workdir / "router.toml"
     pid = int(re.findall(r"proxy started \(pid (\d+)\)", up.log())[0])
     manager = probe(topology)

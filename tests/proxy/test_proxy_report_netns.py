@@ -63,8 +63,7 @@ def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0
     sniffer = ups.spawn(sniff_igmp, up_link.a_if, False, name="sniff-upstream")
     wait_until(lambda: '"ready"' in sniffer.log(), WAIT, "the upstream sniffer")
     # what is reported upstream is the proxy's and the kernel's doing, whichever backend forwards
-    up = start_router(topology, rtr, proxy_tables(f"immediate_report = {'true' if immediate else 'false'}"),
-                      backend="auto")  # fmt: skip
+    up = start_router(rtr, proxy_tables(f"immediate_report = {'true' if immediate else 'false'}"), backend="auto")
     assert f"immediate report of joins: {'on' if immediate else 'off'}" in up.log(), up.log()
     return hrx, sniffer, up
 

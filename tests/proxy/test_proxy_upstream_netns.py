@@ -88,7 +88,7 @@ def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     first = upstream_link(snd, rtr, "sniff-first")
     topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
-    up = start_router(topology, rtr, proxy_tables("forward_upstream = true"), backend=forwarder_backend)
+    up = start_router(rtr, proxy_tables("forward_upstream = true"), backend=forwarder_backend)
     manager = probe(topology)
     old = rtr.if_index("r1")
     rx = hrx.receiver(G, P, name="rx-g")
@@ -139,7 +139,7 @@ def test_proxy_starts_without_its_upstream_and_takes_it_when_it_appears(
     """PPPoE not up at boot: the upstream is left out of `interfaces`, so the host does not need it to start."""
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     topology.link(rtr, hrx, "10.74.1.1/24", "10.74.1.2/24", a_if="r2")
-    up = start_router(topology, rtr, proxy_tables(listed=False), backend=forwarder_backend)
+    up = start_router(rtr, proxy_tables(listed=False), backend=forwarder_backend)
     assert "proxy: upstream r1 does not exist yet" in up.log()
     manager = probe(topology)
     rx = hrx.receiver(G, P, name="rx-g")

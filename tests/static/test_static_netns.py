@@ -16,14 +16,11 @@ CI=true a missing root fails instead of skipping.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from kernel_view import KernelView
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
-from netns import Namespace, NsProcess, Topology, send_udp, topology, wait_until  # noqa: F401
+from netns import Topology, send_udp, topology, wait_until  # noqa: F401
 
 from mgm.plugins.testing import scaled
 
@@ -32,22 +29,6 @@ pytestmark = pytest.mark.netns
 SOURCE = "10.61.1.2"
 G_SG, PORT_SG = "239.61.1.1", 5611  # (S,G) route: r1 -> r2, r3
 G_STAR, PORT_STAR = "239.61.2.2", 5622  # (*,G) route: r1 -> r2
-
-
-def start_up(rtr: Namespace, workdir: Path, backend: str, tables: str) -> NsProcess:
-    """`mgm up` in `rtr` with the forwarder on `backend` and `tables`."""
-    config = workdir / "router.toml"
-    config.write_text(f"""\
-[manager]
-api = "ipc://{workdir}/api"
-events = "ipc://{workdir}/events"
-log_level = "debug"
-
-[plugins.forwarder]
-backend = "{backend}"
-
-{tables}""")
-    return rtr.popen([sys.executable, "-m", "mgm.core.cli", "up", "--config", str(config)], "mgm-up")
 
 
 def test_static_routes_forward_with_no_igmp_on_the_router(
@@ -69,7 +50,7 @@ routes = [
   {{ group = "{G_STAR}", from = "r1", to = ["r2"] }},
 ]
 """
-    up = start_up(rtr, topology.workdir, forwarder_backend, tables)
+    up = rtr.mgm_up(tables, backend=forwarder_backend)
 
     receivers = {(ns.role, group): ns.receiver(group, port, name=f"{ns.role}-{group}")
                  for ns in (rcv1, rcv2, rcv3) for group, port in ((G_SG, PORT_SG), (G_STAR, PORT_STAR))}  # fmt: skip
@@ -134,7 +115,7 @@ component_id = 1
 interfaces = ["r3", "r4"]
 control = "{control}"
 """
-    up = start_up(rtr, work, forwarder_backend, tables)
+    up = rtr.mgm_up(tables, backend=forwarder_backend)
     routing_a = Control(control, timeout=scaled(2.0))
     try:
         wait_until(lambda: _pings(routing_a), 30, "the test routing protocol under mgm up")
