@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -74,6 +74,11 @@ class Recorder:
     def record_args(self, hook: str, scope: Mapping[str, Any]) -> None:
         """Record `hook` with its arguments (its `locals()` on entry) but self and mgm."""
         self.record(hook, **{k: v for k, v in scope.items() if k not in ("self", "mgm")})
+
+    def answer(self, kind: str, given: Callable[[Any], Any]) -> Any:
+        """As `answers` says: absent/None the default (None), "never" ANSWER_LATER, else given(what it says)."""
+        mode = self.answers.get(kind)
+        return None if mode is None else ANSWER_LATER if mode == "never" else given(mode)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -119,10 +124,7 @@ class Recorder:
     def mgm_prune_alert(self, mgm: PluginContext, source: str, source_mask: str, group: str, group_mask: str,
                         interface: Interface, member_delete: bool, question: int | None) -> Any:  # fmt: skip
         self.record_args("mgm_prune_alert", locals())
-        mode = self.answers.get("prune")
-        if member_delete or mode is None:
-            return None
-        return ANSWER_LATER if mode == "never" else float(mode)
+        return None if member_delete else self.answer("prune", float)
 
     @hookimpl
     def mgm_wrong_if(self, mgm: PluginContext, source: str, group: str, interface: Interface) -> None:
@@ -133,24 +135,15 @@ class Recorder:
         self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str, question: int
     ) -> Any:
         self.record_args("mgm_rpf", locals())
-        mode = self.answers.get("rpf")
-        if mode is None:
-            return None
-        if mode == "never":
-            return ANSWER_LATER
-        return Interface(mode["if_index"], mode.get("next_hop", ANY)), mode.get("upstream_neighbor", ANY)
+        return self.answer("rpf", lambda m: (Interface(m["if_index"], m.get("next_hop", ANY)),
+                                             m.get("upstream_neighbor", ANY)))
 
     @hookimpl
     def mgm_creation_alert(self, mgm: PluginContext, source: str, group: str, in_interface: Interface,
                            oil: Sequence[Interface], question: int) -> Any:  # fmt: skip
         self.record("mgm_creation_alert", source=source, group=group, in_interface=in_interface, oil=list(oil),
                     question=question)  # fmt: skip
-        mode = self.answers.get("creation")
-        if mode is None:
-            return None
-        if mode == "never":
-            return ANSWER_LATER
-        return {Interface(i, nh): False for i, nh in mode.get("disable", [])}
+        return self.answer("creation", lambda m: {Interface(i, nh): False for i, nh in m.get("disable", [])})
 
     # --- the control socket ------------------------------------------------------------------
 
