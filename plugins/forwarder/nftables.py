@@ -359,11 +359,8 @@ class NftDataplane:
         pending, self.pending = self.pending, {}
         pending_ifs, self.pending_ifs = self.pending_ifs, {}
         batch = Batch()
-        for if_index, present in sorted(pending_ifs.items()):
-            if present and if_index not in self.ifs:
-                batch.ifs_add.append(if_index)
-            elif not present and if_index in self.ifs:
-                batch.ifs_del.append(if_index)
+        batch.ifs_add = [i for i, present in sorted(pending_ifs.items()) if present and i not in self.ifs]
+        batch.ifs_del = [i for i, present in sorted(pending_ifs.items()) if not present and i in self.ifs]
         uses = Counter(self.chains)
         for key, want in pending.items():
             have = self.entries.get(key)
