@@ -328,9 +328,8 @@ class Supervisor:
             log.info("status: %s", ", ".join(f"{c['name']} {c['state']}" for c in table), extra={"processes": table})
             return
         lines = [f"{'NAME':<20} {'PID':>7}  {'STATE':<8} RESTARTS"]
-        for child in [self.manager, *self.plugins]:
-            pid = str(child.pid) if child.pid is not None else "-"
-            lines.append(f"{child.name:<20} {pid:>7}  {child.state:<8} {child.restarts}")
+        lines += [f"{c.name:<20} {c.pid if c.pid is not None else '-':>7}  {c.state:<8} {c.restarts}"
+                  for c in [self.manager, *self.plugins]]  # fmt: skip
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 
