@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import zmq
 
@@ -11,8 +10,6 @@ from mgm.bus.codec import pack, unpack
 from mgm.plugins.testing import POLL, PluginProc, wait_for
 
 __all__ = ["POLL", "Control", "ControlError", "ctl", "wait_for"]
-
-T = TypeVar("T")
 
 
 class ControlError(Exception):
@@ -25,7 +22,7 @@ class ControlError(Exception):
 
 
 class Control:
-    """Commands to one recorder plugin, and `wait_for` on what it recorded."""
+    """Commands to one recorder plugin, and what it recorded."""
 
     def __init__(self, endpoint: str, timeout: float = 10.0) -> None:
         self.endpoint = endpoint
@@ -71,10 +68,6 @@ class Control:
         """What the plugin recorded, optionally only calls of one hook."""
         recorded: list[dict[str, Any]] = self.call("calls")["calls"]
         return [c for c in recorded if hook is None or c["hook"] == hook]
-
-    def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-        """Poll `predicate` until it returns something true; return it, or fail with what was last seen."""
-        return wait_for(predicate, timeout, what or f"a condition on {self.endpoint}")
 
     def wait_for_call(self, hook: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         """The first recorded call of `hook` whose arguments include `match`."""
