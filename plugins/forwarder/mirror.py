@@ -307,9 +307,7 @@ class Mirror:
             self.requested.add(key)
             self.log.debug("new (%s, %s) on %s: asking the manager", *key, self.name(if_index))
             return "new_packet", args
-        if upcall.kind == IGMPMSG_WRONGVIF:
-            if key not in self.mfes:
-                return None
+        if upcall.kind == IGMPMSG_WRONGVIF and key in self.mfes:
             return "wrong_interface", args
         return None
 
@@ -323,10 +321,7 @@ class Mirror:
         entries = []
         for key in sorted(self.installed):
             mfe = self.mfes.get(key)
-            if mfe is None:
-                continue
-            counts = self._settle(key)
-            if counts is None:
+            if mfe is None or (counts := self._settle(key)) is None:
                 continue
             oil = [
                 {"if_index": int(o["if_index"]), "next_hop": str(o.get("next_hop", ANY)),
