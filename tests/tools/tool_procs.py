@@ -51,9 +51,6 @@ class MonitorProc(Proc):
     def events(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if "monitor" not in r]
 
-    def notes(self, kind: str) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("monitor") == kind]
-
     def wait_record(self, predicate: Callable[[dict[str, Any]], bool], what: str,
                     timeout: float = 15.0) -> dict[str, Any]:  # fmt: skip
         return self._wait(self.records, predicate, what, timeout)
