@@ -184,6 +184,9 @@ J = TypeVar("J")
 V = TypeVar("V")
 
 QUESTIONS: Final = frozenset({"rpf", "creation_alert"})
+STATUS_MAX_ITEMS: Final = 500_000
+"""The most values (map entries and list items, at any depth) one protocol status may hold."""
+STATUS_MAX_DEPTH: Final = 8
 """The questions a client may say it answers at registration (all of them when it does not say)."""
 
 
@@ -272,6 +275,8 @@ class _Client:
     next_enum: int = 1
     asked: set[int] = field(default_factory=set)  # ids of the open questions addressed to it
     leaving: bool = False  # gone (silent or connection lost), its cleanup under way: its handle is refused
+    status: Mapping[str, Any] | None = None  # what set_protocol_status last said, for `mgm show` and metrics
+    status_at: float = 0.0
 
     @property
     def is_igmp(self) -> bool:
@@ -689,6 +694,28 @@ class Mgm:
     def _op_heartbeat(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
         self._client(conn, args)  # the connection's liveness was refreshed by handle()
         return {}
+
+    # --- protocol status (an extension: the protocol's own state, shown by `mgm show`) ----
+
+    def _op_set_protocol_status(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
+        client = self._client(conn, args)
+        status = req_map(args.get("status"), "status")
+        _check_status(status)
+        client.status, client.status_at = status, now
+        return {}
+
+    def _op_get_protocol_status(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
+        cid = ClientId(req_int(args, "protocol_id"), req_int(args, "component_id"))
+        client = self._clients.get(cid)
+        if client is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"protocol {cid.protocol_id}/{cid.component_id} is not registered")
+        if client.status is None:
+            raise MgmError(Status.ERROR_NOT_FOUND, f"protocol {cid.protocol_id}/{cid.component_id} has set no status")
+        return {"name": client.name, "status": client.status, "age": max(0.0, now - client.status_at)}
+
+    def protocol_statuses(self) -> Iterable[tuple[ClientId, str, Mapping[str, Any]]]:
+        """(client, name, status) of every client that set one; read-only, valid until the next transition."""
+        return ((c.id, c.name, c.status) for c in self._clients.values() if c.status is not None)
 
     # --- interface ownership ---------------------------------------------------
 
@@ -1470,3 +1497,29 @@ class Mgm:
                     local_members.append({**_sg_fields(key), **_iface_fields(iface)})
         questions = [{"type": q.kind, **q.fields} for q in self._questions.values() if q.to == client.id]
         return {"registered": True, "interfaces": interfaces, "local_members": local_members, "questions": questions}
+
+
+def _check_status(status: Mapping[str, Any]) -> None:
+    """87 unless `status` is maps with string keys, lists and scalars, at most STATUS_MAX_DEPTH deep and
+    STATUS_MAX_ITEMS values in all: a status is kept in memory and served whole."""
+    items = 0
+    pending: list[tuple[object, int]] = [(status, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, Mapping):
+            if any(type(key) is not str for key in value):
+                raise invalid("status: map keys must be strings")
+            children: Iterable[object] = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        elif value is None or isinstance(value, str | int | float | bool | bytes):
+            continue
+        else:
+            raise invalid(f"status: a {type(value).__name__} is not a status value")
+        if depth > STATUS_MAX_DEPTH:
+            raise invalid(f"status: nested deeper than {STATUS_MAX_DEPTH}")
+        for child in children:
+            items += 1
+            pending.append((child, depth + 1))
+        if items > STATUS_MAX_ITEMS:
+            raise invalid(f"status: more than {STATUS_MAX_ITEMS} values")

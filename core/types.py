@@ -69,7 +69,7 @@ CORE_OPS: Final = frozenset({
     "add_group_membership", "delete_group_membership",
     "group_enumeration_start", "group_enumeration_next", "group_enumeration_end",
     "get_mfe", "list_mfes", "set_mfe", "new_packet", "wrong_interface", "mfe_counters",
-    "answer",
+    "answer", "set_protocol_status", "get_protocol_status",
 })  # fmt: skip
 """The MGM's operations on the wire (the bus adds ping and sync): the state machine handles exactly these;
-a plugin's context fills its handle into all but four of them."""
+a plugin's context fills its handle into all but five of them."""

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-HANDLE_OPS = CORE_OPS - {"register_protocol", "get_protocol_on_interface", "get_mfe", "list_mfes"}
+HANDLE_OPS = CORE_OPS - {"register_protocol", "get_protocol_on_interface", "get_mfe", "list_mfes",
+                         "get_protocol_status"}  # fmt: skip
 """Operations whose args carry the client's handle; `PluginContext.request` fills it in."""
 
 MembershipKey = tuple[str, str, str, str, Interface, int]

@@ -71,6 +71,8 @@ def test_metrics_endpoint_counts_requests_events_removals_and_reads_the_core(mgm
     observer.request("mfe_counters", {"handle": handle, "entries": [
         {"source": s, "group": "239.1.1.1", "in_packets": n, "in_bytes": n * 100, "wrong_if_packets": 1}
         for s, n in packets.items()]})  # fmt: skip
+    observer.request("set_protocol_status", {"handle": handle, "status": {
+        "neighbors": [{"address": "10.0.0.9"}], "metrics": {"neighbors": 1, "hello_received": 42, "note": "text"}}})
     observer.state()  # one resync of the state stream
     observer.heartbeat()
 
@@ -103,6 +105,11 @@ def test_metrics_endpoint_counts_requests_events_removals_and_reads_the_core(mgm
     assert value(samples, "mgm_mfes_in_bytes") == 100 * sum(packets.values())
     assert value(samples, "mgm_mfes_wrong_if_packets") == 3
     assert value(samples, "mgm_mfe_series_limit") == 2
+    # a protocol's status: each number of its metrics map (a text is not a number: left out)
+    status = {dict(labels)["metric"]: v for (name, labels), v in samples.items() if name == "mgm_protocol"}
+    assert status == {"neighbors": 1, "hello_received": 42}
+    labels = {"protocol": "65100", "component": "1", "name": "metrics-test", "metric": "neighbors"}
+    assert samples[("mgm_protocol", tuple(sorted(labels.items())))] == 1
 
     # counters read at scrape time: another request shows in the next scrape
     observer.request("release_interface_ownership", {"handle": handle, "if_index": 2, "next_hop": "0.0.0.0"})

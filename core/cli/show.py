@@ -1,4 +1,4 @@
-"""`mgm show protocols|interfaces|groups|mfes`: the manager's tables, for people and scripts.
+"""`mgm show protocols|interfaces|groups|mfes|pim`: the manager's tables, for people and scripts.
 
 Where the rows come from (no handle needed, so `show` never registers a
 protocol and never appears on the bus itself):
@@ -10,6 +10,11 @@ protocol and never appears on the bus itself):
   ``--page-size`` entries per request), which is also the only source of the
   counters (``--stats``).  Pages are not one atomic picture: an MFE created
   or deleted between two pages may be missing or listed.
+* pim is the status the pim plugin last gave the manager (`set_protocol_status`,
+  at most once a second after a change), fetched with `get_protocol_status`
+  for every registered protocol named ``pim``: its interfaces, neighbours, RP
+  map, upstream and downstream join state and packet counters.  Its times
+  are counted from when the plugin sent it, less the status's age.
 
 ``--json`` prints one JSON document, ``{"table", "epoch", "seq"?, "entries"}``
 (``seq`` for the tables taken from the state snapshot), with each entry exactly
@@ -35,16 +40,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
 from mgm.bus.client import Client
 from mgm.bus.sockets import Curve
-from mgm.bus.status import MgmError
+from mgm.bus.status import MgmError, Status
 from mgm.bus.topics import STATE
 from mgm.core.types import ANY, FORWARDER_PROTOCOL_ID, IGMP_PROTOCOL_ID
 
-TABLES = ("protocols", "interfaces", "groups", "mfes")
+TABLES = ("protocols", "interfaces", "groups", "mfes", "pim")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PAGE = 500
 
@@ -332,6 +337,65 @@ def mfes_table(entries: list[dict[str, Any]], stats: bool, now: float) -> tuple[
     return table, entries, f"{len(entries)} MFE(s){suffix}"
 
 
+async def fetch_statuses(client: Client, name: str) -> tuple[int, list[dict[str, Any]]]:
+    """(epoch, the status of every registered protocol called `name`, with its id and age)."""
+    _, epoch, state = await client.fetch_snapshot(STATE)
+    found = []
+    for p in sorted(state.get("protocols", []), key=_proto_key):
+        if p.get("name") != name:
+            continue
+        ident = {"protocol_id": p["protocol_id"], "component_id": p["component_id"]}
+        try:
+            reply = await client.request("get_protocol_status", ident)
+        except MgmError as exc:
+            if exc.status != Status.ERROR_NOT_FOUND:  # gone since the snapshot, or no status set yet
+                raise
+            continue
+        found.append({**ident, "name": name, "age": reply["age"], "status": reply["status"]})
+    return epoch, found
+
+
+def _seconds(value: Any, age: float) -> str:
+    return "never" if value is None else duration(max(0.0, float(value) - age))
+
+
+def pim_tables(entries: list[dict[str, Any]]) -> tuple[RenderableType, str]:
+    """Each pim instance's interfaces, neighbours, RP map and join state, as tables one after another."""
+    parts: list[RenderableType] = []
+    footers = []
+    for entry in entries:
+        status, age = entry["status"], float(entry["age"])
+        interfaces = _table("INTERFACE", "ADDRESS", "DR", "DR PRIORITY", "GENERATION ID", "NEIGHBOURS")
+        for i in status.get("interfaces", []):
+            interfaces.add_row(str(i["interface"]), str(i["address"]), str(i["dr"]), str(i["dr_priority"]),
+                               str(i["generation_id"]), str(i["neighbors"]))  # fmt: skip
+        neighbors = _table("INTERFACE", "NEIGHBOUR", "DR PRIORITY", "GENERATION ID", "UP", "EXPIRES")
+        for n in status.get("neighbors", []):
+            neighbors.add_row(str(n["interface"]), str(n["address"]), str(n["dr_priority"]),
+                              str(n["generation_id"]), duration(float(n["up_for"]) + age),
+                              _seconds(n["expires_in"], age))  # fmt: skip
+        rps = _table("GROUPS", "RP")
+        for r in status.get("rp", []):
+            rps.add_row(str(r["groups"]), str(r["rp"]))
+        upstream = _table("SOURCE", "GROUP", "TOWARDS", "INTERFACE", "NEIGHBOUR", "WHY", "NEXT JOIN", "RPT")
+        for u in status.get("upstream", []):
+            upstream.add_row(str(u["source"]), str(u["group"]), str(u["towards"] or "-"), str(u["interface"] or "-"),
+                             str(u["neighbor"] or "- (no RPF neighbour)"), ",".join(u["why"]),
+                             _seconds(u["next_join_in"], age), "pruned" if u["rpt_pruned"] else "-")  # fmt: skip
+        downstream = _table("INTERFACE", "SOURCE", "GROUP", "STATE", "EXPIRES")
+        for d in status.get("downstream", []):
+            downstream.add_row(str(d["interface"]), str(d["source"]), str(d["group"]), str(d["state"]),
+                               _seconds(d["expires_in"], age))  # fmt: skip
+        label = f"{entry['name']} {entry['protocol_id']}/{entry['component_id']}"
+        for title, table in (("interfaces", interfaces), ("neighbours", neighbors), ("RP map", rps),
+                             ("upstream join state", upstream), ("downstream join state", downstream)):  # fmt: skip
+            table.title, table.title_justify = f"{label}: {title}", "left"
+            parts.append(table)
+        counters = " ".join(f"{k}={v}" for k, v in sorted(status.get("counters", {}).items())) or "none"
+        footers.append(f"{label}: status {age:.1f} s old; counters: {counters}")
+    return Group(*parts), "\n".join(footers)
+
+
 StateTable = Callable[[dict[str, Any]], tuple[Table, list[dict[str, Any]], str]]
 STATE_TABLES: dict[str, StateTable] = {
     "protocols": protocols_table,
@@ -363,11 +427,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_parser=parser)
 
 
-async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], Table, str]:
+async def _show(args: argparse.Namespace) -> tuple[dict[str, Any], RenderableType, str]:
     api, events, curve = tool_connection(args)
     client = Client(api, events, connect_timeout=args.timeout, request_timeout=args.timeout, curve=curve)
     await start_client(client)
     try:
+        if args.table == "pim":
+            epoch, statuses = await fetch_statuses(client, "pim")
+            if not statuses:
+                raise ToolError("no pim plugin has told the manager its status: is `pim` in [plugins] and running?")
+            tables, footer = pim_tables(statuses)
+            return {"table": "pim", "epoch": epoch, "entries": statuses}, tables, footer
         if args.table == "mfes":
             entries = await fetch_mfes(client, args.page_size, args.stats)
             table, entries, footer = mfes_table(entries, args.stats, time.time())

@@ -30,11 +30,14 @@ mfe_in_bytes_total{source,group}    counter  bytes of the same MFEs
 mfes_in_packets, mfes_in_bytes,     gauge    sums over every stored MFE (they drop when an MFE is deleted),
 mfes_wrong_if_packets                        so the MFEs outside the top are the sum minus the series
 mfe_series_limit                    gauge    the `top` bound itself
+protocol{protocol,component,name,   gauge    each number in a protocol's status ``metrics`` map
+metric}                                      (set_protocol_status): pim's neighbours, join states, packets
 ==================================  =======  ==============================================================
 
 Cardinality: requests by op (about 20 ops) x status (a handful each),
 events by type (about 20), and at most `top` (source, group) pairs per MFE
-counter; `--metrics-top-mfes 0` turns the per-MFE series off.
+counter; `--metrics-top-mfes 0` turns the per-MFE series off; a protocol's
+metrics map is its author's to keep small (pim's has about 20 entries).
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mgm.bus.status import Status
 from mgm.core.args import format_addr
+from mgm.core.types import ClientId
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -86,6 +90,7 @@ class CoreView(Protocol):
 
     def census(self) -> dict[str, int]: ...
     def mfe_entries(self) -> Iterable[MfeView]: ...
+    def protocol_statuses(self) -> Iterable[tuple[ClientId, str, Mapping[str, Any]]]: ...
 
 
 def _status_name(code: int) -> str:
@@ -141,6 +146,22 @@ class MgmCollector:
         ):
             yield GaugeMetricFamily(name, text, value=census[key])
         yield from self._mfe_metrics()
+        yield self._protocol_metrics()
+
+    def _protocol_metrics(self) -> Metric:
+        """The numbers each protocol puts in its status's ``metrics`` map (set_protocol_status)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("mgm_protocol", "What each protocol's status reports in its metrics map",
+                                   labels=["protocol", "component", "name", "metric"])  # fmt: skip
+        for cid, name, status in self.core.protocol_statuses():
+            metrics = status.get("metrics")
+            if not isinstance(metrics, Mapping):
+                continue
+            for metric, value in sorted(metrics.items()):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    family.add_metric([str(cid.protocol_id), str(cid.component_id), name, metric], value)
+        return family
 
     def _mfe_metrics(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

@@ -52,6 +52,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import struct
 from collections.abc import Mapping
@@ -86,6 +87,8 @@ IP_MULTICAST_LOOP = 34
 IP_ADD_MEMBERSHIP = 35
 RECV_SIZE = 65535
 TOS_INTERNETWORK_CONTROL = 0xC0
+STATUS_INTERVAL = 1.0
+"""The most often the plugin tells the manager its status (`mgm show pim`), and only after a change."""
 RPF_CHECK_INTERVAL = 5.0
 """How often the RPF neighbour of every upstream entry is looked up again (a route change moves the join)."""
 
@@ -200,6 +203,7 @@ class PimPlugin(links.LinkSubscriber):
         protocols' receivers), "downstream N" (a neighbour's join on our interface N), "spt" (a flow of a
         group with receivers here, on the shortest-path tree)."""
         self._next_rpf_check = 0.0
+        self._status_timer: asyncio.TimerHandle | None = None
         self._no_rp_said: set[str] = set()
         self._malformed_from: set[tuple[int, str]] = set()
 
@@ -519,6 +523,8 @@ class PimPlugin(links.LinkSubscriber):
         self._log_events()
         self.downstream.tick(now)
         self._downstream_events()
+        if self._status_timer is None and self.mgm is not None:  # what changed, shown within STATUS_INTERVAL
+            self._status_timer = self._loop.call_later(STATUS_INTERVAL, self._push_status)
         if self.upstream is None:
             return
         if now >= self._next_rpf_check:
@@ -533,6 +539,53 @@ class PimPlugin(links.LinkSubscriber):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _push_status(self) -> None:
+        self._status_timer = None
+        if self.mgm is not None and self._loop is not None and not self.stopped:
+            self.mgm.request("set_protocol_status", {"status": self.status(self._loop.time())})
+
+    def status(self, now: float) -> dict[str, Any]:
+        """What `mgm show pim` shows and the manager's metrics export (the ``metrics`` map): interfaces,
+        neighbours, the RP map, upstream and downstream join state, packet counters.  Times are seconds
+        from `now` (None: never)."""
+        names = self.names
+
+        def left(at: float) -> float | None:
+            return None if at == math.inf else round(max(0.0, at - now), 1)
+
+        def gen_id(value: int | None) -> str | None:
+            return None if value is None else f"{value:08x}"
+
+        interfaces = [{"interface": names[i], "if_index": i, "address": link.address, "dr": link.dr,
+                       "dr_priority": link.dr_priority, "generation_id": gen_id(link.generation_id),
+                       "neighbors": len(link.neighbors)} for i, link in self.links.items()]  # fmt: skip
+        neighbors = [{"interface": names[i], "address": n.address, "dr_priority": n.dr_priority,
+                      "generation_id": gen_id(n.generation_id), "up_for": round(now - n.since, 1),
+                      "expires_in": left(n.expires)}
+                     for i, link in self.links.items() for n in link.neighbors.values()]  # fmt: skip
+        entries = self.upstream.entries if self.upstream is not None else {}
+        rpt_pruned = self.upstream.rpt_pruned if self.upstream is not None else {}
+        upstream = []
+        for key in sorted(self.wanted, key=lambda k: (k[1], k[0] or "")):
+            entry = entries.get(key)
+            rpf = entry.rpf if entry is not None else None
+            upstream.append({"source": key[0] or "*", "group": key[1], "towards": entry.target if entry else None,
+                             "interface": names.get(rpf[0]) if rpf else None, "neighbor": rpf[1] if rpf else None,
+                             "why": sorted(self.wanted[key]), "rpt_pruned": key in rpt_pruned,
+                             "next_join_in": left(entry.next_join) if entry else None})  # fmt: skip
+        downstream = [{"interface": names.get(i, str(i)), "source": key[0] or "*", "group": key[1],
+                       "state": e.state, "expires_in": left(e.expires)}
+                      for (i, key), e in sorted(self.downstream.entries.items(),
+                                                key=lambda kv: (kv[0][1][1], kv[0][1][0] or "", kv[0][0]))]  # fmt: skip
+        settings = self.settings
+        counters = {**self.counters, **{f"ignored_{k}": v for k, v in self.downstream.ignored.items()}}
+        metrics = {"interfaces": len(interfaces), "neighbors": len(neighbors), "upstream_entries": len(upstream),
+                   "upstream_joined": sum(1 for u in upstream if u["neighbor"] is not None),
+                   "downstream_entries": len(downstream), **counters}  # fmt: skip
+        return {"interfaces": interfaces, "neighbors": neighbors,
+                "rp": [{"groups": str(prefix), "rp": rp} for prefix, rp in (settings.rp if settings else ())],
+                "upstream": upstream, "downstream": downstream, "counters": counters, "metrics": metrics}
 
     def _downstream_events(self) -> None:
         """A neighbour's join on one of our interfaces is our membership there, and a reason to join upstream."""

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -187,6 +188,12 @@ def test_receivers_make_a_star_g_join_towards_the_rp_and_their_leave_a_prune(
     join = joins_and_prunes()[0][0]
     assert (join["upstream"], join["holdtime"], join["ttl"]) == (rp, 4, 1)  # 3.5 x 1 s
     assert join["groups"][group] == {"joins": [[rp, 1, 1]], "prunes": []}  # the RP, wildcard and RPT bits
+    shown = wait_until(lambda: shown_upstream(manager, group), WAIT, "the join in `mgm show pim --json`")
+    assert [(n["interface"], n["address"]) for n in shown["neighbors"]] == [(up.a_if, rp)]
+    assert shown["rp"] == [{"groups": "239.78.0.0/16", "rp": rp}]
+    assert shown["metrics"]["neighbors"] == 1 and shown["metrics"]["join_prune_sent"] >= 1
+    text = show(manager, "pim").stdout
+    assert all(words in text for words in ("neighbours", "upstream join state", rp, group)), text
     found = re.findall(r"pim: (\d+) joined \(source, group\) pair\(s\) of other protocols found at start", pim.log())
     assert found == ["1" if pim_after_receiver else "0"], pim.log()
     receiver.leave()
@@ -194,9 +201,22 @@ def test_receivers_make_a_star_g_join_towards_the_rp_and_their_leave_a_prune(
     assert joins_and_prunes()[1][0]["groups"][group] == {"joins": [], "prunes": [[rp, 1, 1]]}
 
 
-def test_config_mistakes_are_all_named_before_the_plugin_registers(ipc_dir: Path) -> None:
-    import subprocess
+def show(manager: ManagerProc, *args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "mgm.core.cli", "show", *args, "--api", manager.api, "--events",
+                           manager.events], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done
 
+
+def shown_upstream(manager: ManagerProc, group: str) -> dict[str, Any] | None:
+    """The pim plugin's status from `mgm show pim --json`, once it lists (*,group) joined for an alert."""
+    (entry,) = json.loads(show(manager, "pim", "--json").stdout)["entries"]
+    upstream = [(u["source"], u["group"], u["why"], u["neighbor"]) for u in entry["status"]["upstream"]]
+    joined = ("*", group, ["alert"], entry["status"]["rp"][0]["rp"]) in upstream
+    return dict(entry["status"]) if joined else None
+
+
+def test_config_mistakes_are_all_named_before_the_plugin_registers(ipc_dir: Path) -> None:
     config = ipc_dir / "pim.toml"
     config.write_text(toml_config({"pim": {"interfaces": ["lo"], "hello_period": 0, "dr_priority": -1,
                                            "colour": "red"}}))  # fmt: skip

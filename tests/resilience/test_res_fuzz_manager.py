@@ -78,6 +78,8 @@ def templates(handle: int, victim: int) -> dict[str, dict[str, Any]]:
                                                         "oil": [{**iface, "out_packets": 1}]}]},
         "answer": {"handle": handle, "question": 1, **iface, "upstream_neighbor": "0.0.0.0"},
         "heartbeat": {"handle": handle},
+        "set_protocol_status": {"handle": handle, "status": {"metrics": {"neighbors": 1}, "neighbors": [sg]}},
+        "get_protocol_status": {"protocol_id": 300, "component_id": 1},
     }
 
 
