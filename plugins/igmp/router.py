@@ -542,9 +542,7 @@ class Router:
     def compatibility_mode(self, group: str, now: float) -> int:
         """The version the group's hosts speak (RFC 3376 7.3.2): 1, 2 or 3."""
         g = self._groups.get(group)
-        if g is None:
-            return self.params.version
-        return self._compat(g, now)
+        return self.params.version if g is None else self._compat(g, now)
 
     # --- querier election ------------------------------------------------------------------------
 
@@ -816,10 +814,7 @@ class Router:
     # --- bookkeeping ------------------------------------------------------------------------------------------
 
     def _group(self, group: str) -> _Group:
-        g = self._groups.get(group)
-        if g is None:
-            g = self._groups[group] = _Group(group)
-        return g
+        return self._groups.setdefault(group, _Group(group))
 
     def _compat(self, g: _Group, now: float) -> int:
         if g.v1_host_until > now:
