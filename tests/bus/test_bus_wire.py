@@ -264,25 +264,6 @@ def test_an_ipc_path_over_107_bytes_is_refused_clearly(ipc_dir: Path) -> None:
     assert not os.path.exists(ipc_dir / "events")
 
 
-def test_rundir_is_created_0700(tmp_path: Path) -> None:
-    rundir = Path(f"/tmp/mgm-rundir-test-{os.getpid()}")
-    env = {**os.environ, "MGM_RUNDIR": str(rundir)}
-    proc = subprocess.Popen([*MGM, "manager"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        from mgm_testplugins.control import wait_for
-
-        wait_for(lambda: (rundir / "events").exists() or proc.poll() is not None, 15, "the default endpoints")
-        assert proc.poll() is None
-        assert (rundir.stat().st_mode & 0o777) == 0o700
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(10)
-        for f in ("api", "events"):
-            (rundir / f).unlink(missing_ok=True)
-        rundir.rmdir()
-
-
 def test_random_requests_never_stop_the_manager_and_each_gets_one_reply(manager: Any,
                                                                          ctx: zmq.Context[Any]) -> None:
     import random

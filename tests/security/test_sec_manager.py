@@ -108,7 +108,7 @@ def test_the_manager_makes_its_default_rundir_0700(ipc_dir: Path, procs: list[An
     wait_for(lambda: proc.ping() or not proc.alive(), 15, "the manager to answer in its RUNDIR")
     assert proc.alive(), proc.log()
     assert stat.S_IMODE(rundir.stat().st_mode) == 0o700
-    assert stat.S_ISSOCK((rundir / "api").stat().st_mode)
+    assert stat.S_ISSOCK((rundir / "api").stat().st_mode) and stat.S_ISSOCK((rundir / "events").stat().st_mode)
 
 
 def test_an_ipc_endpoint_in_a_directory_open_to_others_is_warned_about(ipc_dir: Path,
