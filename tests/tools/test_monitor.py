@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import ipaddress
 import signal
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from mgm_testplugins.control import ctl, wait_for
 from mgm_testplugins.processes import ManagerProc, PluginProc
-from tool_procs import DroppingRelay, MonitorProc
+from tool_procs import ANY, FAR, LO, A, DroppingRelay, MonitorProc
 
 StartPlugin = Callable[..., PluginProc]
 StartMonitor = Callable[..., MonitorProc]
 
-ANY = "0.0.0.0"
-LO = socket.if_nametoindex("lo")
-FAR = 2001
-A = {"protocol_id": 100, "component_id": 1}
 IGMP_STREAM, A_STREAM = "proto/10/1", "proto/100/1"
 QUIET = ("--rate-interval", "0")
 

@@ -20,15 +20,10 @@ from typing import Any
 
 from mgm_testplugins.control import ctl
 from mgm_testplugins.processes import MGM, ManagerProc, PluginProc, toml_config
-from tool_procs import RawClient
+from tool_procs import ANY, FAR, LO, A, RawClient
 
 Show = Callable[..., subprocess.CompletedProcess[str]]
 StartPlugin = Callable[..., PluginProc]
-
-ANY = "0.0.0.0"
-LO = socket.if_nametoindex("lo")
-A = {"protocol_id": 100, "component_id": 1}
-FAR = 2001  # an index that is no interface on this machine: printed without a name
 
 
 def rows(text: str) -> list[list[str]]:

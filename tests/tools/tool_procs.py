@@ -1,10 +1,11 @@
-"""The processes and the relay of the tool tests (see conftest.py for the fixtures that make them)."""
+"""The processes, the relay and the interfaces of the tool tests (conftest.py has the fixtures that make them)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -21,6 +22,11 @@ from mgm.bus.codec import decode_reply, encode_request, unpack
 from mgm.bus.topics import STATE
 
 T = TypeVar("T")
+
+ANY = "0.0.0.0"
+LO = socket.if_nametoindex("lo")
+FAR = 2001  # an index that is no interface on this machine: printed without a name
+A = {"protocol_id": 100, "component_id": 1}
 
 
 @dataclass
