@@ -271,7 +271,8 @@ class PluginContext:
             return
         exc = fut.exception()  # also marks it retrieved, so asyncio does not warn a second time
         if exc is not None:
-            self.log.warning("plugin %s: %s %s failed: %s", self.name, op, _brief(args), exc)
+            brief = " ".join(f"{k}={v}" for k, v in args.items() if k != "handle")
+            self.log.warning("plugin %s: %s %s failed: %s", self.name, op, brief, exc)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -300,10 +301,6 @@ def _membership_args(key: MembershipKey) -> dict[str, Any]:
         **_interface_args(interface),
         "flags": flags,
     }
-
-
-def _brief(args: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in args.items() if k != "handle")
 
 
 async def quiet(fut: asyncio.Future[dict[str, Any]]) -> None:

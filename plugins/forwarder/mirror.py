@@ -360,9 +360,6 @@ class Mirror:
     def _wanted_vifs(self) -> set[int]:
         return {iface.if_index for iface in self.owners} | self.kept_vifs
 
-    def _link_exists(self, if_index: int) -> bool:
-        return self.links is None or if_index in self.links
-
     def _sync_vifs(self, *, resync_entries: bool = True) -> None:
         wanted = self._wanted_vifs()
         changed = False
@@ -375,7 +372,7 @@ class Mirror:
             except MrouteError as exc:
                 self.log.warning("VIF %d of %s: %s", vif, self.name(if_index), exc)
         for if_index in sorted(wanted - set(self.vifs)):
-            if not self._link_exists(if_index):
+            if self.links is not None and if_index not in self.links:  # None: netlink has not spoken yet
                 self._warn_once("nolink", if_index, "interface %d is owned but does not exist here; "
                                 "its VIF is added when it appears", if_index)  # fmt: skip
                 continue

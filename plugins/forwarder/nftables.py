@@ -442,7 +442,9 @@ class NftDataplane:
             self.ifs.difference_update(batch.ifs_del)
             for key, (have, want) in batch.entries.items():
                 if have is not None and have.oifs:
-                    self._unuse(have.oifs)
+                    self.chains[have.oifs] -= 1
+                    if self.chains[have.oifs] <= 0:
+                        self.chains.pop(have.oifs)
                 if want is None:
                     self.entries.pop(key, None)
                     self.counts.pop(key, None)
@@ -473,11 +475,6 @@ class NftDataplane:
             failed.update(self.commit(batch, self.run_batch(batch)))
         return failed
 
-    def _unuse(self, oil: frozenset[int]) -> None:
-        self.chains[oil] -= 1
-        if self.chains[oil] <= 0:
-            self.chains.pop(oil)
-
     def _set_installed(self, ifs: set[int], entries: Mapping[SgKey, Entry]) -> None:
         self.ifs = set(ifs)
         self.entries = dict(entries)
@@ -505,7 +502,7 @@ class NftDataplane:
         """What our table holds: managed interfaces and entries (a crashed predecessor's, or the truth after an
         error).  Interfaces come back by name where they exist (nftables prints names)."""
         data = json.loads(self.nft.run(f"list table ip {self.table}", json_output=True))
-        index = _if_indexes()
+        index = {name: i for i, name in socket.if_nameindex()}
         ifs: set[int] = set()
         chains: dict[str, set[int]] = {}
         sg: list[tuple[Any, Any]] = []
@@ -631,10 +628,6 @@ class HeldPackets:
 _ADDR = r"(\d+\.\d+\.\d+\.\d+)"
 _SG_COUNTER = re.compile(rf'("[^"]*"|\S+) \. {_ADDR} \. {_ADDR} counter packets (\d+) bytes (\d+)')
 _KNOWN_COUNTER = re.compile(rf"{_ADDR} \. {_ADDR} counter packets (\d+)")
-
-
-def _if_indexes() -> dict[str, int]:
-    return {name: index for index, name in socket.if_nameindex()}
 
 
 def _if_index(value: Any, index: Mapping[str, int]) -> int:

@@ -306,7 +306,7 @@ class ProxyPlugin(LinkSubscriber):
         """An interface the configuration names as the upstream appeared: take it and join everything again."""
         assert self.settings is not None
         iface = Interface(link.index, ANY)
-        if not await self._take(mgm, iface) or self.stopped:
+        if not await self._taken(mgm, iface, mgm.take_interface(iface)) or self.stopped:
             return
         self._open_upstream(link)
         for group in sorted(self.members):
@@ -319,10 +319,6 @@ class ProxyPlugin(LinkSubscriber):
             address = ""
         log.info("proxy: upstream %s is back (if_index %d): %d group(s) joined upstream again%s",
                  link.name, link.index, len(self.joined), address)  # fmt: skip
-
-    async def _take(self, mgm: PluginContext, iface: Interface) -> bool:
-        """Own the upstream in the manager; False (logged) where refused."""
-        return await self._taken(mgm, iface, mgm.take_interface(iface))
 
     async def _taken(self, mgm: PluginContext, iface: Interface, reply: Awaitable[Any]) -> bool:
         """Whether the manager gave us the upstream (the request already sent); a refusal is logged."""
