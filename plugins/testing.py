@@ -147,11 +147,8 @@ class Proc:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        out = open(self.log_path, "ab")  # noqa: SIM115 -- the child holds it; closed below
-        try:
+        with open(self.log_path, "ab") as out:  # the child has its own copy of the descriptor
             self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            out.close()
 
     @property
     def pid(self) -> int:
@@ -452,9 +449,7 @@ class MgmBus:
         return proc
 
     def _running_manager(self) -> ManagerProc:
-        if self.manager is None:
-            return self.start_manager()
-        return self.manager
+        return self.manager if self.manager is not None else self.start_manager()
 
     def start_plugin(
         self, name: str, table: Mapping[str, Any] | None = None, *, registered_as: str | None = None,
