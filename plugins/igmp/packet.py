@@ -200,9 +200,7 @@ def parse(data: bytes) -> Message:
         return _parse_query(data)
     if kind in (V1_REPORT, V2_REPORT, V2_LEAVE):
         group = _addr(data[4:8])
-        if kind == V2_LEAVE:
-            return Leave(group)
-        return Report(1 if kind == V1_REPORT else 2, group)
+        return Leave(group) if kind == V2_LEAVE else Report(1 if kind == V1_REPORT else 2, group)
     if kind == V3_REPORT:
         return _parse_v3_report(data)
     return Unknown(kind)

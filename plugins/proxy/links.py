@@ -46,9 +46,7 @@ class Action(enum.Enum):
 
 def names_upstream(configured: str | int, link: Link) -> bool:
     """Whether `link` is the interface the configuration calls the upstream (by name, or by if_index)."""
-    if isinstance(configured, int):
-        return link.index == configured
-    return link.name == configured
+    return link.index == configured if isinstance(configured, int) else link.name == configured
 
 
 def upstream_event(configured: str | int, current: Link | None, event: str, link: Link) -> Action:

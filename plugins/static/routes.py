@@ -242,9 +242,7 @@ def rpf(
     if route is None:
         return None
     incoming = resolve(route.incoming)
-    if incoming == interface:
-        return None
-    return incoming, incoming.next_hop
+    return None if incoming == interface else (incoming, incoming.next_hop)
 
 
 @dataclass(frozen=True, slots=True)
