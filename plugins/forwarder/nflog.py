@@ -16,6 +16,7 @@ packet messages of which we read three attributes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -184,9 +185,7 @@ class NflogSocket:
         if self.closed:
             return
         self.closed = True
-        try:
+        with contextlib.suppress(OSError):  # the kernel unbinds a closed socket's group anyway
             self.sock.settimeout(1.0)
             self._config(_attr(NFULA_CFG_CMD, struct.pack("=B3x", NFULNL_CFG_CMD_UNBIND)), "unbind")
-        except OSError:
-            pass  # the kernel unbinds a closed socket's group anyway
         self.sock.close()

@@ -27,6 +27,7 @@ existing MFEs whose route now names another incoming interface moved to it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -179,11 +180,9 @@ class StaticPlugin:
                 incoming, upstream = answer
                 args = {"source": mfe["source"], "group": mfe["group"], "upstream_neighbor": upstream,
                         "if_index": incoming.if_index, "next_hop": incoming.next_hop}  # fmt: skip
-                try:
+                with contextlib.suppress(MgmError, TimeoutError):  # logged by the context
                     await mgm.request("set_mfe", args)
                     moved += 1
-                except (MgmError, TimeoutError):
-                    pass  # logged by the context
             if not page.get("more") or not page["entries"]:
                 return moved
             last = page["entries"][-1]
