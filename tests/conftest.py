@@ -53,9 +53,13 @@ def ipc_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def procs(request: pytest.FixtureRequest, ipc_dir: Path) -> Iterator[list[Proc]]:
-    """Every process a test started; all stopped at teardown, logs printed if the test failed."""
+    """Every process a test started; all stopped at teardown (plugins' control sockets closed first), logs printed
+    if the test failed."""
     started: list[Proc] = []
     yield started
+    for proc in started:
+        if isinstance(proc, PluginProc) and proc.control is not None:
+            proc.control.close()
     for proc in sorted(reversed(started), key=lambda p: isinstance(p, ManagerProc)):  # plugins before managers
         proc.stop()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
@@ -159,14 +163,6 @@ def _pings(ctl: Control | None) -> bool:
         return False
     finally:
         probe.close()
-
-
-@pytest.fixture(autouse=True)
-def _close_controls(procs: list[Proc]) -> Iterator[None]:
-    yield
-    for proc in procs:
-        if isinstance(proc, PluginProc) and proc.control is not None:
-            proc.control.close()
 
 
 @pytest.fixture(params=[pytest.param("mrt", marks=pytest.mark.mroute), "nft"])

@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 import zmq
-from conftest import allow_list
-from sec_support import ALLOWED_INDEX, ROUTING_PROTOCOL, Keys, TcpManager, dealer, log_has, reply_to, start_tcp_manager
+from sec_support import (
+    ALLOWED_INDEX,
+    ROUTING_PROTOCOL,
+    Keys,
+    TcpManager,
+    allow_list,
+    dealer,
+    log_has,
+    reply_to,
+    start_tcp_manager,
+)
 
 from mgm.bus.sockets import secure
 from mgm.bus.status import Status
