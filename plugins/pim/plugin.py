@@ -24,11 +24,19 @@ interfaces``:
   MFEs, and alerts the other protocols) and a reason for our own join
   upstream; an RP (an ``rp`` address that is ours) joins no further;
 * join suppression and prune override on LANs, from the Joins and Prunes
-  other routers send to our upstream neighbours.
+  other routers send to our upstream neighbours;
+* the RP's side of Register (4.4.2): a DR's Register (or null-Register)
+  of (S,G) makes the RP, when G has receivers, join (S,G) towards S and
+  keep it joined while Registers keep coming (Keepalive, 210 s); it
+  answers Register-Stop when G has none, once S's packets arrive natively
+  (the manager's rpf question for the new MFE), and to a Register for a
+  group whose RP we are not.
 
-Not yet: Register (so a source's first-hop router must be on the RP's
-shortest path, or be the RP), downstream (S,G,rpt) state, Assert.  The start-up log
-says so.
+Not yet: sending Registers as a source's DR (a source's first-hop router
+must be the RP or on the RP's shortest path), forwarding the packets
+inside Registers (the RP's receivers get a registered source from when
+its shortest-path tree reaches the RP, about one join round trip later),
+downstream (S,G,rpt) state, Assert.  The start-up log says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -87,6 +95,8 @@ IP_MULTICAST_LOOP = 34
 IP_ADD_MEMBERSHIP = 35
 RECV_SIZE = 65535
 TOS_INTERNETWORK_CONTROL = 0xC0
+REGISTER_KEEPALIVE = 210.0
+"""RFC 7761's Keepalive_Period: how long a registered source stays joined without a Register."""
 STATUS_INTERVAL = 1.0
 """The most often the plugin tells the manager its status (`mgm show pim`), and only after a change."""
 RPF_CHECK_INTERVAL = 5.0
@@ -204,6 +214,10 @@ class PimPlugin(links.LinkSubscriber):
         group with receivers here, on the shortest-path tree)."""
         self._next_rpf_check = 0.0
         self._status_timer: asyncio.TimerHandle | None = None
+        self.registered: dict[Key, float] = {}
+        """(S,G) a DR registered to us as RP, joined towards S ("register"), and when its last Register came."""
+        self.native: set[Key] = set()
+        """Registered (S,G) whose packets reached us natively (the manager's rpf question): Register-Stop them."""
         self._no_rp_said: set[str] = set()
         self._malformed_from: set[tuple[int, str]] = set()
 
@@ -250,6 +264,8 @@ class PimPlugin(links.LinkSubscriber):
         """A new flow arrives on one of our interfaces: on the shared tree of a group with receivers on this
         router (not only downstream routers: theirs is the switch), switch to the shortest-path tree (the
         manager's choice of incoming interface stands)."""
+        if (source, group) in self.registered:  # the source's packets come natively: Register-Stop the DR
+            self.native.add((source, group))
         settings = self.settings
         reasons = self.wanted.get((None, group), set())
         if (settings is not None and settings.spt_switchover == "immediate"
@@ -305,9 +321,9 @@ class PimPlugin(links.LinkSubscriber):
             log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
-        log.warning("pim: this version sends and takes no Register (a source's first-hop router must be on the "
-                    "RP's shortest path, or be the RP), keeps no downstream (S,G,rpt) state and sends no "
-                    "Assert")  # fmt: skip
+        log.warning("pim: this version sends no Register (a source's first-hop router must be the RP or on its "
+                    "shortest path), does not forward what Registers carry, keeps no downstream (S,G,rpt) state "
+                    "and sends no Assert")  # fmt: skip
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
@@ -424,8 +440,10 @@ class PimPlugin(links.LinkSubscriber):
         if not reasons:
             del self.wanted[key]
             if key[0] is None:  # the group's receivers are gone: its shortest-path trees go too
-                for spt in [k for k, why in self.wanted.items() if k[1] == key[1] and why == {"spt"}]:
+                for spt in [k for k, why in self.wanted.items() if k[1] == key[1] and why <= {"spt", "register"}]:
                     del self.wanted[spt]
+                    self.registered.pop(spt, None)
+                    self.native.discard(spt)
                     self._evaluate(spt)
         if before != bool(reasons):
             log.info("pim: (%s,%s) %s (%s)", key[0] or "*", key[1], "wanted" if reasons else "no longer wanted",
@@ -478,9 +496,10 @@ class PimPlugin(links.LinkSubscriber):
                 break
             if_index = arrival_interface(ancillary)
             link = None if if_index is None else self.links.get(if_index)
-            if if_index is None or link is None:
-                continue  # an interface we do not run on
             ihl = (data[0] & 0x0F) * 4 if data else 0
+            register = len(data) > ihl and data[ihl] & 0x0F == packet.REGISTER
+            if if_index is None or (link is None and not register):
+                continue  # an interface we do not run on; a Register (unicast) may come in anywhere
             try:
                 message = packet.parse(data[ihl:])
             except packet.MalformedPacket as exc:
@@ -488,14 +507,67 @@ class PimPlugin(links.LinkSubscriber):
                 first = (if_index, source) not in self._malformed_from
                 self._malformed_from.add((if_index, source))
                 log.log(logging.WARNING if first else logging.DEBUG, "pim: %s: malformed message from %s dropped: "
-                        "%s%s", self.names[if_index], source, exc, " (later ones at debug level)" if first else "")
+                        "%s%s", self.names.get(if_index, if_index), source, exc,
+                        " (later ones at debug level)" if first else "")  # fmt: skip
                 continue
             self._count(f"{packet.TYPE_NAMES.get(_type_of(message), 'unknown')}_received")
-            if isinstance(message, packet.Hello):
+            if isinstance(message, packet.Register):
+                self._receive_register(source, message, now)
+            elif link is None:
+                continue
+            elif isinstance(message, packet.Hello):
                 link.receive_hello(source, message, now)
             elif isinstance(message, packet.JoinPrune):
                 self._receive_join_prune(if_index, link, source, message, now)
         self._after()
+
+    # --- the RP's side of Register (4.4.2), without decapsulation ---------------------------------
+
+    def _receive_register(self, dr: str, message: packet.Register, now: float) -> None:
+        """A DR registers a source: where we are the group's RP and have receivers, join towards the source;
+        answer Register-Stop when there are none, or once the source's packets come natively.  The packet
+        inside is not forwarded (see the module's docstring)."""
+        inner = message.packet
+        if len(inner) < 20 or inner[0] >> 4 != 4:
+            self._count("register_malformed")
+            return
+        source, group = socket.inet_ntoa(inner[12:16]), socket.inet_ntoa(inner[16:20])
+        rp = self.settings.rp_for(group) if self.settings is not None else None
+        if rp is None or rp not in {link.address for link in self.links.values()}:
+            self._count("register_not_rp")  # 4.4.2: a Register-Stop tells the DR it has the wrong RP
+            self._register_stop(dr, source, group, None)
+            return
+        key = (source, group)
+        receivers = bool(self.wanted.get((None, group)))
+        if receivers:
+            if key not in self.registered:
+                log.info("pim: (%s,%s) registered by %s%s: joining towards the source", source, group, dr,
+                         " (null-Register)" if message.null else "")  # fmt: skip
+            self.registered[key] = now
+            self._reason(key, "register", True, settle=False)
+        if not receivers or key in self.native:
+            self._register_stop(dr, source, group, rp)
+
+    def _register_stop(self, dr: str, source: str, group: str, rp: str | None) -> None:
+        """A unicast Register-Stop to the DR, from the RP address when we are the RP (the DR checks it)."""
+        if self.sock is None:
+            return
+        data = packet.build(packet.RegisterStop(packet.EncodedGroup(group), source))
+        ancillary = [] if rp is None else [(socket.IPPROTO_IP, IP_PKTINFO,
+                                            struct.pack("@i4s4s", 0, socket.inet_aton(rp), bytes(4)))]  # fmt: skip
+        try:
+            self.sock.sendmsg([data], ancillary, 0, (dr, 0))
+            self._count("register_stop_sent")
+        except OSError as exc:
+            self._count("send_failed")
+            log.warning("pim: cannot send a Register-Stop for (%s,%s) to %s: %s", source, group, dr, exc)
+
+    def _registers_expired(self, now: float) -> None:
+        """A source whose DR has sent no Register (null ones included) for REGISTER_KEEPALIVE: stop joining it."""
+        for key in [k for k, at in self.registered.items() if now - at > REGISTER_KEEPALIVE]:
+            del self.registered[key]
+            self.native.discard(key)
+            self._reason(key, "register", False, settle=False)
 
     def _receive_join_prune(self, if_index: int, link: PimLink, source: str, message: packet.JoinPrune,
                             now: float) -> None:  # fmt: skip
@@ -529,6 +601,7 @@ class PimPlugin(links.LinkSubscriber):
             return
         if now >= self._next_rpf_check:
             self._next_rpf_check = now + RPF_CHECK_INTERVAL
+            self._registers_expired(now)
             for key in list(self.wanted):
                 self._evaluate(key, now)
         for (if_index, _neighbor), message in self.upstream.tick(now):

@@ -37,7 +37,8 @@ PIM_PROTOCOL = 103
 def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: float | None = None,
          outbox: str | None = None) -> None:
     """Hello every second with `options` (a holdtime 0 goodbye after `goodbye_after` s); print what is heard.
-    Each file that appears in the folder `outbox` holds a PIM message in hex: it is sent once, to ALL-PIM-ROUTERS."""
+    Each file that appears in the folder `outbox` holds a PIM message in hex: it is sent once, to ALL-PIM-ROUTERS,
+    or to the address before the hex."""
     from scapy.contrib.pim import PIMv2Hdr, PIMv2Hello, PIMv2JoinPrune
 
     from mgm.plugins.pim.packet import Hello, build
@@ -57,7 +58,8 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
         for message in sorted(Path(outbox).iterdir()) if outbox else ():
             if message.name not in sent and not message.name.startswith("."):
                 sent.add(message.name)
-                sock.sendto(bytes.fromhex(message.read_text()), ("224.0.0.13", 0))
+                *to, text = message.read_text().split()  # "HEX", or "ADDRESS HEX" for a unicast message
+                sock.sendto(bytes.fromhex(text), (to[0] if to else "224.0.0.13", 0))
                 print(json.dumps({"event": "sent", "name": message.name}), flush=True)
         if now >= next_hello:
             holdtime = 0 if goodbye_after is not None and now - started >= goodbye_after else options["holdtime"]
@@ -76,6 +78,9 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
                 for name in ("holdtime", "dr_priority", "generation_id"):
                     if hasattr(option, name):
                         entry[name] = getattr(option, name)
+        elif pim.type == 2:  # Register-Stop, read by hand (4.9.4): encoded group, then encoded unicast source
+            body = bytes(pim)[4:]
+            entry.update(group=socket.inet_ntoa(body[4:8]), registered=socket.inet_ntoa(body[10:14]))
         elif pim.type == 3:
             jp = pim[PIMv2JoinPrune]
             entry.update(upstream=jp.up_neighbor_ip, holdtime=jp.holdtime, groups={
@@ -342,3 +347,62 @@ rp = [{{ address = "{rp}", groups = ["239.82.0.0/16"] }}]
     time.sleep(1.0)  # 50 datagrams at the sender's pace
     assert receiver.count() == stopped_at, "still forwarded after the prune"
     assert mgm_up.alive(), mgm_up.log()
+
+
+def register(source: str, group: str, *, null: bool = False) -> str:
+    """A Register of one UDP datagram from `source` to `group` (a null-Register: its IP header alone), in hex."""
+    from scapy.layers.inet import IP, UDP
+
+    from mgm.plugins.pim.packet import Register, build
+
+    inner = IP(src=source, dst=group, ttl=16)
+    whole = bytes(inner if null else inner / UDP(dport=5831) / b"x")
+    return build(Register(border=False, null=null, packet=whole)).hex()
+
+
+def test_as_rp_a_register_is_stopped_without_receivers_and_joined_towards_the_source_with_them(
+    topology: Topology, forwarder_backend: str
+) -> None:
+    """The RP's side of Register (no decapsulation): the DR (a scapy peer that is the source too) registers
+    (S,G) by unicast.  No receivers: Register-Stop at once.  Receivers (a host behind IGMP): our (S,G) join
+    goes towards S and no Register-Stop, until S's packets arrive natively and reach the host; the next
+    (null-)Register is stopped."""
+    dr_ns, rtr, host = topology.namespaces("dr", "rtr", "host")
+    up = topology.link(dr_ns, rtr, "10.83.1.2/24", "10.83.1.1/24")
+    down = topology.link(rtr, host, "10.83.2.1/24", "10.83.2.2/24")
+    dr_ns.multicast_route(up.a_if)
+    host.multicast_route(down.b_if)
+    source, group, rp = "10.83.1.2", "239.83.1.1", "10.83.1.1"
+    up_proc = rtr.mgm_up(toml_config({
+        "igmp": {"interfaces": [down.a_if], "query_response_interval": 1},
+        "pim": {"interfaces": [up.b_if], **FAST, "rp": [{"address": rp, "groups": ["239.83.0.0/16"]}]},
+    }), backend=forwarder_backend)  # fmt: skip
+    outbox = topology.workdir / "outbox"
+    outbox.mkdir()
+    dr = dr_ns.spawn(peer, up.a_if, source, {"holdtime": 5, "dr_priority": 1, "generation_id": 7}, None,
+                     str(outbox), name="peer-dr")  # fmt: skip
+    wait_until(lambda: f"neighbour {source} up" in up_proc.log() or not up_proc.alive(), WAIT * 2, "the DR's Hello")
+
+    def stops() -> list[dict[str, Any]]:
+        return [e for e in heard(dr, rp) if e["type"] == 2]
+
+    def sg_joins() -> list[dict[str, Any]]:
+        return [e for e in heard(dr, rp) if e["type"] == 3 and [source, 0, 0] in e["groups"].get(group, {}).get(
+            "joins", [])]
+
+    post(outbox, "1-register", f"{rp} {register(source, group)}")
+    wait_until(stops, WAIT, "a Register-Stop: we have no receivers")
+    assert stops() == [{"event": "pim", "source": rp, "type": 2, "ttl": stops()[0]["ttl"], "group": group,
+                        "registered": source}]  # fmt: skip
+
+    receiver = host.receiver(group, 5831)
+    receiver.wait_joined()
+    wait_until(lambda: f"(*,{group}) wanted (alert)" in up_proc.log(), WAIT, "IGMP's receiver at the RP")
+    post(outbox, "2-register", f"{rp} {register(source, group)}")
+    wait_until(sg_joins, WAIT, "our (S,G) join towards the source")
+    assert len(stops()) == 1, "stopped although the source's packets do not come natively yet"
+
+    dr_ns.spawn(send_udp, group, 5831, 100_000, interval=0.02, source=source, name="native")
+    receiver.wait_count(10, WAIT)
+    post(outbox, "3-null-register", f"{rp} {register(source, group, null=True)}")
+    wait_until(lambda: len(stops()) == 2, WAIT, "a Register-Stop once the packets come natively")
