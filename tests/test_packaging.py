@@ -22,11 +22,8 @@ def test_every_subpackage_is_listed() -> None:
     setuptools = _pyproject()["tool"]["setuptools"]
     mapping = setuptools["package-dir"]
     listed = set(setuptools["packages"])
-    on_disk = set()
-    for dotted, folder in mapping.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder)
-            on_disk.add(".".join([dotted, *rel.parts]))
+    on_disk = {".".join([dotted, *init.parent.relative_to(ROOT / folder).parts])
+               for dotted, folder in mapping.items() for init in (ROOT / folder).rglob("__init__.py")}  # fmt: skip
     assert on_disk - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert listed - on_disk == set(), "these are listed but have no __init__.py"
 
