@@ -91,9 +91,7 @@ def adopt_from_proc(mirror: Mirror, vif_path: Path = PROC_VIF, mfc_path: Path = 
         else:
             ours[proc.local] = proc.vif
     adopted: dict[SgKey, Entry] = {}
-    for entry in entries:
-        if not entry.resolved:
-            continue
+    for entry in (e for e in entries if e.resolved):
         key = (entry.source, entry.group)
         used = {entry.parent, *entry.oifs}
         if used & foreign:

@@ -581,10 +581,7 @@ class Router:
             self._become_non_querier(source, now + self.other_querier_present_interval)
         elif self.address is None and source != ANY:
             self.querier_address = source
-        if query.is_general or query.suppress:
-            return
-        g = self._groups.get(query.group)
-        if g is None:
+        if query.is_general or query.suppress or (g := self._groups.get(query.group)) is None:
             return
         if query.version == 3:
             lowered = now + self.last_member_query_time
