@@ -63,7 +63,7 @@ import logging
 import math
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -266,11 +266,15 @@ class PimPlugin(links.LinkSubscriber):
         manager's choice of incoming interface stands)."""
         if (source, group) in self.registered:  # the source's packets come natively: Register-Stop the DR
             self.native.add((source, group))
-        settings = self.settings
-        reasons = self.wanted.get((None, group), set())
-        if (settings is not None and settings.spt_switchover == "immediate"
-                and any(not reason.startswith("downstream") for reason in reasons)):  # fmt: skip
+        if self._switches_to_spt(group):
             self._reason((source, group), "spt", True)
+
+    def _switches_to_spt(self, group: str) -> bool:
+        """Whether a flow of `group` on the shared tree moves to the shortest-path tree: a last-hop decision,
+        made for receivers on this router, never for downstream routers' joins alone."""
+        reasons = self.wanted.get((None, group), set())
+        return (self.settings is not None and self.settings.spt_switchover == "immediate"
+                and any(not reason.startswith("downstream") for reason in reasons))  # fmt: skip
 
     # --- the shell ----------------------------------------------------------------------------
 
@@ -374,7 +378,25 @@ class PimPlugin(links.LinkSubscriber):
             with contextlib.suppress(MgmError, TimeoutError):
                 await request("group_enumeration_end", {"handle": handle, "enum": enum})
         log.info("pim: %d joined (source, group) pair(s) of other protocols found at start", learned)
+        await self._learn_flows(request)
         self._after()
+
+    async def _learn_flows(self, request: Callable[..., Awaitable[dict[str, Any]]]) -> None:
+        """The flows already coming in on our interfaces, whose rpf question (our switch to the shortest-path
+        tree) went to us before we knew their group's receivers, or to the instance before a restart."""
+        args: dict[str, Any] = {"max_entries": 500}
+        try:
+            while not self.stopped:
+                page = await request("list_mfes", args)
+                entries = page.get("entries") or []
+                for mfe in entries:
+                    if mfe["in_if_index"] in self.links and self._switches_to_spt(mfe["group"]):
+                        self._reason((mfe["source"], mfe["group"]), "spt", True, settle=False)
+                if not page.get("more") or not entries:
+                    return
+                args["after"] = {"source": entries[-1]["source"], "group": entries[-1]["group"]}
+        except (MgmError, TimeoutError) as exc:
+            log.warning("pim: listing the flows failed: %s; their next rpf question decides", exc)
 
     def _alerts_us(self, source: str) -> bool:
         """Whether the manager would alert us of (source, G) joins: always for (*,G); for (S,G) only where our
