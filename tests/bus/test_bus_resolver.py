@@ -79,9 +79,8 @@ def test_a_running_manager_takes_the_route_towards_s(topology: Topology) -> None
 
     pim, igmp = BusClient(api, events), BusClient(api, events)
     try:
-        pim.handle = pim.request("register_protocol", {"protocol_id": PIM, "component_id": 1, "questions": []})[
-            "handle"
-        ]
+        registration = {"protocol_id": PIM, "component_id": 1, "questions": []}
+        pim.handle = pim.request("register_protocol", registration)["handle"]
         for if_index in (arrival, towards):
             pim.request("take_interface_ownership", {"handle": pim.handle, "if_index": if_index, "next_hop": ANY})
         igmp.register(IGMP, 1)
@@ -90,9 +89,7 @@ def test_a_running_manager_takes_the_route_towards_s(topology: Topology) -> None
         igmp.request("add_group_membership", {"handle": igmp.handle, **sg, "if_index": arrival, "next_hop": ANY,
                                               "flags": 1})  # fmt: skip
         alert = pim.wait_for_event(lambda e: e.get("type") == "join_alert", 5)
-        assert (alert["topic"], alert["source"], alert["group"], alert["member_update"]) == (
-            f"proto/{PIM}/1", S, G, True
-        )
+        assert [alert[k] for k in ("topic", "source", "group", "member_update")] == [f"proto/{PIM}/1", S, G, True]
         mfe = pim.request("new_packet", {"handle": pim.handle, "source": S, "group": G, "if_index": arrival,
                                          "next_hop": ANY})["mfe"]  # fmt: skip
         assert (mfe["in_if_index"], mfe["in_protocol_id"]) == (towards, PIM)
