@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sec_support import Keys, TcpManager, allow_list, start_tcp_manager
+from sec_support import Keys, TcpManager, start_tcp_manager
 
 
 @pytest.fixture
@@ -18,4 +18,4 @@ def keys(ipc_dir: Path) -> Keys:
 
 @pytest.fixture
 def tcp_manager(ipc_dir: Path, keys: Keys, procs: list[Any]) -> TcpManager:
-    return start_tcp_manager(ipc_dir, keys, allow_list(keys), procs)
+    return start_tcp_manager(ipc_dir, keys, procs)

@@ -133,9 +133,10 @@ def manager_argv(api: str, events: str, config: Path, curve_key: Path | None, *e
     return argv
 
 
-def start_tcp_manager(directory: Path, keys: Keys, config_text: str, procs: list[Any], *extra: str) -> TcpManager:
+def start_tcp_manager(directory: Path, keys: Keys, procs: list[Any], *extra: str) -> TcpManager:
+    """The manager on loopback tcp with `keys` and their allow_list."""
     config = directory / "manager.toml"
-    config.write_text(config_text)
+    config.write_text(allow_list(keys))
     api, events = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     proc = ManagerProc("manager", manager_argv(api, events, config, keys.secret("manager"), *extra),
                        directory / "manager.log", api=api, events=events)

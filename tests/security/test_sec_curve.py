@@ -8,17 +8,7 @@ from typing import Any
 
 import pytest
 import zmq
-from sec_support import (
-    ALLOWED_INDEX,
-    ROUTING_PROTOCOL,
-    Keys,
-    TcpManager,
-    allow_list,
-    dealer,
-    log_has,
-    reply_to,
-    start_tcp_manager,
-)
+from sec_support import ALLOWED_INDEX, ROUTING_PROTOCOL, Keys, TcpManager, dealer, log_has, reply_to, start_tcp_manager
 
 from mgm.bus.sockets import secure
 from mgm.bus.status import Status
@@ -165,7 +155,7 @@ def test_refusals_are_counted_in_the_metrics(ipc_dir: Path, keys: Keys, procs: l
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    m = start_tcp_manager(ipc_dir, keys, allow_list(keys), procs, "--metrics", "127.0.0.1:0")
+    m = start_tcp_manager(ipc_dir, keys, procs, "--metrics", "127.0.0.1:0")
     url = re.search(r"metrics at (http://\S+)", log_has(m.proc, "metrics at http://"))
     assert url is not None
     assert reply_to(m.api, None, "ping", timeout=SILENCE) is None
