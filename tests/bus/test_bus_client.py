@@ -169,20 +169,12 @@ def test_heartbeats_keep_a_client_and_silence_removes_it(ipc_dir: Path, caplog: 
         async with manager_in_this_loop(ipc_dir, clock=clock) as manager:  # the default liveness: 3 s
             api, events = manager.server.api, manager.server.events
             async with Client(api, events) as observer, Client(api, events) as plugin:
-                gone: list[dict[str, Any]] = []
-                snapshots: list[dict[str, Any]] = []
-
-                def on_event(event: dict[str, Any]) -> None:
-                    if event["type"] == "protocol_deregistered":
-                        gone.append(event)
-
                 async def next_heartbeat() -> None:
                     seen = manager.counts.requests.get(("heartbeat", 0), 0)
                     await wait_for_async(lambda: manager.counts.requests.get(("heartbeat", 0), 0) > seen, 10,
                                          "the client's next heartbeat")
 
-                observer.follow("state", on_event, lambda stream, state: snapshots.append(state))
-                await wait_for_async(lambda: snapshots, 10, "the first snapshot")
+                gone = await collected(observer, "state", "protocol_deregistered")
                 handle = await registered(plugin, 17, 2, if_index=None)
                 plugin.heartbeat_handle = handle
                 for _ in range(2):  # 4 s of the manager's time, longer than liveness: only heartbeats keep it
