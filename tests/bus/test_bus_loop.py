@@ -29,11 +29,9 @@ def test_a_pipelined_burst_gets_every_reply_and_its_follower_every_event(start_m
 
     async def main() -> None:
         model = Memberships()
-        live = asyncio.Event()
         async with Client(manager.api, manager.events) as watcher, Client(manager.api, manager.events) as client:
-            watcher.follow("state", model.on_event, lambda stream, state: (model.on_snapshot(stream, state),
-                                                                             live.set()))
-            await asyncio.wait_for(live.wait(), 20)
+            watcher.follow("state", model.on_event, model.on_snapshot)
+            await wait_for_async(lambda: model.snapshots, 20, "the first snapshot")
             handle = await registered(client, 19, 1)
             # all sent in one go, pings between: replies come back while the client is still sending
             futures = []
