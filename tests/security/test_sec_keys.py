@@ -33,12 +33,8 @@ def test_list_prints_each_name_and_z85_public_key(ipc_dir: Path) -> None:
     (ipc_dir / "b-host.key_secret").unlink()  # a key pair copied elsewhere: only its public half stays here
     done = keys("list", "--dir", str(ipc_dir))
     assert done.returncode == 0, done.stderr
-    expected = [f"{name} {zmq.auth.load_certificate(ipc_dir / f'{name}.key')[0].decode()}" for name in ("a-host",
-                                                                                                     "b-host")]
-    lines = done.stdout.splitlines()
-    assert lines[0] == expected[0]
-    assert lines[1] == f"{expected[1]}  (public only)"
-    assert len(lines) == 2
+    a, b = (f"{n} {zmq.auth.load_certificate(ipc_dir / f'{n}.key')[0].decode()}" for n in ("a-host", "b-host"))
+    assert done.stdout.splitlines() == [a, f"{b}  (public only)"]
 
 
 def test_generate_refuses_to_overwrite(ipc_dir: Path) -> None:
