@@ -36,9 +36,7 @@ def test_the_events_endpoint_alone_on_tcp_is_refused_too(ipc_dir: Path) -> None:
     assert not (ipc_dir / "api").exists(), "nothing was bound"
 
 
-def test_a_secret_key_others_may_read_is_refused(ipc_dir: Path) -> None:
-    keys = Keys(ipc_dir / "keys")
-    keys.make("manager")
+def test_a_secret_key_others_may_read_is_refused(ipc_dir: Path, keys: Keys) -> None:
     os.chmod(keys.secret("manager"), 0o644)
     config = ipc_dir / "m.toml"
     config.write_text("")
@@ -48,9 +46,7 @@ def test_a_secret_key_others_may_read_is_refused(ipc_dir: Path) -> None:
     assert "readable by others" in done.stderr and "chmod 600" in done.stderr
 
 
-def test_a_public_key_file_is_not_a_key_pair(ipc_dir: Path) -> None:
-    keys = Keys(ipc_dir / "keys")
-    keys.make("manager")
+def test_a_public_key_file_is_not_a_key_pair(ipc_dir: Path, keys: Keys) -> None:
     config = ipc_dir / "m.toml"
     config.write_text(f'[manager]\ncurve_secret_key = "keys/manager.key"\napi = "tcp://127.0.0.1:{free_port()}"\n')
     assert os.stat(keys.folder / "manager.key").st_mode & 0o044  # as generated: readable by others, as public keys are
