@@ -79,8 +79,7 @@ def test_a_module_object_is_a_plugin_too() -> None:
         def mgm_protocol() -> tuple[int, int]:
             return 300, 2
 
-    pm = plugin_manager("mod", Module)
-    assert pm.hook.mgm_protocol(config={}) == (300, 2)
+    assert plugin_manager("mod", Module).hook.mgm_protocol(config={}) == (300, 2)
 
 
 def test_protocol_from_config_wins_over_the_hook() -> None:

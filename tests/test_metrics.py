@@ -124,8 +124,7 @@ def test_metrics_endpoint_counts_requests_events_removals_and_reads_the_core(mgm
 
 
 def test_metrics_off_by_default_and_bad_address_refused(mgm_bus: MgmBus) -> None:
-    manager = mgm_bus.start_manager()
-    assert "metrics at" not in manager.log()
+    assert "metrics at" not in mgm_bus.start_manager().log()
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_address("9100")
     with pytest.raises(ValueError, match="port"):

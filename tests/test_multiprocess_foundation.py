@@ -188,8 +188,7 @@ def test_mfe_from_new_packet_with_rpf_and_creation_answers(manager: ManagerProc,
 
     assert (mfe["in_if_index"], mfe["upstream_neighbor"], mfe["in_protocol_id"]) == (15, "10.0.0.9", 100)
     assert oil(mfe) == [13]  # 14 vetoed by its owner
-    rpf = ctl(a).calls("mgm_rpf")
-    assert [(c["source"], c["group"], c["interface"]) for c in rpf] == [(S, SG, [12, ANY])]
+    assert [(c["source"], c["group"], c["interface"]) for c in ctl(a).calls("mgm_rpf")] == [(S, SG, [12, ANY])]
     creation = ctl(b).calls("mgm_creation_alert")
     assert [(c["in_interface"], sorted(i for i, _ in c["oil"])) for c in creation] == [([15, ANY], [13, 14])]
     stored = manager.request("get_mfe", {"source": S, "group": SG})["mfe"]
@@ -284,8 +283,7 @@ def test_a_killed_plugin_is_cleaned_up_with_its_alerts(manager: ManagerProc, sta
     assert owner(manager, 13) == (10, 1)  # IGMP alone again
     assert owner(manager, 14) is None
     assert enumerate_groups(a) == []
-    registered = manager.request("register_protocol", {"protocol_id": 101, "component_id": 1})  # free again
-    assert "handle" in registered
+    assert "handle" in manager.request("register_protocol", {"protocol_id": 101, "component_id": 1})  # free again
 
 
 # --- the manager restarted ---------------------------------------------------------------------------------------
@@ -307,8 +305,7 @@ def test_after_a_manager_restart_plugins_register_and_replay(start_manager: Any,
 
     wait_for(lambda: sorted(enumerate_groups(a)) == [(ANY, G1), (ANY, G2)], 10, "the memberships replayed")
     assert [owner(second, i) for i in (11, 12, 13)] == [(10, 1), (100, 1), (101, 1)]
-    handles = {ctl(p).call("ping")["handle"] for p in (igmp, a, b)}
-    assert len(handles) == 3
+    assert len({ctl(p).call("ping")["handle"] for p in (igmp, a, b)}) == 3
 
 
 def test_mfe_alerts_when_its_oil_empties_and_fills_and_the_prune_answer_sets_the_timeout(
@@ -338,5 +335,4 @@ def test_a_negative_mfe_asks_the_incoming_owner(manager: ManagerProc, start_plug
     start_plugin("test-routing-b", B | {"interfaces": [14]})
     mfe = new_packet(a, 12)  # nobody wants the flow: an MFE with an empty OIL drops it
     assert (mfe["in_if_index"], mfe["oil"]) == (12, [])
-    prune = ctl(a).wait_for_call("mgm_prune_alert", group=SG, member_delete=False)
-    assert prune["question"] is not None
+    assert ctl(a).wait_for_call("mgm_prune_alert", group=SG, member_delete=False)["question"] is not None

@@ -30,8 +30,7 @@ def test_every_subpackage_is_listed() -> None:
 
 def test_packages_import_from_the_tree() -> None:
     for dotted, folder in _pyproject()["tool"]["setuptools"]["package-dir"].items():
-        module = importlib.import_module(dotted)
-        assert Path(module.__file__ or "").parent == ROOT / folder
+        assert Path(importlib.import_module(dotted).__file__ or "").parent == ROOT / folder
 
 
 def test_entry_points_resolve() -> None:
@@ -39,8 +38,7 @@ def test_entry_points_resolve() -> None:
 
     plugins = entry_points(group="mgm.plugins")
     declared = _pyproject()["project"].get("entry-points", {}).get("mgm.plugins", {})
-    names = {ep.name for ep in plugins}
-    assert set(declared) <= names, "reinstall (pip install -e .) after changing entry points"
+    assert set(declared) <= {ep.name for ep in plugins}, "reinstall (pip install -e .) after changing entry points"
     for ep in plugins:
         if ep.name in declared:
             assert ep.load() is not None

@@ -26,8 +26,7 @@ from mgm.bus.status import Status
 
 
 def test_a_good_request_decodes() -> None:
-    payload = pack({"v": 1, "id": 7, "op": "ping", "args": {"a": 1}})
-    assert decode_request(payload) == (7, "ping", {"a": 1})
+    assert decode_request(pack({"v": 1, "id": 7, "op": "ping", "args": {"a": 1}})) == (7, "ping", {"a": 1})
 
 
 def test_args_may_be_absent() -> None:

@@ -278,16 +278,14 @@ def test_join_adds_the_interface_at_once(core: Core, net: Net) -> None:
     net.igmp.join(ANY, G, 2)
     net.create()
     net.igmp.join(S, G, 3)
-    types = [e.type for e in core.events()]
-    assert types[-1] == "mfe_updated" and net.oil() == [2, 3]
+    assert [e.type for e in core.events()][-1] == "mfe_updated" and net.oil() == [2, 3]
 
 
 def test_negative_mfe_starts_forwarding_when_a_member_joins(core: Core, net: Net) -> None:
     """OIL empty -> non-empty: mfe_updated, and the incoming owner gets join_alert member_update=false."""
     net.create()
     net.dvmrp.join(ANY, G, 4)
-    events = core.events()
-    assert events[-2:] == [
+    assert core.events()[-2:] == [
         ev(None, "mfe_updated", mfe=net.mfe()),
         ev(net.pim, "join_alert", **sgf(S, G), member_update=False),
     ]
@@ -585,8 +583,7 @@ def test_counters_move_expires_without_an_event_and_nothing_else(core: Core, net
     (snap,) = core.mgm.snapshot("state")["mfes"]
     assert snap["expires"] == last["expires"] + 60.0 == net.mfe()["expires"]
     assert {k: v for k, v in snap.items() if k != "expires"} == {k: v for k, v in last.items() if k != "expires"}
-    page = core.req(b"observer", "list_mfes", max_entries=1)["entries"]
-    assert page[0]["expires"] == snap["expires"]
+    assert core.req(b"observer", "list_mfes", max_entries=1)["entries"][0]["expires"] == snap["expires"]
 
 
 def test_shorter_timeout_from_prune_answer_expires_sooner(core: Core, net: Net) -> None:

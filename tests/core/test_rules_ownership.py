@@ -90,8 +90,7 @@ def test_igmp_memberships_survive_the_ownership_change(core: Core) -> None:
     igmp.join(ANY, "239.1.1.1", 1)
     pim.take(1)
     pim.release(1)
-    state = core.mgm.snapshot("state")
-    assert [(m["protocol_id"], m["group"]) for m in state["memberships"]] == [(IGMP, "239.1.1.1")]
+    assert [(m["protocol_id"], m["group"]) for m in core.mgm.snapshot("state")["memberships"]] == [(IGMP, "239.1.1.1")]
 
 
 def test_igmp_re_add_after_enable_tells_the_new_owner(core: Core) -> None:
@@ -145,12 +144,10 @@ def test_release_deletes_mfes_whose_incoming_interface_it_was(core: Core) -> Non
     core.tick(1.0)
     core.drop()
     pim.release(1)
-    events = core.events()
-    assert [(e.type, e.fields.get("mfe", {}).get("source")) for e in events] == [
+    assert [(e.type, e.fields.get("mfe", {}).get("source")) for e in core.events()] == [
         ("mfe_deleted", "10.0.0.1"), ("interface_released", None)
     ]  # fmt: skip
-    listed = core.req(b"x", "list_mfes", max_entries=10)["entries"]
-    assert [m["source"] for m in listed] == ["10.0.0.2"]
+    assert [m["source"] for m in core.req(b"x", "list_mfes", max_entries=10)["entries"]] == ["10.0.0.2"]
 
 
 def test_igmp_releasing_beside_owner_keeps_the_owners_mfes(core: Core) -> None:

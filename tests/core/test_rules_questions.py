@@ -141,8 +141,7 @@ def test_a_vanished_client_s_questions_take_their_defaults_at_once(core: Core, c
     core.drop()
     core.mgm.connection_lost(pim.conn, core.now)
     events = core.events()
-    types = [e.type for e in events]
-    assert types[-2:] == ["protocol_deregistered", "creation_alert"]  # no deadline passed
+    assert [e.type for e in events][-2:] == ["protocol_deregistered", "creation_alert"]  # no deadline passed
     assert events[-1].to == dvmrp.id and [o["if_index"] for o in events[-1].fields["oil"]] == [4]
     dvmrp.answer(events[-1].fields["question"], oil=[{**iff(4), "enabled": True}])
     assert [e.type for e in core.events()] == ["mfe_created"]

@@ -14,8 +14,7 @@ from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 
 def test_register_returns_a_handle_and_publishes_the_client(core: Core) -> None:
     """register(protocol_id, component_id) gives a handle; observers see protocol_registered."""
-    p = core.register(PIM, 2, name="pim")
-    assert isinstance(p.handle, int)
+    assert isinstance(core.register(PIM, 2, name="pim").handle, int)
     assert core.events() == [ev(None, "protocol_registered", protocol_id=PIM, component_id=2, name="pim",
                                 questions=["creation_alert", "rpf"])]  # fmt: skip
     assert core.mgm.streams() == ["state", "proto/20/2"]
@@ -38,8 +37,7 @@ def test_handles_are_opaque_not_sequential(core: Core) -> None:
     """Handles are opaque: consecutive registrations do not get consecutive numbers."""
     handles = [core.register(PIM, c).handle for c in range(20)]
     assert len(set(handles)) == 20
-    diffs = {b - a for a, b in itertools.pairwise(handles)}
-    assert diffs != {1}
+    assert {b - a for a, b in itertools.pairwise(handles)} != {1}
     assert 0 not in handles
 
 
@@ -76,8 +74,7 @@ def test_deregister_while_owning_an_interface_cannot_complete(core: Core) -> Non
 
 def test_heartbeat_is_empty_success(core: Core) -> None:
     """heartbeat(handle) answers {} and keeps the client alive."""
-    p = core.register(PIM)
-    assert p("heartbeat") == {}
+    assert core.register(PIM)("heartbeat") == {}
 
 
 def test_unknown_op_is_not_supported(core: Core) -> None:
@@ -271,8 +268,6 @@ def test_a_silent_client_is_cleaned_up_in_batches_by_tick() -> None:
         with pytest.raises(MgmError):  # refused (no handle), but a sign of life
             core.mgm.handle(who, "heartbeat", {}, core.now)
     core.mgm.tick(core.now)
-    first = core.events()
-    assert sum(e.type == "membership_deleted" for e in first) == 5
-    rest = _clean_up_fully(core)
-    assert sum(e.type == "membership_deleted" for batch in rest for e in batch) == 7
+    assert sum(e.type == "membership_deleted" for e in core.events()) == 5
+    assert sum(e.type == "membership_deleted" for batch in _clean_up_fully(core) for e in batch) == 7
     assert core.mgm.streams() == ["state", "proto/20/1", "proto/99/1"]

@@ -33,8 +33,7 @@ def protocols(m: TcpManager) -> list[tuple[int, int]]:
 def test_a_client_without_curve_gets_no_answer_and_is_logged(tcp_manager: TcpManager) -> None:
     assert reply_to(tcp_manager.api, None, "ping", timeout=SILENCE) is None
     assert reply_to(tcp_manager.api, None, "register_protocol", register(ROUTING_PROTOCOL), timeout=SILENCE) is None
-    log = log_has(tcp_manager.proc, "refused a tcp connection (CURVE handshake failed)")
-    assert "WARNING" in log
+    assert "WARNING" in log_has(tcp_manager.proc, "refused a tcp connection (CURVE handshake failed)")
     assert protocols(tcp_manager) == []
 
 
