@@ -125,10 +125,9 @@ class Mirror:
         self.foreign_vifs |= set(foreign_vifs)
         self.vifs.update(vifs)
         self.kept_vifs |= set(vifs)
-        for key, entry in entries.items():
-            self.installed[key] = entry
-            self.counts[key] = _Counts()
-            self.adopted.add(key)
+        self.installed.update(entries)
+        self.counts.update((key, _Counts()) for key in entries)
+        self.adopted |= set(entries)
         if vifs or self.adopted:
             names = ", ".join(
                 self.name(i) if vif == i else f"{vif} on {self.name(i)}" for i, vif in sorted(vifs.items())

@@ -417,10 +417,8 @@ class Router:
 
     def next_deadline(self) -> float | None:
         """When `tick` has something to do next (None: nothing scheduled)."""
-        times = [t for t in (self.next_general, self.other_querier_until) if t is not None]
-        if self._wakeups:
-            times.append(self._wakeups[0][0])
-        return min(times) if times else None
+        wakeup = self._wakeups[0][0] if self._wakeups else None
+        return min((t for t in (self.next_general, self.other_querier_until, wakeup) if t is not None), default=None)
 
     def tick(self, now: float) -> None:
         """Run every timer due at `now`."""

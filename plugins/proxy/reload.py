@@ -45,10 +45,9 @@ class ReloadPlan:
 
     def summary(self) -> str:
         parts = [f"filter of {_shown(name)} now {f.describe()}" for name, f in self.filters.items()]
-        if self.forward_upstream is not None:
-            parts.append(f"forward_upstream {'on' if self.forward_upstream else 'off'}")
-        if self.immediate_report is not None:
-            parts.append(f"immediate_report {'on' if self.immediate_report else 'off'}")
+        for key, value in (("forward_upstream", self.forward_upstream), ("immediate_report", self.immediate_report)):
+            if value is not None:
+                parts.append(f"{key} {'on' if value else 'off'}")
         return "; ".join(parts) or "nothing changed"
 
 
