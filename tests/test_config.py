@@ -52,8 +52,7 @@ def test_the_plugin_table_is_read_only() -> None:
 
 
 def test_a_plugin_without_a_table_gets_an_empty_one() -> None:
-    config = loads(GOOD)
-    absent = config.plugin("nowhere")
+    absent = loads(GOOD).plugin("nowhere")
     assert absent.name == "nowhere" and absent.interfaces == () and dict(absent.table) == {}
 
 
@@ -155,8 +154,7 @@ def test_find_line_follows_tables_dotted_and_quoted_keys() -> None:
 
 
 def test_later_checks_get_the_same_kind_of_error() -> None:
-    config = loads(GOOD, "good.toml")
-    err = config.error("plugins.igmp.interfaces[0]", "no interface named veth0")
+    err = loads(GOOD, "good.toml").error("plugins.igmp.interfaces[0]", "no interface named veth0")
     assert str(err) == "good.toml:8: plugins.igmp.interfaces[0]: no interface named veth0"
 
 

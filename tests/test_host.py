@@ -44,8 +44,7 @@ def make_host(name: str = "test-routing-a", client: FakeClient | None = None) ->
     host.ctx = PluginContext(name=name, client=client, protocol=host.protocol, config=host.plugin.table, handle=7)
     host.registered = True
     host.started = True
-    plugin = host.pm.get_plugin(name)
-    return host, client, plugin
+    return host, client, host.pm.get_plugin(name)
 
 
 def run(coro_fn: Callable[[], Any]) -> Any:
@@ -315,8 +314,7 @@ def test_a_refusal_nobody_awaits_is_logged(caplog: pytest.LogCaptureFixture) -> 
     async def main() -> None:
         ctx, client = make_ctx()
         client.refuse["take_interface_ownership"] = MgmError(Status.ERROR_ALREADY_EXISTS, "owned by 200/1")
-        fut = ctx.take_interface(Interface(3))
-        await asyncio.wait([fut])
+        await asyncio.wait([ctx.take_interface(Interface(3))])
 
     with caplog.at_level(logging.WARNING, logger="mgm.plugin.p"):
         asyncio.run(main())

@@ -100,8 +100,7 @@ def test_error_reply_names_the_status() -> None:
 def test_event_envelope_is_spliced_onto_the_fields_without_touching_them(nfields: int) -> None:
     fields = {f"k{i}": i for i in range(nfields)}
     before = dict(fields)
-    enc = EventEncoder(epoch=(1 << 62) + 3)
-    decoded = unpack(enc.encode("proto/10/1", 12, "local_join", fields))
+    decoded = unpack(EventEncoder(epoch=(1 << 62) + 3).encode("proto/10/1", 12, "local_join", fields))
     assert decoded == {"v": 1, "stream": "proto/10/1", "seq": 12, "epoch": (1 << 62) + 3, "type": "local_join",
                        **before}
     assert fields == before

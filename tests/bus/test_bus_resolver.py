@@ -24,15 +24,12 @@ IGMP, PIM = 10, 20
 
 def resolve_all(sources: list[str]) -> list[Any]:
     """Run inside a namespace: the resolver's answer for each source, as JSON values."""
-    resolve = kernel_resolver()
-    answers = (resolve(s) for s in sources)
-    return [None if i is None else [i.if_index, i.next_hop] for i in answers]
+    return [None if i is None else [i.if_index, i.next_hop] for i in map(kernel_resolver(), sources)]
 
 
 def routes_of(destinations: list[str]) -> list[Any]:
     """Run inside a namespace: `KernelRoutes.route` of each destination (interface and gateway), as JSON."""
-    routes = KernelRoutes()
-    return [None if r is None else [r.if_index, r.gateway] for r in map(routes.route, destinations)]
+    return [None if r is None else [r.if_index, r.gateway] for r in map(KernelRoutes().route, destinations)]
 
 
 def resolve_all_in_a_loop(sources: list[str]) -> list[Any]:

@@ -45,8 +45,7 @@ class Router:
         return (by or self.proxy)("set_boundaries", **iff(if_index), boundaries=boundaries)
 
     def oil(self, source: str = S, group: str = G) -> list[int]:
-        mfe = self.core.req(b"observer", "get_mfe", source=source, group=group)["mfe"]
-        return [o["if_index"] for o in mfe["oil"]]
+        return [o["if_index"] for o in self.core.req(b"observer", "get_mfe", source=source, group=group)["mfe"]["oil"]]
 
 
 @pytest.fixture
@@ -157,7 +156,6 @@ def test_bad_ranges_are_refused(core: Core, net: Router, group: str, mask: str, 
 
 def test_only_an_owner_sets_boundaries(core: Core, net: Router) -> None:
     """Like memberships, boundaries need the interface owned by the caller."""
-    other = core.register(PIM, 2)
-    core.refused(Status.ERROR_INVALID_PARAMETER, net.bound, 2, ("239.5.0.0", "255.255.0.0"), by=other)
+    core.refused(Status.ERROR_INVALID_PARAMETER, net.bound, 2, ("239.5.0.0", "255.255.0.0"), by=core.register(PIM, 2))
     too_many = [{"group": "239.5.0.0", "group_mask": "255.255.0.0"}] * 257
     core.refused(Status.ERROR_INVALID_PARAMETER, net.proxy, "set_boundaries", **iff(2), boundaries=too_many)

@@ -88,8 +88,7 @@ def test_enumeration_continues_after_changes(core: Core, joined: Proto) -> None:
 @pytest.mark.parametrize("kind", ["ALL_SOURCES", "", "some", 1, None])
 def test_bad_enumeration_type_is_invalid(core: Core, kind: Any) -> None:
     """type must be all_sources or any_source."""
-    p = core.register(PIM)
-    core.refused(Status.ERROR_INVALID_PARAMETER, p, "group_enumeration_start", type=kind)
+    core.refused(Status.ERROR_INVALID_PARAMETER, core.register(PIM), "group_enumeration_start", type=kind)
 
 
 def test_unknown_or_ended_enumeration_is_invalid(core: Core, joined: Proto) -> None:

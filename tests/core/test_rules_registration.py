@@ -237,8 +237,7 @@ def test_a_client_being_cleaned_up_is_gone_for_requests_and_registers_again_once
     core.refused(Status.ERROR_INVALID_PARAMETER, other, "release_interface_ownership", **iff(3))
     core.refused(Status.ERROR_ALREADY_EXISTS, core.req, b"new", "register_protocol", protocol_id=IGMP, component_id=1)
     _clean_up_fully(core)
-    again = core.register(IGMP, conn=b"new")
-    again.take(1)
+    core.register(IGMP, conn=b"new").take(1)
     assert core.mgm.snapshot("proto/10/1")["interfaces"] == [{**iff(1), "igmp_enabled": True}]
 
 
@@ -248,8 +247,7 @@ def test_other_clients_are_served_between_cleanup_batches() -> None:
     core.mgm.connection_lost(b"shared", core.now)
     core.drop()
     def oil(group: str) -> list[int]:
-        mfe = core.req(b"observer", "get_mfe", source="10.0.0.1", group=group)["mfe"]
-        return [o["if_index"] for o in mfe["oil"]]
+        return [o["if_index"] for o in core.req(b"observer", "get_mfe", source="10.0.0.1", group=group)["mfe"]["oil"]]
 
     # the first 5 of IGMP's memberships on interface 1, in (group, source) order, are gone
     assert (oil("239.1.1.0"), oil("239.1.1.2")) == ([2], [1, 2])

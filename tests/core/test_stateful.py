@@ -200,8 +200,7 @@ class CoreMachine(RuleBasedStateMachine):
         """The connection and handle a request of `cid` carries (foreign: from another connection)."""
         c = self.model.clients.get(cid)
         if c is None:
-            bogus = self.stale[-1] if self.stale else self.bogus_handle()
-            return CONNS[CIDS.index(cid) % len(CONNS)], bogus
+            return CONNS[CIDS.index(cid) % len(CONNS)], self.stale[-1] if self.stale else self.bogus_handle()
         return (next(x for x in CONNS if x != c.conn) if foreign else c.conn), c.handle
 
     def bogus_handle(self) -> int:
@@ -568,8 +567,7 @@ class CoreMachine(RuleBasedStateMachine):
     def bad_membership(self, cid: ClientId, op: str, bad: dict[str, Any], iface: Iface) -> None:
         conn, handle = self.handle_of(cid, False)
         args = {"handle": handle, **membership_args((ANY, G1), iface, 1), **bad}
-        args = {k: v for k, v in args.items() if v is not None}
-        self.request(conn, op, args, 87)
+        self.request(conn, op, {k: v for k, v in args.items() if v is not None}, 87)
 
     @rule(data=st.data())
     def enumerate(self, data: st.DataObject) -> None:

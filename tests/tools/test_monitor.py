@@ -159,8 +159,7 @@ def test_monitor_filters(manager: ManagerProc, start_plugin: StartPlugin, start_
     new_packet(a, "10.9.9.9", "239.1.1.1", FAR)
     new_packet(a, "10.9.9.8", "239.1.2.1", FAR)
     ctl(igmp).leave("239.1.1.1", LO)
-    seqs = last_seqs(manager, streams)
-    caught_up(everything, seqs)
+    caught_up(everything, last_seqs(manager, streams))
     reference = everything.events()
 
     counts: dict[str, int] = {}

@@ -138,8 +138,7 @@ def test_show_pages_through_large_tables(start_manager: Callable[..., ManagerPro
     The state is made by one pipelined client (thousands of control round trips would take the test's
     time); the manager's long liveness keeps what that client registered.
     """
-    manager = start_manager(liveness=600)
-    client = RawClient(manager.api)
+    client = RawClient(start_manager(liveness=600).api)
     try:
         handle = client.requests([("register_protocol", {"protocol_id": 10, "component_id": 1, "name": "bulk"})])[0]
         h = handle["handle"]

@@ -148,8 +148,7 @@ class Recorder:
     # --- the control socket ------------------------------------------------------------------
 
     async def serve(self, endpoint: str) -> None:
-        ctx = zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.REP)
+        sock = zmq.asyncio.Context.instance().socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(endpoint)
         try:
