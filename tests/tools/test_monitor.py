@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -162,9 +163,7 @@ def test_monitor_filters(manager: ManagerProc, start_plugin: StartPlugin, start_
     caught_up(everything, last_seqs(manager, streams))
     reference = everything.events()
 
-    counts: dict[str, int] = {}
-    for e in reference:
-        counts[e["stream"]] = counts.get(e["stream"], 0) + 1
+    counts = Counter(e["stream"] for e in reference)
     for mon, (args, predicate) in zip(monitors, cases, strict=True):
         expected = [e for e in reference if predicate(e)]
         assert expected and len(expected) < len(reference), f"{args} must select some events, not all"
