@@ -53,6 +53,7 @@ brackets are RRAS's).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -69,21 +70,18 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-class _AnswerLater:
-    """The type of `ANSWER_LATER`."""
+class _AnswerLater(enum.Enum):
+    """The type of `ANSWER_LATER` (an enum: one value, the same after a copy or a pickle)."""
 
-    _instance: _AnswerLater | None = None
-
-    def __new__(cls) -> _AnswerLater:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    ANSWER_LATER = "ANSWER_LATER"
 
     def __repr__(self) -> str:
         return "ANSWER_LATER"
 
+    __str__ = __repr__
 
-ANSWER_LATER = _AnswerLater()
+
+ANSWER_LATER = _AnswerLater.ANSWER_LATER
 """Returned by a question hook: "I will answer myself with ``mgm.answer``"; the host sends nothing."""
 
 
