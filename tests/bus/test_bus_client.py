@@ -101,11 +101,8 @@ def test_a_follower_that_lost_events_resyncs_to_exactly_the_managers_state(start
 
     def published(n: int) -> bool:
         """Blocking on purpose (it stalls the follower's loop): has the manager published n state events?"""
-        sock = dealer(zmq.Context.instance(), manager.api)
-        try:
+        with dealer(zmq.Context.instance(), manager.api) as sock:
             return bool(call(sock, 1, "sync", {"stream": "state"})["result"]["seq"] >= n)
-        finally:
-            sock.close(0)
 
     async def main() -> None:
         async with Client(manager.api, manager.events) as writer, \
@@ -227,8 +224,7 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
             fwd_handle = await registered(fwd, 99, 1, if_index=None)
             # the forwarder's connection, as a raw socket (ROUTER_HANDOVER: this socket takes over the client's
             # pipe; the handle is bound to the identity)
-            sock = dealer(zmq.Context.instance(), manager.api, fwd.identity)
-            try:
+            with dealer(zmq.Context.instance(), manager.api, fwd.identity) as sock:
                 request = pack({"v": 1, "id": "np", "op": "new_packet", "args": {
                     "handle": fwd_handle, "source": "10.0.0.1", "group": "239.1.2.3", "if_index": 1,
                     "next_hop": "0.0.0.0"}})
@@ -242,8 +238,6 @@ def test_a_deferred_request_and_its_duplicate_both_get_the_one_reply(start_manag
                 reply = decode_reply(replies[0])
                 assert reply["status"] == 0 and reply["result"]["mfe"]["group"] == "239.1.2.3"
                 assert not sock.poll(100)
-            finally:
-                sock.close(0)
             await wait_for_async(lambda: rpf, 5, "the rpf question")
             async with Client(manager.api, manager.events) as observer:
                 _, _, state = await observer.fetch_snapshot("state")

@@ -92,8 +92,7 @@ def test_an_observer_key_may_read_but_claim_nothing(tcp_manager: TcpManager) -> 
 
 
 def test_a_known_key_may_not_take_an_interface_it_is_not_given(tcp_manager: TcpManager) -> None:
-    sock = dealer(tcp_manager.api, tcp_manager.keys.curve("east"))
-    try:
+    with dealer(tcp_manager.api, tcp_manager.keys.curve("east")) as sock:
         reply = reply_to(tcp_manager.api, None, "register_protocol", register(ROUTING_PROTOCOL), sock=sock)
         assert reply is not None and reply["status"] == 0, reply
         handle = reply["result"]["handle"]
@@ -109,43 +108,32 @@ def test_a_known_key_may_not_take_an_interface_it_is_not_given(tcp_manager: TcpM
             assert ok is not None and ok["status"] == 0, ok
         owned = sorted(i["if_index"] for i in tcp_manager.state()["interfaces"])
         assert owned == sorted([ALLOWED_INDEX, socket.if_nametoindex("lo")])
-    finally:
-        sock.close(0)
 
 
 def test_a_key_cannot_take_over_another_keys_connection(tcp_manager: TcpManager) -> None:
     """ROUTER_HANDOVER lets a reconnect keep its identity; another key presenting it is refused everything."""
     identity = b"east-plugin-1"
-    east = dealer(tcp_manager.api, tcp_manager.keys.curve("east"), identity)
-    try:
+    with dealer(tcp_manager.api, tcp_manager.keys.curve("east"), identity) as east:
         reply = reply_to(tcp_manager.api, None, "register_protocol", register(ROUTING_PROTOCOL), sock=east)
         assert reply is not None and reply["status"] == 0, reply
         handle = reply["result"]["handle"]
-    finally:
-        east.close(0)
-    west = dealer(tcp_manager.api, tcp_manager.keys.curve("west"), identity)
-    try:
+    with dealer(tcp_manager.api, tcp_manager.keys.curve("west"), identity) as west:
         stolen = reply_to(tcp_manager.api, None, "take_interface_ownership", take(handle, 8), sock=west)
         assert stolen is not None and stolen["status"] == Status.ERROR_ACCESS_DENIED, stolen
         assert "belongs to key 'east'" in stolen["message"]
-    finally:
-        west.close(0)
     assert tcp_manager.state()["interfaces"] == []
 
 
 @pytest.mark.parametrize("key", ["east", "west"])
 def test_a_known_key_does_what_it_may(tcp_manager: TcpManager, key: str) -> None:
     protocol_id, if_index = (ROUTING_PROTOCOL, ALLOWED_INDEX) if key == "east" else (22, 8)
-    sock = dealer(tcp_manager.api, tcp_manager.keys.curve(key))
-    try:
+    with dealer(tcp_manager.api, tcp_manager.keys.curve(key)) as sock:
         reply = reply_to(tcp_manager.api, None, "register_protocol", register(protocol_id), sock=sock)
         assert reply is not None and reply["status"] == 0, reply
         ok = reply_to(tcp_manager.api, None, "take_interface_ownership", take(reply["result"]["handle"], if_index),
                       sock=sock)
         assert ok is not None and ok["status"] == 0, ok
         assert protocols(tcp_manager) == [(protocol_id, 1)]
-    finally:
-        sock.close(0)
 
 
 def test_refusals_are_counted_in_the_metrics(ipc_dir: Path, keys: Keys, procs: list[Any]) -> None:
