@@ -55,10 +55,8 @@ def test_heartbeats_and_the_cores_deadlines_still_come_while_a_client_floods_the
     manager = start_manager(liveness=1.0)
 
     async def main() -> None:
-        ctx: zmq.Context[Any] = zmq.Context()
-        hb = ctx.socket(zmq.SUB)
-        silent = ctx.socket(zmq.DEALER)
-        try:
+        # on the way out: the sockets close (LINGER 0), then the context terminates
+        with zmq.Context() as ctx, ctx.socket(zmq.SUB) as hb, ctx.socket(zmq.DEALER) as silent:
             hb.setsockopt(zmq.LINGER, 0)
             hb.setsockopt(zmq.SUBSCRIBE, b"hb")
             hb.connect(manager.events)
@@ -109,9 +107,5 @@ def test_heartbeats_and_the_cores_deadlines_still_come_while_a_client_floods_the
                 stop.set()
                 await wait_for_async(lambda: answered == sent, 20, "every ping of the flood answered")
                 assert not errors, f"{len(errors)} pings of the flood failed, first: {errors[0]!r}"
-        finally:
-            hb.close(linger=0)
-            silent.close(linger=0)
-            ctx.term()
 
     run(main())
