@@ -399,8 +399,7 @@ class Host:
                 log.info("plugin %s: protocol %d/%d is still registered (a previous instance?); retrying",
                          self.name, *self.protocol)  # fmt: skip
                 await asyncio.sleep(REGISTER_RETRY)
-        self.ctx.handle = result["handle"]
-        self.ctx.client.heartbeat_handle = result["handle"]
+        self.ctx.handle = self.ctx.client.heartbeat_handle = result["handle"]
         self.registered = True
 
     def questions(self) -> list[str]:

@@ -434,11 +434,10 @@ class ProxyPlugin(LinkSubscriber):
         if join:
             by_iface.setdefault(interface, set()).add(source)
         else:
-            sources = by_iface.get(interface)
-            if sources is not None:
-                sources.discard(source)
-                if not sources:
-                    del by_iface[interface]
+            sources = by_iface.get(interface, set())
+            sources.discard(source)
+            if not sources:
+                by_iface.pop(interface, None)
             if not by_iface:
                 del self.members[group]
         self.sync(group)
