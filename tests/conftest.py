@@ -28,7 +28,6 @@ for plugin authors (its fixture `mgm_bus` is available here too).
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -44,11 +43,8 @@ from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, manager_argv
 
 @pytest.fixture
 def ipc_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="mgm-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="mgm-", ignore_cleanup_errors=True) as path:
+        yield Path(path)
 
 
 @pytest.fixture
