@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -46,11 +47,8 @@ def test_metrics_endpoint_counts_requests_events_removals_and_reads_the_core(mgm
     observer = mgm_bus.client  # subscribed to every topic, registers nothing yet
 
     # a client that registers and falls silent is removed: one heartbeat miss
-    silent = type(observer)(manager.api, manager.events)
-    try:
+    with closing(type(observer)(manager.api, manager.events)) as silent:
         silent.register(65000, 9, "silent")
-    finally:
-        silent.close()
     observer.wait_for_event(lambda e: e["type"] == "protocol_deregistered" and e["protocol_id"] == 65000, 10)
 
     handle = observer.register(65100, 1, "metrics-test")

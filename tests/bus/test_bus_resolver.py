@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -74,8 +75,7 @@ def test_a_running_manager_takes_the_route_towards_s(topology: Topology) -> None
     wait_until(lambda: (topology.workdir / "api").exists() or not manager.alive(), 15, "the manager's api socket")
     assert manager.alive(), manager.log()
 
-    pim, igmp = BusClient(api, events), BusClient(api, events)
-    try:
+    with closing(BusClient(api, events)) as pim, closing(BusClient(api, events)) as igmp:
         registration = {"protocol_id": PIM, "component_id": 1, "questions": []}
         pim.handle = pim.request("register_protocol", registration)["handle"]
         for if_index in (arrival, towards):
@@ -91,9 +91,6 @@ def test_a_running_manager_takes_the_route_towards_s(topology: Topology) -> None
                                          "next_hop": ANY})["mfe"]  # fmt: skip
         assert (mfe["in_if_index"], mfe["in_protocol_id"]) == (towards, PIM)
         assert [o["if_index"] for o in mfe["oil"]] == [arrival]
-    finally:
-        pim.close()
-        igmp.close()
     assert "route lookup towards" not in manager.log()
 
 
