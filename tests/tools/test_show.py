@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,7 @@ def test_show_pages_through_large_tables(start_manager: Callable[..., ManagerPro
     The state is made by one pipelined client (thousands of control round trips would take the test's
     time); the manager's long liveness keeps what that client registered.
     """
-    client = RawClient(start_manager(liveness=600).api)
-    try:
+    with closing(RawClient(start_manager(liveness=600).api)) as client:
         handle = client.requests([("register_protocol", {"protocol_id": 10, "component_id": 1, "name": "bulk"})])[0]
         h = handle["handle"]
         client.requests([("take_interface_ownership", {"handle": h, "if_index": i, "next_hop": ANY})
@@ -169,8 +169,6 @@ def test_show_pages_through_large_tables(start_manager: Callable[..., ManagerPro
         assert all([o["if_index"] for o in m["oil"]] == [FAR] for m in doc["entries"])
         assert [r[0] for r in rows(ok(show("mfes", "--page-size", "4")))] == sources
         assert as_json(show("mfes", "--json", "--page-size", "25"))["entries"] == doc["entries"]
-    finally:
-        client.close()
 
 
 def test_show_without_a_manager(ipc_dir: Path) -> None:
