@@ -767,9 +767,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(sg=st.sampled_from(EXACT), stats=st.sampled_from([None, 0, 1]))
     def get_mfe(self, sg: SG, stats: int | None) -> None:
-        args: dict[str, Any] = {"source": sg[0], "group": sg[1]}
-        if stats is not None:
-            args["stats"] = stats
+        args = {"source": sg[0], "group": sg[1], **({} if stats is None else {"stats": stats})}
         mfe = self.model.mfes.get(sg)
         result, _ = self.request(CONNS[1], "get_mfe", args, 1168 if mfe is None else (lambda: None))
         if mfe is not None:
