@@ -637,8 +637,14 @@ class PimPlugin(links.LinkSubscriber):
 
     def _push_status(self) -> None:
         self._status_timer = None
-        if self.mgm is not None and self._loop is not None and not self.stopped:
-            self.mgm.request("set_protocol_status", {"status": self.status(self._loop.time())})
+        mgm = self.mgm
+        if mgm is None or self._loop is None or self.stopped:
+            return
+        # through the client: a refusal (a handle the manager dropped, until we register again) is no news, and
+        # the context would log the whole status with it
+        sent = mgm.client.request_nowait("set_protocol_status",
+                                         {"handle": mgm.handle, "status": self.status(self._loop.time())})  # fmt: skip
+        sent.add_done_callback(_status_sent)
 
     def status(self, now: float) -> dict[str, Any]:
         """What `mgm show pim` shows and the manager's metrics export (the ``metrics`` map): interfaces,
@@ -725,6 +731,12 @@ class PimPlugin(links.LinkSubscriber):
             self._count("send_failed")
             log.warning("pim: %s: cannot send a %s: %s", self.names.get(if_index, if_index),
                         type(message).__name__, exc)  # fmt: skip
+
+
+def _status_sent(done: asyncio.Future[dict[str, Any]]) -> None:
+    exc = None if done.cancelled() else done.exception()
+    if exc is not None:
+        log.debug("pim: the manager did not take our status: %s", exc)
 
 
 def _key(source: str, group: str) -> Key:

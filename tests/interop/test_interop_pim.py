@@ -1,4 +1,4 @@
-"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, half of 3, 6, 7 and 8).
+"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, 3, 6, 7 and 8).
 
 1. Adjacency both ways on a shared link, and the DR both sides elect: by priority, then by address.
 2. mgmbus as last-hop router, FRR as RP and first-hop router: a receiver behind mgmbus gets the
@@ -6,12 +6,14 @@
 
      src 10.81.0.2 -- 10.81.0.1 FRR (RP 10.80.0.1) 10.80.0.1 -- 10.80.0.2 r1 mgmbus r2 10.82.0.1 -- host
 
-3. (the half without Register) mgmbus as RP with the source on its own link, FRR as last-hop router:
+3. mgmbus as RP with the source on its own link, FRR as last-hop router:
    FRR's (*,G) join makes mgmbus forward down the transit link, FRR switches to the shortest-path
    tree through us, and after the leave FRR's prunes make the transit link quiet::
 
      src 10.84.1.2 -- 10.84.1.1 r1 mgmbus (RP 10.84.0.1) r2 10.84.0.1 -- 10.84.0.2 FRR 10.84.2.1 -- host
 
+   And with the source behind an FRR that registers to us (below): our join towards the source brings its
+   packets natively to a receiver behind a second FRR, and our Register-Stop ends the Registers.
 6. Two protocols on mgmbus: static routes own a second downstream link; their receiver alone makes PIM
    join towards FRR (the manager's join alert), beside a receiver behind IGMP (topology of 2, plus
    r3 10.86.0.1 -- host2).
@@ -129,8 +131,15 @@ def last_hop_behind_frr(topology: Topology, frr_router: Callable[..., FrrRouter]
     return host, up, frr
 
 
-def frr_joined(frr: FrrRouter) -> bool:
-    return G in json.dumps(frr.json("show ip pim join"))
+def frr_joined(frr: FrrRouter, group: str = G) -> bool:
+    """Whether FRR holds a downstream join of `group` on any interface: an entry of ``show ip pim join`` in
+    another state than NOINFO (pruned entries linger there as NOINFO until their timers run out; FRR 8.4
+    names the state ``channelJoinName``)."""
+    shown = frr.json("show ip pim join")
+    return any(isinstance(entry, dict) and entry.get("channelJoinName", entry.get("state", "JOIN")) != "NOINFO"
+               for groups in shown.values() if isinstance(groups, dict)
+               for sources in [groups.get(group)] if isinstance(sources, dict)
+               for entry in sources.values())  # fmt: skip
 
 
 def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
@@ -147,6 +156,22 @@ def test_mgmbus_as_last_hop_router_behind_frr_as_rp_and_first_hop(
     wait_until(lambda: not frr_joined(frr), WAIT, "FRR's join state for G to go after our prune")
 
 
+def start_as_rp(rtr: Namespace, workdir: Path, interfaces: list[str], rp: str) -> NsProcess:
+    """`mgm up` with pim on `interfaces` as the RP (`rp`, an address of ours) of 239.0.0.0/8, and the MRT forwarder."""
+    plugins = {
+        "pim": {"interfaces": interfaces, "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}], **FAST_PIM},
+        "forwarder": {"backend": "mrt", "counters_interval": 1},
+    }
+    return start_mgm(rtr, workdir, plugins, "mgm")
+
+
+def rp_once_adjacent(frr: FrrRouter, ifname: str, ours: str, rp: str) -> None:
+    """FRR takes `rp` for 239.0.0.0/8 once it lists us (`ours`) on `ifname`: pimd 8.4 refuses an RP it has no
+    route to yet."""
+    wait_until(lambda: ours in frr.pim_neighbors(ifname), WAIT, f"FRR to list {ours} as a neighbour")
+    frr.configure(f"ip pim rp {rp} 239.0.0.0/8")
+
+
 def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router: Callable[..., FrrRouter]) -> None:
     src, rtr, frr_ns, host = topology.namespaces("src", "rtr", "frr", "host")
     source_link = topology.link(src, rtr, "10.84.1.2/24", "10.84.1.1/24")
@@ -157,14 +182,8 @@ def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router
     rtr.sysctl("net.ipv4.conf.all.rp_filter", 0)
     rp, group = "10.84.0.1", "239.84.1.1"
     frr = frr_router(frr_ns, pimd_config(pim=[transit.b_if, down.a_if], igmp=[down.a_if]))
-    plugins = {
-        "pim": {"interfaces": [source_link.b_if, transit.a_if], "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}],
-                **FAST_PIM},
-        "forwarder": {"backend": "mrt", "counters_interval": 1},
-    }  # fmt: skip
-    up = start_mgm(rtr, topology.workdir, plugins, "mgm")
-    wait_until(lambda: "10.84.0.1" in frr.pim_neighbors(transit.b_if), WAIT, "FRR to list us as a neighbour")
-    frr.configure(f"ip pim rp {rp} 239.0.0.0/8")  # only now: pimd 8.4 refuses an RP it has no route to yet
+    up = start_as_rp(rtr, topology.workdir, [source_link.b_if, transit.a_if], rp)
+    rp_once_adjacent(frr, transit.b_if, "10.84.0.1", rp)
 
     receiver = host.receiver(group, PORT)
     receiver.wait_joined()
@@ -187,6 +206,48 @@ def test_mgmbus_as_rp_with_frr_as_last_hop_router(topology: Topology, frr_router
     quiet_from = (receiver.count(), kernel.out_packets().get(transit.a_if, 0))
     time.sleep(scaled(2.0))  # 100 datagrams at the sender's pace, had we still forwarded
     assert (receiver.count(), kernel.out_packets().get(transit.a_if, 0)) == quiet_from, "G still crosses the link"
+
+
+def test_mgmbus_as_rp_joins_towards_a_source_frr_registers_and_stops_its_registers(
+    topology: Topology, frr_router: Callable[..., FrrRouter]
+) -> None:
+    """Interop test 3 whole: the source's DR is FRR, which registers to us; the receiver is behind another FRR::
+
+         src 10.88.1.2 -- 10.88.1.1 FRR1 10.88.0.2 -- 10.88.0.1 mgmbus (RP) 10.88.3.1 -- 10.88.3.2 FRR2 -- host
+
+    Our (S,G) join towards the source brings the flow natively (what Registers carry is not forwarded), and
+    once it comes, our Register-Stop ends FRR1's registering."""
+    src, frr1_ns, rtr, frr2_ns, host = topology.namespaces("src", "frr1", "rtr", "frr2", "host")
+    source_link = topology.link(src, frr1_ns, "10.88.1.2/24", "10.88.1.1/24")
+    west = topology.link(frr1_ns, rtr, "10.88.0.2/24", "10.88.0.1/24")
+    east = topology.link(rtr, frr2_ns, "10.88.3.1/24", "10.88.3.2/24")
+    down = topology.link(frr2_ns, host, "10.88.4.1/24", "10.88.4.2/24")
+    routed_hosts(src, source_link.a_if, "10.88.1.1", host, "10.88.4.1")
+    rtr.ip("route", "add", "10.88.1.0/24", "via", "10.88.0.2")
+    rtr.ip("route", "add", "10.88.4.0/24", "via", "10.88.3.2")
+    for prefix in ("10.88.0.0/24", "10.88.1.0/24"):  # not a default route: FRR resolves no RP or RPF over one
+        frr2_ns.ip("route", "add", prefix, "via", "10.88.3.1")
+    rtr.sysctl("net.ipv4.conf.all.rp_filter", 0)
+    rp, group = "10.88.0.1", "239.88.1.1"
+    frr1 = frr_router(frr1_ns, pimd_config(pim=[source_link.b_if, west.a_if]))
+    frr2 = frr_router(frr2_ns, pimd_config(pim=[east.b_if, down.a_if], igmp=[down.a_if]))
+    up = start_as_rp(rtr, topology.workdir, [west.b_if, east.a_if], rp)
+    rp_once_adjacent(frr1, west.a_if, "10.88.0.1", rp)
+    rp_once_adjacent(frr2, east.b_if, "10.88.3.1", rp)
+
+    receiver = host.receiver(group, PORT)
+    receiver.wait_joined()
+    try:
+        wait_until(lambda: f"(*,{group}) joined downstream" in up.log(), WAIT, "FRR2's (*,G) join at us, the RP")
+        src.spawn(send_udp, group, PORT, 100_000, interval=0.02, source="10.88.1.2", name="send")
+        wait_until(lambda: f"(10.88.1.2,{group}) registered by 10.88.0.2" in up.log(), WAIT, "FRR1's Register")
+        receiver.wait_count(10, WAIT)
+        wait_until(lambda: "RegPrune" in json.dumps(frr1.json("show ip pim upstream")), WAIT,
+                   "our Register-Stop to put FRR1's register state in prune")  # fmt: skip
+    except TimeoutError:
+        print(frr1.vty("show ip pim upstream", "show ip pim join", "show ip pim rp-info"))
+        print(frr2.vty("show ip pim upstream", "show ip pim rp-info", "show ip igmp groups", "show ip pim rpf"))
+        raise
 
 
 def test_a_static_routes_receiver_makes_pim_join_beside_igmps(
