@@ -18,7 +18,7 @@ Both LHRs stay on the shared tree (mgmbus ``spt_switchover = "never"``,
 FRR ``ip pim spt-switchover infinity-and-beyond``): with the RP on the
 first-hop router the shortest-path tree takes the same links, and FRR 8.4
 as LHR after a switchover keeps the (*,G) joined with an (S,G,rpt) prune
-for the join holdtime after the last leave (/work/shared/LABS.md), so no
+for the join holdtime after the last leave (seen in our FRR lab), so no
 prune of G would come to time.  Same PIM timers on both LHRs (hello 2 s,
 holdtime 7 s, join/prune interval 5 s), and the same IGMPv3 querier
 values on the host link: query interval 125 s, query response interval
