@@ -85,7 +85,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "interop"), str(ROOT /
 from frr import FrrRouter, frr_missing, pimd_config  # noqa: E402
 from join_latency import ETH_P_IP, SO_TIMESTAMPNS, percentile  # noqa: E402
 from netns import Namespace, NsProcess, Topology, send_udp, wait_until  # noqa: E402
-from test_interop_pim import FAST_PIM, WAIT, routed_hosts, start_mgm  # noqa: E402
+from test_interop_pim import FAST_PIM, WAIT, frr_joined, routed_hosts, start_mgm  # noqa: E402
 
 from mgm.plugins.pim import packet as pim_packet  # noqa: E402
 from mgm.plugins.testing import scaled  # noqa: E402
@@ -186,16 +186,6 @@ def capture_join_prunes(ifname: str, sender: str, group: str) -> None:
 # --- the labs -------------------------------------------------------------------------------------
 
 
-def events(proc: NsProcess) -> list[dict[str, Any]]:
-    """The JSON lines an agent printed so far."""
-    out = []
-    for line in proc.log().splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
-    return out
-
-
 def open_fifo(path: Path, reader: NsProcess) -> IO[str]:
     """The write end of the FIFO `path` once `reader` has opened it (a blocking open could wait forever)."""
 
@@ -212,16 +202,6 @@ def open_fifo(path: Path, reader: NsProcess) -> IO[str]:
     fd = wait_until(opened, WAIT, f"{reader.name} to open {path}")
     os.set_blocking(fd, True)
     return os.fdopen(fd, "w")
-
-
-def rp_holds_join(frr: FrrRouter, group: str) -> bool:
-    """Whether FRR holds a downstream join of `group` on any interface: an entry of ``show ip pim join`` in
-    another state than NOINFO (pruned entries linger there as NOINFO until their timers run out)."""
-    shown = frr.json("show ip pim join")
-    return any(isinstance(entry, dict) and entry.get("state") != "NOINFO"
-               for groups in shown.values() if isinstance(groups, dict)
-               for sources in [groups.get(group)] if isinstance(sources, dict)
-               for entry in sources.values())  # fmt: skip
 
 
 def lhr_frr_config(transit_if: str, host_if: str, lmqi: float) -> str:
@@ -299,7 +279,7 @@ class Lab:
         commands = open_fifo(fifo, agent)
         lab = cls(variant, topology, rp, lhr, host, agent, capture, commands, down.a_if)
         for proc in (agent, capture):
-            wait_until(lambda p=proc: any(e["event"] == "ready" for e in events(p)), WAIT, f"{proc.name} ready")
+            wait_until(lambda p=proc: any(e["event"] == "ready" for e in p.events()), WAIT, f"{proc.name} ready")
         return lab
 
     def alive(self) -> None:
@@ -310,12 +290,12 @@ class Lab:
                 raise RuntimeError(f"{self.variant} lab: {name} is gone:\n{self.topology.logs()}")
 
     def _command(self, command: str, event: str) -> dict[str, Any]:
-        before = len(events(self.agent))
+        before = len(self.agent.events())
         self.commands.write(command + "\n")
         self.commands.flush()
 
         def answered() -> dict[str, Any] | None:
-            new = events(self.agent)[before:]
+            new = self.agent.events()[before:]
             if new and new[0]["event"] == "error":
                 raise RuntimeError(f"{self.variant} lab, {command}: {new[0]['why']}")
             return new[0] if new and new[0]["event"] == event else None
@@ -327,7 +307,7 @@ class Lab:
         ("prunes") of G."""
 
         def seen() -> dict[str, Any] | None:
-            return next((e for e in events(self.capture) if e["event"] == "jp" and e["at"] >= since and e[kind]),
+            return next((e for e in self.capture.events() if e["event"] == "jp" and e["at"] >= since and e[kind]),
                         None)  # fmt: skip
 
         return wait_until(seen, ROUND_WAIT, f"{self.variant} lab: the LHR's {kind[:-1]} of {GROUP} at the RP")
@@ -341,7 +321,7 @@ class Lab:
         time.sleep(settle)
         left = self._command("leave", "left")
         prune = self._join_prune(left["left_ns"], "prunes")
-        wait_until(lambda: not rp_holds_join(self.rp, GROUP), ROUND_WAIT, f"{self.variant} lab: the RP's join gone")
+        wait_until(lambda: not frr_joined(self.rp, GROUP), ROUND_WAIT, f"{self.variant} lab: the RP's join gone")
         self.alive()
         return {"join": (joined["first_ns"] - joined["joined_ns"]) / 1e9,
                 "upstream_join": (upstream_join["at"] - joined["joined_ns"]) / 1e9,

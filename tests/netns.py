@@ -115,6 +115,15 @@ class NsProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON lines the process printed so far (its other lines are skipped)."""
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
+
     def signal(self, sig: int) -> None:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -132,14 +141,6 @@ class NsProcess:
 
 class Receiver(NsProcess):
     """A `receive` process: joined to one group, printing one JSON line per datagram."""
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log().splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    out.append(json.loads(line))
-        return out
 
     def packets(self) -> list[dict[str, Any]]:
         """Every datagram so far: ``{"src", "len", "seq"}`` (seq from the payload of `send_udp`)."""
