@@ -58,6 +58,18 @@ IGMP_ONLY = ((_BPF_LD_B_ABS, 0, 0, 9), (_BPF_JEQ_K, 0, 1, packet.IGMP_PROTOCOL),
              (_BPF_RET_K, 0, 0, 0))  # fmt: skip
 """Load the protocol octet; IGMP: keep the whole datagram; else drop."""
 NOTHING = ((_BPF_RET_K, 0, 0, 0),)
+_BPF_LD_W_ABS = 0x20
+
+
+def flows_only(flows: Iterable[tuple[str, str]]) -> tuple[tuple[int, int, int, int], ...]:
+    """A program that keeps the datagrams of the (source, group) `flows`, whole, and drops the rest: per flow,
+    load the source address and compare, then the destination (short jumps only, any number of flows)."""
+    program: list[tuple[int, int, int, int]] = []
+    for source, group in flows:
+        program += [(_BPF_LD_W_ABS, 0, 0, 12), (_BPF_JEQ_K, 0, 3, int(ipaddress.IPv4Address(source))),
+                    (_BPF_LD_W_ABS, 0, 0, 16), (_BPF_JEQ_K, 0, 1, int(ipaddress.IPv4Address(group))),
+                    (_BPF_RET_K, 0, 0, RECV_SIZE)]  # fmt: skip
+    return (*program, *NOTHING)
 
 
 def attach_filter(sock: socket.socket, program: tuple[tuple[int, int, int, int], ...]) -> None:
@@ -81,9 +93,10 @@ def _drain(sock: socket.socket) -> None:
 
 
 class LinkListener:
-    """Every IGMP datagram that arrives on one interface (not what this machine sends)."""
+    """Every IGMP datagram that arrives on one interface (not what this machine sends), or what another
+    `program` keeps (pim's DR reads the packets it registers through one)."""
 
-    def __init__(self, if_index: int) -> None:
+    def __init__(self, if_index: int, program: tuple[tuple[int, int, int, int], ...] = IGMP_ONLY) -> None:
         self.if_index = if_index
         # Protocol 0 at creation, the protocol at bind: a packet socket created with a protocol is hooked
         # into every device at once, and bind() then unhooks it, waiting for an RCU grace period (14 ms
@@ -91,7 +104,7 @@ class LinkListener:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
         try:
             self.sock.setblocking(False)
-            attach_filter(self.sock, IGMP_ONLY)
+            attach_filter(self.sock, program)
             self.sock.bind((socket.if_indextoname(if_index), ETH_P_IP))
             _drain(self.sock)
             mreq = struct.pack("@iHH8s", if_index, PACKET_MR_ALLMULTI, 0, b"")
