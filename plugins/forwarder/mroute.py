@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgm.plugins.igmp.rawsocket import NOTHING, attach_filter
+
 log = logging.getLogger(__name__)
 
 # --- linux/mroute.h -------------------------------------------------------------------------
@@ -178,21 +180,7 @@ def _check_vif(vif: int) -> None:
 # (im_mbz of an upcall; the protocol of a real IP packet) is 0.  The kernel would otherwise also queue
 # every IGMP report of every attached link here, which the forwarder reads only to throw away.
 _BPF_LDB_ABS, _BPF_JEQ_K, _BPF_RET_K = 0x30, 0x15, 0x06
-UPCALL_FILTER = [(_BPF_LDB_ABS, 0, 0, 9), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 0xFFFF), (_BPF_RET_K, 0, 0, 0)]
-SO_ATTACH_FILTER = 26
-
-
-def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
-    import ctypes
-
-    code = b"".join(struct.pack("@HBBI", *ins) for ins in program)
-    buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("@HL", len(program), ctypes.addressof(buf))  # struct sock_fprog (padded)
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
-
-
-DROP_ALL_FILTER = [(_BPF_RET_K, 0, 0, 0)]
-"""For the socket that only adds static entries: the IGMP packets a raw socket receives are never read."""
+UPCALL_FILTER = ((_BPF_LDB_ABS, 0, 0, 9), (_BPF_JEQ_K, 0, 1, 0), (_BPF_RET_K, 0, 0, 0xFFFF), (_BPF_RET_K, 0, 0, 0))
 
 
 def _raw_igmp_socket() -> socket.socket:
@@ -236,7 +224,7 @@ class MrouteSocket:
             if table is not None:
                 self.sock.setsockopt(socket.IPPROTO_IP, MRT_TABLE, struct.pack("@I", table))
             if upcall_filter:
-                _attach_filter(self.sock, UPCALL_FILTER)
+                attach_filter(self.sock, UPCALL_FILTER)
             self._init()
             if wrong_vif == "all":
                 self.sock.setsockopt(socket.IPPROTO_IP, MRT_PIM, 1)
@@ -245,7 +233,7 @@ class MrouteSocket:
             self.sock.setblocking(False)
             if static:
                 self.ctl = _raw_igmp_socket()
-                _attach_filter(self.ctl, DROP_ALL_FILTER)
+                attach_filter(self.ctl, NOTHING)  # it only adds static entries: what it receives is never read
                 if table is not None:
                     self.ctl.setsockopt(socket.IPPROTO_IP, MRT_TABLE, struct.pack("@I", table))
         except BaseException:
