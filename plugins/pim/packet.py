@@ -338,6 +338,14 @@ def _message(kind: int, body: bytes) -> bytes:
     return bytes(message)
 
 
+def dummy_header(source: str, group: str) -> bytes:
+    """What a null-Register carries (4.4.1): an IPv4 header of (source, group) with no payload."""
+    header = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 0, 0, 64, 17, 0, socket.inet_aton(source),
+                                   socket.inet_aton(group)))  # fmt: skip
+    header[10:12] = struct.pack("!H", checksum(bytes(header)))
+    return bytes(header)
+
+
 def build(message: Message) -> bytes:
     """The bytes of `message`, header and checksum included."""
     if isinstance(message, Hello):

@@ -30,13 +30,23 @@ interfaces``:
   keep it joined while Registers keep coming (Keepalive, 210 s); it
   answers Register-Stop when G has none, once S's packets arrive natively
   (the manager's rpf question for the new MFE), and to a Register for a
-  group whose RP we are not.
+  group whose RP we are not;
+* the DR's side of Register (4.4.1, mgm.plugins.pim.register): a new
+  flow (the manager's rpf question) from a source on a link where we
+  are DR, for a group whose RP is another router, is registered: its
+  packets go whole, in Registers, to the RP until its Register-Stop;
+  when the Register-Stop timer ends, a null-Register probes; the entry
+  ends when we stop being DR or the manager deletes the flow's MFE.  The
+  packets are read in user space, on both forwarder backends: a packet
+  socket on the source's link whose kernel filter keeps exactly the
+  flows in the Join state, open only while there are some.  The kernel's
+  register VIF is not used: the multicast routing socket is the
+  forwarder's, in another process.
 
-Not yet: sending Registers as a source's DR (a source's first-hop router
-must be the RP or on the RP's shortest path), forwarding the packets
-inside Registers (the RP's receivers get a registered source from when
-its shortest-path tree reaches the RP, about one join round trip later),
-downstream (S,G,rpt) state, Assert.  The start-up log says so.
+Not yet: forwarding the packets inside Registers we receive as RP (the
+RP's receivers get a registered source from when its shortest-path tree
+reaches the RP, about one join round trip later), downstream (S,G,rpt)
+state, Assert.  The start-up log says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -50,7 +60,8 @@ Configuration (``[plugins.pim]``, seconds unless said): ``interfaces``,
 ``dr_priority`` (1), ``propagation_delay`` (0.5), ``override_interval``
 (2.5), ``triggered_hello_delay`` (5), ``join_prune_interval`` (60),
 ``rp`` (a list of ``{address = "RP", groups = ["224.0.0.0/4"]}``, the
-longest prefix wins), ``spt_switchover`` ("immediate" or "never").  Any
+longest prefix wins), ``spt_switchover`` ("immediate" or "never"),
+``register_suppression_time`` (60) and ``register_probe_time`` (5).  Any
 other key is an error.
 """
 
@@ -73,10 +84,11 @@ from mgm.core.runtime.routes import KernelRoutes
 from mgm.core.types import ANY, Interface
 from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
-from mgm.plugins.igmp.rawsocket import interface_addresses, ip_mreqn
+from mgm.plugins.igmp.rawsocket import LinkListener, attach_filter, flows_only, interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
 from mgm.plugins.pim.downstream import Downstream
 from mgm.plugins.pim.neighbors import PimLink
+from mgm.plugins.pim.register import JOIN, Registers
 from mgm.plugins.pim.upstream import Key, Rpf, Upstream
 
 if TYPE_CHECKING:
@@ -115,6 +127,8 @@ class Settings:
     rp: tuple[tuple[ipaddress.IPv4Network, str], ...] = field(default=())
     """(group range, RP address), longest prefix first."""
     spt_switchover: str = "immediate"
+    register_suppression_time: float = 60.0
+    register_probe_time: float = 5.0
 
     def rp_for(self, group: str) -> str | None:
         address = ipaddress.IPv4Address(group)
@@ -124,7 +138,8 @@ class Settings:
 
 LIMITS = {"hello_period": (1.0, 18724.0), "hello_holdtime": (1.0, 65534.0), "propagation_delay": (0.0, 32.767),
           "override_interval": (0.0, 65.535), "triggered_hello_delay": (0.0, 60.0),
-          "join_prune_interval": (1.0, 18724.0)}  # fmt: skip
+          "join_prune_interval": (1.0, 18724.0), "register_suppression_time": (2.0, 3600.0),
+          "register_probe_time": (0.5, 60.0)}  # fmt: skip
 """Each setting's range: what its field on the wire carries (a 16-bit holdtime, 0xFFFF meaning forever)."""
 
 
@@ -162,6 +177,10 @@ def read_settings(config: Mapping[str, Any]) -> Settings:
     if settings.hello_holdtime is not None and settings.hello_holdtime < settings.hello_period:
         raise error("hello_holdtime", f"{settings.hello_holdtime:g} s is shorter than hello_period "
                     f"({settings.hello_period:g} s): neighbours would expire between Hellos")
+    if settings.register_probe_time >= settings.register_suppression_time / 2:
+        raise error("register_probe_time", f"{settings.register_probe_time:g} s is not under half of "
+                    f"register_suppression_time ({settings.register_suppression_time:g} s): the null-Register "
+                    "would come before the Register-Stop timer starts")  # fmt: skip
     return settings
 
 
@@ -218,6 +237,11 @@ class PimPlugin(links.LinkSubscriber):
         """(S,G) a DR registered to us as RP, joined towards S ("register"), and when its last Register came."""
         self.native: set[Key] = set()
         """Registered (S,G) whose packets reached us natively (the manager's rpf question): Register-Stop them."""
+        self.registers = Registers()
+        """(S,G) of our directly connected sources that we register to their RP as their DR (4.4.1)."""
+        self.captures: dict[int, tuple[LinkListener, list[tuple[str, str]]]] = {}
+        """Per source interface: the packet socket that reads the flows we encapsulate, and which they are."""
+        self._next_liveness_check = math.inf
         self._no_rp_said: set[str] = set()
         self._malformed_from: set[tuple[int, str]] = set()
 
@@ -268,6 +292,7 @@ class PimPlugin(links.LinkSubscriber):
             self.native.add((source, group))
         if self._switches_to_spt(group):
             self._reason((source, group), "spt", True)
+        self._may_register((source, group), interface.if_index)
 
     def _switches_to_spt(self, group: str) -> bool:
         """Whether a flow of `group` on the shared tree moves to the shortest-path tree: a last-hop decision,
@@ -319,15 +344,16 @@ class PimPlugin(links.LinkSubscriber):
                      self.names[if_index], if_index, link.address, link.dr_priority, link.generation_id)  # fmt: skip
             log.info("pim: %s: the DR is now %s (us, until a neighbour outranks us)", self.names[if_index], link.dr)
         self.upstream = Upstream(settings.join_prune_interval)
+        self.registers = Registers(settings.register_suppression_time, settings.register_probe_time)
+        self._next_liveness_check = now + settings.register_suppression_time
         try:
             self.routes = KernelRoutes()
         except OSError as exc:
             log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
-        log.warning("pim: this version sends no Register (a source's first-hop router must be the RP or on its "
-                    "shortest path), does not forward what Registers carry, keeps no downstream (S,G,rpt) state "
-                    "and sends no Assert")  # fmt: skip
+        log.warning("pim: this version does not forward what Registers carry (as RP), keeps no downstream "
+                    "(S,G,rpt) state and sends no Assert")  # fmt: skip
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
@@ -423,6 +449,8 @@ class PimPlugin(links.LinkSubscriber):
                 self.upstream.unwant(key)
             for (if_index, _neighbor), message in self.upstream.tick(0.0):
                 self._send(if_index, message)
+        for if_index in list(self.captures):
+            self._capture(if_index, [])
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
@@ -519,9 +547,9 @@ class PimPlugin(links.LinkSubscriber):
             if_index = arrival_interface(ancillary)
             link = None if if_index is None else self.links.get(if_index)
             ihl = (data[0] & 0x0F) * 4 if data else 0
-            register = len(data) > ihl and data[ihl] & 0x0F == packet.REGISTER
-            if if_index is None or (link is None and not register):
-                continue  # an interface we do not run on; a Register (unicast) may come in anywhere
+            unicast = len(data) > ihl and data[ihl] & 0x0F in (packet.REGISTER, packet.REGISTER_STOP)
+            if if_index is None or (link is None and not unicast):
+                continue  # an interface we do not run on; a Register or Register-Stop (unicast) may come in anywhere
             try:
                 message = packet.parse(data[ihl:])
             except packet.MalformedPacket as exc:
@@ -535,6 +563,8 @@ class PimPlugin(links.LinkSubscriber):
             self._count(f"{packet.TYPE_NAMES.get(_type_of(message), 'unknown')}_received")
             if isinstance(message, packet.Register):
                 self._receive_register(source, message, now)
+            elif isinstance(message, packet.RegisterStop):
+                self._receive_register_stop(source, message, now)
             elif link is None:
                 continue
             elif isinstance(message, packet.Hello):
@@ -572,17 +602,113 @@ class PimPlugin(links.LinkSubscriber):
 
     def _register_stop(self, dr: str, source: str, group: str, rp: str | None) -> None:
         """A unicast Register-Stop to the DR, from the RP address when we are the RP (the DR checks it)."""
+        self._unicast(packet.RegisterStop(packet.EncodedGroup(group), source), dr, rp)
+
+    def _unicast(self, message: packet.Message, to: str, source: str | None) -> bool:
+        """A Register or Register-Stop to `to`, from our address `source` (None: the route's, which is what a
+        DR's Registers come from: the address of our interface towards the RP, as FRR's do)."""
         if self.sock is None:
-            return
-        data = packet.build(packet.RegisterStop(packet.EncodedGroup(group), source))
-        ancillary = [] if rp is None else [(socket.IPPROTO_IP, IP_PKTINFO,
-                                            struct.pack("@i4s4s", 0, socket.inet_aton(rp), bytes(4)))]  # fmt: skip
+            return False
+        pktinfo = None if source is None else struct.pack("@i4s4s", 0, socket.inet_aton(source), bytes(4))
+        ancillary = [] if pktinfo is None else [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
         try:
-            self.sock.sendmsg([data], ancillary, 0, (dr, 0))
-            self._count("register_stop_sent")
+            self.sock.sendmsg([packet.build(message)], ancillary, 0, (to, 0))
         except OSError as exc:
             self._count("send_failed")
-            log.warning("pim: cannot send a Register-Stop for (%s,%s) to %s: %s", source, group, dr, exc)
+            log.log(logging.DEBUG if self.counters.get("send_failed", 0) > 1 else logging.WARNING,
+                    "pim: cannot send a %s to %s: %s", packet.TYPE_NAMES[_type_of(message)], to, exc)  # fmt: skip
+            return False
+        self._count(f"{packet.TYPE_NAMES[_type_of(message)]}_sent")
+        return True
+
+    # --- the DR's side of Register (4.4.1): the packets of our sources reach the RP in Registers ---
+
+    def _may_register(self, flow: tuple[str, str], if_index: int) -> None:
+        """CouldRegister(S,G): the flow arrives on a link of ours where we are DR, from a source on that link
+        (no gateway towards it), and its group's RP is another router."""
+        link = self.links.get(if_index)
+        rp = self.settings.rp_for(flow[1]) if self.settings is not None else None
+        if link is None or not link.is_dr or rp is None or rp in {k.address for k in self.links.values()}:
+            return
+        route = self.routes.route(flow[0]) if self.routes is not None else None
+        if route is None or route.if_index != if_index or route.gateway:
+            return
+        if self.registers.could_register(flow, rp, if_index):
+            log.info("pim: (%s,%s) registering to the RP %s: we are the DR of the source's link %s", *flow, rp,
+                     self.names[if_index])  # fmt: skip
+
+    def _receive_register_stop(self, rp: str, message: packet.RegisterStop, now: float) -> None:
+        """The RP has the flow natively (or no receivers, or is not the RP): stop encapsulating until the probe.
+        A source 0.0.0.0 stops every source of the group (4.4.1)."""
+        group = message.group.address
+        flows = [f for f in self.registers.entries if f[1] == group and message.source in (f[0], "0.0.0.0")]
+        for flow in flows:
+            entry = self.registers.entries[flow]
+            if self.registers.stopped(flow, now) and entry.stops == 1:
+                log.info("pim: (%s,%s) Register-Stop from %s: no more Registers, a null-Register in %.0f s",
+                         *flow, rp, entry.timer - now)  # fmt: skip
+        if not flows:
+            self._count("register_stop_unexpected")
+
+    def _encapsulate(self, if_index: int) -> None:
+        """The packets the capture on `if_index` read: each, whole, in a Register to its flow's RP."""
+        listener, _flows = self.captures[if_index]
+        for data in listener.receive():
+            entry = self.registers.entries.get((socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])))
+            if entry is not None and entry.state == JOIN:  # not one the filter kept before it changed
+                self._unicast(packet.Register(border=False, null=False, packet=data), entry.rp, None)
+
+    def _capture(self, if_index: int, flows: list[tuple[str, str]]) -> None:
+        """Read exactly `flows` on `if_index` (none: close the socket).  A filter, not a socket, per change."""
+        current = self.captures.get(if_index)
+        if self._loop is None or (current[1] if current is not None else []) == flows:
+            return
+        if current is not None and not flows:
+            self._loop.remove_reader(current[0].fileno())
+            current[0].close()
+            del self.captures[if_index]
+        elif current is not None:
+            attach_filter(current[0].sock, flows_only(flows))
+            self.captures[if_index] = (current[0], flows)
+        else:
+            try:
+                listener = LinkListener(if_index, flows_only(flows))
+            except OSError as exc:
+                log.error("pim: cannot read the flows to register on %s: %s; the RP gets null-Registers only",
+                          self.names[if_index], exc)  # fmt: skip
+                return
+            self.captures[if_index] = (listener, flows)
+            self._loop.add_reader(listener.fileno(), self._encapsulate, if_index)
+
+    def _registers_due(self, now: float) -> None:
+        """What the DR's Register state asks now: null-Registers, the captures to match, and every
+        register_suppression_time a check that each flow still exists (CouldRegister ends with its MFE)."""
+        for flow in [f for f, e in self.registers.entries.items() if not self.links[e.if_index].is_dr]:
+            self.registers.cannot_register(flow)
+            log.info("pim: (%s,%s) no longer registered: we are not the DR of its link", *flow)
+        for flow in self.registers.tick(now):
+            entry = self.registers.entries[flow]
+            null = packet.Register(border=False, null=True, packet=packet.dummy_header(*flow))
+            self._unicast(null, entry.rp, None)
+        for if_index in {*self.captures, *(e.if_index for e in self.registers.entries.values())}:
+            self._capture(if_index, self.registers.encapsulating(if_index))
+        if now >= self._next_liveness_check and self.mgm is not None and self.settings is not None:
+            self._next_liveness_check = now + self.settings.register_suppression_time
+            if self.registers.entries:
+                self.mgm.spawn(self._flows_alive(list(self.registers.entries)))
+
+    async def _flows_alive(self, flows: list[tuple[str, str]]) -> None:
+        """Forget the registered flows whose MFE the manager deleted (the source went quiet)."""
+        assert self.mgm is not None
+        for source, group in flows:
+            try:
+                await self.mgm.client.request("get_mfe", {"source": source, "group": group})
+            except MgmError as exc:
+                if exc.status == Status.ERROR_NOT_FOUND and self.registers.cannot_register((source, group)):
+                    log.info("pim: (%s,%s) no longer registered: the flow stopped", source, group)
+            except TimeoutError:
+                return
+        self._after()
 
     def _registers_expired(self, now: float) -> None:
         """A source whose DR has sent no Register (null ones included) for REGISTER_KEEPALIVE: stop joining it."""
@@ -628,7 +754,9 @@ class PimPlugin(links.LinkSubscriber):
                 self._evaluate(key, now)
         for (if_index, _neighbor), message in self.upstream.tick(now):
             self._send(if_index, message)
+        self._registers_due(now)
         deadline = min([self._next_rpf_check, self.upstream.next_deadline(), self.downstream.next_deadline(),
+                        self.registers.next_deadline(), self._next_liveness_check,
                         *(link.next_deadline() for link in self.links.values())])  # fmt: skip
         if deadline != float("inf"):
             if self._timer is not None:
@@ -679,14 +807,19 @@ class PimPlugin(links.LinkSubscriber):
                        "state": e.state, "expires_in": left(e.expires)}
                       for (i, key), e in sorted(self.downstream.entries.items(),
                                                 key=lambda kv: (kv[0][1][1], kv[0][1][0] or "", kv[0][0]))]  # fmt: skip
+        registers = [{"source": flow[0], "group": flow[1], "rp": e.rp, "interface": names.get(e.if_index),
+                      "state": e.state, "timer_in": left(e.timer), "register_stops": e.stops}
+                     for flow, e in sorted(self.registers.entries.items(), key=lambda kv: kv[0][::-1])]  # fmt: skip
         settings = self.settings
         counters = {**self.counters, **{f"ignored_{k}": v for k, v in self.downstream.ignored.items()}}
         metrics = {"interfaces": len(interfaces), "neighbors": len(neighbors), "upstream_entries": len(upstream),
                    "upstream_joined": sum(1 for u in upstream if u["neighbor"] is not None),
-                   "downstream_entries": len(downstream), **counters}  # fmt: skip
+                   "downstream_entries": len(downstream), "registering": sum(r["state"] == JOIN for r in registers),
+                   **counters}  # fmt: skip
         return {"interfaces": interfaces, "neighbors": neighbors,
                 "rp": [{"groups": str(prefix), "rp": rp} for prefix, rp in (settings.rp if settings else ())],
-                "upstream": upstream, "downstream": downstream, "counters": counters, "metrics": metrics}
+                "upstream": upstream, "downstream": downstream, "registers": registers, "counters": counters,
+                "metrics": metrics}
 
     def _downstream_events(self) -> None:
         """A neighbour's join on one of our interfaces is our membership there, and a reason to join upstream."""

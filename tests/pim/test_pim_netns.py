@@ -24,6 +24,7 @@ import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
 from netns import Node, NsProcess, Topology, segment, send_udp, wait_until
 
+from mgm.plugins.pim.packet import EncodedGroup, RegisterStop
 from mgm.plugins.pim.plugin import PIM_PROTOCOL_ID
 
 pytestmark = pytest.mark.netns
@@ -78,6 +79,11 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
                 for name in ("holdtime", "dr_priority", "generation_id"):
                     if hasattr(option, name):
                         entry[name] = getattr(option, name)
+        elif pim.type == 1:  # Register, read by hand (4.9.3): flags, then the packet (an IP header alone if null)
+            body = bytes(pim)[4:]
+            inner = body[4:]
+            entry.update(null=bool(body[0] & 0x40), inner=[socket.inet_ntoa(inner[12:16]),
+                         socket.inet_ntoa(inner[16:20]), len(inner)])  # fmt: skip
         elif pim.type == 2:  # Register-Stop, read by hand (4.9.4): encoded group, then encoded unicast source
             body = bytes(pim)[4:]
             entry.update(group=socket.inet_ntoa(body[4:8]), registered=socket.inet_ntoa(body[10:14]))
@@ -349,6 +355,12 @@ rp = [{{ address = "{rp}", groups = ["239.82.0.0/16"] }}]
     assert mgm_up.alive(), mgm_up.log()
 
 
+def packet_hex(message: Any) -> str:
+    from mgm.plugins.pim.packet import build
+
+    return build(message).hex()
+
+
 def register(source: str, group: str, *, null: bool = False) -> str:
     """A Register of one UDP datagram from `source` to `group` (a null-Register: its IP header alone), in hex."""
     from scapy.layers.inet import IP, UDP
@@ -406,3 +418,43 @@ def test_as_rp_a_register_is_stopped_without_receivers_and_joined_towards_the_so
     receiver.wait_count(10, WAIT)
     post(outbox, "3-null-register", f"{rp} {register(source, group, null=True)}")
     wait_until(lambda: len(stops()) == 2, WAIT, "a Register-Stop once the packets come natively")
+
+
+def test_as_dr_a_sources_packets_go_to_the_rp_in_registers_until_its_register_stop_then_a_null_register_probes(
+    topology: Topology, forwarder_backend: str
+) -> None:
+    """The DR's side of Register (4.4.1): a source on our link, the RP (a scapy peer) behind the other.  Its
+    packets reach the RP whole inside Registers; the RP's Register-Stop ends them; when the Register-Stop
+    timer ends a null-Register probes, and with no Register-Stop in reply the Registers resume."""
+    src_ns, rtr, rp_ns = topology.namespaces("src", "rtr", "rp")
+    lan = topology.link(src_ns, rtr, "10.84.1.2/24", "10.84.1.1/24")
+    transit = topology.link(rtr, rp_ns, "10.84.2.1/24", "10.84.2.2/24")
+    src_ns.multicast_route(lan.a_if)
+    source, group, rp = "10.84.1.2", "239.84.1.1", "10.84.2.2"
+    up_proc = rtr.mgm_up(toml_config({"pim": {
+        "interfaces": [lan.b_if, transit.a_if], **FAST, "rp": [{"address": rp, "groups": ["239.84.0.0/16"]}],
+        "register_suppression_time": 4, "register_probe_time": 1}}), backend=forwarder_backend)  # fmt: skip
+    outbox = topology.workdir / "outbox"
+    outbox.mkdir()
+    rp_peer = rp_ns.spawn(peer, transit.b_if, rp, {"holdtime": 5, "dr_priority": 1, "generation_id": 8}, None,
+                          str(outbox), name="peer-rp")  # fmt: skip
+    wait_until(lambda: f"neighbour {rp} up" in up_proc.log() or not up_proc.alive(), WAIT * 2, "the RP's Hello")
+    src_ns.spawn(send_udp, group, 5841, 100_000, interval=0.02, source=source, name="sender")
+
+    def registers() -> list[dict[str, Any]]:
+        return [e for e in heard(rp_peer, "10.84.2.1") if e["type"] == 1]
+
+    wait_until(lambda: len(registers()) >= 5, WAIT, "Registers with the source's packets at the RP")
+    first = registers()[0]
+    assert (first["null"], first["inner"][:2]) == (False, [source, group]), first
+    assert first["inner"][2] > 28, "the whole datagram, not a header"
+    post(outbox, "1-register-stop", f"10.84.2.1 {packet_hex(RegisterStop(EncodedGroup(group), source))}")
+    wait_until(lambda: any(e["null"] for e in registers()), WAIT, "a null-Register when the Register-Stop timer ends")
+    log = [json.loads(line) for line in rp_peer.log().splitlines() if line.startswith("{")]
+    stop_at = next(i for i, e in enumerate(log) if e.get("event") == "sent")
+    null_at = next(i for i, e in enumerate(log) if e.get("type") == 1 and e.get("null"))
+    assert log[null_at]["inner"] == [source, group, 20]
+    between = [e for e in log[stop_at:null_at] if e.get("type") == 1]
+    assert len(between) < 10, f"{len(between)} Registers after the Register-Stop (at most those already sent)"
+    wait_until(lambda: not registers()[-1]["null"], WAIT, "the Registers to resume: no Register-Stop answered")
+    assert up_proc.alive(), up_proc.log()
