@@ -220,24 +220,11 @@ class PluginContext:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _membership_key(
-        self,
-        source: str,
-        group: str,
-        interface: Interface,
-        source_mask: str | None,
-        group_mask: str | None,
-        flags: int,
-    ) -> MembershipKey:
-        iface = Interface(*interface)
-        return (
-            source,
-            default_mask(source) if source_mask is None else source_mask,
-            group,
-            default_mask(group) if group_mask is None else group_mask,
-            iface,
-            flags,
-        )
+    def _membership_key(self, source: str, group: str, interface: Interface, source_mask: str | None,
+                        group_mask: str | None, flags: int) -> MembershipKey:  # fmt: skip
+        source_mask = default_mask(source) if source_mask is None else source_mask
+        group_mask = default_mask(group) if group_mask is None else group_mask
+        return source, source_mask, group, group_mask, Interface(*interface), flags
 
     def _forget_if_refused(self, fut: asyncio.Future[dict[str, Any]], ledger: dict[Any, object], key: Any,
                            entry: object) -> None:  # fmt: skip

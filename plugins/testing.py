@@ -83,9 +83,7 @@ def _time_scale() -> float:
     return scale
 
 
-TIME_SCALE = _time_scale()
-"""$MGM_TEST_TIME_SCALE (default 1), read here and nowhere else: every wait of a test is
-multiplied by it, for machines where processes start and run slower (User-mode Linux: 6)."""
+TIME_SCALE = _time_scale()  # read here and nowhere else
 
 
 def scaled(seconds: float) -> float:

@@ -119,7 +119,6 @@ KERNEL_LACKS = (errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 class LinuxForwarder(ForwarderPlugin, links.LinkSubscriber):
     """The kernel forwarder (see the module doc)."""
 
-    label = "forwarder"
     log = logging.getLogger(__name__)
 
     def __init__(self) -> None:

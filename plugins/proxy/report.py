@@ -102,11 +102,6 @@ def v3_records(group: str, old: Upstream | None, new: Upstream | None) -> list[G
     return [GroupRecord(ALLOW_NEW_SOURCES, group, tuple(sorted(added, key=ipaddress.IPv4Address)))]
 
 
-def newly_joined(old: Upstream | None, new: Upstream | None) -> bool:
-    """Whether the group becomes joined: the one change a v1/v2 report carries."""
-    return old is None and new is not None
-
-
 def pack_v3(records: Iterable[GroupRecord], mtu: int) -> list[bytes]:
     """v3 reports carrying `records`, each fitting in `mtu` with our IP header; as few as greedy packing gives.
 
@@ -150,7 +145,8 @@ def packets(changes: Mapping[str, Change], version: int, mtu: int) -> list[tuple
         records = [r for group, c in changes.items() for r in v3_records(group, c.old, c.new)]
         return [(ALL_IGMPV3_ROUTERS, p) for p in pack_v3(records, mtu)]
     if version in (1, 2):
-        return [(group, build_report(version, group)) for group, c in changes.items() if newly_joined(c.old, c.new)]
+        joined = [group for group, c in changes.items() if c.old is None and c.new is not None]  # all v1/v2 say
+        return [(group, build_report(version, group)) for group in joined]
     raise ValueError(f"IGMP version {version}? (1, 2 or 3)")
 
 
