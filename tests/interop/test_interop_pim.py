@@ -1,4 +1,4 @@
-"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, 3, 6, 7 and 8).
+"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, 3, 4, 6, 7 and 8).
 
 1. Adjacency both ways on a shared link, and the DR both sides elect: by priority, then by address.
 2. mgmbus as last-hop router, FRR as RP and first-hop router: a receiver behind mgmbus gets the
@@ -14,6 +14,8 @@
 
    And with the source behind an FRR that registers to us (below): our join towards the source brings its
    packets natively to a receiver behind a second FRR, and our Register-Stop ends the Registers.
+4. mgmbus as the source's first-hop DR, FRR as RP (below): the first packets reach the receiver inside our
+   Registers, FRR joins the shortest-path tree through us, and its Register-Stop ends the Registers.
 6. Two protocols on mgmbus: static routes own a second downstream link; their receiver alone makes PIM
    join towards FRR (the manager's join alert), beside a receiver behind IGMP (topology of 2, plus
    r3 10.86.0.1 -- host2).
@@ -248,6 +250,50 @@ def test_mgmbus_as_rp_joins_towards_a_source_frr_registers_and_stops_its_registe
         print(frr1.vty("show ip pim upstream", "show ip pim join", "show ip pim rp-info"))
         print(frr2.vty("show ip pim upstream", "show ip pim rp-info", "show ip igmp groups", "show ip pim rpf"))
         raise
+
+
+def test_mgmbus_as_first_hop_dr_registers_to_frr_as_rp_until_the_shortest_path_tree_forms(
+    topology: Topology, frr_router: Callable[..., FrrRouter]
+) -> None:
+    """Interop test 4: the source's DR is mgmbus, the RP is FRR, the receiver is behind FRR::
+
+         src 10.89.1.2 -- 10.89.1.1 mgmbus (DR) 10.89.0.1 -- 10.89.0.2 FRR (RP) 10.89.2.1 -- 10.89.2.2 host
+
+    Our Registers carry the source's packets to FRR, which decapsulates them to the receiver and joins
+    (S,G) towards the source through us; once the flow comes natively, FRR's Register-Stop ends our
+    Registers and the receiver keeps getting the flow, now on the shortest-path tree."""
+    src, rtr, frr_ns, host = topology.namespaces("src", "rtr", "frr", "host")
+    source_link = topology.link(src, rtr, "10.89.1.2/24", "10.89.1.1/24")
+    transit = topology.link(rtr, frr_ns, "10.89.0.1/24", "10.89.0.2/24")
+    down = topology.link(frr_ns, host, "10.89.2.1/24", "10.89.2.2/24")
+    routed_hosts(src, source_link.a_if, "10.89.1.1", host, "10.89.2.1")
+    frr_ns.ip("route", "add", "10.89.1.0/24", "via", "10.89.0.1")  # FRR's RPF towards the source: us
+    for ns in (rtr, frr_ns):
+        ns.sysctl("net.ipv4.conf.all.rp_filter", 0)
+    source, group, rp = "10.89.1.2", "239.89.1.1", "10.89.0.2"
+    frr = frr_router(frr_ns, pimd_config(pim=[transit.b_if, down.a_if], igmp=[down.a_if]))
+    up = start_mgm(rtr, topology.workdir, {
+        "pim": {"interfaces": [source_link.b_if, transit.a_if], "rp": [{"address": rp, "groups": ["239.0.0.0/8"]}],
+                **FAST_PIM},
+        "forwarder": {"backend": "mrt", "counters_interval": 1},
+    }, "mgm")  # fmt: skip
+    rp_once_adjacent(frr, transit.b_if, "10.89.0.1", rp)
+
+    receiver = host.receiver(group, PORT)
+    receiver.wait_joined()
+    src.spawn(send_udp, group, PORT, 100_000, interval=0.02, source=source, name="send")
+    try:
+        wait_until(lambda: f"({source},{group}) registering to the RP {rp}" in up.log(), WAIT, "our Register state")
+        receiver.wait_count(10, WAIT)
+        wait_until(lambda: f"({source},{group}) joined downstream" in up.log(), WAIT,
+                   "FRR's (S,G) join towards the source, through us")  # fmt: skip
+        wait_until(lambda: f"({source},{group}) Register-Stop from {rp}" in up.log(), WAIT, "FRR's Register-Stop")
+    except TimeoutError:
+        print(frr.vty("show ip pim upstream", "show ip pim join", "show ip pim rp-info", "show ip mroute"))
+        raise
+    assert transit.a_if in (KernelView(rtr, "mrt").oil(source, group) or set()), "the flow does not leave natively"
+    after_stop = receiver.count()
+    receiver.wait_count(after_stop + 20, WAIT)  # natively now: no Register carries it
 
 
 def test_a_static_routes_receiver_makes_pim_join_beside_igmps(
