@@ -386,9 +386,14 @@ def pim_tables(entries: list[dict[str, Any]]) -> tuple[RenderableType, str]:
         for d in status.get("downstream", []):
             downstream.add_row(str(d["interface"]), str(d["source"]), str(d["group"]), str(d["state"]),
                                _seconds(d["expires_in"], age))  # fmt: skip
+        registers = _table("SOURCE", "GROUP", "RP", "INTERFACE", "STATE", "TIMER", "REGISTER-STOPS")
+        for r in status.get("registers", []):
+            registers.add_row(str(r["source"]), str(r["group"]), str(r["rp"]), str(r["interface"]), str(r["state"]),
+                              _seconds(r["timer_in"], age), str(r["register_stops"]))  # fmt: skip
         label = f"{entry['name']} {entry['protocol_id']}/{entry['component_id']}"
         for title, table in (("interfaces", interfaces), ("neighbours", neighbors), ("RP map", rps),
-                             ("upstream join state", upstream), ("downstream join state", downstream)):  # fmt: skip
+                             ("upstream join state", upstream), ("downstream join state", downstream),
+                             ("register state (as the sources' DR)", registers)):  # fmt: skip
             table.title, table.title_justify = f"{label}: {title}", "left"
             parts.append(table)
         counters = " ".join(f"{k}={v}" for k, v in sorted(status.get("counters", {}).items())) or "none"

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -212,7 +213,7 @@ def test_receivers_make_a_star_g_join_towards_the_rp_and_their_leave_a_prune(
     assert joins_and_prunes()[1][0]["groups"][group] == {"joins": [], "prunes": [[rp, 1, 1]]}
 
 
-def show(manager: ManagerProc, *args: str) -> subprocess.CompletedProcess[str]:
+def show(manager: ManagerProc | SimpleNamespace, *args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([sys.executable, "-m", "mgm.core.cli", "show", *args, "--api", manager.api, "--events",
                            manager.events], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -457,4 +458,15 @@ def test_as_dr_a_sources_packets_go_to_the_rp_in_registers_until_its_register_st
     between = [e for e in log[stop_at:null_at] if e.get("type") == 1]
     assert len(between) < 10, f"{len(between)} Registers after the Register-Stop (at most those already sent)"
     wait_until(lambda: not registers()[-1]["null"], WAIT, "the Registers to resume: no Register-Stop answered")
+    work = topology.workdir
+    endpoints = SimpleNamespace(api=f"ipc://{work}/api", events=f"ipc://{work}/events")
+
+    def shown_registers() -> list[dict[str, Any]]:
+        return list(json.loads(show(endpoints, "pim", "--json").stdout)["entries"][0]["status"]["registers"])
+
+    wanted = {"source": source, "group": group, "rp": rp, "interface": lan.b_if, "state": "join", "register_stops": 1}
+    wait_until(lambda: [{k: r[k] for k in wanted} for r in shown_registers()] == [wanted], WAIT,
+               "`mgm show pim` to list the flow registered again after one Register-Stop")  # fmt: skip
+    text = show(endpoints, "pim").stdout
+    assert "register state" in text and source in text, text
     assert up_proc.alive(), up_proc.log()
