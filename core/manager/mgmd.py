@@ -40,7 +40,7 @@ from mgm.bus.status import MgmError, Status
 from mgm.core.manager.metrics import DEFAULT_TOP_MFES, Counts, MetricsServer, MgmCollector, parse_address
 from mgm.core.runtime.logs import fields as log_fields
 from mgm.core.runtime.logs import setup_from as setup_logging
-from mgm.core.runtime.routes import kernel_resolver
+from mgm.core.runtime.routes import KernelRoutes
 from mgm.core.state import DEFERRED, LIVENESS, MFE_TIMEOUT, QUESTION_DEADLINE, Mgm
 from mgm.core.types import CORE_OPS, ClientId, Event, Interface
 
@@ -419,7 +419,7 @@ def _on_signal(manager: Manager, sig: signal.Signals) -> None:
 
 RESOLVERS: dict[str, Callable[[], Callable[[str], Interface | None] | None]] = {
     "none": lambda: None,
-    "kernel": kernel_resolver,
+    "kernel": KernelRoutes,
 }
 DEFAULT_RESOLVER = "kernel" if sys.platform.startswith("linux") else "none"
 """MGM-SPEC: the interface towards S comes from the kernel's routing table; elsewhere there is none to ask."""

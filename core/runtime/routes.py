@@ -169,8 +169,3 @@ def _route(msg: bytes) -> Route | None:
             gateway = socket.inet_ntoa(msg[pos + _RTA.size : pos + _RTA.size + 4])
         pos += (rta_len + 3) & ~3
     return None if if_index is None else Route(if_index, gateway)
-
-
-def kernel_resolver() -> Callable[[str], Interface | None]:
-    """The resolver `mgm manager --resolver kernel` (the default on Linux) gives the core."""
-    return KernelRoutes()

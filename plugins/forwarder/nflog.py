@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 
+from mgm.core.runtime.routes import NLM_F_REQUEST, NLMSG_ERROR
 from mgm.plugins.forwarder.mroute import IGMPMSG_NOCACHE, IGMPMSG_WRONGVIF, Upcall
 
 NETLINK_NETFILTER = 12
@@ -37,9 +38,7 @@ NFULNL_COPY_PACKET = 2
 NFULA_IFINDEX_INDEV = 4
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
-NLM_F_REQUEST = 1
 NLM_F_ACK = 4
-NLMSG_ERROR = 2
 NLA_F_NESTED = 1 << 15
 
 NEW_PREFIX = "mgm-new"

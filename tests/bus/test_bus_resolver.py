@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from netns import Topology, wait_until
 
-from mgm.core.runtime.routes import KernelRoutes, kernel_resolver
+from mgm.core.runtime.routes import KernelRoutes
 from mgm.plugins.testing import BusClient
 
 ANY = "0.0.0.0"
@@ -25,7 +25,7 @@ IGMP, PIM = 10, 20
 
 def resolve_all(sources: list[str]) -> list[Any]:
     """Run inside a namespace: the resolver's answer for each source, as JSON values."""
-    return [None if i is None else [i.if_index, i.next_hop] for i in map(kernel_resolver(), sources)]
+    return [None if i is None else [i.if_index, i.next_hop] for i in map(KernelRoutes(), sources)]
 
 
 def routes_of(destinations: list[str]) -> list[Any]:
