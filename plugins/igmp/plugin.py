@@ -23,26 +23,13 @@ Theory of operation:
 * Counters per interface (`counters()`) are logged at stop and every
   ``COUNTER_LOG_INTERVAL`` at debug level.
 
-Configuration (``[plugins.igmp]``, seconds; defaults are RFC 3376's):
-``interfaces``, ``version`` (2 or 3, default 3), ``robustness`` (2),
-``query_interval`` (125), ``query_response_interval`` (10),
-``last_member_query_interval`` (1), ``last_member_query_count``
-(robustness), ``startup_query_interval`` (query_interval / 4),
-``startup_query_count`` (robustness), ``ssm_range`` (a list of prefixes
-inside 224.0.0.0/4, default ``["232.0.0.0/8"]``, ``[]`` for none),
-``require_local_source`` (true).  Any other key is an error.
+Configuration (``[plugins.igmp]``): ``interfaces`` and the fields of
+`router.Parameters` (seconds; RFC 3376's defaults; docs/configuration.md
+has the table).  Any other key is an error.
 
 What is received is checked before it touches any state, each drop
-counted under its reason (`Counters`): a query, report or leave whose IP
-TTL is not 1 (``bad_ttl``); a v3 report without the Router Alert option
-(``no_router_alert``; v1/v2 messages without it are accepted and counted
-in ``no_router_alert_accepted``); with ``require_local_source``, a report
-or leave whose source is neither 0.0.0.0 nor on one of the interface's
-subnets (``foreign_source``; an interface without an address accepts
-every source); a v1/v2 report or leave, or an IS_EX/TO_EX record, for a
-group in ``ssm_range`` (``ignored_ssm_asm``, RFC 4604: those groups are
-joined per source only).  Each reason is logged at info at most once a
-minute per interface, the rest at debug.
+counted under its reason (`router.Counters` says which drop is which) and
+logged at info at most once a minute per interface, the rest at debug.
 """
 
 from __future__ import annotations

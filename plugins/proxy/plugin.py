@@ -39,34 +39,17 @@ How receivers downstream become traffic from upstream:
   `mgm_creation_alert`, asked only then, keeps that to flows entering on
   our downstream interfaces (whose filter permits the group).
 
-The upstream going and coming back (PPPoE, VLANs; `links`): the process's
-link watcher (`mgm.plugins.links`) tells the proxy every link event.
+The upstream going and coming back (PPPoE, VLANs): the process's link
+watcher (`mgm.plugins.links`) tells the proxy every link event, and `links`
+says what each means for the upstream (deleted, back, down or up, renamed)
+and what the proxy does then.  An upstream left out of ``interfaces`` is
+taken by the proxy itself whenever it exists (`settings`).
 
-* Upstream deleted: a warning; the membership sockets and the reporter are
-  closed (the kernel dropped the memberships with the device) and the
-  interface is released in the manager (which deletes the MFEs coming in
-  on it; the forwarder drops its VIF).  The downstream memberships are
-  kept.
-* An interface with the configured upstream name appears (any if_index;
-  an upstream configured by index only comes back under that index): the
-  proxy takes it, opens the sockets again, joins upstream every group the
-  downstream wants, adds the forward_upstream (*,*) membership again, and
-  logs one line with the number of groups joined again.
-* Link down and up keep the if_index, and the kernel keeps the sockets'
-  memberships and reports them again at link up: only logged.
-* The upstream may be left out of ``interfaces``: then the host does not
-  take it, the proxy starts also while it does not exist yet (PPPoE not up
-  at boot), and takes it itself whenever it exists.
-
-On SIGHUP the host reads the configuration file again (`mgm_reload`): a
-bad file is logged with its file, line and key and the settings in force
-stay.  Changed filters (the downstream interfaces' boundaries in the
-manager, and the upstream membership of every group whose merge changed,
-joins before drops), ``forward_upstream`` and ``immediate_report`` are
-applied; a change of the upstream or of the set of downstream interfaces
-refuses the whole reload (restart the proxy to change its interfaces), and
-so does turning ``forward_upstream`` on in a proxy started without it (it
-registered answering no creation alert).
+On SIGHUP the host reads the configuration file again (`mgm_reload`);
+`reload` says what is applied (changed filters: the boundaries and the
+upstream membership of every group whose merge changed, joins before
+drops; ``forward_upstream``; ``immediate_report``) and what refuses the
+whole reload.  A refused or bad file leaves the settings in force.
 """
 
 from __future__ import annotations
