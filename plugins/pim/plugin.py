@@ -27,10 +27,14 @@ interfaces``:
   other routers send to our upstream neighbours;
 * the RP's side of Register (4.4.2): a DR's Register (or null-Register)
   of (S,G) makes the RP, when G has receivers, join (S,G) towards S and
-  keep it joined while Registers keep coming (Keepalive, 210 s); it
-  answers Register-Stop when G has none, once S's packets arrive natively
-  (the manager's rpf question for the new MFE), and to a Register for a
-  group whose RP we are not;
+  keep it joined while Registers keep coming (Keepalive, 210 s), and
+  forward the packet inside down the outgoing list of the manager's MFE
+  for (S,G) (created with new_packet when there is none, so every
+  protocol's receivers are in it; read again every RELAY_REFRESH) from a
+  raw IP socket, TTL less one; it answers Register-Stop when G has none,
+  once S's packets arrive natively (the manager's rpf question for an MFE
+  the forwarder created, or a packet count above 0 in the one we read),
+  and to a Register for a group whose RP we are not;
 * the DR's side of Register (4.4.1, mgm.plugins.pim.register): a new
   flow (the manager's rpf question) from a source on a link where we
   are DR, for a group whose RP is another router, is registered: its
@@ -43,10 +47,7 @@ interfaces``:
   register VIF is not used: the multicast routing socket is the
   forwarder's, in another process.
 
-Not yet: forwarding the packets inside Registers we receive as RP (the
-RP's receivers get a registered source from when its shortest-path tree
-reaches the RP, about one join round trip later), downstream (S,G,rpt)
-state, Assert.  The start-up log says so.
+Not yet: downstream (S,G,rpt) state, Assert.  The start-up log says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -111,6 +112,11 @@ REGISTER_KEEPALIVE = 210.0
 """RFC 7761's Keepalive_Period: how long a registered source stays joined without a Register."""
 STATUS_INTERVAL = 1.0
 """The most often the plugin tells the manager its status (`mgm show pim`), and only after a change."""
+RELAY_REFRESH = 1.0
+"""How long the RP forwards what Registers carry down an outgoing list read from the manager before reading
+it again (receivers come and go; the packet count says when the flow comes natively)."""
+RELAY_QUEUE = 256
+"""Packets Registers carried that wait for the outgoing list to be read, at most, per (S,G)."""
 RPF_CHECK_INTERVAL = 5.0
 """How often the RPF neighbour of every upstream entry is looked up again (a route change moves the join)."""
 
@@ -236,7 +242,12 @@ class PimPlugin(links.LinkSubscriber):
         self.registered: dict[Key, float] = {}
         """(S,G) a DR registered to us as RP, joined towards S ("register"), and when its last Register came."""
         self.native: set[Key] = set()
-        """Registered (S,G) whose packets reached us natively (the manager's rpf question): Register-Stop them."""
+        """Registered (S,G) whose packets reached us natively (the manager's rpf question, or the MFE's packet
+        count): Register-Stop them."""
+        self.relays: dict[Key, Relay] = {}
+        """Registered (S,G): where the packets Registers carry go, as last read from the manager's MFE."""
+        self._creating: set[Key] = set()
+        self.relay_sock: socket.socket | None = None
         self.registers = Registers()
         """(S,G) of our directly connected sources that we register to their RP as their DR (4.4.1)."""
         self.captures: dict[int, tuple[LinkListener, list[tuple[str, str]]]] = {}
@@ -288,7 +299,7 @@ class PimPlugin(links.LinkSubscriber):
         """A new flow arrives on one of our interfaces: on the shared tree of a group with receivers on this
         router (not only downstream routers: theirs is the switch), switch to the shortest-path tree (the
         manager's choice of incoming interface stands)."""
-        if (source, group) in self.registered:  # the source's packets come natively: Register-Stop the DR
+        if (source, group) in self.registered and (source, group) not in self._creating:  # natively: Register-Stop
             self.native.add((source, group))
         if self._switches_to_spt(group):
             self._reason((source, group), "spt", True)
@@ -352,8 +363,7 @@ class PimPlugin(links.LinkSubscriber):
             log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
-        log.warning("pim: this version does not forward what Registers carry (as RP), keeps no downstream "
-                    "(S,G,rpt) state and sends no Assert")  # fmt: skip
+        log.warning("pim: this version keeps no downstream (S,G,rpt) state and sends no Assert")
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
@@ -458,6 +468,8 @@ class PimPlugin(links.LinkSubscriber):
             self.sock = None
         if self.routes is not None:
             self.routes.close()
+        if self.relay_sock is not None:
+            self.relay_sock.close()
         log.info("pim: counters: %s", self.counters or "none")
 
     # --- addresses: Hellos go from the primary one, and the DR election compares it ---------------
@@ -494,6 +506,7 @@ class PimPlugin(links.LinkSubscriber):
                     del self.wanted[spt]
                     self.registered.pop(spt, None)
                     self.native.discard(spt)
+                    self.relays.pop(spt, None)
                     self._evaluate(spt)
         if before != bool(reasons):
             log.info("pim: (%s,%s) %s (%s)", key[0] or "*", key[1], "wanted" if reasons else "no longer wanted",
@@ -562,7 +575,7 @@ class PimPlugin(links.LinkSubscriber):
                 continue
             self._count(f"{packet.TYPE_NAMES.get(_type_of(message), 'unknown')}_received")
             if isinstance(message, packet.Register):
-                self._receive_register(source, message, now)
+                self._receive_register(source, if_index, message, now)
             elif isinstance(message, packet.RegisterStop):
                 self._receive_register_stop(source, message, now)
             elif link is None:
@@ -575,10 +588,10 @@ class PimPlugin(links.LinkSubscriber):
 
     # --- the RP's side of Register (4.4.2), without decapsulation ---------------------------------
 
-    def _receive_register(self, dr: str, message: packet.Register, now: float) -> None:
-        """A DR registers a source: where we are the group's RP and have receivers, join towards the source;
-        answer Register-Stop when there are none, or once the source's packets come natively.  The packet
-        inside is not forwarded (see the module's docstring)."""
+    def _receive_register(self, dr: str, if_index: int, message: packet.Register, now: float) -> None:
+        """A DR registers a source: where we are the group's RP and have receivers, join towards the source
+        and send the packet inside down the flow's outgoing interfaces (`_relay`); answer Register-Stop when
+        there are none, or once the source's packets come natively."""
         inner = message.packet
         if len(inner) < 20 or inner[0] >> 4 != 4:
             self._count("register_malformed")
@@ -597,8 +610,82 @@ class PimPlugin(links.LinkSubscriber):
                          " (null-Register)" if message.null else "")  # fmt: skip
             self.registered[key] = now
             self._reason(key, "register", True, settle=False)
+            if key not in self.native:
+                self._relay(key, None if message.null else inner, dr, rp, if_index, now)
         if not receivers or key in self.native:
             self._register_stop(dr, source, group, rp)
+
+    def _relay(self, key: Key, data: bytes | None, dr: str, rp: str, if_index: int, now: float) -> None:
+        """The RP forwards what a Register carries (4.4.2) down the flow's outgoing interfaces: those of the
+        manager's MFE for (S,G), which it creates (new_packet, as a forwarder would) when there is none, so the
+        outgoing list is the manager's, every protocol's receivers in it.  It is read again at most every
+        RELAY_REFRESH; its packet count tells when the source's packets come natively (then Register-Stop).
+        Packets that come while it is read wait, up to RELAY_QUEUE."""
+        assert key[0] is not None
+        relay = self.relays.setdefault(key, Relay())
+        if data is not None and relay.oil is not None and now - relay.fetched < RELAY_REFRESH:
+            self._send_down(relay.oil, key[1], data)
+            return
+        if data is not None:
+            if len(relay.queue) < RELAY_QUEUE:
+                relay.queue.append(data)
+            else:
+                self._count("register_relay_dropped")
+        if now - relay.fetched >= RELAY_REFRESH and not relay.busy and self.mgm is not None:
+            relay.busy = True
+            self.mgm.spawn(self._read_relay(key, dr, rp, if_index))
+
+    async def _read_relay(self, key: Key, dr: str, rp: str, if_index: int) -> None:
+        mgm, relay, (source, group) = self.mgm, self.relays[key], key
+        assert mgm is not None and source is not None and self._loop is not None
+        try:
+            try:
+                mfe = (await mgm.client.request("get_mfe", {"source": source, "group": group, "stats": 0}))["mfe"]
+            except MgmError as exc:
+                if exc.status != Status.ERROR_NOT_FOUND:
+                    raise
+                self._creating.add(key)  # its rpf question is ours, not a sign of native packets
+                try:
+                    mfe = (await mgm.client.request("new_packet", {"handle": mgm.handle, "source": source,
+                           "group": group, "if_index": if_index, "next_hop": ANY}))["mfe"]  # fmt: skip
+                finally:
+                    self._creating.discard(key)
+        except (MgmError, TimeoutError) as exc:
+            log.warning("pim: (%s,%s) cannot read its MFE to forward what Registers carry: %s", source, group, exc)
+            relay.queue.clear()
+            return
+        finally:
+            relay.busy = False
+        relay.oil = tuple(o["if_index"] for o in mfe["oil"] if o["if_index"] != mfe["in_if_index"])
+        relay.fetched = self._loop.time()
+        queued, relay.queue = relay.queue, []
+        if mfe.get("in_packets", 0) > 0 and key in self.registered:  # the forwarder counted native packets
+            self.native.add(key)
+            self._register_stop(dr, source, group, rp)
+        for data in [] if key in self.native else queued:
+            self._send_down(relay.oil, group, data)
+
+    def _send_down(self, oil: tuple[int, ...], group: str, data: bytes) -> None:
+        """One packet a Register carried, out of each of `oil` as we would forward it: TTL less one."""
+        if data[8] <= 1 or not oil:
+            self._count("register_relay_ttl_expired" if oil else "register_relay_no_receivers")
+            return
+        if self.relay_sock is None:
+            try:
+                self.relay_sock = open_relay_socket()
+            except OSError as exc:
+                log.error("pim: cannot open a raw IP socket to forward what Registers carry: %s", exc)
+                return
+        forwarded = bytearray(data)
+        forwarded[8] -= 1  # the kernel fills in the header checksum (IP_HDRINCL)
+        for if_index in oil:
+            try:
+                self.relay_sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_IF, ip_mreqn("0.0.0.0", if_index))
+                self.relay_sock.sendto(forwarded, (group, 0))
+                self._count("register_relayed")
+            except OSError as exc:
+                self._count("register_relay_failed")
+                log.debug("pim: forwarding a registered packet to %s out of %d: %s", group, if_index, exc)
 
     def _register_stop(self, dr: str, source: str, group: str, rp: str | None) -> None:
         """A unicast Register-Stop to the DR, from the RP address when we are the RP (the DR checks it)."""
@@ -715,6 +802,7 @@ class PimPlugin(links.LinkSubscriber):
         for key in [k for k, at in self.registered.items() if now - at > REGISTER_KEEPALIVE]:
             del self.registered[key]
             self.native.discard(key)
+            self.relays.pop(key, None)
             self._reason(key, "register", False, settle=False)
 
     def _receive_join_prune(self, if_index: int, link: PimLink, source: str, message: packet.JoinPrune,
@@ -866,6 +954,16 @@ class PimPlugin(links.LinkSubscriber):
                         type(message).__name__, exc)  # fmt: skip
 
 
+@dataclass(slots=True)
+class Relay:
+    """Where the RP sends what Registers of one (S,G) carry."""
+
+    oil: tuple[int, ...] | None = None
+    fetched: float = -math.inf
+    queue: list[bytes] = field(default_factory=list)
+    busy: bool = False
+
+
 def _status_sent(done: asyncio.Future[dict[str, Any]]) -> None:
     exc = None if done.cancelled() else done.exception()
     if exc is not None:
@@ -899,6 +997,18 @@ def open_socket(interfaces: Mapping[int, object]) -> socket.socket:
     except OSError:
         with contextlib.suppress(OSError):
             sock.close()
+        raise
+    return sock
+
+
+def open_relay_socket() -> socket.socket:
+    """A raw IP socket that sends whole datagrams (IPPROTO_RAW: IP_HDRINCL, and it receives nothing): the
+    packets Registers carried, with the source's address; not looped back to this machine."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_LOOP, 0)
+    except OSError:
+        sock.close()
         raise
     return sock
 

@@ -29,9 +29,12 @@ Linux on a kernel without it); mgmbus runs `mgm up` with igmp, pim and the MRT f
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,6 +169,14 @@ def start_as_rp(rtr: Namespace, workdir: Path, interfaces: list[str], rp: str) -
     return start_mgm(rtr, workdir, plugins, "mgm")
 
 
+def pim_status(workdir: Path, name: str) -> dict[str, Any]:
+    """The pim plugin's status from `mgm show pim --json` against the `mgm up` that `start_mgm` named `name`."""
+    shown = subprocess.run([sys.executable, "-m", "mgm.core.cli", "show", "pim", "--json", "--api",
+                            f"ipc://{workdir}/{name}-api", "--events", f"ipc://{workdir}/{name}-events"],
+                           capture_output=True, text=True, timeout=scaled(30), check=True)  # fmt: skip
+    return dict(json.loads(shown.stdout)["entries"][0]["status"])
+
+
 def rp_once_adjacent(frr: FrrRouter, ifname: str, ours: str, rp: str) -> None:
     """FRR takes `rp` for 239.0.0.0/8 once it lists us (`ours`) on `ifname`: pimd 8.4 refuses an RP it has no
     route to yet."""
@@ -216,8 +227,8 @@ def test_mgmbus_as_rp_joins_towards_a_source_frr_registers_and_stops_its_registe
 
          src 10.88.1.2 -- 10.88.1.1 FRR1 10.88.0.2 -- 10.88.0.1 mgmbus (RP) 10.88.3.1 -- 10.88.3.2 FRR2 -- host
 
-    Our (S,G) join towards the source brings the flow natively (what Registers carry is not forwarded), and
-    once it comes, our Register-Stop ends FRR1's registering."""
+    What FRR1's Registers carry we forward down to FRR2; our (S,G) join towards the source brings the flow
+    natively, and once it comes, our Register-Stop ends FRR1's registering."""
     src, frr1_ns, rtr, frr2_ns, host = topology.namespaces("src", "frr1", "rtr", "frr2", "host")
     source_link = topology.link(src, frr1_ns, "10.88.1.2/24", "10.88.1.1/24")
     west = topology.link(frr1_ns, rtr, "10.88.0.2/24", "10.88.0.1/24")
@@ -246,6 +257,8 @@ def test_mgmbus_as_rp_joins_towards_a_source_frr_registers_and_stops_its_registe
         receiver.wait_count(10, WAIT)
         wait_until(lambda: "RegP" in frr1.vty("show ip pim upstream"), WAIT,
                    "our Register-Stop to put FRR1's register state in prune (RegP)")  # fmt: skip
+        counters = pim_status(topology.workdir, "mgm")["counters"]
+        assert counters.get("register_relayed", 0) >= 1, counters  # the first packets went down in Registers
     except TimeoutError:
         print(frr1.vty("show ip pim upstream", "show ip pim join", "show ip pim rp-info"))
         print(frr2.vty("show ip pim upstream", "show ip pim rp-info", "show ip igmp groups", "show ip pim rpf"))
