@@ -23,7 +23,8 @@ at teardown, also when the test fails; the logs of every process are
 printed on failure (pytest shows captured output of failing tests).
 
 The processes come from mgm.plugins.testing, the pytest plugin mgmbus ships
-for plugin authors (its fixture `mgm_bus` is available here too).
+for plugin authors (its fixture `mgm_bus` is available here too).  ``topology``
+(network namespaces, removed at teardown) is tests/netns.py's.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.control import Control
+from netns import topology
 
 from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, manager_argv, toml_config, wait_for
+
+__all__ = ["topology"]
 
 # --- fixtures --------------------------------------------------------------------------------
 

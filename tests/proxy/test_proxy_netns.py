@@ -30,7 +30,6 @@ from netns import (
     seen,
     send_udp,
     sniff_igmp,
-    topology,  # noqa: F401 (the fixture)
     wait_until,
 )
 
@@ -182,7 +181,7 @@ def start_router(rtr: Namespace, tables: str, *, backend: str) -> NsProcess:
     return up
 
 
-def probe(topology: Topology) -> ManagerProc:  # noqa: F811
+def probe(topology: Topology) -> ManagerProc:
     work = topology.workdir
     return ManagerProc("probe", [], work / "probe.log", api=f"ipc://{work}/api")
 
@@ -204,8 +203,7 @@ G_SSM, P_SSM = "232.66.1.1", 5662
 
 
 def test_proxy_join_traffic_leave_rejoin_with_one_upstream_membership_per_group(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, f"{SRC}/24", "10.66.0.1/24")
@@ -284,8 +282,7 @@ FILTERS = ('[{ interface = "r2", allow = ["239.67.0.0/16"] }, '
 
 
 def test_proxy_allow_and_deny_lists_shape_upstream_joins_and_forwarding(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     snd, rtr, rx1, rx2 = topology.namespaces("snd", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, "10.67.0.2/24", "10.67.0.1/24")
@@ -359,8 +356,7 @@ SRC_S = "10.69.3.2"
 
 
 def test_proxy_with_an_address_less_upstream_and_static_routes_forward_on_one_router(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     snd, snd2, rtr, rx1, rx2 = topology.namespaces("snd", "snd2", "rtr", "hrx1", "hrx2")
     up_link = topology.link(snd, rtr, "10.69.0.2/24", None)  # r1 has no IPv4 address, as on PPPoE or some VLANs
@@ -404,7 +400,7 @@ routes = [{{ source = "{SRC_S}", group = "{GS}", from = "r3", to = ["r4"] }}]
     assert {p["name"]: p["questions"] for p in protocols}["proxy"] == []  # so its flows need no question
 
 
-def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topology) -> None:  # noqa: F811
+def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topology) -> None:
     """50 groups and 15 sources of one group, past igmp_max_memberships=20 and igmp_max_msf=10 per socket."""
     host, peer = topology.namespaces("host", "peer")
     link = topology.link(host, peer, None, "10.70.9.1/24")
@@ -423,8 +419,7 @@ def test_proxy_socket_pool_outgrows_the_kernel_per_socket_limits(topology: Topol
 
 
 def test_proxy_forwards_downstream_sources_upstream_only_when_configured(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     """forward_upstream = true: a downstream host's flow reaches a receiver on the upstream link."""
     ups, rtr, hst = topology.namespaces("ups", "rtr", "hsnd")

@@ -21,7 +21,6 @@ import pytest
 from netns import (
     Topology,
     send_udp,
-    topology,  # noqa: F401 (the fixture)
     wait_until,
 )
 from test_proxy_netns import WAIT, igmp_members, probe, proxy_tables, start_router, upstream_memberships
@@ -35,10 +34,7 @@ SENDS = 100_000  # outlives the test: the teardown kills it
 DENY_GB = '[{ interface = "r2", deny = ["239.75.2.0/24"] }]'
 
 
-def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
-) -> None:
+def test_sighup_applies_a_new_filter_and_refuses_a_broken_file(topology: Topology, forwarder_backend: str) -> None:
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     topology.link(snd, rtr, f"{SRC}/24", "10.75.0.1/24")
     topology.link(rtr, hrx, "10.75.1.1/24", "10.75.1.2/24")

@@ -23,7 +23,6 @@ from netns import (
     Topology,
     seen,
     sniff_igmp,
-    topology,  # noqa: F401 (the fixture)
     wait_until,
 )
 from test_proxy_netns import WAIT, proxy_tables, start_router
@@ -51,7 +50,7 @@ def reports_for(sniffer: NsProcess, group: str) -> list[tuple[packet.IPv4Header,
     return [(h, m) for h, m in seen(sniffer) if joining(m, group)]
 
 
-def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0.1/24",  # noqa: F811
+def setup(topology: Topology, *, immediate: bool, up_addr: str | None = "10.73.0.1/24",
           force_version: int | None = None) -> tuple[Namespace, NsProcess, NsProcess]:  # fmt: skip
     """The three namespaces, the sniffer and the router; (receiving host, sniffer, mgm up)."""
     ups, rtr, hrx = topology.namespaces("ups", "rtr", "hrx")
@@ -78,10 +77,7 @@ def count_after_marker(hrx: Namespace, sniffer: NsProcess, group: str, expected:
 
 
 @pytest.mark.parametrize("immediate", [True, False], ids=["immediate", "kernel-only"])
-def test_a_join_is_reported_upstream_once_more_with_immediate_report(
-    topology: Topology,  # noqa: F811
-    immediate: bool,
-) -> None:
+def test_a_join_is_reported_upstream_once_more_with_immediate_report(topology: Topology, immediate: bool) -> None:
     hrx, sniffer, up = setup(topology, immediate=immediate)
     expected = 2 if immediate else 1  # the kernel's one report (igmp_qrv = 1), and ours
     rx = hrx.receiver(G, P, name="rx-g")
@@ -101,7 +97,7 @@ def test_a_join_is_reported_upstream_once_more_with_immediate_report(
     assert up.alive() and "immediate report on" not in up.log(), up.log()  # no send failure logged
 
 
-def test_a_v2_upstream_gets_v2_reports_only(topology: Topology) -> None:  # noqa: F811
+def test_a_v2_upstream_gets_v2_reports_only(topology: Topology) -> None:
     """force_igmp_version = 2 on the upstream interface: the kernel reports in v2, and so do we."""
     hrx, sniffer, up = setup(topology, immediate=True, force_version=2)
     rx = hrx.receiver(G, P, name="rx-g")
@@ -114,7 +110,7 @@ def test_a_v2_upstream_gets_v2_reports_only(topology: Topology) -> None:  # noqa
     assert up.alive() and "immediate report on" not in up.log(), up.log()
 
 
-def test_an_upstream_without_ipv4_reports_from_0_0_0_0(topology: Topology) -> None:  # noqa: F811
+def test_an_upstream_without_ipv4_reports_from_0_0_0_0(topology: Topology) -> None:
     """No address upstream: our report leaves from 0.0.0.0 as the kernel's does, not from a downstream address."""
     hrx, sniffer, up = setup(topology, immediate=True, up_addr=None)
     assert "no IPv4 address" in up.log()

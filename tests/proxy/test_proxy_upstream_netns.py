@@ -25,7 +25,6 @@ from netns import (
     Topology,
     send_udp,
     sniff_igmp,
-    topology,  # noqa: F401 (the fixture)
     wait_until,
 )
 from test_proxy_netns import (
@@ -82,8 +81,7 @@ def logged(up: NsProcess, pattern: str) -> Any:
 
 
 def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")
     first = upstream_link(snd, rtr, "sniff-first")
@@ -133,8 +131,7 @@ def test_upstream_down_up_then_deleted_and_created_again_under_a_new_if_index(
 
 
 def test_proxy_starts_without_its_upstream_and_takes_it_when_it_appears(
-    topology: Topology,  # noqa: F811
-    forwarder_backend: str,
+    topology: Topology, forwarder_backend: str
 ) -> None:
     """PPPoE not up at boot: the upstream is left out of `interfaces`, so the host does not need it to start."""
     snd, rtr, hrx = topology.namespaces("snd", "rtr", "hrx")

@@ -1,4 +1,4 @@
-"""Fixtures for the resilience tests: the namespace topology (tests/netns.py) and the e2e stack builder.
+"""The resilience tests import the e2e stack builder from its folder.
 
 tests/e2e/e2e_stack.py builds the router running `mgm up` (manager, igmp, Linux
 forwarder); it is imported from its folder, so these tests do not depend on
@@ -8,8 +8,4 @@ the order in which pytest collects the suites.
 import sys
 from pathlib import Path
 
-from netns import topology
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-
-__all__ = ["topology"]

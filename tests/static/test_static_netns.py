@@ -20,7 +20,7 @@ import pytest
 from kernel_view import KernelView
 from mgm_testplugins.control import Control
 from mgm_testplugins.processes import ManagerProc
-from netns import Topology, send_udp, topology, wait_until  # noqa: F401
+from netns import Topology, send_udp, wait_until
 
 from mgm.plugins.testing import scaled
 
@@ -31,10 +31,7 @@ G_SG, PORT_SG = "239.61.1.1", 5611  # (S,G) route: r1 -> r2, r3
 G_STAR, PORT_STAR = "239.61.2.2", 5622  # (*,G) route: r1 -> r2
 
 
-def test_static_routes_forward_with_no_igmp_on_the_router(
-    topology: Topology,  # noqa: F811 (the fixture)
-    forwarder_backend: str,
-) -> None:
+def test_static_routes_forward_with_no_igmp_on_the_router(topology: Topology, forwarder_backend: str) -> None:
     snd, rtr, rcv1, rcv2, rcv3 = topology.namespaces("snd", "rtr", "hrx1", "hrx2", "hrx3")
     up_link = topology.link(snd, rtr, f"{SOURCE}/24", "10.61.1.1/24")
     topology.link(rtr, rcv1, "10.61.2.1/24", "10.61.2.2/24")
@@ -89,10 +86,7 @@ G_A, PORT_A = "239.62.1.1", 5621  # static: snd-a via r1 -> r2
 G_B, PORT_B = "239.62.2.2", 5622  # the test routing protocol: snd-b via r3 -> r4
 
 
-def test_static_and_another_routing_protocol_forward_at_once(
-    topology: Topology,  # noqa: F811 (the fixture)
-    forwarder_backend: str,
-) -> None:
+def test_static_and_another_routing_protocol_forward_at_once(topology: Topology, forwarder_backend: str) -> None:
     """Static owns r1 and r2, the recorder test protocol (100/1) owns r3 and r4; each forwards its own flow."""
     snda, sndb, rtr, rxa, rxb = topology.namespaces("snda", "sndb", "rtr", "hrxa", "hrxb")
     link_a = topology.link(snda, rtr, "10.62.1.2/24", "10.62.1.1/24")

@@ -1,5 +1,0 @@
-"""The namespace fixture for the resolver test (tests/netns.py holds it; a conftest makes it visible)."""
-
-from netns import topology
-
-__all__ = ["topology"]

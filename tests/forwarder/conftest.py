@@ -1,5 +1,0 @@
-"""The namespace fixture for the forwarder's tests (tests/netns.py holds it; a conftest makes it visible)."""
-
-from netns import topology
-
-__all__ = ["topology"]
