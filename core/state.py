@@ -1269,6 +1269,22 @@ class Mgm:
         stats = opt_int(args, "stats", 0, 1)
         return {"mfe": self._stored_mfe(source, group).render(self.wall_offset, stats)}
 
+    def _op_set_mfe_oil(self, conn: bytes, args: Args, now: float, token: Any) -> Reply:
+        """[ours] The owner of OIL interfaces disables or enables them in one stored MFE, as a late creation_alert
+        answer does: what PIM's Assert loser and (S,G,rpt) prunes need once the flow runs."""
+        client = self._client(conn, args)
+        source, group = req_source_group(args)
+        mfe = self._stored_mfe(source, group)
+        verdicts: dict[tuple[int, str], bool] = {}
+        for i, raw in enumerate(req_list(args, "oil", 4096)):
+            entry = req_map(raw, f"oil[{i}]")
+            iface_key = req_interface(entry)
+            if self._told(self._interface(iface_key)) is not client:
+                raise invalid(f"oil[{i}]: interface {iface_key[0]}/{iface_key[1]} is not the caller's to decide")
+            verdicts[iface_key] = req_bool(entry, "enabled")
+        self._apply_verdicts(mfe, verdicts)
+        return {}
+
     def _stored_mfe(self, source: int, group: int) -> Mfe:
         mfe = self._mfes.get((group << 32) | source)
         if mfe is None:

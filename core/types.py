@@ -68,7 +68,7 @@ CORE_OPS: Final = frozenset({
     "take_interface_ownership", "release_interface_ownership", "get_protocol_on_interface", "set_boundaries",
     "add_group_membership", "delete_group_membership",
     "group_enumeration_start", "group_enumeration_next", "group_enumeration_end",
-    "get_mfe", "list_mfes", "set_mfe", "new_packet", "wrong_interface", "mfe_counters",
+    "get_mfe", "list_mfes", "set_mfe", "set_mfe_oil", "new_packet", "wrong_interface", "mfe_counters",
     "answer", "set_protocol_status", "get_protocol_status",
 })  # fmt: skip
 """The MGM's operations on the wire (the bus adds ping and sync): the state machine handles exactly these;

@@ -284,3 +284,34 @@ def test_the_declared_questions_are_published_and_in_the_snapshot(core: Core) ->
     assert registered == [["creation_alert"], ["creation_alert", "rpf"]]
     protocols = core.mgm.snapshot("state")["protocols"]
     assert [p["questions"] for p in protocols] == [["creation_alert"], ["creation_alert", "rpf"]]
+
+
+def test_set_mfe_oil_lets_the_owner_of_an_oil_interface_disable_and_enable_it_in_a_running_mfe(
+    core: Core, clients: Clients
+) -> None:
+    """[ours] set_mfe_oil: after creation, the owner of OIL interfaces turns them off and on in one MFE (PIM's
+    Assert loser, (S,G,rpt) prunes), as a late creation_alert answer does: the veto holds through other
+    interfaces' changes, and new interest on that interface lifts it (its owner hears of that and decides
+    again); only the interface's owner may decide, and only for a stored MFE."""
+    pim, dvmrp, fwd = clients
+    fwd.packet(S, G, 1)
+    core.tick(1.0)  # nobody answers rpf, then creation_alert: the MFE is stored with every interface
+    core.tick(1.0)
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
+    core.drop()
+    assert dvmrp("set_mfe_oil", source=S, group=G, oil=[{**iff(4), "enabled": False}]) == {}
+    assert [o["if_index"] for o in get(core)["oil"]] == [2]
+    assert core.types()[-1] == (None, "mfe_updated")
+    pim.leave(ANY, G, 2)
+    pim.join(ANY, G, 2)
+    assert [o["if_index"] for o in get(core)["oil"]] == [2], "another interface's change lifted the veto"
+    dvmrp("set_mfe_oil", source=S, group=G, oil=[{**iff(4), "enabled": True}])
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
+    dvmrp("set_mfe_oil", source=S, group=G, oil=[{**iff(4), "enabled": False}])
+    dvmrp.join(S, G, 4)  # new interest on the vetoed interface
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]
+    core.refused(Status.ERROR_INVALID_PARAMETER, pim, "set_mfe_oil", source=S, group=G,
+                 oil=[{**iff(4), "enabled": False}])  # fmt: skip
+    core.refused(Status.ERROR_NOT_FOUND, dvmrp, "set_mfe_oil", source=S, group="239.9.9.9",
+                 oil=[{**iff(4), "enabled": False}])  # fmt: skip
+    assert [o["if_index"] for o in get(core)["oil"]] == [2, 4]

@@ -81,7 +81,7 @@ def test_unknown_op_is_not_supported(core: Core) -> None:
     """An operation the core does not know is ERROR_NOT_SUPPORTED (ping and sync are the manager's)."""
     core.refused(Status.ERROR_NOT_SUPPORTED, core.req, b"c", "ping")
     assert "ping" not in CORE_OPS and "sync" not in CORE_OPS
-    assert "register_protocol" in CORE_OPS and len(CORE_OPS) == 21  # PROTOCOL v1, set_boundaries, protocol status
+    assert "register_protocol" in CORE_OPS and len(CORE_OPS) == 22  # v1, set_boundaries, status, set_mfe_oil
 
 
 def test_args_must_be_a_map(core: Core) -> None:

@@ -70,6 +70,7 @@ def templates(handle: int, victim: int) -> dict[str, dict[str, Any]]:
         "get_mfe": {**sg, "stats": 1},
         "list_mfes": {"max_entries": 10, "after": sg},
         "set_mfe": {"handle": handle, **sg, "upstream_neighbor": "10.0.0.9", **iface},
+        "set_mfe_oil": {"handle": handle, **sg, "oil": [{**iface, "enabled": False}]},
         "set_boundaries": {"handle": handle, **iface,
                            "boundaries": [{"group": "239.1.0.0", "group_mask": "255.255.0.0"}]},
         "new_packet": {"handle": handle, **sg, **iface},
