@@ -17,6 +17,7 @@ Any test may use them:
   plugin's ``mgm_start`` has run; ``.control`` then drives it
   (mgm_testplugins.control.Control).  Other plugins: pass ``ready`` (a
   function polled until true) or nothing.
+* ``start_up(config)`` -- ``mgm up --config CONFIG`` as a `Proc`.
 
 Every process runs in its own process group and is killed, group and all,
 at teardown, also when the test fails; the logs of every process are
@@ -36,6 +37,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.control import Control
+from mgm_testplugins.processes import StartUp
 from netns import topology
 
 from mgm.plugins.testing import MGM, ManagerProc, PluginProc, Proc, manager_argv, toml_config, wait_for
@@ -149,6 +151,17 @@ def start_plugin(start_manager: Callable[..., ManagerProc], ipc_dir: Path, procs
             except TimeoutError:
                 raise AssertionError(f"plugin {name} did not start:\n{proc.log()}") from None
         return proc
+
+    return start
+
+
+@pytest.fixture
+def start_up(ipc_dir: Path, procs: list[Proc]) -> StartUp:
+    def start(config: Path) -> Proc:
+        up = Proc("up", [*MGM, "up", "--config", str(config)], ipc_dir / "up.log")
+        up.start()
+        procs.append(up)
+        return up
 
     return start
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.control import Control, wait_for
-from mgm_testplugins.processes import MGM, ManagerProc, Proc, pids_gone, toml_config
+from mgm_testplugins.processes import ManagerProc, StartUp, pids_gone, toml_config
 
 from mgm.plugins.supervisor import BACKOFF_FIRST, next_backoff
 
@@ -51,12 +51,10 @@ def started_pids(log: str) -> list[int]:
 
 
 def test_up_starts_everything_restarts_a_killed_plugin_and_stops_on_sigterm(
-    ipc_dir: Path, procs: list[Proc], up_config: tuple[Path, dict[str, Control]], controls: dict[str, Control]
+    ipc_dir: Path, start_up: StartUp, up_config: tuple[Path, dict[str, Control]], controls: dict[str, Control]
 ) -> None:
     path, _ = up_config
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    up = start_up(path)
 
     pids = {name: wait_for(lambda c=c: pid_of(c), 20, f"{name} under mgm up") for name, c in controls.items()}
     assert len(set(pids.values())) == 3
@@ -86,61 +84,48 @@ def test_up_starts_everything_restarts_a_killed_plugin_and_stops_on_sigterm(
 
 
 def test_up_refuses_to_run_beside_a_manager_it_did_not_start(
-    manager: ManagerProc, ipc_dir: Path, procs: list[Proc], up_config: tuple[Path, dict[str, Control]]
+    manager: ManagerProc, ipc_dir: Path, start_up: StartUp, up_config: tuple[Path, dict[str, Control]]
 ) -> None:
     path, _ = up_config
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    up = start_up(path)
     assert up.wait(30) == 1
     assert "a manager already answers on ipc://" in up.log()
     assert manager.alive() and manager.ping()
 
 
-def test_up_exits_non_zero_when_the_manager_cannot_start(ipc_dir: Path, procs: list[Proc]) -> None:
+def test_up_exits_non_zero_when_the_manager_cannot_start(ipc_dir: Path, start_up: StartUp) -> None:
     blocked = ipc_dir / "file"
     blocked.write_text("a file where the manager wants a directory")
     path = ipc_dir / "mgm.toml"
     path.write_text(toml_config({}, {"api": f"ipc://{blocked}/api", "events": f"ipc://{blocked}/events"}))
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    up = start_up(path)
     assert up.wait(30) == 1, up.log()
     assert "the manager exited with status 1 before answering" in up.log()
     assert pids_gone(started_pids(up.log()))
 
 
-def test_up_reports_a_config_error_with_its_line(ipc_dir: Path, procs: list[Proc]) -> None:
+@pytest.mark.parametrize(("text", "error"), [
+    ('[manager]\nlog_level = "chatty"\n', "2: manager.log_level: must be one of"),
+    ('[plugins.test-igmp]\n\n[plugins.test-rooting-a]\nprotocol_id = 100\n',
+     "3: plugins.test-rooting-a: no installed plugin has this name"),
+], ids=["a config error with its line", "a plugin name nobody installed"])  # fmt: skip
+def test_up_refuses_a_bad_config_naming_the_line(ipc_dir: Path, start_up: StartUp, text: str, error: str) -> None:
     path = ipc_dir / "bad.toml"
-    path.write_text('[manager]\nlog_level = "chatty"\n')
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    path.write_text(text)
+    up = start_up(path)
     assert up.wait(30) == 2
-    assert f"{path}:2: manager.log_level: must be one of" in up.log()
-
-
-def test_up_refuses_a_plugin_name_nobody_installed(ipc_dir: Path, procs: list[Proc]) -> None:
-    path = ipc_dir / "typo.toml"
-    path.write_text('[plugins.test-igmp]\n\n[plugins.test-rooting-a]\nprotocol_id = 100\n')
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
-    assert up.wait(30) == 2
-    assert f"{path}:3: plugins.test-rooting-a: no installed plugin has this name" in up.log()
+    assert f"{path}:{error}" in up.log()
     assert "started" not in up.log()
 
 
-def test_up_exits_non_zero_on_ctrl_c_when_every_plugin_had_failed(ipc_dir: Path, procs: list[Proc]) -> None:
+def test_up_exits_non_zero_on_ctrl_c_when_every_plugin_had_failed(ipc_dir: Path, start_up: StartUp) -> None:
     """Plugins that stop on a mistake (status 2) stay stopped; a script still learns of it from mgm up's status."""
     manager = {"api": f"ipc://{ipc_dir}/api", "events": f"ipc://{ipc_dir}/events"}
     path = ipc_dir / "router.toml"
     path.write_text(toml_config({"test-igmp": {"interfaces": ["nosuchif0", "nosuchif1"]},
                                  "test-routing-a": {"protocol_id": 100, "component_id": 1,
                                                     "interfaces": ["nosuchif2"]}}, manager))  # fmt: skip
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    up = start_up(path)
     wait_for(lambda: up.log().count("not restarting") == 2, 30, "both plugins to fail")
     log = up.log()
     for i, name in enumerate(["nosuchif0", "nosuchif1"]):  # each mistake, not only the first

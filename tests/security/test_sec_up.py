@@ -6,9 +6,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mgm_testplugins.processes import StartUp
 from sec_support import ALLOWED_INDEX, STATIC_PROTOCOL_ID, Keys, free_port, reply_to
 
-from mgm.plugins.testing import MGM, Proc, wait_for
+from mgm.plugins.testing import MGM, wait_for
 
 GROUP = "239.4.5.6"
 
@@ -38,13 +39,11 @@ routes = [{{ group = "{GROUP}", from = {ALLOWED_INDEX}, to = [8] }}]
 """
 
 
-def test_mgm_up_runs_manager_and_plugins_over_tcp_and_curve(ipc_dir: Path, keys: Keys, procs: list[Any]) -> None:
+def test_mgm_up_runs_manager_and_plugins_over_tcp_and_curve(ipc_dir: Path, keys: Keys, start_up: StartUp) -> None:
     api, events = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     config = ipc_dir / "router.toml"
     config.write_text(router_config(keys, api, events))
-    up = Proc("up", [*MGM, "up", "--config", str(config)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
+    up = start_up(config)
 
     def members() -> list[Any]:
         reply = reply_to(api, keys.curve("observer"), "sync", {"stream": "state"}, timeout=1.0)

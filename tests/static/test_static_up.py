@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mgm_testplugins.control import wait_for
-from mgm_testplugins.processes import MGM, ManagerProc, Proc, toml_config
+from mgm_testplugins.processes import ManagerProc, StartUp, toml_config
 
 STATIC = {"protocol_id": 10006, "component_id": 1}
 
@@ -21,11 +21,8 @@ def write_config(ipc_dir: Path, routes: list[dict[str, Any]]) -> Path:
     return path
 
 
-def start_up(ipc_dir: Path, procs: list[Proc], path: Path) -> tuple[Proc, ManagerProc]:
-    up = Proc("up", [*MGM, "up", "--config", str(path)], ipc_dir / "up.log")
-    up.start()
-    procs.append(up)
-    return up, ManagerProc("probe", [], ipc_dir / "unused.log", api=f"ipc://{ipc_dir}/api")
+def probe(ipc_dir: Path) -> ManagerProc:
+    return ManagerProc("probe", [], ipc_dir / "unused.log", api=f"ipc://{ipc_dir}/api")
 
 
 def static_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
@@ -38,9 +35,9 @@ def static_memberships(manager: ManagerProc) -> set[tuple[str, str, int]]:
             if m["protocol_id"] == STATIC["protocol_id"]}  # fmt: skip
 
 
-def test_under_mgm_up_the_routes_are_in_force_and_sighup_reloads(ipc_dir: Path, procs: list[Proc]) -> None:
+def test_under_mgm_up_the_routes_are_in_force_and_sighup_reloads(ipc_dir: Path, start_up: StartUp) -> None:
     path = write_config(ipc_dir, [{"source": "10.0.0.1", "group": "239.1.1.1", "from": 21, "to": [22, 23]}])
-    up, manager = start_up(ipc_dir, procs, path)
+    up, manager = start_up(path), probe(ipc_dir)
     want = {("10.0.0.1", "239.1.1.1", 22), ("10.0.0.1", "239.1.1.1", 23)}
     wait_for(lambda: static_memberships(manager) == want, 30, "the static memberships under mgm up")
     assert manager.request("get_protocol_on_interface", {"if_index": 21, "next_hop": "0.0.0.0"}) == STATIC
@@ -52,7 +49,7 @@ def test_under_mgm_up_the_routes_are_in_force_and_sighup_reloads(ipc_dir: Path, 
     assert re.findall(r"static started \(pid (\d+)\)", up.log()) == [str(pid)]  # reloaded, not restarted
 
 
-def test_under_mgm_up_conflicting_routes_stop_the_plugin_with_both_lines(ipc_dir: Path, procs: list[Proc]) -> None:
+def test_under_mgm_up_conflicting_routes_stop_the_plugin_with_both_lines(ipc_dir: Path, start_up: StartUp) -> None:
     path = write_config(ipc_dir, [{"source": "10.0.0.1", "group": "239.1.1.1", "from": 21, "to": [22]}])
     # the second route on a line of its own, so the two lines differ
     text = path.read_text().replace(
@@ -62,7 +59,7 @@ def test_under_mgm_up_conflicting_routes_stop_the_plugin_with_both_lines(ipc_dir
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines, 1) if line.startswith("routes"))
     second = first + 1
-    up, manager = start_up(ipc_dir, procs, path)
+    up, manager = start_up(path), probe(ipc_dir)
     wait_for(lambda: "not restarting" in up.log(), 30, "mgm up to report the static plugin's refusal")
     log = up.log()
     assert f"{path}:{second}: plugins.static.routes[1]: route for (10.0.0.1, 239.1.1.1) from 22" in log

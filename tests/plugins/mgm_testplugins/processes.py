@@ -6,12 +6,17 @@ mgm.plugins.testing (the pytest plugin mgmbus ships); this module keeps the suit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 # The processes and the TOML writer are mgmbus's pytest plugin's (mgm.plugins.testing), shared with plugin authors.
 from mgm.plugins.testing import MGM, STOP_GRACE, ManagerProc, PluginProc, Proc, toml_config, toml_value
 
-__all__ = ["MGM", "STOP_GRACE", "ManagerProc", "PluginProc", "Proc", "pids_gone", "toml_config", "toml_value"]
+__all__ = ["MGM", "STOP_GRACE", "ManagerProc", "PluginProc", "Proc", "StartUp", "pids_gone", "toml_config",
+           "toml_value"]
+
+StartUp = Callable[[Path], Proc]
+"""The type of the fixture `start_up` (tests/conftest.py)."""
 
 
 def pids_gone(pids: list[int]) -> bool:
