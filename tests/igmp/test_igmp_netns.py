@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
-from netns import Node, NsProcess, Topology, seen, segment, sniff_igmp, wait_until
+from netns import Node, NsProcess, Receiver, Topology, seen, segment, sniff_igmp, wait_until
 
 from mgm.plugins.igmp.packet import IPv4Header, Leave, Message, Query, Report
 
@@ -41,6 +41,21 @@ WAIT = 15.0
 
 
 # --- helpers -----------------------------------------------------------------------------------
+
+
+def router_and_host(topology: Topology) -> tuple[Node, Node]:
+    nodes = segment(topology, SUBNET, rtr=1, hst=2)
+    return nodes["rtr"], nodes["hst"]
+
+
+def joined(host: Node, router: Node, manager: ManagerProc, group: str, port: int, what: str,
+           source: str = ANY) -> tuple[Receiver, tuple[str, str, int]]:  # fmt: skip
+    """`host` joins (`source`,`group`); the receiver and the membership, once the manager holds it (`what`)."""
+    rx = host.ns.receiver(group, port, source=None if source == ANY else source)
+    rx.wait_joined()
+    wanted = (source, group, router.if_index)
+    wait_memberships(manager, lambda m: wanted in m, what)
+    return rx, wanted
 
 
 def start_igmp(node: Node, manager: ManagerProc, workdir: Path, **table: Any) -> NsProcess:
@@ -94,18 +109,14 @@ def wait_memberships(manager: ManagerProc, check: Callable[[set[tuple[str, str, 
 def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     start_igmp(router, manager, ipc_dir)
     sniffer = start_sniffer(host)
     wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
     header, general = queries(sniffer, router.address)[0]
     assert (general.version, general.group, header.ttl, header.router_alert) == (3, ANY, 1, True)
 
-    rx = host.ns.receiver("239.7.7.7", 5007)
-    rx.wait_joined()
-    wanted = (ANY, "239.7.7.7", router.if_index)
-    wait_memberships(manager, lambda m: wanted in m, "(*,239.7.7.7) from the host's v3 report")
+    rx, wanted = joined(host, router, manager, "239.7.7.7", 5007, "(*,239.7.7.7) from the host's v3 report")
 
     rx.leave()
     wait_memberships(manager, lambda m: wanted not in m, "(*,239.7.7.7) deleted after the leave")
@@ -115,18 +126,14 @@ def test_v3_join_and_leave_become_a_star_g_membership_and_its_deletion(
 
 
 def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 2)
     start_igmp(router, manager, ipc_dir, version=2)
     sniffer = start_sniffer(host)
     wait_until(lambda: queries(sniffer, router.address), WAIT, "a general query from the router")
     assert queries(sniffer, router.address)[0][1].version == 2
 
-    rx = host.ns.receiver("239.8.8.8", 5008)
-    rx.wait_joined()
-    wanted = (ANY, "239.8.8.8", router.if_index)
-    wait_memberships(manager, lambda m: wanted in m, "(*,239.8.8.8) from the host's v2 report")
+    rx, wanted = joined(host, router, manager, "239.8.8.8", 5008, "(*,239.8.8.8) from the host's v2 report")
     assert Report(2, "239.8.8.8") in messages(sniffer), "the host spoke v2"
 
     rx.leave()
@@ -136,14 +143,11 @@ def test_v2_host_report_and_leave_with_a_v2_router(manager: ManagerProc, ipc_dir
 
 
 def test_v3_source_join_becomes_an_s_g_membership(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     start_igmp(router, manager, ipc_dir)
     source = "10.99.0.5"
-    rx = host.ns.receiver("232.9.9.9", 5009, source=source)
-    rx.wait_joined()
-    wanted = (source, "232.9.9.9", router.if_index)
-    wait_memberships(manager, lambda m: wanted in m, f"({source},232.9.9.9) from the host's ALLOW/TO_IN record")
+    rx, wanted = joined(host, router, manager, "232.9.9.9", 5009,
+                        f"({source},232.9.9.9) from the host's ALLOW/TO_IN record", source)
     assert (ANY, "232.9.9.9", router.if_index) not in igmp_memberships(manager), "INCLUDE mode: no (*,G)"
 
     sniffer = start_sniffer(host)
@@ -186,13 +190,9 @@ def test_the_lower_address_wins_the_querier_election_and_the_other_takes_over_wh
 def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_re_adds(
     manager: ManagerProc, ipc_dir: Path, start_plugin: Any, topology: Topology
 ) -> None:
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     igmp = start_igmp(router, manager, ipc_dir)
-    rx = host.ns.receiver("239.6.6.6", 5006)
-    rx.wait_joined()
-    wanted = (ANY, "239.6.6.6", router.if_index)
-    wait_memberships(manager, lambda m: wanted in m, "(*,239.6.6.6) before the routing protocol comes")
+    rx, wanted = joined(host, router, manager, "239.6.6.6", 5006, "(*,239.6.6.6) before the routing protocol comes")
 
     routing = start_plugin("test-routing-a", {"protocol_id": 100, "component_id": 1})
     assert routing.control is not None
@@ -209,8 +209,7 @@ def test_a_routing_protocol_taking_the_interface_learns_the_receivers_from_the_r
 def test_each_interface_gets_its_own_queries_and_memberships(
     manager: ManagerProc, ipc_dir: Path, topology: Topology
 ) -> None:
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     other = topology.namespace("h2")
     link = topology.link(router.ns, other, "10.78.0.1/24", "10.78.0.2/24")
     other.multicast_route(link.b_if)
@@ -231,15 +230,11 @@ def test_each_interface_gets_its_own_queries_and_memberships(
 
 def test_a_v1_host_is_tracked_by_queries_alone(manager: ManagerProc, ipc_dir: Path, topology: Topology) -> None:
     """IGMPv1 has no leave: the membership goes when the host stops answering, one membership interval later."""
-    nodes = segment(topology, SUBNET, rtr=1, hst=2)
-    router, host = nodes["rtr"], nodes["hst"]
+    router, host = router_and_host(topology)
     host.ns.sysctl(f"net.ipv4.conf.{host.ifname}.force_igmp_version", 1)
     igmp = start_igmp(router, manager, ipc_dir)
     sniffer = start_sniffer(host)
-    rx = host.ns.receiver("239.4.4.4", 5004)
-    rx.wait_joined()
-    wanted = (ANY, "239.4.4.4", router.if_index)
-    wait_memberships(manager, lambda m: wanted in m, "(*,239.4.4.4) from the host's v1 report")
+    rx, wanted = joined(host, router, manager, "239.4.4.4", 5004, "(*,239.4.4.4) from the host's v1 report")
     assert Report(1, "239.4.4.4") in messages(sniffer), "the host spoke v1"
     rx.leave()
     wait_memberships(manager, lambda m: wanted not in m, "(*,239.4.4.4) gone once the host stops answering")
