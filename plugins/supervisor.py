@@ -44,7 +44,6 @@ from mgm.core.runtime.config import (
 )
 from mgm.core.runtime.keys import client_curve
 from mgm.core.runtime.logs import setup_from as setup_logging
-from mgm.plugins.host import EXIT_CONFIG, EXIT_UNSUPPORTED
 from mgm.plugins.links import LinkSubscriber, watcher
 
 log = logging.getLogger(__name__)
@@ -60,6 +59,10 @@ MANAGER_READY_TIMEOUT = 60.0
 """How long a live but silent manager is waited for: its start can take tens of seconds on a slow or busy
 machine (a VM on an emulated CPU). Every MANAGER_READY_NOTE seconds the log says it is still waited for."""
 MANAGER_READY_NOTE = 10.0
+EXIT_NO_RESTART = 2
+"""A child exiting with this status made a mistake a restart cannot fix (config, plugin code)."""
+EXIT_UNSUPPORTED = 3
+"""A child exiting with this status runs on a machine that lacks what it needs (mgm.plugins.host)."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -110,7 +113,7 @@ def _refused(*mistakes: object) -> int:
     """Say each mistake on stderr: `mgm up` exits 2 before it starts anything."""
     for mistake in mistakes:
         print(f"mgm up: {mistake}", file=sys.stderr)
-    return EXIT_CONFIG
+    return EXIT_NO_RESTART
 
 
 def probe_machine() -> tuple[bool, str | None, str | None, list[str]]:
@@ -283,7 +286,7 @@ class Supervisor:
             code = await child.proc.wait()
             child.exits.append(code)
             ran = time.monotonic() - child.started
-            if code in (EXIT_CONFIG, EXIT_UNSUPPORTED):
+            if code in (EXIT_NO_RESTART, EXIT_UNSUPPORTED):
                 child.state = "failed"
                 why = {EXIT_UNSUPPORTED: "this machine lacks what it needs"}.get(code, "a mistake a restart cannot fix")
                 log.error("%s exited with status %d (%s, see its log); not restarting", child.name, code, why)

@@ -425,15 +425,12 @@ class ProxyPlugin(LinkSubscriber):
                 del self.members[group]
         self.sync(group)
 
-    def wanted(self, group: str) -> merge.Upstream | None:
-        return merge.upstream_membership(group, self.members.get(group, {}), self.filters)
-
     def sync(self, group: str) -> None:
         """Bring the kernel's upstream membership of `group` to what the downstream wants."""
         if self.kernel is None:
             return
         old = self.joined.get(group)
-        new = self.wanted(group)
+        new = merge.upstream_membership(group, self.members.get(group, {}), self.filters)
         for op in merge.plan(group, old, new):
             what = f"(*,{group})" if op.source is None else f"({op.source},{group})"
             try:

@@ -44,7 +44,7 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from mgm.core.types import is_link_local
+from mgm.core.types import ANY, is_link_local
 from mgm.plugins.igmp.packet import (
     ALL_IGMPV3_ROUTERS,
     ALLOW_NEW_SOURCES,
@@ -57,7 +57,7 @@ from mgm.plugins.igmp.packet import (
     build_report,
     build_v3_report,
 )
-from mgm.plugins.igmp.rawsocket import ETH_P_IP, NOTHING, attach_filter
+from mgm.plugins.igmp.rawsocket import ETH_P_IP, NOTHING, attach_filter, ip_mreqn
 from mgm.plugins.proxy.merge import ASM, Upstream
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,7 @@ class Reporter:
         """
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IGMP_PROTOCOL)
         try:
-            mreqn = struct.pack("=4s4si", bytes(4), bytes(4), if_index)  # struct ip_mreqn: by index only
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, ip_mreqn(ANY, if_index))  # by index only
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, ROUTER_ALERT_OPTION)
