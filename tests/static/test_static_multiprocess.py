@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from mgm_testplugins.processes import ManagerProc, PluginProc, toml_config
+from test_multiprocess_foundation import oil
 
 from mgm.bus.client import Client
 from mgm.core.runtime.config import loads
@@ -65,10 +66,6 @@ async def new_packet(fwd: Client, handle: int, source: str, group: str, arrival:
     reply = await fwd.request("new_packet", args)
     mfe: dict[str, Any] = reply["mfe"]
     return mfe
-
-
-def oil(mfe: dict[str, Any]) -> list[int]:
-    return sorted(entry["if_index"] for entry in mfe["oil"])
 
 
 @pytest.fixture
