@@ -71,9 +71,7 @@ TIME_SCALE_VAR = "MGM_TEST_TIME_SCALE"
 
 
 def _time_scale() -> float:
-    raw = os.environ.get(TIME_SCALE_VAR, "").strip()
-    if not raw:
-        return 1.0
+    raw = os.environ.get(TIME_SCALE_VAR, "").strip() or "1"
     try:
         scale = float(raw)
     except ValueError:

@@ -19,13 +19,11 @@ per wakeup.  Interfaces come and go through the process's link watcher
 interface's link appears and forgotten when it goes away (the kernel
 removes the VIF with the link).
 
-MRT VIFs and entries are static (added through a second socket, see `mroute`):
-when this process dies they stay in the kernel, and forward again as soon
-as the next forwarder has done MRT_INIT, which it does first of all and then
-adopts them from /proc (`adopt_from_proc`).  A clean stop removes them.  In
-a routing table other than the default one /proc shows nothing, so there
-the entries belong to the routing socket and go with it, as before.  The
-nftables table likewise outlives a crash and is adopted by the successor.
+MRT VIFs and entries are static (`mroute` says why), so they outlive a
+crash: the next forwarder's first act is MRT_INIT, then it adopts them from
+/proc (`adopt_from_proc`); a clean stop removes them.  A routing table other
+than the default one has no /proc view, so there they go with the routing
+socket.  The nftables table is adopted likewise.
 """
 
 from __future__ import annotations
