@@ -390,10 +390,15 @@ def pim_tables(entries: list[dict[str, Any]]) -> tuple[RenderableType, str]:
         for r in status.get("registers", []):
             registers.add_row(str(r["source"]), str(r["group"]), str(r["rp"]), str(r["interface"]), str(r["state"]),
                               _seconds(r["timer_in"], age), str(r["register_stops"]))  # fmt: skip
+        asserts = _table("SOURCE", "GROUP", "INTERFACE", "STATE", "WINNER", "TIMER")
+        for a in status.get("asserts", []):
+            asserts.add_row(str(a["source"]), str(a["group"]), str(a["interface"]), str(a["state"]), str(a["winner"]),
+                            _seconds(a["timer_in"], age))  # fmt: skip
         label = f"{entry['name']} {entry['protocol_id']}/{entry['component_id']}"
         for title, table in (("interfaces", interfaces), ("neighbours", neighbors), ("RP map", rps),
                              ("upstream join state", upstream), ("downstream join state", downstream),
-                             ("register state (as the sources' DR)", registers)):  # fmt: skip
+                             ("register state (as the sources' DR)", registers),
+                             ("Assert state", asserts)):  # fmt: skip
             table.title, table.title_justify = f"{label}: {title}", "left"
             parts.append(table)
         counters = " ".join(f"{k}={v}" for k, v in sorted(status.get("counters", {}).items())) or "none"

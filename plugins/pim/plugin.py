@@ -47,7 +47,20 @@ interfaces``:
   register VIF is not used: the multicast routing socket is the
   forwarder's, in another process.
 
-Not yet: downstream (S,G,rpt) state, Assert.  The start-up log says so.
+* (S,G) Assert (4.6.1, mgm.plugins.pim.asserts): a packet of (S,G) that
+  comes in on an interface we forward it onto (the manager's wrong_if;
+  whether we forward there is read from the MFE) makes us Assert; the
+  preferred metric keeps forwarding, and where we lose, that interface
+  leaves the MFE's outgoing list (set_mfe_oil) until the winner cancels,
+  goes, or stops asserting (Assert_Time); on stop a winner sends
+  AssertCancel.  Our metric is (preference 0, metric 0): a Linux kernel
+  route, as FRR rates one, so equal routes are decided by the higher
+  address.
+
+Not yet: downstream (S,G,rpt) state, (*,G) Asserts (counted and
+ignored), the assert winner as the RPF neighbour of our own joins, the
+DR's exclusive right to forward for IGMP members on a LAN (both routers
+forward until the Assert).  The start-up log says so.
 
 Theory of operation: one `PimLink` per interface holds the rules
 (mgm.plugins.pim.neighbors, no I/O); this module is the shell: one raw
@@ -87,6 +100,7 @@ from mgm.plugins import links
 from mgm.plugins.hookspecs import hookimpl
 from mgm.plugins.igmp.rawsocket import LinkListener, attach_filter, flows_only, interface_addresses, ip_mreqn
 from mgm.plugins.pim import packet
+from mgm.plugins.pim.asserts import Asserts, Metric
 from mgm.plugins.pim.downstream import Downstream
 from mgm.plugins.pim.neighbors import PimLink
 from mgm.plugins.pim.register import JOIN, Registers
@@ -248,6 +262,11 @@ class PimPlugin(links.LinkSubscriber):
         """Registered (S,G): where the packets Registers carry go, as last read from the manager's MFE."""
         self._creating: set[Key] = set()
         self.relay_sock: socket.socket | None = None
+        self.asserts = Asserts()
+        """(S,G) Assert state per interface (4.6.1): where we won, where we lost and stopped forwarding."""
+        self._vetoed: set[tuple[str, str, int]] = set()
+        """(S,G,I) we took out of the MFE's outgoing list (set_mfe_oil) because we lost the Assert on I."""
+        self._assert_checks: set[tuple[str, str, int]] = set()
         self.registers = Registers()
         """(S,G) of our directly connected sources that we register to their RP as their DR (4.4.1)."""
         self.captures: dict[int, tuple[LinkListener, list[tuple[str, str]]]] = {}
@@ -292,6 +311,13 @@ class PimPlugin(links.LinkSubscriber):
                         interface: Interface, member_delete: bool, question: int | None) -> None:  # fmt: skip
         if member_delete:
             self._reason(_key(source, group), "alert", False)
+
+    @hookimpl
+    def mgm_wrong_if(self, mgm: PluginContext, source: str, group: str, interface: Interface) -> None:
+        """A packet of (S,G) came in on one of our interfaces that is not the MFE's incoming one: where we
+        forward (S,G) onto that interface too, another router does as well: Assert (4.6.1)."""
+        if interface.if_index in self.links and self._loop is not None:
+            self._check_assert((source, group, interface.if_index), None)
 
     @hookimpl
     def mgm_rpf(self, mgm: PluginContext, source: str, group: str, interface: Interface, upstream_neighbor: str,
@@ -363,7 +389,7 @@ class PimPlugin(links.LinkSubscriber):
             log.error("pim: cannot open a netlink socket for route lookups: %s; no upstream joins", exc)
         for prefix, rp in settings.rp:
             log.info("pim: RP %s for %s", rp, prefix)
-        log.warning("pim: this version keeps no downstream (S,G,rpt) state and sends no Assert")
+        log.warning("pim: this version keeps no downstream (S,G,rpt) state and has (S,G) Asserts only")
         for key in self.wanted:
             self._evaluate(key, now)
         self._after()
@@ -450,6 +476,9 @@ class PimPlugin(links.LinkSubscriber):
             self.watcher.unsubscribe(self)
         if self._timer is not None:
             self._timer.cancel()
+        for won in [k for k in self.asserts.entries if not self.asserts.losing(k)]:
+            self.asserts.could_assert_ended(won)  # AssertCancel: the losers forward now, not after Assert_Time
+        self._send_asserts()
         for if_index, link in self.links.items():
             if link.running:
                 self._send(if_index, link.stop())  # goodbye: neighbours drop us now, not after our holdtime
@@ -584,6 +613,8 @@ class PimPlugin(links.LinkSubscriber):
                 link.receive_hello(source, message, now)
             elif isinstance(message, packet.JoinPrune):
                 self._receive_join_prune(if_index, link, source, message, now)
+            elif isinstance(message, packet.Assert):
+                self._receive_assert(if_index, link, source, message)
         self._after()
 
     # --- the RP's side of Register (4.4.2), without decapsulation ---------------------------------
@@ -816,6 +847,81 @@ class PimPlugin(links.LinkSubscriber):
             self.upstream.overheard((if_index, message.upstream_neighbor), message, now,
                                     link.effective_override_interval())  # fmt: skip
 
+    # --- Assert (4.6.1): one forwarder per LAN --------------------------------------------------
+
+    def _receive_assert(self, if_index: int, link: PimLink, source: str, message: packet.Assert) -> None:
+        if source not in link.neighbors:
+            self._count("assert_from_non_neighbor")
+            return
+        if message.source == "0.0.0.0":  # (*,G) Asserts are not implemented: counted
+            self._count("assert_star_g_ignored")
+            return
+        theirs = Metric(message.rpt, message.preference, message.metric, source)
+        self._check_assert((message.source, message.group.address, if_index), theirs)
+
+    def _check_assert(self, key: tuple[str, str, int], theirs: Metric | None) -> None:
+        """Whether we forward (S,G) onto I (CouldAssert) is the manager's MFE: read it, then feed the state
+        machine a data packet (`theirs` None) or an Assert.  One read per (S,G,I) at a time for packets."""
+        if self.mgm is None or (theirs is None and key in self._assert_checks):
+            return
+        self._assert_checks.add(key)
+        self.mgm.spawn(self._assert_with_mfe(key, theirs))
+
+    async def _assert_with_mfe(self, key: tuple[str, str, int], theirs: Metric | None) -> None:
+        source, group, if_index = key
+        assert self.mgm is not None and self._loop is not None
+        try:
+            mfe = (await self.mgm.client.request("get_mfe", {"source": source, "group": group}))["mfe"]
+            forwarding = any(o["if_index"] == if_index for o in mfe["oil"]) or key in self._vetoed
+        except MgmError:
+            forwarding = False  # no MFE: we do not forward it anywhere
+        except TimeoutError:
+            return
+        finally:
+            self._assert_checks.discard(key)
+        link = self.links.get(if_index)
+        if link is None or self.stopped:
+            return
+        ours = Metric(False, 0, 0, link.address) if forwarding else None  # a kernel route, as FRR rates one
+        now = self._loop.time()
+        if theirs is None:
+            if ours is not None:
+                self.asserts.data_arrived(key, ours, now)
+        else:
+            self.asserts.received(key, theirs, ours, now)
+        self._after()
+
+    def _send_asserts(self) -> None:
+        for (source, group, if_index), metric in self.asserts.send:
+            self._send(if_index, packet.Assert(packet.EncodedGroup(group), source, metric.rpt, metric.preference,
+                                               metric.metric))  # fmt: skip
+        self.asserts.send.clear()
+
+    def _apply_asserts(self, now: float) -> None:
+        """Send the Asserts due, and keep the interfaces where we lost out of the MFE's outgoing list."""
+        self.asserts.tick(now)
+        self._send_asserts()
+        losing = {key for key in self.asserts.entries if self.asserts.losing(key)}
+        for key in losing ^ self._vetoed:
+            lost = key in losing
+            (self._vetoed.add if lost else self._vetoed.discard)(key)
+            log.info("pim: (%s,%s) %s: %s", key[0], key[1], self.names.get(key[2], key[2]),
+                     f"Assert lost to {self.asserts.entries[key].winner.address}, not forwarding" if lost
+                     else "no Assert loser any more, forwarding")  # fmt: skip
+            if self.mgm is not None:
+                self.mgm.spawn(self._set_oil(key, not lost))
+
+    async def _set_oil(self, key: tuple[str, str, int], enabled: bool) -> None:
+        assert self.mgm is not None
+        source, group, if_index = key
+        oil = [{"if_index": if_index, "next_hop": ANY, "enabled": enabled}]
+        try:
+            await self.mgm.client.request("set_mfe_oil", {"handle": self.mgm.handle, "source": source,
+                                                          "group": group, "oil": oil})  # fmt: skip
+        except (MgmError, TimeoutError) as exc:
+            log.info("pim: (%s,%s): cannot %s %s in its MFE: %s", source, group, "enable" if enabled else "disable",
+                     self.names.get(if_index, if_index), exc)  # fmt: skip
+
     def _on_timer(self) -> None:
         self._timer = None
         self._after()
@@ -843,8 +949,9 @@ class PimPlugin(links.LinkSubscriber):
         for (if_index, _neighbor), message in self.upstream.tick(now):
             self._send(if_index, message)
         self._registers_due(now)
+        self._apply_asserts(now)
         deadline = min([self._next_rpf_check, self.upstream.next_deadline(), self.downstream.next_deadline(),
-                        self.registers.next_deadline(), self._next_liveness_check,
+                        self.registers.next_deadline(), self._next_liveness_check, self.asserts.next_deadline(),
                         *(link.next_deadline() for link in self.links.values())])  # fmt: skip
         if deadline != float("inf"):
             if self._timer is not None:
@@ -898,15 +1005,20 @@ class PimPlugin(links.LinkSubscriber):
         registers = [{"source": flow[0], "group": flow[1], "rp": e.rp, "interface": names.get(e.if_index),
                       "state": e.state, "timer_in": left(e.timer), "register_stops": e.stops}
                      for flow, e in sorted(self.registers.entries.items(), key=lambda kv: kv[0][::-1])]  # fmt: skip
+        asserts = [{"source": k[0], "group": k[1], "interface": names.get(k[2]), "state": e.state,
+                    "winner": e.winner.address, "timer_in": left(e.timer)}
+                   for k, e in sorted(self.asserts.entries.items(), key=lambda kv: kv[0][1::-1])]  # fmt: skip
         settings = self.settings
         counters = {**self.counters, **{f"ignored_{k}": v for k, v in self.downstream.ignored.items()}}
         metrics = {"interfaces": len(interfaces), "neighbors": len(neighbors), "upstream_entries": len(upstream),
                    "upstream_joined": sum(1 for u in upstream if u["neighbor"] is not None),
                    "downstream_entries": len(downstream), "registering": sum(r["state"] == JOIN for r in registers),
+                   "assert_lost": sum(a["state"] == "loser" for a in asserts),
                    **counters}  # fmt: skip
         return {"interfaces": interfaces, "neighbors": neighbors,
                 "rp": [{"groups": str(prefix), "rp": rp} for prefix, rp in (settings.rp if settings else ())],
-                "upstream": upstream, "downstream": downstream, "registers": registers, "counters": counters,
+                "upstream": upstream, "downstream": downstream, "registers": registers, "asserts": asserts,
+                "counters": counters,
                 "metrics": metrics}
 
     def _downstream_events(self) -> None:
@@ -929,6 +1041,8 @@ class PimPlugin(links.LinkSubscriber):
                     self._next_rpf_check = 0.0  # a neighbour came or went: look at every RPF' again
                 elif event.kind == "restarted" and self.upstream is not None and self._loop is not None:
                     self.upstream.neighbor_restarted((if_index, event.address), self._loop.time())
+                if event.kind in ("down", "restarted"):
+                    self.asserts.neighbor_gone(if_index, event.address)
                 if event.kind == "up":
                     n = link.neighbors.get(event.address)
                     log.info("pim: %s: neighbour %s up (DR priority %s, generation id %s)", name, event.address,

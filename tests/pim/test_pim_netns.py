@@ -26,7 +26,7 @@ import pytest
 from mgm_testplugins.processes import ManagerProc, toml_config
 from netns import Node, NsProcess, Topology, segment, send_udp, wait_until
 
-from mgm.plugins.pim.packet import EncodedGroup, RegisterStop
+from mgm.plugins.pim.packet import Assert, EncodedGroup, RegisterStop
 from mgm.plugins.pim.plugin import PIM_PROTOCOL_ID
 from mgm.plugins.testing import scaled
 
@@ -90,6 +90,11 @@ def peer(ifname: str, address: str, options: dict[str, Any], goodbye_after: floa
         elif pim.type == 2:  # Register-Stop, read by hand (4.9.4): encoded group, then encoded unicast source
             body = bytes(pim)[4:]
             entry.update(group=socket.inet_ntoa(body[4:8]), registered=socket.inet_ntoa(body[10:14]))
+        elif pim.type == 5:  # Assert, read by hand (4.9.6): group, source, R bit and preference, metric
+            body = bytes(pim)[4:]
+            word = int.from_bytes(body[14:18], "big")
+            entry.update(group=socket.inet_ntoa(body[4:8]), asserted=socket.inet_ntoa(body[10:14]), rpt=word >> 31,
+                         preference=word & 0x7FFFFFFF, metric=int.from_bytes(body[18:22], "big"))  # fmt: skip
         elif pim.type == 3:
             jp = pim[PIMv2JoinPrune]
             entry.update(upstream=jp.up_neighbor_ip, holdtime=jp.holdtime, groups={
@@ -479,4 +484,54 @@ def test_as_dr_a_sources_packets_go_to_the_rp_in_registers_until_its_register_st
                "`mgm show pim` to list the flow registered again after one Register-Stop")  # fmt: skip
     text = show(endpoints, "pim").stdout
     assert "register state" in text and source in text, text
+    assert up_proc.alive(), up_proc.log()
+
+
+def test_assert_we_assert_when_another_router_forwards_onto_our_lan_stop_when_it_wins_and_forward_after_its_cancel(
+    topology: Topology, forwarder_backend: str
+) -> None:
+    """(S,G) Assert (4.6.1) on a LAN where a host behind IGMP wants G: another router (a scapy peer, which also
+    sends S's packets onto the LAN) forwards too.  Its packets arrive on an interface of our outgoing list
+    (wrong_if): we Assert.  Its Assert with the same metric from a higher address wins: we stop forwarding
+    onto the LAN.  Its AssertCancel: we forward again."""
+    src_ns, rtr, other, host = topology.namespaces("src", "rtr", "other", "host")
+    up = topology.link(src_ns, rtr, "10.85.1.2/24", "10.85.1.1/24")
+    ours, theirs, host_link = topology.lan([(rtr, "10.85.0.1/24"), (other, "10.85.0.9/24"), (host, "10.85.0.3/24")])
+    src_ns.multicast_route(up.a_if)
+    host.multicast_route(host_link.a_if)
+    source, group, port = "10.85.1.2", "239.85.1.1", 5851
+    up_proc = rtr.mgm_up(toml_config({
+        "igmp": {"interfaces": [ours.a_if], "query_response_interval": 1},
+        "pim": {"interfaces": [up.b_if, ours.a_if], **FAST},
+    }), backend=forwarder_backend)  # fmt: skip
+    outbox = topology.workdir / "outbox"
+    outbox.mkdir()
+    peer_proc = other.spawn(peer, theirs.a_if, "10.85.0.9", {"holdtime": 30, "dr_priority": 1, "generation_id": 5},
+                            None, str(outbox), name="peer-other")  # fmt: skip
+    wait_until(lambda: "neighbour 10.85.0.9 up" in up_proc.log() or not up_proc.alive(), WAIT * 2, "the neighbour")
+    receiver = host.receiver(group, port)
+    receiver.wait_joined()
+    src_ns.spawn(send_udp, group, port, 100_000, interval=0.02, source=source, name="sender")
+    receiver.wait_count(10, WAIT)
+
+    other.ip("addr", "add", f"{source}/32", "dev", theirs.a_if)  # the other router forwards S's packets too
+    other.spawn(send_udp, group, port, 25, interval=0.02, source=source, ifname=theirs.a_if, name="other-fwd")
+
+    def asserts() -> list[dict[str, Any]]:
+        return [e for e in heard(peer_proc, "10.85.0.1") if e["type"] == 5]
+
+    wait_until(asserts, WAIT, "our Assert when the other router's packets come in on our outgoing interface")
+    assert {k: asserts()[0][k] for k in ("group", "asserted", "rpt", "preference", "metric", "ttl")} == {
+        "group": group, "asserted": source, "rpt": 0, "preference": 0, "metric": 0, "ttl": 1}
+
+    post(outbox, "1-assert", packet_hex(Assert(EncodedGroup(group), source, False, 0, 0)))  # a tie: its address wins
+    wait_until(lambda: "Assert lost to 10.85.0.9" in up_proc.log(), WAIT, "us to lose the Assert")
+    time.sleep(1.0)  # what was in flight, and the other router's 25 packets are long sent
+    stopped_at = receiver.count()
+    time.sleep(1.0)  # 50 of the source's datagrams, had we still forwarded them onto the LAN
+    assert receiver.count() == stopped_at, "we still forward onto the LAN after losing the Assert"
+
+    post(outbox, "2-assert-cancel", packet_hex(Assert(EncodedGroup(group), source, True, 0x7FFFFFFF, 0xFFFFFFFF)))
+    receiver.wait_count(stopped_at + 20, WAIT)  # the winner cancelled: we forward again
+    assert "no Assert loser any more, forwarding" in up_proc.log()
     assert up_proc.alive(), up_proc.log()
