@@ -18,17 +18,15 @@ The manager's endpoints are ipc files in the topology's work directory
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from kernel_view import KernelView
-from mgm_testplugins.processes import toml_config
+from mgm_testplugins.processes import MGM, toml_config
 from netns import Namespace, NsProcess, Receiver, Topology, wait_until
 
 IGMP_PROTOCOL_ID = 10
 FORWARDER_PROTOCOL_ID = 65001
-MGM = [sys.executable, "-m", "mgm.core.cli"]
 S1, S2 = "10.90.1.2", "10.90.1.3"
 ROUTER_UP = "10.90.1.1"
 IGMP_FAST = {
