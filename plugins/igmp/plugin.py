@@ -263,12 +263,13 @@ class IgmpPlugin(links.LinkSubscriber):
                      router.name, what, "joined" if change.added else "left")  # fmt: skip
             return
         assert self.ctx is not None
+        # the request first, the line after: the manager (and the routing protocol after it) need not wait for it
         if change.added:
-            log.info("igmp: %s: %s joined: adding the membership", router.name, what)
             self.ctx.add_membership(change.source, change.group, router.interface)
+            log.info("igmp: %s: %s joined: adding the membership", router.name, what)
         else:
-            log.info("igmp: %s: %s left: deleting the membership", router.name, what)
             self.ctx.delete_membership(change.source, change.group, router.interface)
+            log.info("igmp: %s: %s left: deleting the membership", router.name, what)
 
     def address_added(self, address: links.Address) -> None:
         """Follow the interfaces' addresses: a router without one cannot query; ours must be ignored."""

@@ -537,12 +537,12 @@ class PimPlugin(links.LinkSubscriber):
                     self.native.discard(spt)
                     self.relays.pop(spt, None)
                     self._evaluate(spt)
+        self._evaluate(key)
+        if settle:
+            self._after()  # the triggered Join or Prune goes out here (4.5.7), before the line below
         if before != bool(reasons):
             log.info("pim: (%s,%s) %s (%s)", key[0] or "*", key[1], "wanted" if reasons else "no longer wanted",
                      reason)  # fmt: skip
-        self._evaluate(key)
-        if settle:
-            self._after()
 
     def _evaluate(self, key: Key, now: float | None = None) -> None:
         """Tell the upstream state whether `key` is wanted and through which neighbour."""
