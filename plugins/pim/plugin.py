@@ -883,6 +883,8 @@ class PimPlugin(links.LinkSubscriber):
         if link is None or self.stopped:
             return
         ours = Metric(False, 0, 0, link.address) if forwarding else None  # a kernel route, as FRR rates one
+        log.debug("pim: (%s,%s) %s on %s, where we %s", source, group, "an Assert" if theirs else "a packet",
+                  self.names.get(if_index), "forward it" if forwarding else "do not forward it")  # fmt: skip
         now = self._loop.time()
         if theirs is None:
             if ours is not None:
