@@ -1,4 +1,4 @@
-"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1, 2, 3, 4, 6, 7 and 8).
+"""mgmbus's pim plugin beside FRR's pimd (issue 12's interop tests 1 to 8).
 
 1. Adjacency both ways on a shared link, and the DR both sides elect: by priority, then by address.
 2. mgmbus as last-hop router, FRR as RP and first-hop router: a receiver behind mgmbus gets the
@@ -16,6 +16,7 @@
    packets natively to a receiver behind a second FRR, and our Register-Stop ends the Registers.
 4. mgmbus as the source's first-hop DR, FRR as RP (below): the first packets reach the receiver inside our
    Registers, FRR joins the shortest-path tree through us, and its Register-Stop ends the Registers.
+5. Assert with FRR on a LAN where both forward (below): exactly one keeps forwarding, the higher address.
 6. Two protocols on mgmbus: static routes own a second downstream link; their receiver alone makes PIM
    join towards FRR (the manager's join alert), beside a receiver behind IGMP (topology of 2, plus
    r3 10.86.0.1 -- host2).
@@ -307,6 +308,70 @@ def test_mgmbus_as_first_hop_dr_registers_to_frr_as_rp_until_the_shortest_path_t
     assert transit.a_if in (KernelView(rtr, "mrt").oil(source, group) or set()), "the flow does not leave natively"
     after_stop = receiver.count()
     receiver.wait_count(after_stop + 20, WAIT)  # natively now: no Register carries it
+
+
+@pytest.mark.parametrize("winner", ["mgmbus", "frr"])
+def test_assert_with_frr_on_a_lan_where_both_forward_leaves_one_forwarder_the_higher_address(
+    topology: Topology, frr_router: Callable[..., FrrRouter], winner: str
+) -> None:
+    """Interop test 5: the source is on a LAN with both routers, the receiver on another LAN with both::
+
+         src 10.90.1.2 --+-- 10.90.1.1 mgmbus 10.90.0.x --+-- host 10.90.0.100
+                         +-- 10.90.1.3 FRR    10.90.0.y --+
+
+    The host joins (S,G) of an SSM group (IGMPv3 INCLUDE): FRR, DR by priority on both LANs, forwards for it, and mgmbus
+    forwards to its IGMP members whether DR or not.  Each sees the other's packets on its outgoing interface
+    and asserts; the metrics tie (a connected source), so the higher address on the receivers' LAN wins
+    (RFC 7761 4.6.3).  Both routers agree on the winner.  Where mgmbus loses, it stops, and the host then
+    gets each datagram once.  Where FRR loses, it shows LOSER with our address as winner, but FRR 8.4 keeps
+    forwarding for its own IGMP members (its loser waits for downstream routers' prunes, FRR issue 10595),
+    so there the test checks the agreement and that we keep forwarding.  (An (S,G) join of an SSM group,
+    because FRR 8.4 asserts only where it has (S,G) state on the LAN: a (*,G) member makes it forward, but
+    neither Assert nor accept one.)"""
+    ours, theirs = ("10.90.0.9", "10.90.0.2") if winner == "mgmbus" else ("10.90.0.2", "10.90.0.9")
+    src, rtr, frr_ns, host = topology.namespaces("src", "rtr", "frr", "host")
+    src_lan = topology.lan([(src, "10.90.1.2/24"), (rtr, "10.90.1.1/24"), (frr_ns, "10.90.1.3/24")], role="swa")
+    rx_lan = topology.lan([(rtr, f"{ours}/24"), (frr_ns, f"{theirs}/24"), (host, "10.90.0.100/24")], role="swb")
+    src.multicast_route(src_lan[0].a_if)
+    host.multicast_route(rx_lan[2].a_if)
+    source, group = "10.90.1.2", "232.90.1.1"  # SSM: FRR keeps (S,G) member state only in its SSM range
+    frr = frr_router(frr_ns, pimd_config(pim=[src_lan[2].a_if, rx_lan[1].a_if], igmp=[rx_lan[1].a_if],
+                                         interface_extra="ip pim drpriority 100"))  # fmt: skip
+    up = start_mgm(rtr, topology.workdir, {
+        "igmp": {"interfaces": [rx_lan[0].a_if], "query_response_interval": 1},
+        "pim": {"interfaces": [src_lan[1].a_if, rx_lan[0].a_if], **FAST_PIM},
+        "forwarder": {"backend": "mrt", "counters_interval": 1},
+    }, "mgm")  # fmt: skip
+    wait_until(lambda: ours in frr.pim_neighbors(rx_lan[1].a_if), WAIT, "FRR to list us as a neighbour on the LAN")
+
+    receiver = host.receiver(group, PORT, source=source)
+    receiver.wait_joined()
+    src.spawn(send_udp, group, PORT, 100_000, interval=0.02, source=source, name="send")
+    loser = f"Assert lost to {theirs}"
+    try:
+        if winner == "frr":
+            wait_until(lambda: loser in up.log(), WAIT, "mgmbus to lose the Assert to FRR's higher address")
+        else:
+            wait_until(lambda: re.search(rf"\bLOSER +{re.escape(ours)}\b", frr.vty("show ip pim assert")), WAIT,
+                       "FRR to lose the Assert to our higher address")  # fmt: skip
+            assert loser not in up.log()
+            won = [(rx_lan[0].a_if, "winner")]
+            wait_until(lambda: [(a["interface"], a["state"]) for a in pim_status(topology.workdir, "mgm")["asserts"]]
+                       == won, WAIT, "`mgm show pim` to show us as the Assert winner")  # fmt: skip
+        time.sleep(scaled(1.0))  # what was in flight when the loser stopped
+        settled = len(receiver.packets())
+        receiver.wait_count(settled + 50, WAIT)
+    except TimeoutError:
+        print(frr.vty("show ip pim assert", "show ip pim interface", "show ip mroute", "show ip pim upstream"))
+        status = pim_status(topology.workdir, "mgm")
+        print("ours:", KernelView(rtr, "mrt").oil(source, group), status["asserts"], status["counters"])
+        raise
+    seqs = [p["seq"] for p in receiver.packets()[settled:]]
+    if winner == "frr":
+        assert len(seqs) == len(set(seqs)), "the host still gets datagrams twice: we forward after losing"
+    assert pim_status(topology.workdir, "mgm")["counters"].get("assert_sent", 0) >= 1
+    forwarding = rx_lan[0].a_if in (KernelView(rtr, "mrt").oil(source, group) or set())
+    assert forwarding == (winner == "mgmbus"), KernelView(rtr, "mrt").oil(source, group)
 
 
 def test_a_static_routes_receiver_makes_pim_join_beside_igmps(
